@@ -1,0 +1,157 @@
+"""The explicit codec pipeline: backbone stages + a swappable quantizer (DESIGN.md)."""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codecx.models.backbones import Backbone
+from codecx.quantizers.base import Quantizer
+from codecx.types import CodecOutput, EntropyParams
+
+
+def pad_to(x: Tensor, stride: int) -> Tensor:
+    """Replicate-pad `x` on the right and bottom to a multiple of `stride`."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+class Codec(nn.Module):
+    """x -> g_a -> y -> (side info) -> (means, scales) -> quantizer -> y_hat -> g_s -> x_hat.
+
+    One object for training (relaxed quantization), evaluation (hard quantization, the
+    decoder's exact `y_hat`) and real coding (`compress` / `decompress`). Context models
+    run the same serial loop for eval, encoding and decoding, so the three always agree.
+    """
+
+    def __init__(self, backbone: Backbone, quantizer: Quantizer):
+        super().__init__()
+        self.backbone = backbone
+        self.quantizer = quantizer
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> CodecOutput:
+        h, w = x.shape[-2:]
+        x = pad_to(x, self.backbone.stride)
+        bb, q = self.backbone, self.quantizer
+        y = bb.g_a(x)
+        z_hat, z_lik, hyper = bb.side(y)
+        if not bb.autoregressive:
+            params = bb.params(hyper, like=y)
+            out = q(y, params)
+            y_hat, y_lik = out.y_hat, out.likelihoods
+        elif self.training:
+            params = bb.params(hyper, like=y, ctx=bb.context(q.context_input(y)))
+            out = q(y, params)
+            y_hat, y_lik = out.y_hat, out.likelihoods
+        else:
+            y_hat, params = self._serial(hyper, lambda p, i: q.hard(y[i], p), y.shape)
+            y_lik = params.likelihood(y_hat)
+        x_hat = bb.g_s(y_hat)[..., :h, :w]
+        likelihoods = {"y": y_lik}
+        if z_lik is not None:
+            likelihoods["z"] = z_lik
+        return CodecOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=likelihoods,
+                           params=params, z_hat=z_hat)
+
+    def _serial(self, hyper: Tensor, step: Callable, shape) -> tuple[Tensor, EntropyParams]:
+        """Visit latent positions in raster order, as the decoder must (mbt2018, cheng2020).
+
+        `step(params, index)` returns `y_hat[index]` (shape (B, C)) for the prior `params`
+        at that position. Returns the full `y_hat` and the full prior.
+        """
+        bb = self.backbone
+        k = bb.kernel_size
+        pad = (k - 1) // 2
+        b, c, height, width = shape
+        y_hat = hyper.new_zeros((b, c, height + 2 * pad, width + 2 * pad))
+        means = hyper.new_zeros((b, c, height, width))
+        scales = hyper.new_zeros((b, c, height, width))
+        cp = bb.context_prediction
+        weight = cp.weight * cp.mask
+        for h in range(height):
+            for w in range(width):
+                crop = y_hat[:, :, h : h + k, w : w + k]
+                ctx = F.conv2d(crop, weight, bias=cp.bias)
+                p = bb.params(hyper[:, :, h : h + 1, w : w + 1], like=None, ctx=ctx)
+                p = p[:, :, 0, 0]
+                y_hat[:, :, h + pad, w + pad] = step(p, (slice(None), slice(None), h, w))
+                means[:, :, h, w] = p.means
+                scales[:, :, h, w] = p.scales
+        y_hat = y_hat[:, :, pad : pad + height, pad : pad + width]
+        return y_hat, EntropyParams(means, scales, bb.gaussian_conditional)
+
+    # ------------------------------------------------------------------ coding
+    def update(self, force: bool = False) -> bool:
+        """Build the CDF tables of every entropy model (CompressAI's `update`)."""
+        return self.backbone.update(force=force)
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> Dict:
+        """Encode a batch; returns per-image lists of streams `[y, z]` and the shapes."""
+        bb, q = self.backbone, self.quantizer
+        h, w = x.shape[-2:]
+        xp = pad_to(x, bb.stride)
+        y = bb.g_a(xp)
+        strings: List[List[bytes]] = []
+        z_shape = None
+        for i in range(x.size(0)):
+            yi = y[i : i + 1]
+            streams: List[bytes] = []
+            if bb.family == "factorized":
+                hyper = None
+            else:
+                z = bb.h_a(bb._h_a_input(yi))
+                z_str = bb.entropy_bottleneck.compress(z)
+                z_shape = tuple(z.shape[-2:])
+                z_hat = bb.entropy_bottleneck.decompress(z_str, z_shape)
+                hyper = bb.side_from_z_hat(z_hat)
+            enc = q.open_encoder(self._y_model())
+            if bb.autoregressive:
+                self._serial(hyper, lambda p, idx: q.encode(enc, yi[idx], p), yi.shape)
+            else:
+                q.encode(enc, yi, bb.params(hyper, like=yi))
+            streams.append(enc.finish())
+            if hyper is not None:
+                streams.append(z_str[0])
+            strings.append(streams)
+        return {"strings": strings, "shape": (h, w), "y_shape": tuple(y.shape[-2:]),
+                "z_shape": z_shape}
+
+    @torch.no_grad()
+    def decompress(self, strings: List[List[bytes]], shape, y_shape, z_shape=None) -> Tensor:
+        """Decode what `compress` produced; returns `x_hat` clamped to [0, 1]."""
+        bb, q = self.backbone, self.quantizer
+        x_hats = []
+        for streams in strings:
+            if bb.family == "factorized":
+                hyper = None
+            else:
+                z_hat = bb.entropy_bottleneck.decompress([streams[1]], tuple(z_shape))
+                hyper = bb.side_from_z_hat(z_hat)
+            dec = q.open_decoder(self._y_model(), streams[0])
+            y_full = (1, self._y_channels(), *y_shape)
+            if bb.autoregressive:
+                y_hat, _ = self._serial(hyper, lambda p, idx: q.decode(dec, p), y_full)
+            else:
+                like = self._like(hyper, y_full)
+                y_hat = q.decode(dec, bb.params(hyper, like=like))
+            x_hats.append(bb.g_s(y_hat)[..., : shape[0], : shape[1]].clamp(0, 1))
+        return torch.cat(x_hats, 0)
+
+    def _y_model(self):
+        bb = self.backbone
+        return bb.entropy_bottleneck if bb.family == "factorized" else bb.gaussian_conditional
+
+    def _y_channels(self) -> int:
+        return int(self.backbone.M)
+
+    def _like(self, hyper: Optional[Tensor], y_full) -> Tensor:
+        """A tensor of y's shape (only its shape, dtype and device are used)."""
+        ref = self.backbone.entropy_bottleneck._get_medians() if hyper is None else hyper
+        return ref.new_zeros(y_full)

@@ -1,0 +1,80 @@
+"""Scalar quantizers: uniform noise, straight-through rounding and the mixed estimator."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from codecx.coding.rans import RansStreamDecoder, RansStreamEncoder
+from codecx.quantizers.base import Quantizer
+from codecx.types import EntropyParams, QuantizerOutput
+
+
+def ste_round(x: Tensor) -> Tensor:
+    """Rounding with an identity gradient (straight-through estimator, Theis et al. 2017)."""
+    return x + (torch.round(x) - x).detach()
+
+
+class ScalarQuantizer(Quantizer):
+    """Integer rounding of `y - means` coded with CompressAI's rANS tables.
+
+    Subclasses only choose the training relaxation (`relax`); eval and coding are shared.
+    """
+
+    def relax(self, y: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:
+        """(`y_hat` for g_s, values whose bin likelihood gives the rate) in training."""
+        raise NotImplementedError
+
+    def forward(self, y: Tensor, params: EntropyParams) -> QuantizerOutput:
+        if self.training:
+            y_hat, y_rate = self.relax(y, params.means)
+        else:
+            y_hat = y_rate = self.hard(y, params)
+        return QuantizerOutput(y_hat=y_hat, likelihoods=params.likelihood(y_rate))
+
+    def hard(self, y: Tensor, params: EntropyParams) -> Tensor:
+        return torch.round(y - params.means) + params.means
+
+    def open_encoder(self, entropy_model) -> RansStreamEncoder:
+        return RansStreamEncoder(entropy_model)
+
+    def encode(self, stream: RansStreamEncoder, y: Tensor, params: EntropyParams) -> Tensor:
+        symbols = torch.round(y - params.means)
+        stream.encode(symbols, params.indexes())
+        return symbols + params.means
+
+    def open_decoder(self, entropy_model, data: bytes) -> RansStreamDecoder:
+        return RansStreamDecoder(entropy_model, data)
+
+    def decode(self, stream: RansStreamDecoder, params: EntropyParams) -> Tensor:
+        symbols = stream.decode(params.indexes())
+        return symbols.to(params.means.dtype) + params.means
+
+
+class NoiseQuantizer(ScalarQuantizer):
+    """Additive uniform noise U(-1/2, 1/2) in training (Ballé et al. 2017)."""
+
+    def relax(self, y, means):
+        y_tilde = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        return y_tilde, y_tilde
+
+
+class STEQuantizer(ScalarQuantizer):
+    """Rounding around the means with a straight-through gradient, for rate and g_s."""
+
+    def relax(self, y, means):
+        y_hat = ste_round(y - means) + means
+        return y_hat, y_hat
+
+    def context_input(self, y):
+        return ste_round(y)
+
+
+class MixedQuantizer(ScalarQuantizer):
+    """Noise for the rate term, STE-rounded `y_hat` into g_s (Minnen & Singh 2020)."""
+
+    def relax(self, y, means):
+        y_tilde = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        return ste_round(y - means) + means, y_tilde
+
+    def context_input(self, y):
+        return ste_round(y)

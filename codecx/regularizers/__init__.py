@@ -1,0 +1,1 @@
+"""codecx.regularizers."""
