@@ -1,0 +1,144 @@
+"""Bjøntegaard delta (VCEG-M33) BD-rate / BD-PSNR on CompressAI-style results files."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Tuple, Union
+
+import bjontegaard
+import numpy as np
+
+ResultsLike = Union[str, Path, Mapping[str, Any]]
+METHODS = {"cubic": "cubic", "polyfit": "cubic", "pchip": "pchip", "akima": "akima"}
+MIN_POINTS = {"cubic": 4, "pchip": 2, "akima": 2}
+# canonical metric key -> accepted spellings (older CompressAI files use "psnr"; newer "ms-ssim-rgb")
+ALIASES = {"psnr-rgb": ("psnr-rgb", "psnr"), "ms-ssim": ("ms-ssim", "ms-ssim-rgb")}
+
+
+@dataclass(frozen=True)
+class BDResult:
+    """BD-rate (%, negative = saving), BD-quality (metric units), overlap fraction and integration ranges."""
+
+    bd_rate: float
+    bd_psnr: float
+    method: str
+    overlap: float  # overlap of the quality ranges / their union (the BD-rate integration domain)
+    quality_range: Tuple[float, float]
+    rate_range: Tuple[float, float]
+    rate_overlap: float = float("nan")  # same for the (log-)rate ranges (the BD-PSNR integration domain)
+
+
+def _curve(rate, quality, label: str, min_points: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Validate one RD curve and return it sorted by rate."""
+    r, q = np.asarray(rate, dtype=float).ravel(), np.asarray(quality, dtype=float).ravel()
+    if r.size != q.size:
+        raise ValueError(f"{label}: {r.size} rates but {q.size} quality values")
+    if r.size < min_points:
+        raise ValueError(f"{label}: {r.size} RD points, this method needs at least {min_points}")
+    if not (np.all(np.isfinite(r)) and np.all(np.isfinite(q))):
+        raise ValueError(f"{label}: rates/quality contain NaN or inf")
+    if np.any(r <= 0):
+        raise ValueError(f"{label}: rates must be > 0 (log rate)")
+    order = np.argsort(r, kind="stable")
+    r, q = r[order], q[order]
+    if np.any(np.diff(r) == 0):
+        raise ValueError(f"{label}: duplicate rates {np.unique(r[1:][np.diff(r) == 0]).tolist()}")
+    if np.any(np.diff(q) <= 0):
+        raise ValueError(f"{label}: quality is not strictly increasing with rate (non-monotonic RD curve)")
+    return r, q
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> Tuple[float, Tuple[float, float]]:
+    """Overlap of the ranges of a and b as a fraction of their union, plus the overlap interval."""
+    lo, hi = max(a.min(), b.min()), min(a.max(), b.max())
+    union = max(a.max(), b.max()) - min(a.min(), b.min())
+    return (max(hi - lo, 0.0) / union if union > 0 else 0.0), (float(lo), float(hi))
+
+
+def bd(rate_anchor, quality_anchor, rate_test, quality_test, method: str = "pchip",
+       min_overlap: float = 0.5) -> BDResult:
+    """BD-rate over the overlapping quality range and BD-PSNR over the overlapping log-rate range."""
+    m = METHODS.get(method)
+    if m is None:
+        raise ValueError(f"unknown BD method {method!r}; choose one of {sorted(METHODS)}")
+    ra, qa = _curve(rate_anchor, quality_anchor, "anchor", MIN_POINTS[m])
+    rt, qt = _curve(rate_test, quality_test, "test", MIN_POINTS[m])
+    q_ov, q_rng = _overlap(qa, qt)
+    r_ov, (lr_lo, lr_hi) = _overlap(np.log10(ra), np.log10(rt))
+    out = {}
+    for key, ov, what, fn in (("rate", q_ov, "quality", bjontegaard.bd_rate), ("psnr", r_ov, "rate", bjontegaard.bd_psnr)):
+        if ov <= 0:
+            warnings.warn(f"RD curves do not overlap in {what}; BD-{key} is undefined (NaN)", stacklevel=2)
+            out[key] = float("nan")
+            continue
+        if ov < min_overlap:
+            warnings.warn(f"RD curves overlap only {ov:.0%} of the union {what} range (< {min_overlap:.0%}); "
+                          f"BD-{key} only describes that part of the curves", stacklevel=2)
+        out[key] = float(fn(ra, qa, rt, qt, method=m, require_matching_points=False, min_overlap=0))
+    return BDResult(out["rate"], out["psnr"], m, q_ov, q_rng, (10 ** lr_lo, 10 ** lr_hi) if r_ov > 0 else (math.nan,) * 2, r_ov)
+
+
+def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test, method: str = "pchip") -> float:
+    """BD-rate in percent (negative = test needs fewer bits at equal quality)."""
+    return bd(rate_anchor, quality_anchor, rate_test, quality_test, method).bd_rate
+
+
+def bd_psnr(rate_anchor, quality_anchor, rate_test, quality_test, method: str = "pchip") -> float:
+    """BD-PSNR (average quality gain in metric units at equal rate)."""
+    return bd(rate_anchor, quality_anchor, rate_test, quality_test, method).bd_psnr
+
+
+def _normalize(data: Mapping[str, Any], where: str) -> dict:
+    """Check the CompressAI layout and add canonical metric keys ('psnr-rgb', 'ms-ssim') for legacy spellings."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("results"), Mapping):
+        raise ValueError(f"{where}: expected {{'name', 'description', 'results': {{'bpp': [...], ...}}}}")
+    data = dict(data)
+    res = data["results"] = dict(data["results"])
+    for canon, names in ALIASES.items():
+        for n in names:
+            if canon not in res and n in res:
+                res[canon] = res[n]
+    data.setdefault("name", Path(where).stem)
+    return data
+
+
+def load_results(path_or_name: ResultsLike) -> dict:
+    """Read a CompressAI-layout results JSON (path, packaged anchor name, or an already-loaded dict)."""
+    if isinstance(path_or_name, Mapping):
+        return _normalize(path_or_name, str(path_or_name.get("name", "<dict>")))
+    p = Path(path_or_name)
+    if p.is_file():
+        return _normalize(json.loads(p.read_text()), str(p))
+    from .anchors import anchor_path, list_anchors
+
+    if str(path_or_name) in list_anchors():
+        return _normalize(json.loads(anchor_path(str(path_or_name)).read_text()), str(path_or_name))
+    raise FileNotFoundError(f"{path_or_name!r} is neither a results file nor a packaged anchor "
+                            f"(available anchors: {', '.join(list_anchors())})")
+
+
+def get_metric(results: Mapping[str, Any], metric: str) -> np.ndarray:
+    """Series `metric` from a loaded results dict (accepting legacy aliases); KeyError if absent."""
+    res = results["results"]
+    for n in ALIASES.get(metric, (metric,)):
+        if n in res:
+            return np.asarray(res[n], dtype=float)
+    raise KeyError(f"metric {metric!r} not in {results.get('name', 'results')} (has: {sorted(res)})")
+
+
+def msssim_db(x) -> np.ndarray:
+    """MS-SSIM on the CompressAI dB scale, -10*log10(1 - ms_ssim)."""
+    return -10 * np.log10(1 - np.asarray(x, dtype=float))
+
+
+def bd_from_results(anchor: ResultsLike, test: ResultsLike, metric: str = "psnr-rgb", method: str = "pchip",
+                    min_overlap: float = 0.5) -> BDResult:
+    """BD metrics of `test` vs `anchor` on `metric` vs bpp; MS-SSIM is taken in dB (-10log10(1-x))."""
+    a, t = load_results(anchor), load_results(test)
+    qa, qt = get_metric(a, metric), get_metric(t, metric)
+    if metric.startswith("ms-ssim"):
+        qa, qt = msssim_db(qa), msssim_db(qt)
+    return bd(get_metric(a, "bpp"), qa, get_metric(t, "bpp"), qt, method, min_overlap)
