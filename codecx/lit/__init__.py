@@ -1,1 +1,5 @@
-"""codecx.lit."""
+"""Lightning glue: the training module, schedules and callbacks."""
+from codecx.lit.module import LitCodec
+from codecx.lit.schedule import Schedule
+
+__all__ = ["LitCodec", "Schedule"]
