@@ -36,6 +36,13 @@ class Codec(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> CodecOutput:
+        """Relaxed pipeline in training; in eval mode the decoder's exact pipeline, run image
+        by image as `compress` does (batched convolutions may differ in the last bit)."""
+        if self.training or x.size(0) == 1:
+            return self._forward(x)
+        return _cat_outputs([self._forward(x[i : i + 1]) for i in range(x.size(0))])
+
+    def _forward(self, x: Tensor) -> CodecOutput:
         h, w = x.shape[-2:]
         x = pad_to(x, self.backbone.stride)
         bb, q = self.backbone, self.quantizer
@@ -97,11 +104,11 @@ class Codec(nn.Module):
         bb, q = self.backbone, self.quantizer
         h, w = x.shape[-2:]
         xp = pad_to(x, bb.stride)
-        y = bb.g_a(xp)
         strings: List[List[bytes]] = []
-        z_shape = None
-        for i in range(x.size(0)):
-            yi = y[i : i + 1]
+        z_shape = y_shape = None
+        for i in range(x.size(0)):  # image by image: entropy parameters never depend on the batch
+            yi = bb.g_a(xp[i : i + 1])
+            y_shape = tuple(yi.shape[-2:])
             streams: List[bytes] = []
             if bb.family == "factorized":
                 hyper = None
@@ -120,7 +127,7 @@ class Codec(nn.Module):
             if hyper is not None:
                 streams.append(z_str[0])
             strings.append(streams)
-        return {"strings": strings, "shape": (h, w), "y_shape": tuple(y.shape[-2:]),
+        return {"strings": strings, "shape": (h, w), "y_shape": y_shape,
                 "z_shape": z_shape}
 
     @torch.no_grad()
@@ -155,3 +162,16 @@ class Codec(nn.Module):
         """A tensor of y's shape (only its shape, dtype and device are used)."""
         ref = self.backbone.entropy_bottleneck._get_medians() if hyper is None else hyper
         return ref.new_zeros(y_full)
+
+
+def _cat_outputs(outs: List[CodecOutput]) -> CodecOutput:
+    """Concatenate per-image outputs along the batch dimension."""
+    cat = lambda ts: None if ts[0] is None else torch.cat(ts, 0)  # noqa: E731
+    p = outs[0].params
+    params = EntropyParams(cat([o.params.means for o in outs]),
+                           cat([o.params.scales for o in outs]), p.entropy_model)
+    return CodecOutput(
+        x_hat=cat([o.x_hat for o in outs]), y=cat([o.y for o in outs]),
+        y_hat=cat([o.y_hat for o in outs]),
+        likelihoods={k: cat([o.likelihoods[k] for o in outs]) for k in outs[0].likelihoods},
+        params=params, z_hat=cat([o.z_hat for o in outs]))

@@ -1,0 +1,36 @@
+# codecx — `make help` lists the targets. Everything runs in a local virtualenv (.venv),
+# created and filled on first use, so `make train` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.codecx-installed
+ARGS   ?=
+
+.PHONY: help install train test test-slow bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install codecx with its dependencies
+
+train: $(STAMP)  ## the main job: train mbt_mean on the embedded sample data (ARGS="..." for overrides)
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP)  ## the fast test suite (tiny models, 64-px images)
+	$(PY) -m pytest -m "not slow" -q $(ARGS)
+
+test-slow: $(STAMP)  ## slow checks: multirun, DDP on 2 CPU processes, resume after a kill
+	$(PY) -m pytest -m slow -q $(ARGS)
+
+bench: $(STAMP)  ## timed comparisons, printed as ratios against baselines measured in the same run
+	$(PY) -m benchmarks $(ARGS)
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf runs outputs multirun lightning_logs .pytest_cache
