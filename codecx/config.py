@@ -97,15 +97,14 @@ def check_targets(cfg: DictConfig, groups: List[str]) -> None:
             fn = get_method(target) if not inspect.isclass(_safe(target)) else _safe(target)
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"{group}._target_={target}: cannot be imported ({e})") from e
-        sig = inspect.signature(fn)
-        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        valid = _signature_keys(fn)
+        if valid is None:
             continue
-        valid = [n for n in sig.parameters if n != "self"]
         unknown = [k for k in node.keys() if not str(k).startswith("_") and k not in valid]
         if unknown:
             raise ConfigError(
                 f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)} for {target}; "
-                f"valid keys: {', '.join(valid)}")
+                f"valid keys: {', '.join(valid) or '(none)'}")
 
 
 def _safe(target: str):
@@ -114,6 +113,81 @@ def _safe(target: str):
     return _locate(target)
 
 
+STORED_KEYS = ("lmbda", "alpha", "seed", "model", "quantizer", "reg", "schedule", "data")
+
+
 def to_container(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config as plain Python containers (stored in checkpoints)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    """The resolved parts of the config that define the model (stored in checkpoints)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
+            else cfg[k] for k in STORED_KEYS if k in cfg}
+
+
+def _signature_keys(fn) -> Optional[List[str]]:
+    """Parameter names a callable accepts, or None when it takes **kwargs."""
+    init = getattr(fn, "__init__", None) if inspect.isclass(fn) else None
+    if init is not None and init is torch_module_init():
+        return []
+    sig = inspect.signature(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return [n for n in sig.parameters if n != "self"]
+
+
+def torch_module_init():
+    import torch
+
+    return torch.nn.Module.__init__
+
+
+def precheck(overrides: List[str], config_dir: str, config_name: str = "train") -> None:
+    """Compose the config for `overrides` (each sweep value in turn) and raise ConfigError
+    with the valid choices / keys when a group option, key or value is wrong."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(user)
+    except Exception as e:  # noqa: BLE001 - hydra's grammar errors
+        raise ConfigError(f"cannot parse the overrides: {e}") from None
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    trials = [fixed]
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            trials += [fixed + [f"{key}={v}"] for v in o.sweep_string_iterator()]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        for trial in trials:
+            try:
+                cfg = compose(config_name, overrides=trial)
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(_explain(e, config_dir, config_name)) from None
+            check_targets(cfg, ["model", "quantizer", "reg", "schedule", "data", "logger"])
+    GlobalHydra.instance().clear()
+
+
+def _explain(e: Exception, config_dir: str, config_name: str) -> str:
+    """Hydra's composition error, plus the keys valid at the offending place."""
+    import re
+
+    from hydra import compose
+
+    msg = str(e) + ("\n" + str(e.__cause__) if e.__cause__ else "")
+    m = re.search(r"full_key: ([\w.]+)", msg) or re.search(r"override '([\w.]+)'", msg)
+    first = msg.strip().splitlines()[0]
+    if "Could not find" in first or "Available options" in msg:
+        return msg.split("\nConfig search path")[0].strip()
+    if m and ("not in" in msg or "not in struct" in msg):
+        key = m.group(1)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        base = compose(config_name)
+        node = OmegaConf.select(base, parent) if parent else base
+        valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "?"
+        return (f"unknown key {key!r}; valid keys of {parent or 'the root'}: {valid} "
+                f"(use +{key}=VALUE only to add a key on purpose)")
+    if m and "could not be converted" in msg:
+        conv = re.search(r"(Value .* could not be converted to \w+)", msg)
+        return f"wrong type for {m.group(1)}: {conv.group(1) if conv else first}"
+    return msg

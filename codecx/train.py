@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from codecx.config import ConfigError, check_targets, register_configs, to_container
+from codecx.config import ConfigError, check_targets, precheck, register_configs, to_container
 from codecx.lit.module import LitCodec
 from codecx.metrics.rd import measure_image
 from codecx.models.codec import Codec
@@ -109,13 +109,27 @@ def run(cfg: DictConfig) -> Dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     try:
         result = run(cfg)
     except ConfigError as e:
         log.error("configuration error: %s", e)
         raise SystemExit(2) from None
     return float(result.get("bpp", math.nan))
+
+
+def main() -> None:
+    """Entry point: check every override (and sweep value) first, then run Hydra."""
+    import sys
+
+    args = sys.argv[1:]
+    if not any(a.startswith("--") and a not in ("--multirun",) for a in args):
+        try:
+            precheck([a for a in args if not a.startswith("-")], CONF_DIR)
+        except ConfigError as e:
+            print(f"codecx: configuration error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+    _hydra_main()
 
 
 if __name__ == "__main__":
