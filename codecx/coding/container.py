@@ -1,0 +1,256 @@
+"""The codecx file format: one compressed image as header + rANS streams + CRC32.
+
+Layout (big-endian integers)::
+
+    offset  size  field
+    0       4     magic b"CDCX"
+    4       1     format version (1)
+    5       8     model fingerprint (see `fingerprint`)
+    13      2+2   image height, width           (1..65535)
+    17      2+2   y latent height, width        (1..65535)
+    21      2+2   z latent height, width        (0, 0 when there is no z)
+    25      2     n = length of the options block (<= 4096)
+    27      n     options: sorted compact ASCII JSON object
+    ...     1     number of streams              (1..64)
+    ...     4+k   per stream: length k, then k bytes (stream 0 is y, stream 1 is z)
+    end-4   4     CRC32 of every byte before it
+
+`unpack` checks every length against the bytes left before reading it, so any input ends in
+`Header, streams` or a `BitstreamError`, never another exception.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+MAGIC = b"CDCX"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+FINGERPRINT_SIZE = 8
+MAX_STREAMS = 64
+MAX_OPTIONS = 4096
+_FIXED = struct.Struct(">6H")  # H, W, y_h, y_w, z_h, z_w
+
+
+class BitstreamError(ValueError):
+    """A codecx file that cannot be decoded: not ours, damaged, or from another model."""
+
+
+@dataclass
+class Header:
+    """What a decoder needs besides the streams: model fingerprint, sizes and method options."""
+
+    fingerprint: bytes
+    shape: Tuple[int, int]
+    y_shape: Tuple[int, int]
+    z_shape: Optional[Tuple[int, int]] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_output(cls, out: Dict, fingerprint: bytes, options: Optional[Dict] = None) -> "Header":
+        """The header for one image of `Codec.compress(x)`'s output `out`."""
+        z = out.get("z_shape")
+        return cls(fingerprint, tuple(out["shape"]), tuple(out["y_shape"]),
+                   None if z is None else tuple(z), dict(options or {}))
+
+
+def _canonical(obj: Any) -> bytes:
+    """Deterministic compact JSON bytes (sorted keys, ASCII); plain dicts/lists/scalars only."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def fingerprint(config: Dict, state_tensors: Iterable[Tensor] = ()) -> bytes:
+    """First 8 bytes of sha256 of canonical JSON `config` (a plain dict) and the tensors."""
+    h = hashlib.sha256(_canonical(config))
+    for t in state_tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"|{t.dtype}{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()[:FINGERPRINT_SIZE]
+
+
+def codec_fingerprint(codec: torch.nn.Module, config: Dict) -> bytes:
+    """`fingerprint` of `config` and all of `codec.state_dict()` (call after `codec.update()`)."""
+    # weights and CDF tables, in name order: tables built elsewhere must match bit for bit
+    return fingerprint(config, (t for _, t in sorted(codec.state_dict().items())))
+
+
+def _dims(shape, name: str, allow_none: bool = False) -> Tuple[int, int]:
+    """Validate a (height, width) pair for `pack`; None becomes (0, 0) where allowed."""
+    if shape is None and allow_none:
+        return 0, 0
+    if shape is None or len(shape) != 2 or not all(1 <= int(d) <= 65535 for d in shape):
+        raise ValueError(f"{name}={shape!r}: expected two sizes in 1..65535")
+    return int(shape[0]), int(shape[1])
+
+
+def pack(header: Header, streams: List[bytes]) -> bytes:
+    """Serialize one image's header and streams (layout in the module docstring)."""
+    if len(header.fingerprint) != FINGERPRINT_SIZE:
+        raise ValueError(f"fingerprint must be {FINGERPRINT_SIZE} bytes, "
+                         f"got {len(header.fingerprint)}")
+    if not 1 <= len(streams) <= MAX_STREAMS:
+        raise ValueError(f"expected 1..{MAX_STREAMS} streams, got {len(streams)}")
+    if not isinstance(header.options, dict):
+        raise ValueError(f"options must be a dict, got {type(header.options).__name__}")
+    opts = _canonical(header.options)
+    if len(opts) > MAX_OPTIONS:
+        raise ValueError(f"options take {len(opts)} bytes as JSON; at most {MAX_OPTIONS} fit")
+    sizes = (*_dims(header.shape, "shape"), *_dims(header.y_shape, "y_shape"),
+             *_dims(header.z_shape, "z_shape", allow_none=True))
+    parts = [MAGIC, bytes([FORMAT_VERSION]), bytes(header.fingerprint), _FIXED.pack(*sizes),
+             struct.pack(">H", len(opts)), opts, bytes([len(streams)])]
+    for s in streams:
+        if len(s) >= 2**32:
+            raise ValueError(f"stream of {len(s)} bytes is too long (max 2**32 - 1)")
+        parts += [struct.pack(">I", len(s)), bytes(s)]
+    body = b"".join(parts)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+class _Reader:
+    """Bounds-checked reads from a byte string."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int, what: str) -> bytes:
+        """The next `n` bytes, or a truncation error naming `what`."""
+        left = len(self.data) - self.pos
+        if n > left:
+            raise BitstreamError(
+                f"truncated codecx file: {what} needs {n} bytes at offset {self.pos} but only "
+                f"{left} remain; expected at least {self.pos + n + (0 if what == 'CRC32' else 4)} "
+                f"bytes, got {len(self.data)} (or a length field is corrupted)")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def uint(self, fmt: str, what: str) -> int:
+        """One big-endian unsigned integer of struct format `fmt`."""
+        return struct.unpack(">" + fmt, self.take(struct.calcsize(fmt), what))[0]
+
+
+def unpack(data: bytes, expected_fingerprint: Optional[bytes] = None) -> Tuple[Header, List[bytes]]:
+    """Parse and verify a codecx file; raises `BitstreamError` on any problem."""
+    data = bytes(data)
+    if data[:4] != MAGIC[: len(data[:4])] or not data:
+        raise BitstreamError(f"not a codecx file: expected it to start with {MAGIC!r}, "
+                             f"got {data[:8]!r}")
+    r = _Reader(data)
+    r.take(4, "magic")
+    version = r.uint("B", "format version")
+    if version not in SUPPORTED_VERSIONS:
+        raise BitstreamError(
+            f"unsupported codecx format version {version}; this codecx reads version(s) "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))} (a newer codecx wrote it, or it is "
+            "corrupted)")
+    fp = r.take(FINGERPRINT_SIZE, "model fingerprint")
+    h, w, yh, yw, zh, zw = _FIXED.unpack(r.take(_FIXED.size, "image and latent sizes"))
+    n_opts = r.uint("H", "options length")
+    if n_opts > MAX_OPTIONS:
+        raise BitstreamError(f"corrupted codecx header: options block of {n_opts} bytes "
+                             f"(at most {MAX_OPTIONS})")
+    opts = r.take(n_opts, "options block")
+    n_streams = r.uint("B", "stream count")
+    if not 1 <= n_streams <= MAX_STREAMS:
+        raise BitstreamError(f"corrupted codecx header: {n_streams} streams "
+                             f"(expected 1..{MAX_STREAMS})")
+    streams = [r.take(r.uint("I", f"length of stream {i}"), f"stream {i}")
+               for i in range(n_streams)]
+    end = r.pos
+    stored = r.uint("I", "CRC32")
+    computed = zlib.crc32(data[:end])
+    if stored != computed:
+        raise BitstreamError(f"corrupted codecx file: CRC32 mismatch (stored {stored:08x}, "
+                             f"computed {computed:08x}); the bytes were altered")
+    if r.pos != len(data):
+        raise BitstreamError(f"trailing garbage: the codecx data ends at byte {r.pos} but the "
+                             f"input has {len(data)} bytes ({len(data) - r.pos} extra)")
+    if 0 in (h, w, yh, yw) or (zh == 0) != (zw == 0):
+        raise BitstreamError(f"malformed codecx header: image {h}x{w}, y {yh}x{yw}, z {zh}x{zw}")
+    try:
+        options = json.loads(opts.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise BitstreamError(f"malformed codecx header: options block is not JSON ({e})") from None
+    if not isinstance(options, dict):
+        raise BitstreamError("malformed codecx header: options must be a JSON object, "
+                             f"got {opts[:40]!r}")
+    if expected_fingerprint is not None and fp != bytes(expected_fingerprint):
+        raise BitstreamError(
+            f"encoded with a different model/configuration: file fingerprint {fp.hex()}, this "
+            f"model's {bytes(expected_fingerprint).hex()}; decode it with the checkpoint and "
+            "config that encoded it")
+    header = Header(fp, (h, w), (yh, yw), (zh, zw) if zh else None, options)
+    return header, streams
+
+
+def expected_latent_shapes(backbone, shape: Tuple[int, int]):
+    """(y_shape, z_shape) that `Codec.compress` yields for an image of `shape` (H, W)."""
+    # x is padded to a multiple of the stride; g_a downsamples by 16, h_a by 4 more.
+    # factorized (stride 16, no z): y = ceil(H/16); hyperprior and context models (stride 64):
+    # y = 4 * ceil(H/64), z = ceil(H/64), e.g. 33x70 -> y 4x8, z 1x2 (checked in the tests)
+    s = int(backbone.stride)
+    ph, pw = (math.ceil(int(d) / s) * s for d in shape)
+    if backbone.family == "factorized":
+        return (ph // s, pw // s), None
+    return (4 * ph // s, 4 * pw // s), (ph // s, pw // s)
+
+
+def _pad(stream: bytes, n_symbols: int) -> bytes:
+    """`stream` followed by zeros, so that decoding garbage never reads past the buffer."""
+    # CompressAI's RansDecoder has no bounds checks: it reads one 32-bit word per symbol at
+    # most, plus, in bypass mode, a run of 0xF nibbles can make it read ~15x the stream length
+    # (400 kB of 0xFF segfaults a bare decompress). A valid stream never reaches the padding,
+    # so its decoding is unchanged; on garbage the zeros end every bypass run.
+    return bytes(stream) + bytes(16 * len(stream) + 8 * n_symbols + 64)
+
+
+def safe_decompress(codec, header: Header, streams: List[bytes]) -> Tensor:
+    """`codec.decompress` for one unpacked image; any failure becomes a `BitstreamError`."""
+    bb = codec.backbone
+    y_shape, z_shape = expected_latent_shapes(bb, header.shape)
+    if (tuple(header.y_shape), header.z_shape and tuple(header.z_shape)) != (y_shape, z_shape):
+        raise BitstreamError(
+            f"latent shapes y={header.y_shape}, z={header.z_shape} do not fit a "
+            f"{header.shape[0]}x{header.shape[1]} image for this model (expected y={y_shape}, "
+            f"z={z_shape}): the file is corrupted or from another model")
+    n_streams = 1 if z_shape is None else 2
+    if len(streams) != n_streams:
+        raise BitstreamError(f"this model decodes {n_streams} stream(s), "
+                             f"the file has {len(streams)}")
+    n_symbols = [int(bb.M) * y_shape[0] * y_shape[1]]
+    if z_shape is not None:
+        n_symbols.append(int(bb.entropy_bottleneck.channels) * z_shape[0] * z_shape[1])
+    padded = [_pad(s, n) for s, n in zip(streams, n_symbols)]
+    try:
+        x_hat = codec.decompress([padded], header.shape, y_shape, z_shape)
+    except Exception as e:  # noqa: BLE001 - whatever garbage does to the decoder
+        raise BitstreamError(f"could not decode the streams ({type(e).__name__}: {e}); "
+                             "the file is corrupted or from another model") from e
+    if tuple(x_hat.shape[-2:]) != tuple(header.shape) or not torch.isfinite(x_hat).all():
+        raise BitstreamError("the streams decode to an invalid image (wrong size or NaN/inf): "
+                             "the file is corrupted or from another model")
+    return x_hat
+
+
+def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] = None) -> bytes:
+    """Compress one image (1, 3, H, W) into a codecx file."""
+    if x.dim() != 4 or x.size(0) != 1:
+        raise ValueError(f"encode_image takes one image (1, 3, H, W), got {tuple(x.shape)}")
+    out = codec.compress(x)
+    return pack(Header.from_output(out, fingerprint, options), out["strings"][0])
+
+
+def decode_image(codec, data: bytes, fingerprint: Optional[bytes] = None) -> Tuple[Tensor, Header]:
+    """Unpack, verify and decode a codecx file; returns (x_hat (1, 3, H, W), header)."""
+    header, streams = unpack(data, fingerprint)
+    return safe_decompress(codec, header, streams), header
