@@ -1,4 +1,5 @@
 """Regularizers: one module each, all implementing :class:`Regularizer`."""
 from codecx.regularizers.base import AuxPhase, NoRegularizer, Regularizer
+from codecx.regularizers.cse import CSERegularizer
 
-__all__ = ["AuxPhase", "Regularizer", "NoRegularizer"]
+__all__ = ["AuxPhase", "Regularizer", "NoRegularizer", "CSERegularizer"]
