@@ -32,6 +32,8 @@ class DataConfig:
     num_workers: int = 0
     max_val_images: Optional[int] = None
     repeat: int = 1
+    shuffle: bool = True
+    augment: bool = True   # random crops and flips (false: centre crops, for exact comparisons)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SOURCES = ("sample", "folder")
@@ -117,7 +117,7 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(self, source: str = "sample", train_dir: PathLike | None = None, val_dir: PathLike | None = None,
                  crop_size: int = 256, val_crop_size: int | None = None, batch_size: int = 8,
                  val_batch_size: int = 1, num_workers: int = 0, max_val_images: int | None = None,
-                 repeat: int = 1):
+                 repeat: int = 1, shuffle: bool = True, augment: bool = True):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"data.source={source!r}: unknown source; valid choices: {', '.join(SOURCES)}")
@@ -130,6 +130,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.crop_size, self.val_crop_size = crop_size, val_crop_size
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.max_val_images, self.repeat = max_val_images, repeat
+        self.shuffle, self.augment = shuffle, augment
         self.train_set: Dataset | None = None
         self.val_set: ImageFolderDataset | None = None
 
@@ -154,7 +155,7 @@ class ImageDataModule(pl.LightningDataModule):
         """Build the datasets needed for `stage` (checks every image file once)."""
         train, val, train_name, val_name = self._split()
         if stage in (None, "fit") and self.train_set is None:
-            ds = ImageFolderDataset(train, self.crop_size, train=True, name=train_name)
+            ds = ImageFolderDataset(train, self.crop_size, train=self.augment, name=train_name)
             reps = max(self.repeat, math.ceil(self.batch_size / len(ds)))
             self.train_set = ConcatDataset([ds] * reps) if reps > 1 else ds
         if stage in (None, "fit", "validate") and self.val_set is None:
@@ -164,7 +165,12 @@ class ImageDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches of (B,3,crop,crop); incomplete last batch dropped."""
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+        sampler = None
+        if not self.shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning would insert a *shuffling* DistributedSampler; keep the order fixed
+            sampler = DistributedSampler(self.train_set, shuffle=False, drop_last=True)
+        return DataLoader(self.train_set, batch_size=self.batch_size, drop_last=True, sampler=sampler,
+                          shuffle=self.shuffle if sampler is None else None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 

@@ -97,7 +97,8 @@ class LitCodec(pl.LightningModule):
             self.untoggle_optimizer(opt)
             logs[f"train/{phase.name}_loss"] = aux_loss.detach()
             logs.update({f"train/{k}": v for k, v in metrics.items()})
-        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=x.size(0))
+        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=x.size(0),
+                      sync_dist=self.trainer.world_size > 1)
         self.log("bpp", terms["bpp"].detach(), prog_bar=True, logger=False, batch_size=x.size(0))
         self.log("psnr", terms["psnr"], prog_bar=True, logger=False, batch_size=x.size(0))
         self._step_schedulers("step")

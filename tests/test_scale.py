@@ -1,0 +1,84 @@
+"""Slow checks: Hydra multirun, DDP on 2 CPU processes (gloo), resume after a kill."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, run_train
+
+pytestmark = pytest.mark.slow
+
+
+def _losses(run_dir: Path):
+    rows = []
+    for f in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
+        rows += [r for r in csv.DictReader(open(f)) if r.get("train/loss")]
+    return [(int(r["step"]), float(r["train/loss"])) for r in rows]
+
+
+def test_issue_command_trains():
+    """The issue's command, as written (default model size)."""
+    r = run_train(["model=mbt_mean", "reg=none", "lmbda=0.0067", "trainer.max_steps=20",
+                   "trainer.enable_progress_bar=false", "data.max_val_images=1"], timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained mbt_mean for 20 steps" in r.stdout
+
+
+def test_multirun_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_train(["-m", "model=mbt_mean", "lmbda=0.0018,0.0067", "trainer.max_steps=5", *TINY,
+                   f"hydra.sweep.dir={sweep}"], timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted(p.parent.parent for p in sweep.glob("*/checkpoints/last.ckpt"))
+    assert len(runs) == 2
+    lmbdas = sorted(torch.load(p / "checkpoints" / "last.ckpt", map_location="cpu",
+                               weights_only=False)["codecx_config"]["lmbda"] for p in runs)
+    assert lmbdas == [0.0018, 0.0067]
+
+
+def test_ddp_matches_single_process(tmp_path):
+    """2 gloo processes with batch 2 each == 1 process with batch 4, step by step."""
+    common = [*TINY, "quantizer=ste", "data.augment=false", "data.shuffle=false",
+              "data.repeat=2", "trainer.max_steps=3", "schedule.scheduler=constant"]
+    single = run_train([*common, "data.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_train([*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     "trainer.max_steps=3", "data.batch_size=2", f"hydra.run.dir={tmp_path / 'two'}"])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, _ in a] == [s for s, _ in b] == [0, 1, 2]
+    for (_, la), (_, lb) in zip(a, b):
+        assert lb == pytest.approx(la, rel=1e-4)
+
+
+def test_kill_then_same_command_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.max_steps=150", "checkpoint.every_n_steps=5", f"hydra.run.dir={run_dir}"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not last.is_file():
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.is_file(), "no checkpoint was written before the kill"
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < killed_at < 150
+    r = run_train(args)  # the same command
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout + r.stderr
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert final["global_step"] == 150
+    versions = sorted(run_dir.glob("csv/version_*/metrics.csv"))
+    resumed = [int(r["step"]) for r in csv.DictReader(open(versions[-1])) if r.get("train/loss")]
+    # the resumed run starts right after the checkpoint (steps after it were lost with the kill)
+    assert resumed[0] == killed_at and resumed[-1] == 149
