@@ -86,3 +86,13 @@ def test_wrong_values_are_rejected(tmp_path):
         Schedule(scheduler="nope")
     with pytest.raises(ValueError, match="lmbda=-1"):
         build_module(_compose(["lmbda=-1", "model.N=8", "model.M=8"]))
+
+
+def test_slurm_launcher_config_composes():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.nodes == 2 and launcher.tasks_per_node == 4

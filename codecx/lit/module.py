@@ -87,6 +87,8 @@ class LitCodec(pl.LightningModule):
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
         logs["train/loss"] = loss.detach()
         logs.update({f"train/{k}": v for k, v in reg.metrics.items()})
+        if reg.loss.requires_grad or reg.loss.abs() > 0:
+            logs["train/reg_share"] = (reg.loss / loss).detach()  # the regularizer's share
         detached = detach_output(out)
         for phase, opt in zip(self.phases, aux_opts):
             self.toggle_optimizer(opt)
