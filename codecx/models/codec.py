@@ -101,6 +101,7 @@ class Codec(nn.Module):
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict:
         """Encode a batch; returns per-image lists of streams `[y, z]` and the shapes."""
+        self._check_updated()
         bb, q = self.backbone, self.quantizer
         h, w = x.shape[-2:]
         xp = pad_to(x, bb.stride)
@@ -133,6 +134,7 @@ class Codec(nn.Module):
     @torch.no_grad()
     def decompress(self, strings: List[List[bytes]], shape, y_shape, z_shape=None) -> Tensor:
         """Decode what `compress` produced; returns `x_hat` clamped to [0, 1]."""
+        self._check_updated()
         bb, q = self.backbone, self.quantizer
         x_hats = []
         for streams in strings:
@@ -150,6 +152,13 @@ class Codec(nn.Module):
                 y_hat = q.decode(dec, bb.params(hyper, like=like))
             x_hats.append(bb.g_s(y_hat)[..., : shape[0], : shape[1]].clamp(0, 1))
         return torch.cat(x_hats, 0)
+
+    def _check_updated(self) -> None:
+        from compressai.entropy_models import EntropyModel
+
+        if any(m._offset.numel() == 0 for m in self.modules() if isinstance(m, EntropyModel)):
+            raise RuntimeError("the entropy models have no CDF tables yet: call "
+                               "codec.update(force=True) before compress()/decompress()")
 
     def _y_model(self):
         bb = self.backbone
