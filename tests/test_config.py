@@ -96,3 +96,13 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.nodes == 2 and launcher.tasks_per_node == 4
+
+
+@pytest.mark.parametrize("name, model, alpha", [("cse_hyperprior", "mbt_mean", 0.1),
+                                                ("cse_mbt", "mbt", 1.0), ("cse_cheng", "cheng_attn", 1.0)])
+def test_cse_recipes_pin_the_paper_settings(name, model, alpha, tmp_path):
+    cfg = _compose([f"experiment={name}", f"data.train_dir={tmp_path}"])
+    assert cfg.model.name == model and cfg.alpha == alpha and cfg.reg.alpha == alpha
+    assert cfg.data.batch_size == 16 and cfg.data.crop_size == 256 and cfg.seed == 1
+    assert cfg.schedule.lr == 1e-4 and cfg.reg.lr == 1e-3
+    assert cfg.reg._target_.endswith("CSERegularizer")
