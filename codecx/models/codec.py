@@ -58,7 +58,7 @@ class Codec(nn.Module):
             y_hat, y_lik = out.y_hat, out.likelihoods
         else:
             y_hat, params = self._serial(hyper, lambda p, i: q.hard(y[i], p), y.shape)
-            y_lik = params.likelihood(y_hat)
+            y_lik = q.likelihood(y_hat, params)
         x_hat = bb.g_s(y_hat)[..., :h, :w]
         likelihoods = {"y": y_lik}
         if z_lik is not None:

@@ -33,6 +33,10 @@ class Quantizer(nn.Module, ABC):
     def hard(self, y: Tensor, params: EntropyParams) -> Tensor:
         """The decoder's `y_hat` for `y` (no gradient needed)."""
 
+    def likelihood(self, y_hat: Tensor, params: EntropyParams) -> Tensor:
+        """Likelihoods of an already quantized `y_hat` (serial context models' eval rate)."""
+        return params.likelihood(y_hat)
+
     @abstractmethod
     def open_encoder(self, params_model) -> object:
         """A stream encoder for symbols coded with `params_model` (an entropy model)."""
