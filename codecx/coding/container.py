@@ -232,7 +232,7 @@ def safe_decompress(codec, header: Header, streams: List[bytes]) -> Tensor:
         n_symbols.append(int(bb.entropy_bottleneck.channels) * z_shape[0] * z_shape[1])
     padded = [_pad(s, n) for s, n in zip(streams, n_symbols)]
     try:
-        x_hat = codec.decompress([padded], header.shape, y_shape, z_shape)
+        x_hat = codec.decompress([padded], header.shape, y_shape, z_shape, options=[header.options])
     except Exception as e:  # noqa: BLE001 - whatever garbage does to the decoder
         raise BitstreamError(f"could not decode the streams ({type(e).__name__}: {e}); "
                              "the file is corrupted or from another model") from e
@@ -247,7 +247,9 @@ def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] =
     if x.dim() != 4 or x.size(0) != 1:
         raise ValueError(f"encode_image takes one image (1, 3, H, W), got {tuple(x.shape)}")
     out = codec.compress(x)
-    return pack(Header.from_output(out, fingerprint, options), out["strings"][0])
+    opts = dict(options or {})
+    opts.update(out.get("options", [{}])[0])  # what the codec itself must signal (e.g. shift_index)
+    return pack(Header.from_output(out, fingerprint, opts), out["strings"][0])
 
 
 def decode_image(codec, data: bytes, fingerprint: Optional[bytes] = None) -> Tuple[Tensor, Header]:

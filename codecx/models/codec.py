@@ -29,10 +29,13 @@ class Codec(nn.Module):
     run the same serial loop for eval, encoding and decoding, so the three always agree.
     """
 
-    def __init__(self, backbone: Backbone, quantizer: Quantizer):
+    def __init__(self, backbone: Backbone, quantizer: Quantizer, shift: Optional[nn.Module] = None):
         super().__init__()
         self.backbone = backbone
         self.quantizer = quantizer
+        #: optional encoder-chosen latent shift (codecx.inference.latent_shift.LatentShift),
+        #: applied in eval forward, compress and decompress; it has no state
+        self.shift = shift
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> CodecOutput:
@@ -44,10 +47,16 @@ class Codec(nn.Module):
 
     def _forward(self, x: Tensor) -> CodecOutput:
         h, w = x.shape[-2:]
-        x = pad_to(x, self.backbone.stride)
+        x_in, x = x, pad_to(x, self.backbone.stride)
         bb, q = self.backbone, self.quantizer
+        shift = None if self.training else self.shift
+        metrics = {}
         y = bb.g_a(x)
         z_hat, z_lik, hyper = bb.side(y)
+        if shift is not None and z_hat is not None:
+            z_shifted, k = shift.side_encode(self, y, z_hat)
+            if k is not None:
+                hyper, metrics["side_shift_index"] = bb.side_from_z_hat(z_shifted), torch.tensor([k])
         if not bb.autoregressive:
             params = bb.params(hyper, like=y)
             out = q(y, params)
@@ -59,12 +68,15 @@ class Codec(nn.Module):
         else:
             y_hat, params = self._serial(hyper, lambda p, i: q.hard(y[i], p), y.shape)
             y_lik = q.likelihood(y_hat, params)
+        if shift is not None:  # y_lik stays the rate of the coded (unshifted) symbols
+            y_hat, k = shift.main_encode(self, x_in, y_hat, params)
+            metrics["shift_index"] = torch.tensor([k])
         x_hat = bb.g_s(y_hat)[..., :h, :w]
         likelihoods = {"y": y_lik}
         if z_lik is not None:
             likelihoods["z"] = z_lik
         return CodecOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=likelihoods,
-                           params=params, z_hat=z_hat)
+                           params=params, z_hat=z_hat, metrics=metrics)
 
     def _serial(self, hyper: Tensor, step: Callable, shape) -> tuple[Tensor, EntropyParams]:
         """Visit latent positions in raster order, as the decoder must (mbt2018, cheng2020).
@@ -100,17 +112,21 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict:
-        """Encode a batch; returns per-image lists of streams `[y, z]` and the shapes."""
+        """Encode a batch; returns per-image lists of streams `[y, z]` and the shapes, and with
+        a latent shift also `options`: per image, the header options the decoder needs
+        (`{"shift_index": k}`, plus `"side_shift_index"` with a side shift)."""
         self._check_updated()
-        bb, q = self.backbone, self.quantizer
+        bb, q, shift = self.backbone, self.quantizer, self.shift
         h, w = x.shape[-2:]
         xp = pad_to(x, bb.stride)
         strings: List[List[bytes]] = []
+        options: List[Dict] = []
         z_shape = y_shape = None
         for i in range(x.size(0)):  # image by image: entropy parameters never depend on the batch
             yi = bb.g_a(xp[i : i + 1])
             y_shape = tuple(yi.shape[-2:])
             streams: List[bytes] = []
+            opts: Dict = {}
             if bb.family == "factorized":
                 hyper = None
             else:
@@ -118,38 +134,55 @@ class Codec(nn.Module):
                 z_str = bb.entropy_bottleneck.compress(z)
                 z_shape = tuple(z.shape[-2:])
                 z_hat = bb.entropy_bottleneck.decompress(z_str, z_shape)
+                if shift is not None:
+                    z_hat, k = shift.side_encode(self, yi, z_hat)
+                    if k is not None:
+                        opts["side_shift_index"] = k
                 hyper = bb.side_from_z_hat(z_hat)
             enc = q.open_encoder(self._y_model())
             if bb.autoregressive:
-                self._serial(hyper, lambda p, idx: q.encode(enc, yi[idx], p), yi.shape)
+                y_hat, params = self._serial(hyper, lambda p, idx: q.encode(enc, yi[idx], p), yi.shape)
             else:
-                q.encode(enc, yi, bb.params(hyper, like=yi))
+                params = bb.params(hyper, like=yi)
+                y_hat = q.encode(enc, yi, params)
+            if shift is not None:
+                opts["shift_index"] = shift.main_encode(self, x[i : i + 1], y_hat, params)[1]
             streams.append(enc.finish())
             if hyper is not None:
                 streams.append(z_str[0])
             strings.append(streams)
-        return {"strings": strings, "shape": (h, w), "y_shape": y_shape,
-                "z_shape": z_shape}
+            options.append(opts)
+        out = {"strings": strings, "shape": (h, w), "y_shape": y_shape, "z_shape": z_shape}
+        if shift is not None:
+            out["options"] = options
+        return out
 
     @torch.no_grad()
-    def decompress(self, strings: List[List[bytes]], shape, y_shape, z_shape=None) -> Tensor:
-        """Decode what `compress` produced; returns `x_hat` clamped to [0, 1]."""
+    def decompress(self, strings: List[List[bytes]], shape, y_shape, z_shape=None,
+                   options=None) -> Tensor:
+        """Decode what `compress` produced; returns `x_hat` clamped to [0, 1]. `options`: the
+        per-image list `compress` returned (or one dict for every image); needed with a shift."""
         self._check_updated()
-        bb, q = self.backbone, self.quantizer
+        bb, q, shift = self.backbone, self.quantizer, self.shift
         x_hats = []
-        for streams in strings:
+        for i, streams in enumerate(strings):
+            opts = options[i] if isinstance(options, (list, tuple)) else options
             if bb.family == "factorized":
                 hyper = None
             else:
                 z_hat = bb.entropy_bottleneck.decompress([streams[1]], tuple(z_shape))
+                if shift is not None:
+                    z_hat = shift.side_decode(self, z_hat, opts)
                 hyper = bb.side_from_z_hat(z_hat)
             dec = q.open_decoder(self._y_model(), streams[0])
             y_full = (1, self._y_channels(), *y_shape)
             if bb.autoregressive:
-                y_hat, _ = self._serial(hyper, lambda p, idx: q.decode(dec, p), y_full)
+                y_hat, params = self._serial(hyper, lambda p, idx: q.decode(dec, p), y_full)
             else:
-                like = self._like(hyper, y_full)
-                y_hat = q.decode(dec, bb.params(hyper, like=like))
+                params = bb.params(hyper, like=self._like(hyper, y_full))
+                y_hat = q.decode(dec, params)
+            if shift is not None:
+                y_hat = shift.main_decode(self, y_hat, params, opts)
             x_hats.append(bb.g_s(y_hat)[..., : shape[0], : shape[1]].clamp(0, 1))
         return torch.cat(x_hats, 0)
 
@@ -183,4 +216,5 @@ def _cat_outputs(outs: List[CodecOutput]) -> CodecOutput:
         x_hat=cat([o.x_hat for o in outs]), y=cat([o.y for o in outs]),
         y_hat=cat([o.y_hat for o in outs]),
         likelihoods={k: cat([o.likelihoods[k] for o in outs]) for k in outs[0].likelihoods},
-        params=params, z_hat=cat([o.z_hat for o in outs]))
+        params=params, z_hat=cat([o.z_hat for o in outs]),
+        metrics={k: cat([o.metrics[k] for o in outs]) for k in outs[0].metrics})
