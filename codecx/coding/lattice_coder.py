@@ -166,11 +166,16 @@ class _Stream:
         self.z = self.tables._z
 
     def _keys(self, sigma: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Table indexes (G, v) -> (unique keys (U, v), inverse (G,), joint (U,))."""
-        idx = self.gc.build_indexes(sigma).to(torch.int64).cpu()
+        """Scales (G, v) on the CPU -> (unique table keys (U, v), inverse (G,), joint (U,)).
+
+        The key of a scale is CompressAI's `build_indexes` (the first table scale >= it,
+        after the lower bound), computed here on the CPU whatever the model's device.
+        """
+        table = self.gc.scale_table.detach().cpu()
+        s = sigma.to(table.dtype).clamp_min(float(self.gc.lower_bound_scale.bound))
+        idx = torch.searchsorted(table[:-1].contiguous(), s.contiguous())
         keys, inverse = torch.unique(idx, dim=0, return_inverse=True)
-        table = self.gc.scale_table.detach().cpu().to(torch.float64)
-        return keys, inverse, self.tables.joint(table[keys])
+        return keys, inverse, self.tables.joint(table.double()[keys])
 
     def _table(self, key: Tensor) -> _Table:
         table = self.gc.scale_table.detach().cpu().to(torch.float64)
@@ -187,7 +192,7 @@ class LatticeStreamEncoder(_Stream):
     def put(self, k: Tensor, sigma: Tensor, k_rest: Tensor, sigma_rest: Tensor) -> None:
         """Code lattice indices `k` (G, v) with scales `sigma` (G, v), then the scalar
         remainder `k_rest` (R,) (integers) with scales `sigma_rest` (R,)."""
-        k, k_rest = k.cpu(), k_rest.cpu()
+        k, k_rest, sigma, sigma_rest = k.cpu(), k_rest.cpu(), sigma.detach().cpu(), sigma_rest.detach().cpu()
         if k.numel():
             keys, inverse, joint = self._keys(sigma)
             order = torch.argsort(inverse, stable=True)
@@ -236,6 +241,7 @@ class LatticeStreamDecoder(_Stream):
 
     def get(self, sigma: Tensor, sigma_rest: Tensor) -> Tuple[Tensor, Tensor]:
         """Lattice indices (G, v) and scalar remainder (R,) for scales (G, v) and (R,)."""
+        sigma, sigma_rest = sigma.detach().cpu(), sigma_rest.detach().cpu()
         g, v = sigma.shape
         k = torch.zeros(g, v, dtype=torch.int64)
         if g:
