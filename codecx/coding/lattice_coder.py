@@ -165,17 +165,22 @@ class _Stream:
         self.tables = LatticeTables(lattice, tail, max_joint)
         self.z = self.tables._z
 
-    def _keys(self, sigma: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Scales (G, v) on the CPU -> (unique table keys (U, v), inverse (G,), joint (U,)).
+    def _keys(self, sigma: Tensor) -> Tuple[Tensor, Tensor, list, Tensor]:
+        """Scales (G, v) on the CPU -> (table keys (U, v), group order (G,), counts, joint (U,)).
 
         The key of a scale is CompressAI's `build_indexes` (the first table scale >= it,
-        after the lower bound), computed here on the CPU whatever the model's device.
+        after the lower bound), computed here on the CPU whatever the model's device. Groups
+        are visited key by key (keys ascending, groups in order within a key): `order` split
+        by `counts`.
         """
         table = self.gc.scale_table.detach().cpu()
         s = sigma.to(table.dtype).clamp_min(float(self.gc.lower_bound_scale.bound))
         idx = torch.searchsorted(table[:-1].contiguous(), s.contiguous())
-        keys, inverse = torch.unique(idx, dim=0, return_inverse=True)
-        return keys, inverse, self.tables.joint(table.double()[keys])
+        radix = len(table) ** torch.arange(idx.size(1), dtype=torch.int64)
+        flat, order = torch.sort((idx * radix).sum(-1), stable=True)
+        uniq, counts = torch.unique_consecutive(flat, return_counts=True)
+        keys = torch.div(uniq.unsqueeze(1), radix, rounding_mode="floor") % len(table)
+        return keys, order, counts.tolist(), self.tables.joint(table.double()[keys])
 
     def _table(self, key: Tensor) -> _Table:
         table = self.gc.scale_table.detach().cpu().to(torch.float64)
@@ -194,9 +199,7 @@ class LatticeStreamEncoder(_Stream):
         remainder `k_rest` (R,) (integers) with scales `sigma_rest` (R,)."""
         k, k_rest, sigma, sigma_rest = k.cpu(), k_rest.cpu(), sigma.detach().cpu(), sigma_rest.detach().cpu()
         if k.numel():
-            keys, inverse, joint = self._keys(sigma)
-            order = torch.argsort(inverse, stable=True)
-            counts = torch.bincount(inverse, minlength=len(keys)).tolist()
+            keys, order, counts, joint = self._keys(sigma)
             box = torch.zeros(len(k), dtype=torch.bool)
             for u, rows in enumerate(torch.split(order, counts)):
                 if not joint[u]:
@@ -245,9 +248,7 @@ class LatticeStreamDecoder(_Stream):
         g, v = sigma.shape
         k = torch.zeros(g, v, dtype=torch.int64)
         if g:
-            keys, inverse, joint = self._keys(sigma)
-            order = torch.argsort(inverse, stable=True)
-            counts = torch.bincount(inverse, minlength=len(keys)).tolist()
+            keys, order, counts, joint = self._keys(sigma)
             box = torch.zeros(g, dtype=torch.bool)
             for u, rows in enumerate(torch.split(order, counts)):
                 if not joint[u]:

@@ -1,0 +1,194 @@
+"""Lattice VQ and latent shift: encode/decode time against scalar quantization on Kodak.
+
+What is compared (issue 5, item 8): one mbt_mean codec (N=128, M=192 by default) coding the
+same Kodak images with real bitstreams (`Codec.compress` / `decompress`, entropy coding
+included) under
+
+- **scalar**: integer rounding, CompressAI's rANS tables (the baseline of every ratio);
+- **hex** / **oct**: `LatticeQuantizer(lattice, grouping="scale")` (constriction range coder,
+  joint PMF tables cached per process: a warm-up pass per variant builds them, and its time
+  is reported separately as `*_cold_encode_s`);
+- **shift**: scalar + `LatentShift("latent")` with the 8 candidates of `conf/shift/latent.yaml`,
+  all compared on the whole image in one batched `g_s` call (exact, never worse);
+- **shift_fast**: the same with 5 candidates compared on ~5% of the latent
+  (`conf/shift/latent_fast.yaml`).
+
+The paper's figures (001, appendix F, table 6, mbt2018-mean, one CPU core): Hex +3%, Oct
++5% encode, +1.8% decode; latent shift x10.1 encode (8 sequential decoder passes), +0.7%
+decode. Issue 5 targets latent-shift encode <= 2x.
+
+Weights: random initialisation unless `--lat-ckpt` names a `train.py` checkpoint (timing
+depends on the weights only through the predicted scales, i.e. table sizes and the share of
+large-scale groups, so a trained model is more representative). Every variant runs in the
+same process on the same images; rounds alternate the variant order, the per-image median
+over rounds is summed over images and ratios are taken against scalar.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from benchmarks import Row
+
+ROOT = Path(__file__).resolve().parents[1]
+KODAK = ROOT.parent / "shared" / "data" / "kodak"
+DEFAULTS = {"rounds": 3, "images": 3}
+QUICK = {"rounds": 1, "images": 1}
+VARIANTS = ("scalar", "hex", "oct", "shift", "shift_fast")
+TARGETS = {  # (encode, decode) ratio targets: the paper's overheads, issue 5's shift target
+    "hex": (1.05, 1.03), "oct": (1.05, 1.03), "shift": (2.0, 1.02), "shift_fast": (2.0, 1.02)}
+
+
+def add_arguments(group) -> None:
+    group.add_argument("--lat-images", type=int, default=None, help="lattice: Kodak images (default 3)")
+    group.add_argument("--lat-N", type=int, default=128, help="lattice: mbt_mean N")
+    group.add_argument("--lat-M", type=int, default=192, help="lattice: mbt_mean M")
+    group.add_argument("--lat-ckpt", default=None, help="lattice: a train.py checkpoint (mbt_mean) "
+                                                        "to load instead of random weights")
+    group.add_argument("--lat-crop", type=int, default=None,
+                       help="lattice: crop images to this size (default: full 768x512; --quick: 256)")
+
+
+def _images(n: int, crop) -> List:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    paths = sorted(KODAK.glob("*.png"))[:n]
+    if not paths:  # no shared data: the embedded sample photos
+        from codecx.data.datamodule import sample_image_paths
+
+        train, val = sample_image_paths()
+        paths = (list(val) + list(train))[:n]
+    out = []
+    for p in paths:
+        x = torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype="float32") / 255)
+        x = x.permute(2, 0, 1).unsqueeze(0)
+        out.append(x[..., :crop, :crop] if crop else x)
+    return out
+
+
+def _codec(args, device):
+    import torch
+
+    from codecx.models import Codec, build_backbone
+    from codecx.quantizers import NoiseQuantizer
+
+    torch.manual_seed(args.seed)
+    bb = build_backbone("mbt_mean", args.lat_N, args.lat_M)
+    if args.lat_ckpt:
+        ckpt = torch.load(args.lat_ckpt, map_location="cpu", weights_only=False)
+        prefix = "codec.backbone."
+        bb.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    codec = Codec(bb, NoiseQuantizer()).to(device).eval()
+    codec.update(force=True)
+    return codec
+
+
+def _variant(codec, name: str):
+    """Set codec.quantizer / codec.shift for variant `name`."""
+    from codecx.inference.latent_shift import LatentShift
+    from codecx.quantizers import LatticeQuantizer, NoiseQuantizer
+
+    codec.shift = None
+    codec.quantizer = NoiseQuantizer()
+    if name in ("hex", "oct"):
+        codec.quantizer = LatticeQuantizer(name, "scale")
+    elif name == "shift":
+        codec.shift = LatentShift("latent", [0.0, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16])
+    elif name == "shift_fast":
+        codec.shift = LatentShift("latent", [0.0, 0.005, 0.01, 0.02, 0.04], fraction=0.05)
+
+
+def _sync(device):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _code(codec, x, device) -> Dict[str, float]:
+    """Encode and decode one image; times, bytes and PSNR."""
+    import torch
+
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        enc = codec.compress(x)
+        _sync(device)
+        t1 = time.perf_counter()
+        x_hat = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"],
+                                 options=enc.get("options"))
+        _sync(device)
+        t2 = time.perf_counter()
+    mse = torch.mean((x_hat - x) ** 2).item()
+    return {"enc": t1 - t0, "dec": t2 - t1, "bytes": sum(len(s) for s in enc["strings"][0]),
+            "psnr": 10 * __import__("math").log10(1 / max(mse, 1e-12))}
+
+
+def run(args) -> List[Row]:
+    import torch
+
+    from codecx.coding.lattice_coder import LatticeTables
+
+    quick = bool(args.quick)
+    defaults = QUICK if quick else DEFAULTS
+    rounds = args.rounds or defaults["rounds"]
+    n_images = args.lat_images or defaults["images"]
+    crop = args.lat_crop or (256 if quick else None)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = [x.to(device) for x in _images(n_images, crop)]
+    codec = _codec(args, device)
+    print(f"lattice: mbt_mean N={args.lat_N} M={args.lat_M} "
+          f"({'checkpoint ' + args.lat_ckpt if args.lat_ckpt else 'random weights'}), {len(images)} image(s) "
+          f"{tuple(images[0].shape[-2:])}, {rounds} round(s), device={device}, threads={torch.get_num_threads()}",
+          flush=True)
+
+    rows: List[Row] = []
+    LatticeTables._cache.clear()
+    LatticeTables._cached_symbols = 0
+    for name in VARIANTS:  # warm-up (untimed for the ratios): builds the lattice tables
+        _variant(codec, name)
+        t = time.perf_counter()
+        for x in images:
+            _code(codec, x, device)
+        if name in ("hex", "oct"):
+            rows.append(Row(f"{name}_cold_pass_s", (time.perf_counter() - t) / len(images), None, "s",
+                            "first encode+decode per image, tables built"))
+
+    times = {v: [[] for _ in images] for v in VARIANTS}
+    stats: Dict[str, Dict[str, float]] = {}
+    for r in range(rounds):
+        order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
+        for name in order:
+            _variant(codec, name)
+            for i, x in enumerate(images):
+                m = _code(codec, x, device)
+                times[name][i].append(m)
+                stats.setdefault(name, {"bytes": 0, "psnr": 0.0})
+                if r == 0:
+                    stats[name]["bytes"] += m["bytes"]
+                    stats[name]["psnr"] += m["psnr"] / len(images)
+            print(f"  round {r + 1} {name:10s} enc {sum(t[-1]['enc'] for t in times[name]):.3f} s  "
+                  f"dec {sum(t[-1]['dec'] for t in times[name]):.3f} s", flush=True)
+
+    total = {v: {k: sum(statistics.median(m[k] for m in per) for per in times[v]) for k in ("enc", "dec")}
+             for v in VARIANTS}
+    base = total["scalar"]
+    rows.append(Row("scalar_encode_s", base["enc"] / len(images), None, "s", "per image"))
+    rows.append(Row("scalar_decode_s", base["dec"] / len(images), None, "s", "per image"))
+    for name in VARIANTS[1:]:
+        te, td = TARGETS[name]
+        rows.append(Row(f"{name}_encode", total[name]["enc"] / base["enc"], te, "ratio", "vs scalar"))
+        rows.append(Row(f"{name}_decode", total[name]["dec"] / base["dec"], td, "ratio", "vs scalar"))
+    for name in ("hex", "oct"):
+        rows.append(Row(f"{name}_bytes", stats[name]["bytes"] / stats["scalar"]["bytes"], None, "ratio",
+                        "real bytes vs scalar (weights: see header)"))
+    for name in VARIANTS[1:]:
+        rows.append(Row(f"{name}_psnr_gain", stats[name]["psnr"] - stats["scalar"]["psnr"], None, "dB",
+                        "vs scalar, same model"))
+    return rows
