@@ -19,9 +19,11 @@ first out, so serial context models can code position by position). Two models:
   rate cost); it uses the exact (unrounded) scales. The scalar remainder of a grouping
   (C mod v channels) is the 1-D case of this path (the Z lattice, where boxes are exact).
 
-Escapes: a point outside its joint table codes the escape symbol then its v integer
-coordinates; in the box path a coordinate beyond +-B codes +-(B+1) then the integer.
-Payload integers are two 16-bit uniform words each, so every point is codable.
+Escapes: a point outside its joint table codes the table's escape symbol (probability: the
+dropped mass, at least `tail`) and is then coded with the box model (exact scales), after
+all joint groups; in the box path a coordinate beyond +-B codes +-(B+1) then the integer as
+two 16-bit uniform words. So every point is codable, and an improbable point costs about
+its box-model bits plus the escape (~20 bits), not a fixed-width payload.
 """
 from __future__ import annotations
 
@@ -208,7 +210,7 @@ class LatticeStreamEncoder(_Stream):
                 tab = self._table(keys[u])
                 sym, esc = tab.symbols(k[rows])
                 self._enc.encode(sym.to(torch.int32).numpy(), tab.model)
-                _put_ints(self._enc, k[rows][esc])
+                box[rows[esc]] = True  # escaped: coded again below with the box model
             if bool(box.any()):
                 self._put_box(k[box], sigma[box].detach().cpu().double(), self.gen)
         if k_rest.numel():
@@ -257,11 +259,8 @@ class LatticeStreamDecoder(_Stream):
                 tab = self._table(keys[u])
                 sym = torch.from_numpy(self._dec.decode(tab.model, len(rows)).astype(np.int64))
                 esc = sym >= tab.size
-                pts = tab.offsets[sym.clamp(max=tab.size - 1)]
-                n_esc = int(esc.sum())
-                if n_esc:
-                    pts[esc] = _get_ints(self._dec, n_esc * v).reshape(n_esc, v)
-                k[rows] = pts
+                k[rows] = tab.offsets[sym.clamp(max=tab.size - 1)]
+                box[rows[esc]] = True
             if bool(box.any()):
                 k[box] = self._get_box(sigma[box].detach().cpu().double(), self.gen)
         r = sigma_rest.numel()
