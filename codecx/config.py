@@ -1,6 +1,7 @@
-"""Typed schema of the root training config (Hydra structured config) and its validation."""
+"""Typed schemas of the root configs of train.py and eval.py (Hydra structured configs) and their validation."""
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -62,6 +63,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class TrainEvalConfig:
+    """Real-bitstream evaluation during training (codecx.lit.callbacks.RealBitstreamEval)."""
+
+    every_n_steps: int = 100          # 0: only the final evaluation at the end of training
+    max_images: Optional[int] = 2     # periodic evaluations use the first N validation images
+    final_max_images: Optional[int] = None  # the final evaluation (null: every validation image)
+    log_images: int = 2               # reconstructions logged to W&B per evaluation
+    anchor: Optional[str] = None      # packaged anchor drawn in the W&B RD plot (e.g. mbt2018-mean)
+
+
+@dataclass
 class TrainConfig:
     lmbda: float = 0.0067
     alpha: float = 0.0
@@ -75,13 +87,59 @@ class TrainConfig:
     logger: Dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     callbacks: Dict[str, Any] = field(default_factory=dict)
-    eval: Dict[str, Any] = field(default_factory=dict)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
     resume: bool = True
 
 
+@dataclass
+class LpipsOptions:
+    enabled: bool = False
+    net: str = "alex"
+    weights: Optional[str] = None   # torchvision backbone file (or its folder); else the torch hub cache
+
+
+@dataclass
+class FidOptions:
+    enabled: bool = False
+    weights: Optional[str] = None   # torch-fidelity's InceptionV3 file (or its folder); else the hub cache
+    patch: int = 256
+    kid_subset_size: int = 1000
+
+
+@dataclass
+class MetricsOptions:
+    lpips: LpipsOptions = field(default_factory=LpipsOptions)
+    fid: FidOptions = field(default_factory=FidOptions)
+
+
+@dataclass
+class EvalConfig:
+    """Root of conf/eval.yaml: checkpoints (or a CompressAI state dict via model.weights), data, metrics."""
+
+    ckpt: Any = None                 # a checkpoint path, or a list of them (one RD curve)
+    name: Optional[str] = None       # the results' name (default: the model name)
+    description: str = ""
+    model: Optional[ModelConfig] = None
+    quantizer: Dict[str, Any] = field(default_factory=dict)  # empty: the checkpoint's own quantizer
+    data: DataConfig = field(default_factory=DataConfig)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    threads: Optional[int] = None    # torch threads for coding (null: every core this process may use)
+    progress: bool = True
+
+
+def run_name(overrides: str, max_len: int = 200) -> str:
+    """A run folder name from Hydra's override_dirname: '/' -> '_', long names shortened + hashed."""
+    s = overrides.replace("/", "_") if overrides else "default"
+    if len(s) > max_len:
+        s = f"{s[: max_len - 9]}-{hashlib.sha1(s.encode()).hexdigest()[:8]}"
+    return s
+
+
 def register_configs() -> None:
-    """Make the schema available to Hydra as `train_schema` (first in conf/train.yaml)."""
+    """Register the schemas (`train_schema`, `eval_schema`) and the `codecx_run_name` resolver."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+    OmegaConf.register_new_resolver("codecx_run_name", run_name, replace=True)
 
 
 class ConfigError(ValueError):
@@ -168,6 +226,21 @@ def precheck(overrides: List[str], config_dir: str, config_name: str = "train") 
                 raise ConfigError(_explain(e, config_dir, config_name)) from None
             check_targets(cfg, ["model", "quantizer", "reg", "schedule", "data", "logger"])
     GlobalHydra.instance().clear()
+
+
+def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str) -> None:
+    """Run a `@hydra.main` function after `precheck` of the command line's overrides (exit 2
+    with the valid choices / keys on a configuration error)."""
+    import sys
+
+    args = sys.argv[1:]
+    if not any(a.startswith("--") and a not in ("--multirun",) for a in args):
+        try:
+            precheck([a for a in args if not a.startswith("-")], config_dir, config_name)
+        except ConfigError as e:
+            print(f"{prog}: configuration error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+    hydra_main()
 
 
 def _explain(e: Exception, config_dir: str, config_name: str) -> str:

@@ -15,9 +15,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from codecx.config import ConfigError, check_targets, precheck, register_configs, to_container
+from codecx.config import (ConfigError, check_targets, main_with_precheck, register_configs,
+                           to_container)
+from codecx.lit.callbacks import RealBitstreamEval
 from codecx.lit.module import LitCodec
-from codecx.metrics.rd import measure_image
 from codecx.models.codec import Codec
 
 log = logging.getLogger("codecx")
@@ -25,8 +26,6 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 GROUPS = ["model", "quantizer", "reg", "schedule", "data", "logger"]
 
 register_configs()
-OmegaConf.register_new_resolver(
-    "codecx_run_name", lambda s: s.replace("/", "_") if s else "default", replace=True)
 
 
 def build_codec(cfg: DictConfig) -> Codec:
@@ -41,7 +40,8 @@ def build_module(cfg: DictConfig) -> LitCodec:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> pl.Trainer:
-    """A Lightning Trainer with checkpoints in `run_dir/checkpoints` (last.ckpt, best.ckpt)."""
+    """A Lightning Trainer with checkpoints in `run_dir/checkpoints` (last.ckpt, best.ckpt) and
+    real-bitstream evaluation (`eval:` of the config; `trainer.callbacks` lists it)."""
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     strategy = t.pop("strategy")
     if isinstance(strategy, dict):
@@ -53,7 +53,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.checkpoint.monitor,
                            mode="min", save_top_k=1, auto_insert_metric_name=False)
     logger = instantiate(cfg.logger) if cfg.logger else False
-    return pl.Trainer(strategy=strategy, logger=logger, callbacks=[last, best, *callbacks],
+    evaluation = RealBitstreamEval(**OmegaConf.to_container(cfg.eval, resolve=True))
+    return pl.Trainer(strategy=strategy, logger=logger,
+                      callbacks=[last, best, evaluation, *callbacks],
                       default_root_dir=str(run_dir), **t)
 
 
@@ -68,15 +70,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("set trainer.max_steps (or trainer.max_epochs) to a positive number")
 
 
-def final_report(module: LitCodec, datamodule, run_dir: Path) -> Dict[str, float]:
-    """Real-bitstream bpp and PSNR on the validation images with the final weights."""
-    codec = module.codec.eval().cpu()
-    codec.update(force=True)
-    datamodule.setup("validate")
-    rows = [measure_image(codec, x.unsqueeze(0)) for x in datamodule.val_set]
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("bpp", "bpp_est", "psnr-rgb")}
-    mean["images"] = len(rows)
-    return mean
+def final_report(trainer: pl.Trainer, module: LitCodec) -> Dict[str, float]:
+    """The final real-bitstream evaluation of RealBitstreamEval (run now if `fit` skipped it)."""
+    cb = next(c for c in trainer.callbacks if isinstance(c, RealBitstreamEval))
+    return cb.final or cb.run_final(trainer, module) or {}
 
 
 def run(cfg: DictConfig) -> Dict[str, float]:
@@ -94,7 +91,7 @@ def run(cfg: DictConfig) -> Dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if not trainer.is_global_zero:
         return {}
-    result = final_report(module, datamodule, run_dir)
+    result = final_report(trainer, module)
     best = run_dir / "checkpoints" / "best.ckpt"
     print(f"\ncodecx: trained {cfg.model.name} for {trainer.global_step} steps (lmbda={cfg.lmbda})")
     print(f"  checkpoint: {last if last.is_file() else best}")
@@ -102,9 +99,10 @@ def run(cfg: DictConfig) -> Dict[str, float]:
         print(f"  best      : {best}")
     if trainer.logger is not None and trainer.logger.log_dir:
         print(f"  logs      : {trainer.logger.log_dir}")
-    print(f"  validation ({result['images']} images, real bitstreams): "
-          f"bpp {result['bpp']:.4f} (estimate {result['bpp_est']:.4f}), "
-          f"PSNR {result['psnr-rgb']:.2f} dB")
+    if result:
+        print(f"  validation ({result['images']} images, real bitstreams): "
+              f"bpp {result['bpp']:.4f} (estimate {result['bpp_est']:.4f}), "
+              f"PSNR {result['psnr-rgb']:.2f} dB")
     return result
 
 
@@ -120,16 +118,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Entry point: check every override (and sweep value) first, then run Hydra."""
-    import sys
-
-    args = sys.argv[1:]
-    if not any(a.startswith("--") and a not in ("--multirun",) for a in args):
-        try:
-            precheck([a for a in args if not a.startswith("-")], CONF_DIR)
-        except ConfigError as e:
-            print(f"codecx: configuration error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-    _hydra_main()
+    main_with_precheck(_hydra_main, CONF_DIR, "train", "codecx")
 
 
 if __name__ == "__main__":

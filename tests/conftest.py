@@ -54,3 +54,29 @@ def run_train(args, cwd=ROOT, timeout=600, env=None):
 TINY = ["model.N=8", "model.M=12", "data.crop_size=64", "data.batch_size=2", "data.repeat=1",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
         "data.max_val_images=1", "data.val_crop_size=64"]
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """last.ckpt of a 2-step tiny `python train.py` run, trained once per test session."""
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    r = run_train([*TINY, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> Path:
+    """A folder with two small PNGs: 64x96 crops of Kodak images (synthetic if Kodak is absent)."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("images")
+    for i, name in enumerate(["kodim23.png", "kodim05.png"]):
+        if (KODAK / name).is_file():
+            im = Image.open(KODAK / name).convert("RGB").crop((200, 100, 296, 164))
+        else:
+            rng = np.random.default_rng(i)
+            im = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+        im.save(d / f"img{i}.png")
+    return d

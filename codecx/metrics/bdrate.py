@@ -142,3 +142,23 @@ def bd_from_results(anchor: ResultsLike, test: ResultsLike, metric: str = "psnr-
     if metric.startswith("ms-ssim"):
         qa, qt = msssim_db(qa), msssim_db(qt)
     return bd(get_metric(a, "bpp"), qa, get_metric(t, "bpp"), qt, method, min_overlap)
+
+
+def bd_methods(anchor: ResultsLike, test: ResultsLike, metric: str = "psnr-rgb", method: str = "both",
+               min_overlap: float = 0.5) -> Tuple[dict, list]:
+    """({method: BDResult}, notes) for 'pchip', 'cubic' or 'both' (cubic only where both curves
+    have >= 4 points); notes collect the overlap warnings and which methods were skipped."""
+    a, t = load_results(anchor), load_results(test)
+    n = min(len(get_metric(a, "bpp")), len(get_metric(t, "bpp")))
+    methods = ["pchip", "cubic"] if method == "both" else [method]
+    notes, out = [], {}
+    if method == "both" and n < MIN_POINTS["cubic"]:
+        methods.remove("cubic")
+        notes.append(f"cubic (VCEG-M33) skipped: it needs >= {MIN_POINTS['cubic']} RD points per curve, "
+                     f"the shorter curve has {n}; pchip only")
+    for m in methods:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out[m] = bd_from_results(a, t, metric, m, min_overlap)
+        notes += [str(w.message) for w in caught if str(w.message) not in notes]
+    return out, notes

@@ -1,0 +1,170 @@
+"""`codecx`: compress / decompress images with a checkpoint, BD-rate, RD plots, sweep reports."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An RGB image file as a (1,3,H,W) float tensor in [0,1]; ValueError if it cannot be read."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except Exception as e:  # noqa: BLE001 - any decoder failure
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div(255).unsqueeze(0)
+
+
+def write_png(x: torch.Tensor, path: str | os.PathLike) -> None:
+    """Write a (1,3,H,W) image in [0,1] as an 8-bit PNG (rounded, as PSNR is measured)."""
+    from PIL import Image
+
+    from codecx.metrics.rd import to_uint8
+
+    arr = to_uint8(x[0]).permute(1, 2, 0).to(torch.uint8).numpy()
+    Image.fromarray(arr).save(path, format="PNG")
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from codecx.coding.container import encode_image
+    from codecx.evaluate import fingerprint_of, load_codec, set_coding_threads
+
+    set_coding_threads(a.threads)
+    x = read_image(a.image)
+    codec, config = load_codec(a.checkpoint)
+    data = encode_image(codec, x, fingerprint_of(codec, config))
+    out = Path(a.output or Path(a.image).with_suffix(".cdcx"))
+    out.write_bytes(data)
+    h, w = x.shape[-2:]
+    print(f"{out}: {len(data)} bytes, {len(data) * 8 / (h * w):.4f} bpp ({w}x{h} px, header included)")
+    return 0
+
+
+def cmd_decompress(a: argparse.Namespace) -> int:
+    from codecx.coding.container import decode_image
+    from codecx.evaluate import fingerprint_of, load_codec, set_coding_threads
+
+    set_coding_threads(a.threads)
+    p = Path(a.file)
+    if not p.is_file():
+        raise FileNotFoundError(f"{a.file}: no such file")
+    data = p.read_bytes()
+    codec, config = load_codec(a.checkpoint)
+    x_hat, header = decode_image(codec, data, fingerprint_of(codec, config))
+    out = Path(a.output or p.with_suffix(".png"))
+    write_png(x_hat, out)
+    print(f"{out}: {header.shape[1]}x{header.shape[0]} px from {len(data)} bytes")
+    return 0
+
+
+def cmd_bdrate(a: argparse.Namespace) -> int:
+    from codecx.metrics.bdrate import bd_methods, load_results
+
+    anchor, test = load_results(a.anchor), load_results(a.test)
+    results, notes = bd_methods(anchor, test, a.metric, a.method, a.min_overlap)
+    unit = "dB" if a.metric.startswith(("psnr", "ms-ssim")) else a.metric
+    print(f"{test['name']} vs anchor {anchor['name']} on {a.metric} (Bjøntegaard, log rate):")
+    for m, r in results.items():
+        print(f"  {m:5s}  BD-rate {r.bd_rate:+.2f} %   BD-{'PSNR' if a.metric.startswith('psnr') else 'quality'} "
+              f"{r.bd_psnr:+.3f} {unit}   (quality overlap {r.overlap:.0%})")
+    for n in notes:
+        print(f"  note: {n}")
+    return 0
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    from codecx.metrics.rdplot import plot_rd
+
+    out = plot_rd(a.results, a.output, anchors=a.anchor or (), metrics=a.metric, title=a.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from codecx.evaluate import set_coding_threads
+    from codecx.report import build_report
+
+    set_coding_threads(a.threads)
+    paths = build_report(a.multirun_dir, a.baseline, a.out, a.eval_dir, a.data_val_dir,
+                         progress=not a.no_progress)
+    print(paths["md"].read_text())
+    print(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `codecx` argument parser (one subcommand per verb)."""
+    p = argparse.ArgumentParser(prog="codecx", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def verb(name: str, fn, help: str, threads: bool = False) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help)
+        s.set_defaults(func=fn)
+        if threads:
+            s.add_argument("--threads", type=int, default=None,
+                           help="torch threads (default: all cores; use the same to encode and decode)")
+        return s
+
+    s = verb("compress", cmd_compress, "encode an image into a codecx file", threads=True)
+    s.add_argument("image", help="image file (PNG, JPEG, ...)")
+    s.add_argument("-c", "--checkpoint", required=True, help="train.py checkpoint (last.ckpt)")
+    s.add_argument("-o", "--output", help="codecx file to write (default: IMAGE.cdcx)")
+
+    s = verb("decompress", cmd_decompress, "decode a codecx file into a PNG", threads=True)
+    s.add_argument("file", help="codecx file")
+    s.add_argument("-c", "--checkpoint", required=True, help="the checkpoint that encoded it")
+    s.add_argument("-o", "--output", help="PNG to write (default: FILE.png)")
+
+    s = verb("bdrate", cmd_bdrate, "BD-rate and BD-PSNR of TEST against ANCHOR")
+    s.add_argument("anchor", help="results JSON (CompressAI layout) or a packaged anchor name")
+    s.add_argument("test", help="results JSON (CompressAI layout) or a packaged anchor name")
+    s.add_argument("--metric", default="psnr-rgb", help="quality metric (psnr-rgb, ms-ssim; default psnr-rgb)")
+    s.add_argument("--method", default="both", choices=["pchip", "cubic", "both"],
+                   help="interpolation (default both; cubic needs >= 4 points per curve)")
+    s.add_argument("--min-overlap", type=float, default=0.5, help="warn below this quality overlap")
+
+    s = verb("plot", cmd_plot, "RD plot (PSNR and MS-SSIM vs bpp) of results files")
+    s.add_argument("results", nargs="+", help="results JSON files (or packaged anchor names)")
+    s.add_argument("-o", "--output", default="rd.png", help="PNG to write (default rd.png)")
+    s.add_argument("--anchor", action="append", help="packaged anchor drawn dashed (repeatable), e.g. mbt2018-mean")
+    s.add_argument("--metric", nargs="+", default=["psnr-rgb", "ms-ssim"], help="metrics (one subplot each)")
+    s.add_argument("--title", default="")
+
+    s = verb("report", cmd_report, "BD-rate table and RD plot of a Hydra multirun (train.py -m)",
+             threads=True)
+    s.add_argument("multirun_dir", help="the multirun folder (e.g. runs/sweep/DATE)")
+    s.add_argument("--baseline", required=True, help="KEY=VALUE[,KEY=VALUE] picking the baseline group, e.g. reg=none")
+    s.add_argument("--eval-dir", help="where per-run results.json are read / written (default: each run dir)")
+    s.add_argument("--data-val-dir", help="evaluate every run on this image folder (full images) "
+                                          "instead of the run's own validation data")
+    s.add_argument("-o", "--out", help="folder for report.md, report.csv, rd.png (default: MULTIRUN_DIR)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one verb; user errors print one line and exit 1 (CODECX_DEBUG=1 shows the traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, KeyError) as e:  # BitstreamError, CheckpointError, bad input files
+        if os.environ.get("CODECX_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"codecx {args.cmd}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

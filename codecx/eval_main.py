@@ -1,0 +1,145 @@
+"""`python eval.py`: real-bitstream RD evaluation of train.py checkpoints or a CompressAI state dict."""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from codecx.config import ConfigError, check_targets, main_with_precheck, register_configs
+from codecx.evaluate import (DEFAULT_QUANTIZER, codec_from_config, data_key, data_label,
+                             dataset_images, evaluate_codecs, load_codec, prepare, results_dict,
+                             set_coding_threads, summary_table, write_results)
+from codecx.metrics.weights import MissingWeightsError
+from codecx.models.codec import Codec
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+register_configs()
+
+
+def checkpoint_paths(spec: Any) -> List[Path]:
+    """Checkpoint files of `ckpt=`: a path, a run dir (its checkpoints/last.ckpt), a glob, or a list."""
+    items = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else [spec]
+    paths: List[Path] = []
+    for item in map(str, items):
+        matches = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+        if not matches:
+            raise ConfigError(f"ckpt={item}: the pattern matches no file")
+        for m in map(Path, matches):
+            paths.append(m / "checkpoints" / "last.ckpt" if m.is_dir() else m)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ConfigError(f"ckpt: no such checkpoint file(s): {', '.join(missing)}")
+    return paths
+
+
+def codecs(cfg: DictConfig) -> Iterator[Tuple[str, Codec, Dict[str, Any]]]:
+    """(label, codec, config) for each checkpoint, or the one model of `model=` (built lazily)."""
+    quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True) or None
+    if cfg.ckpt is not None:
+        for p in checkpoint_paths(cfg.ckpt):
+            codec, config = load_codec(p, quantizer)
+            yield str(p), codec, config
+        return
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if not model.get("weights"):
+        warnings.warn("model.weights is not set: evaluating an untrained (randomly initialised) model",
+                      stacklevel=2)
+    quantizer = quantizer or dict(DEFAULT_QUANTIZER)
+    yield (model.get("weights") or "untrained", prepare(codec_from_config(model, quantizer)),
+           {"model": model, "quantizer": quantizer})
+
+
+def point_label(path: str) -> str:
+    """Short name of a checkpoint for tables: '<run dir>/last.ckpt' or the file name."""
+    p = Path(path)
+    return f"{p.parent.parent.name}/{p.name}" if p.parent.name == "checkpoints" else p.name
+
+
+def build_metrics(cfg: DictConfig) -> Tuple[Optional[Any], Optional[Any]]:
+    """(LPIPS, FIDKID) as enabled; missing weights give a warning that says what to put where."""
+    lpips = fid = None
+    m = cfg.metrics
+    try:
+        if m.lpips.enabled:
+            from codecx.metrics.lpips import LPIPSMetric
+
+            lpips = LPIPSMetric(net=m.lpips.net, weights=m.lpips.weights)
+    except MissingWeightsError as e:
+        warnings.warn(f"LPIPS skipped: {e}", stacklevel=2)
+    try:
+        if m.fid.enabled:
+            from codecx.metrics.fid import FIDKID
+
+            fid = FIDKID(weights=m.fid.weights, patch=m.fid.patch,
+                         kid_subset_size=m.fid.kid_subset_size)
+    except MissingWeightsError as e:
+        warnings.warn(f"FID/KID skipped: {e}", stacklevel=2)
+    return lpips, fid
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need the composed config, before anything is loaded."""
+    check_targets(cfg, ["model", "quantizer", "data"])
+    if cfg.ckpt is None and cfg.model is None:
+        raise ConfigError("nothing to evaluate: set ckpt=PATH (a train.py checkpoint; a list "
+                          "ckpt=[a.ckpt,b.ckpt] gives one RD curve) or model=NAME model.N=.. "
+                          "model.M=.. model.weights=PATH (a CompressAI state dict)")
+    if cfg.ckpt is not None and cfg.model is not None:
+        raise ConfigError("ckpt= and model= exclude each other: a checkpoint carries its model "
+                          "config (quantizer= may still replace its quantizer)")
+    if cfg.data.source == "folder" and cfg.data.val_dir is None:
+        raise ConfigError("data=folder needs data.val_dir=DIR (the images to evaluate)")
+    if cfg.ckpt is not None:
+        checkpoint_paths(cfg.ckpt)
+
+
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    """Evaluate every checkpoint on the data's validation images; write results.json and
+    per_image.csv in the Hydra run dir and print a summary table."""
+    from rich.console import Console
+
+    validate(cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    threads = set_coding_threads(cfg.threads)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    images = dataset_images(datamodule.val_set)
+    lpips, fid = build_metrics(cfg)
+    points, rows = evaluate_codecs(codecs(cfg), images, lpips, fid, cfg.progress)
+    labels = [p["checkpoint"] for p in points]
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    name = cfg.name or "+".join(dict.fromkeys(p["model"] for p in points))
+    desc = cfg.description or (f"codecx eval of {len(labels)} model(s) on {len(images)} image(s) "
+                               f"({data_label(data)})")
+    results = results_dict(name, points, desc, checkpoints=labels,
+                           images=[p["images"] for p in points], data=data_key(data))
+    js, cs = write_results(out_dir, results, rows)
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(summary_table(results, [point_label(lb) for lb in labels]))
+    console.print(f"{len(images)} image(s), {threads} thread(s); wrote {js} and {cs}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError) as e:  # config, checkpoint and data problems
+        if os.environ.get("CODECX_DEBUG"):
+            raise
+        print(f"codecx eval: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    """Entry point: check every override first (valid choices and keys), then run Hydra."""
+    main_with_precheck(_hydra_main, CONF_DIR, "eval", "codecx eval")

@@ -1,0 +1,231 @@
+"""Evaluation from real bitstreams: rebuild codecs from checkpoints, code every image through
+the codecx file format, and aggregate CompressAI-layout results (one RD point per checkpoint)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+
+from codecx.coding.container import codec_fingerprint
+from codecx.lit.module import resize_cdf_buffers
+from codecx.metrics.rd import code_image
+from codecx.models.codec import Codec
+
+BPP_SOURCE = "codecx file: header, streams and CRC"
+# per-image columns, in CSV order; `lpips` only with an LPIPS model
+METRICS = ("bpp", "bpp_streams", "bpp_est", "psnr-rgb", "ms-ssim", "lpips",
+           "encoding_time", "decoding_time", "bytes")
+DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer"}  # every scalar one codes alike
+
+Image = Tuple[str, Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not hold a codecx training checkpoint."""
+
+
+def set_coding_threads(n: Optional[int] = None) -> int:
+    """Use `n` torch threads (default: every core this process may run on); returns the number.
+
+    The transforms use them; rANS coding itself is single-threaded. Encoder and decoder must
+    compute bit-identical entropy parameters, so keep the setting equal on both sides."""
+    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = max(1, int(n or avail))
+    torch.set_num_threads(n)
+    return n
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """The dict of a train.py checkpoint; CheckpointError with what is wrong otherwise."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file (train.py writes "
+                              "<run dir>/checkpoints/last.ckpt and best.ckpt)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem
+        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch file ({type(e).__name__}: "
+                              f"{e})") from None
+    if not isinstance(ckpt, dict) or "codecx_config" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {path}: not a codecx training checkpoint (no 'codecx_config'/'state_dict'); "
+            "evaluate a CompressAI state dict with model=NAME model.N=.. model.M=.. model.weights=PATH")
+    return ckpt
+
+
+def prepare(codec: Codec) -> Codec:
+    """A codec ready to code: CPU, eval mode, CDF tables built (`update(force=True)`)."""
+    codec = codec.cpu().eval()
+    codec.update(force=True)
+    return codec
+
+
+def codec_from_config(model: Mapping, quantizer: Optional[Mapping] = None) -> Codec:
+    """A codec from plain `model` / `quantizer` config dicts (each one `_target_` node)."""
+    return Codec(instantiate(dict(model)), instantiate(dict(quantizer or DEFAULT_QUANTIZER)))
+
+
+def load_codec(ckpt_path: str | os.PathLike,
+               quantizer_override: Optional[Mapping] = None) -> Tuple[Codec, Dict[str, Any]]:
+    """(codec ready to code, its config) from a train.py checkpoint's `codecx_config` and weights;
+    `quantizer_override` (a `_target_` dict) replaces the trained quantizer."""
+    ckpt = load_checkpoint(ckpt_path)
+    config = dict(ckpt["codecx_config"])
+    config["model"] = dict(config["model"], weights=None)  # the checkpoint holds the weights
+    if quantizer_override:
+        config["quantizer"] = dict(quantizer_override)
+    codec = codec_from_config(config["model"], config["quantizer"])
+    state = {k[len("codec."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("codec.")}
+    if quantizer_override:  # the new quantizer keeps its own state (if any)
+        own = codec.quantizer.state_dict()
+        state = {k: v for k, v in state.items() if not k.startswith("quantizer.")}
+        state.update({f"quantizer.{k}": v for k, v in own.items()})
+    resize_cdf_buffers(codec, state)
+    try:
+        codec.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {ckpt_path}: weights do not fit its own config "
+                              f"({config['model']}):\n{e}") from None
+    return prepare(codec), config
+
+
+def fingerprint_of(codec: Codec, config: Mapping[str, Any]) -> bytes:
+    """The container fingerprint: model and quantizer config (no weights path) + all state."""
+    model = {k: v for k, v in dict(config["model"]).items() if k != "weights"}
+    return codec_fingerprint(codec, {"model": model, "quantizer": dict(config["quantizer"])})
+
+
+def dataset_images(dataset, max_images: Optional[int] = None) -> List[Image]:
+    """(file name, (1,3,H,W) image) pairs of an ImageFolderDataset (or any indexable dataset)."""
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    paths = getattr(dataset, "paths", None)
+    return [(Path(paths[i]).name if paths else f"image{i:04d}", dataset[i].unsqueeze(0))
+            for i in range(n)]
+
+
+@torch.no_grad()
+def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=None, fid=None,
+             progress: bool = True, description: str = "coding",
+             on_image: Optional[Callable[[str, Tensor, Tensor], None]] = None) -> List[Dict[str, Any]]:
+    """Per-image rows: each image goes through a real codecx file (`encode_image` then
+    `decode_image`); `bpp` counts the whole file, header included. LPIPS (Zhang et al. 2018)
+    per image with `lpips`; `fid` (FIDKID) accumulates patches, read it with `summarize`;
+    `on_image(name, x, x_hat)` sees every decoded image."""
+    from rich.console import Console
+    from rich.progress import track
+
+    images = list(images)
+    console = Console(stderr=True)
+    rows = []
+    for name, x in track(images, description=description, transient=True, console=console,
+                         disable=not (progress and console.is_terminal)):
+        row, x_hat = code_image(codec, x, fingerprint)
+        if lpips is not None:
+            row["lpips"] = lpips(x, x_hat).mean().item()
+        if fid is not None:
+            fid.update(x, x_hat)
+        if on_image is not None:
+            on_image(name, x, x_hat)
+        rows.append({"image": name, "height": x.shape[-2], "width": x.shape[-1], **row})
+    return rows
+
+
+def evaluate_codecs(codecs: Iterable[Tuple[str, Codec, Mapping[str, Any]]], images: Sequence[Image],
+                    lpips=None, fid=None, progress: bool = True
+                    ) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
+    """(one RD point per codec, per-image rows) for (label, codec, config) triples, e.g. from
+    `load_codec`, each coded with its own fingerprint; points and rows carry `checkpoint`
+    (the label), points also `model` (the model name)."""
+    points, rows = [], []
+    for label, codec, config in codecs:
+        r = evaluate(codec, images, fingerprint_of(codec, config), lpips, fid, progress,
+                     description=Path(label).name)
+        points.append({**summarize(r, fid), "checkpoint": label, "model": config["model"]["name"]})
+        rows += [{"checkpoint": label, **row} for row in r]
+    return points, rows
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], fid=None) -> Dict[str, float]:
+    """One RD point: the mean of every metric over the images (+ FID/KID from `fid`)."""
+    if not rows:
+        raise ValueError("no images were evaluated")
+    point = {k: sum(float(r[k]) for r in rows) / len(rows) for k in METRICS if k in rows[0]}
+    point["images"] = len(rows)
+    if fid is not None:
+        try:
+            point.update(fid.compute())
+        except ValueError as e:
+            warnings.warn(f"FID/KID skipped: {e}", stacklevel=2)
+        fid.reset()
+    return point
+
+
+def data_key(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """The fields of a data config that decide which images are evaluated (stored in results)."""
+    keys = ("source", "val_dir", "train_dir", "val_crop_size", "max_val_images")
+    return {k: data.get(k) for k in keys if k != "train_dir" or data.get("val_dir") is None}
+
+
+def data_label(data: Mapping[str, Any]) -> str:
+    """A short description of the evaluated images, e.g. 'folder /data/kodak, full images'."""
+    where = data.get("val_dir") or data.get("train_dir") or ""
+    crop = data.get("val_crop_size")
+    return f"{data.get('source')} {where}".strip() + (f", {crop}-px centre crops" if crop else ", full images")
+
+
+def _json_number(v: float) -> Optional[float]:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def results_dict(name: str, points: Sequence[Mapping[str, Any]], description: str = "",
+                 **extra: Any) -> Dict[str, Any]:
+    """CompressAI's results layout: `results[metric]` lists one value per point (checkpoint),
+    so a rate sweep is one RD curve; non-finite values (MS-SSIM of small images) become null."""
+    keys = [k for k in (*METRICS, "fid", "kid", "kid_std") if k != "bytes" and k in points[0]]
+    results = {k: [_json_number(float(p[k])) for p in points] for k in keys}
+    return {"name": name, "description": description, "bpp_source": BPP_SOURCE, **extra,
+            "results": results}
+
+
+def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any],
+                  rows: Sequence[Mapping[str, Any]]) -> Tuple[Path, Path]:
+    """results.json (CompressAI layout) and per_image.csv (one row per checkpoint and image)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, cs = out / "results.json", out / "per_image.csv"
+    js.write_text(json.dumps(results, indent=2) + "\n")
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with cs.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return js, cs
+
+
+def summary_table(results: Mapping[str, Any], labels: Sequence[str] = ()):
+    """A rich Table of a results dict: one row per RD point."""
+    from rich.table import Table
+
+    res = results["results"]
+    cols = [("bpp", "bpp", 4), ("bpp_streams", "bpp streams", 4), ("bpp_est", "bpp est.", 4),
+            ("psnr-rgb", "PSNR dB", 2), ("ms-ssim", "MS-SSIM", 4), ("lpips", "LPIPS", 4),
+            ("fid", "FID", 2), ("kid", "KID", 4), ("encoding_time", "enc s", 3),
+            ("decoding_time", "dec s", 3)]
+    cols = [c for c in cols if c[0] in res]
+    table = Table(title=f"{results['name']}: bpp from {BPP_SOURCE}")
+    table.add_column("point", overflow="fold")
+    for _, title, _ in cols:
+        table.add_column(title, justify="right")
+    for i in range(len(res["bpp"])):
+        vals = [res[k][i] for k, _, _ in cols]
+        table.add_row(labels[i] if i < len(labels) else str(i),
+                      *("n/a" if v is None else f"{v:.{d}f}" for v, (_, _, d) in zip(vals, cols)))
+    return table

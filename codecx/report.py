@@ -1,0 +1,244 @@
+"""Sweep report: group the runs of a Hydra multirun by their overrides except `lmbda`, evaluate
+each run from real bitstreams (or reuse its results.json), and tabulate BD-rate / BD-PSNR
+(Bjøntegaard, VCEG-M33) of every group against a baseline group, with one RD plot."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from codecx.evaluate import (data_key, data_label, dataset_images, evaluate_codecs, load_codec,
+                             results_dict, write_results)
+from codecx.metrics.bdrate import bd_methods, get_metric
+from codecx.metrics.rdplot import plot_rd
+
+GROUP_EXCLUDE = {"lmbda"}
+
+
+@dataclass
+class Run:
+    """One job of a multirun: its folder, command-line overrides and Hydra group choices."""
+
+    dir: Path
+    overrides: Dict[str, str]
+    choices: Dict[str, str] = field(default_factory=dict)
+    results: Optional[Dict[str, Any]] = None
+
+    @property
+    def ckpt(self) -> Path:
+        return self.dir / "checkpoints" / "last.ckpt"
+
+
+def _parse_overrides(lines: Sequence[str]) -> Dict[str, str]:
+    """{'quantizer': 'ste', 'lmbda': '0.0018', ...} from Hydra's overrides.yaml (hydra.* dropped)."""
+    out = {}
+    for line in map(str, lines):
+        key, _, value = line.partition("=")
+        key = key.lstrip("+~")
+        if not key.startswith("hydra."):
+            out[key] = value
+    return out
+
+
+def find_runs(root: Path) -> List[Run]:
+    """Every run folder under `root` (one with .hydra/overrides.yaml), sorted by path."""
+    runs = []
+    for f in sorted(root.rglob(".hydra/overrides.yaml")):
+        run_dir = f.parent.parent
+        hydra_yaml = f.parent / "hydra.yaml"
+        choices = {}
+        if hydra_yaml.is_file():
+            choices = OmegaConf.to_container(OmegaConf.load(hydra_yaml)).get("hydra", {}) \
+                .get("runtime", {}).get("choices", {}) or {}
+        overrides = _parse_overrides(OmegaConf.to_container(OmegaConf.load(f)) or [])
+        runs.append(Run(run_dir, overrides, {k: str(v) for k, v in choices.items()}))
+    return runs
+
+
+def group_runs(runs: Sequence[Run]) -> Dict[str, List[Run]]:
+    """Runs grouped by every override except lmbda; labelled by the overrides that vary."""
+    keys = sorted({k for r in runs for k in r.overrides} - GROUP_EXCLUDE)
+    varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+    groups: Dict[str, List[Run]] = {}
+    for r in runs:
+        label = ",".join(f"{k}={r.overrides[k]}" for k in varying if k in r.overrides) or "all"
+        groups.setdefault(label, []).append(r)
+    return groups
+
+
+def parse_baseline(spec: str) -> Dict[str, str]:
+    """'reg=none' or 'reg=none,quantizer=noise' -> {key: value}."""
+    pairs = [p for p in spec.split(",") if p]
+    if not pairs or any("=" not in p for p in pairs):
+        raise ValueError(f"--baseline {spec!r}: expected KEY=VALUE[,KEY=VALUE...], e.g. reg=none")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def find_baseline(groups: Dict[str, List[Run]], spec: str) -> str:
+    """The label of the one group whose runs all have the baseline's overrides (or group choices)."""
+    want = parse_baseline(spec)
+    match = [g for g, runs in groups.items()
+             if all(all({**r.choices, **r.overrides}.get(k) == v for k, v in want.items()) for r in runs)]
+    if len(match) != 1:
+        raise ValueError(f"--baseline {spec}: {'no' if not match else len(match)} groups match "
+                         f"(exactly one must); groups: {'; '.join(groups)}")
+    return match[0]
+
+
+def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, Any]],
+                progress: bool, cache: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A run's results: `results_path` when it is newer than the checkpoint and for the same
+    images, else evaluated from the run's last.ckpt on its own validation data (or
+    `data_override`) and written there."""
+    fresh = results_path.is_file() and (not run.ckpt.is_file()
+                                        or results_path.stat().st_mtime >= run.ckpt.stat().st_mtime)
+    if fresh:  # written after the checkpoint, for the same images
+        res = json.loads(results_path.read_text())
+        stored = res.get("data")
+        if stored is None or data_override is None or stored == data_key(data_override):
+            return res
+    if not run.ckpt.is_file():
+        return None
+    codec, config = load_codec(run.ckpt)
+    data = dict(config["data"], **(data_override or {}))
+    key = json.dumps(data_key(data), sort_keys=True)
+    if key not in cache:
+        dm = instantiate(data)
+        dm.setup("validate")
+        cache[key] = dataset_images(dm.val_set)
+    images = cache[key]
+    points, rows = evaluate_codecs([(str(run.ckpt), codec, config)], images, progress=progress)
+    res = results_dict(run.dir.name, points, f"{config['model']['name']}, lmbda={config['lmbda']}, "
+                       f"{len(images)} image(s) ({data_label(data)})", checkpoints=[str(run.ckpt)],
+                       lmbda=config["lmbda"], images=[len(images)], data=data_key(data))
+    write_results(results_path.parent, res, rows)
+    return res
+
+
+def merge_results(name: str, results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One CompressAI-layout curve from several results: the metrics all have, sorted by bpp."""
+    keys = [k for k in results[0]["results"] if all(k in r["results"] for r in results)]
+    pts = [{k: r["results"][k][i] for k in keys} for r in results for i in range(len(r["results"]["bpp"]))]
+    pts.sort(key=lambda p: p["bpp"])
+    return {"name": name, "description": f"{len(pts)} RD points of {len(results)} run(s)",
+            "bpp_source": results[0].get("bpp_source", "real bitstream"),
+            "results": {k: [p[k] for p in pts] for k in keys}}
+
+
+def _finite(curve: Dict[str, Any], metric: str) -> bool:
+    try:
+        return all(v is not None and math.isfinite(v) for v in get_metric(curve, metric).tolist())
+    except KeyError:
+        return False
+
+
+def _bd_cells(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, str], List[str]]:
+    """BD-rate / BD-PSNR cells (pchip, cubic, MS-SSIM pchip) of `test` vs `anchor`, and notes."""
+    cells, notes = {}, []
+    try:
+        res, notes = bd_methods(anchor, test, "psnr-rgb", "both")
+        for m, r in res.items():
+            cells[f"bd_rate_{m}"] = f"{r.bd_rate:+.2f}"
+            cells[f"bd_psnr_{m}"] = f"{r.bd_psnr:+.3f}"
+    except ValueError as e:
+        notes.append(f"BD on PSNR undefined: {e}")
+    if _finite(anchor, "ms-ssim") and _finite(test, "ms-ssim"):
+        try:
+            res, _ = bd_methods(anchor, test, "ms-ssim", "pchip")
+            cells["bd_rate_msssim"] = f"{res['pchip'].bd_rate:+.2f}"
+        except ValueError as e:
+            notes.append(f"BD on MS-SSIM undefined: {e}")
+    return cells, notes
+
+
+COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp"), ("psnr", "PSNR dB"),
+           ("bd_rate_pchip", "BD-rate % (pchip)"), ("bd_psnr_pchip", "BD-PSNR dB (pchip)"),
+           ("bd_rate_cubic", "BD-rate % (cubic)"), ("bd_psnr_cubic", "BD-PSNR dB (cubic)"),
+           ("bd_rate_msssim", "BD-rate % MS-SSIM (pchip)"), ("notes", "notes")]
+
+
+def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str | Path] = None,
+                 eval_dir: Optional[str | Path] = None, data_val_dir: Optional[str | Path] = None,
+                 progress: bool = True) -> Dict[str, Path]:
+    """Write report.md, report.csv and rd.png for a multirun; returns their paths."""
+    root = Path(multirun_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{multirun_dir}: no such directory (a Hydra multirun folder, e.g. runs/sweep/DATE)")
+    runs = find_runs(root)
+    if not runs:
+        raise ValueError(f"{multirun_dir}: no runs found (no */.hydra/overrides.yaml below it)")
+    data_override = None if data_val_dir is None else {
+        "source": "folder", "val_dir": str(data_val_dir), "train_dir": None, "val_crop_size": None,
+        "max_val_images": None}
+    skipped, cache = [], {}
+    for r in runs:
+        where = (Path(eval_dir) / r.dir.relative_to(root) if eval_dir else r.dir) / "results.json"
+        r.results = run_results(r, where, data_override, progress, cache)
+        if r.results is None:
+            skipped.append(f"{r.dir.relative_to(root)}: no checkpoints/last.ckpt and no results.json")
+    runs = [r for r in runs if r.results is not None]
+    if not runs:
+        raise ValueError(f"{multirun_dir}: none of the runs has a checkpoint or results: " + "; ".join(skipped))
+    groups = group_runs(runs)
+    base = find_baseline(groups, baseline)
+    curves = {g: merge_results(g, [r.results for r in rs]) for g, rs in groups.items()}
+    groups = {base: groups.pop(base), **groups}  # baseline first
+    rows = []
+    for g, rs in groups.items():
+        c = curves[g]["results"]
+        row = {"group": g + (" (baseline)" if g == base else ""), "runs": len(rs),
+               "lmbda": " ".join(sorted({r.overrides.get("lmbda", "?") for r in rs}, key=_num)),
+               "bpp": f"{min(c['bpp']):.4f}-{max(c['bpp']):.4f}",
+               "psnr": f"{min(c['psnr-rgb']):.2f}-{max(c['psnr-rgb']):.2f}"}
+        if g != base:
+            cells, notes = _bd_cells(curves[base], curves[g])
+            row.update(cells, notes=" / ".join(notes))
+        rows.append(row)
+    out = Path(out_dir or root)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "report.md", "csv": out / "report.csv", "png": out / "rd.png"}
+    plot_rd(list(curves.values()), paths["png"], title=f"{root.name}: baseline {base}")
+    with paths["csv"].open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[k for k, _ in COLUMNS])
+        w.writeheader()
+        w.writerows(rows)
+    paths["md"].write_text(_markdown(root, base, baseline, rows, groups, skipped, paths["png"].name))
+    return paths
+
+
+def _num(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        return math.inf
+
+
+def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
+              groups: Dict[str, List[Run]], skipped: List[str], png: str) -> str:
+    """report.md: the BD table, how it was computed, the plot and the per-run RD points."""
+    table = ["| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    table += ["| " + " | ".join(str(r.get(k, "")) for k, _ in COLUMNS) + " |" for r in rows]
+    run_rows = ["| group | λ | bpp | bpp est. | PSNR dB | MS-SSIM | images |", "|---|---|---|---|---|---|---|"]
+    for g, rs in groups.items():
+        for r in sorted(rs, key=lambda r: _num(r.overrides.get("lmbda", ""))):
+            res = r.results["results"]
+            fmt = lambda k, d: "n/a" if res.get(k, [None])[0] is None else f"{res[k][0]:.{d}f}"  # noqa: E731
+            run_rows.append(f"| {g} | {r.overrides.get('lmbda', '?')} | {fmt('bpp', 4)} | "
+                            f"{fmt('bpp_est', 4)} | {fmt('psnr-rgb', 2)} | {fmt('ms-ssim', 4)} | "
+                            f"{(r.results.get('images') or ['?'])[0]} |")
+    text = [f"# Sweep report: {root}", "",
+            f"Baseline: `{spec}` (group `{base}`). Runs are grouped by every override except `lmbda`.",
+            "bpp counts every byte of real codecx files (header included); PSNR is on 8-bit RGB.",
+            "BD-rate: Bjøntegaard delta with log rate over the overlapping PSNR range (negative = fewer "
+            "bits than the baseline at equal quality); BD-PSNR over the overlapping log-rate range. "
+            "pchip always; cubic (VCEG-M33) only when both curves have at least 4 points.", "",
+            *table, "", f"![RD curves]({png})", "", "## Runs", "", *run_rows, ""]
+    if skipped:
+        text += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
+    return "\n".join(text)

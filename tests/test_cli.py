@@ -1,0 +1,153 @@
+"""The `codecx` command line: compress/decompress, bdrate, plot and the sweep report."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from codecx.cli import main, read_image
+from codecx.evaluate import load_codec
+from codecx.metrics.anchors import load_anchor
+from codecx.metrics.rd import to_uint8
+from conftest import TINY, run_train
+
+CODECX = Path(sys.executable).with_name("codecx")
+
+
+@pytest.fixture(scope="module")
+def coded(tiny_ckpt, tiny_images, tmp_path_factory):
+    """(image path, codecx file, decoded PNG) of one real 64x96 image."""
+    d = tmp_path_factory.mktemp("coded")
+    img, f, png = tiny_images / "img0.png", d / "img0.cdcx", d / "img0.png"
+    assert main(["compress", str(img), "-c", str(tiny_ckpt), "-o", str(f), "--threads", "1"]) == 0
+    assert main(["decompress", str(f), "-c", str(tiny_ckpt), "-o", str(png), "--threads", "1"]) == 0
+    return img, f, png
+
+
+def test_compress_decompress_round_trip(coded, tiny_ckpt, capsys):
+    img, f, png = coded
+    data = f.read_bytes()
+    assert data[:4] == b"CDCX"
+    codec, _ = load_codec(tiny_ckpt)
+    x = read_image(img)
+    with torch.no_grad():
+        ref = to_uint8(codec(x).x_hat)[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    dec = np.asarray(Image.open(png))
+    assert dec.shape == (64, 96, 3) and np.array_equal(dec, ref)
+
+
+def test_compress_prints_bytes_and_bpp(tiny_ckpt, tiny_images, tmp_path, capsys):
+    out = tmp_path / "a.cdcx"
+    assert main(["compress", str(tiny_images / "img1.png"), "-c", str(tiny_ckpt), "-o", str(out)]) == 0
+    n = out.stat().st_size
+    assert f"{n} bytes, {n * 8 / (64 * 96):.4f} bpp" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "not_codecx", "empty"])
+def test_bad_files_fail_cleanly(coded, tiny_ckpt, tmp_path, capsys, damage):
+    data = bytearray(coded[1].read_bytes())
+    bad = {"truncate": data[: len(data) // 2], "flip": data[:20] + bytes([data[20] ^ 0x10]) + data[21:],
+           "not_codecx": b"\x89PNG\r\n\x1a\n" + bytes(50), "empty": b""}[damage]
+    f = tmp_path / "bad.cdcx"
+    f.write_bytes(bytes(bad))
+    assert main(["decompress", str(f), "-c", str(tiny_ckpt), "-o", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("codecx decompress: error: ") and "Traceback" not in err
+    assert re.search(r"truncated|CRC32|not a codecx file", err)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_corrupted_file_with_the_real_script(coded, tiny_ckpt, tmp_path):
+    """The installed `codecx` script: exit code 1, one clear line, no traceback."""
+    if not CODECX.is_file():
+        pytest.skip("the codecx script is not installed (pip install -e .)")
+    data = bytearray(coded[1].read_bytes())
+    data[-10] ^= 0xFF
+    f = tmp_path / "bad.cdcx"
+    f.write_bytes(bytes(data))
+    r = subprocess.run([str(CODECX), "decompress", str(f), "-c", str(tiny_ckpt), "-o", str(tmp_path / "o.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "codecx decompress: error: corrupted codecx file: CRC32 mismatch" in r.stderr
+
+
+def test_bad_inputs(tiny_ckpt, tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"not an image at all")
+    assert main(["compress", str(tmp_path / "x.png"), "-c", str(tiny_ckpt)]) == 1
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "none.png"), "-c", str(tiny_ckpt)]) == 1
+    assert "no such image file" in capsys.readouterr().err
+    assert main(["decompress", str(tmp_path / "x.png"), "-c", str(tmp_path / "none.ckpt")]) == 1
+    assert "checkpoint" in capsys.readouterr().err
+
+
+def test_bdrate_on_packaged_anchors(capsys):
+    assert main(["bdrate", "bmshj2018-hyperprior", "mbt2018-mean"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"pchip\s+BD-rate -6\.83 %", out) and re.search(r"cubic\s+BD-rate -6\.77 %", out)
+    assert main(["bdrate", "bmshj2018-hyperprior", "nope"]) == 1
+    assert "available anchors" in capsys.readouterr().err
+
+
+def test_plot(tmp_path, capsys):
+    anchor = load_anchor("bmshj2018-hyperprior")
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({"name": "mine", "results": anchor["results"]}))
+    assert main(["plot", str(f), "-o", str(tmp_path / "rd.png"), "--anchor", "mbt2018-mean"]) == 0
+    assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------- report
+def _fake_run(root: Path, name: str, overrides, bpp, psnr):
+    """A run folder as Hydra writes it, with a results.json (no checkpoint needed)."""
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (d / "results.json").write_text(json.dumps(
+        {"name": name, "results": {"bpp": [bpp], "psnr-rgb": [psnr], "ms-ssim": [None]}}))
+
+
+def test_report_bd_rate_against_baseline(tmp_path, capsys):
+    """Groups by every override but lmbda; BD-rate of the published curves (both methods)."""
+    root = tmp_path / "sweep"
+    for group, anchor in (("none", "bmshj2018-hyperprior"), ("cse", "mbt2018-mean")):
+        r = load_anchor(anchor)["results"]
+        for i, (b, p) in enumerate(zip(r["bpp"], r["psnr-rgb"])):
+            _fake_run(root, f"{group}{i}", [f"reg={group}", f"lmbda={i}", "trainer.max_steps=9"], b, p)
+    assert main(["report", str(root), "--baseline", "reg=none"]) == 0
+    md = (root / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| reg=cse"))
+    assert "-6.83" in row and "-6.77" in row  # pchip and cubic, as `codecx bdrate`
+    assert "| reg=none (baseline)" in md and (root / "rd.png").is_file()
+    rows = list(csv.DictReader(open(root / "report.csv")))
+    assert [r["group"] for r in rows] == ["reg=none (baseline)", "reg=cse"]
+    assert float(rows[1]["bd_rate_pchip"]) == pytest.approx(-6.83, abs=0.01)
+    assert main(["report", str(root), "--baseline", "reg=gan"]) == 1
+    assert "no groups match" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_on_a_real_multirun(tmp_path, capsys):
+    """train.py -m over 2 quantizers x 2 lambdas, then `codecx report` evaluates every run."""
+    sweep = tmp_path / "sweep"
+    r = run_train(["-m", *TINY, "trainer.max_steps=2", "quantizer=noise,ste", "lmbda=0.0018,0.0067",
+                   f"hydra.sweep.dir={sweep}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress"]) == 0
+    md = (sweep / "report.md").read_text()
+    assert re.search(r"^\| quantizer=ste \| 2 \| 0\.0018 0\.0067 \|", md, re.M)
+    assert "| quantizer=noise (baseline) | 2 |" in md and (sweep / "rd.png").is_file()
+    runs = sorted(sweep.glob("*/results.json"))
+    assert len(runs) == 4 and all(json.loads(p.read_text())["data"]["max_val_images"] == 1 for p in runs)
+    # a second report reuses each run's results.json
+    before = [p.stat().st_mtime_ns for p in runs]
+    assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress"]) == 0
+    assert [p.stat().st_mtime_ns for p in runs] == before
