@@ -20,7 +20,8 @@ first out, so serial context models can code position by position). Two models:
   (C mod v channels) is the 1-D case of this path (the Z lattice, where boxes are exact).
 
 Escapes: a point outside its joint table codes the table's escape symbol (probability: the
-dropped mass, at least `tail`) and is then coded with the box model (exact scales), after
+dropped mass, at least 2^-12, a little robustness to scales that are too small) and is then
+coded with the box model (exact scales), after
 all joint groups; in the box path a coordinate beyond +-B codes +-(B+1) then the integer as
 two 16-bit uniform words. So every point is codable, and an improbable point costs about
 its box-model bits plus the escape (~20 bits), not a fixed-width payload.
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from codecx.quantizers.lattice_math import Lattice, _ball_size, support
+from codecx.quantizers.lattice_math import Lattice, _ball, _ball_size, _mass, cell_prob
 
 __all__ = ["LatticeTables", "LatticeStreamEncoder", "LatticeStreamDecoder", "Z1_GENERATOR"]
 
@@ -45,7 +46,8 @@ _model = constriction.stream.model
 _WORD = _model.Uniform(1 << 16)
 _BIAS = 1 << 31
 Z1_GENERATOR = torch.ones(1, 1, dtype=torch.float64)
-_TABLE_ORDER = 4  # Gauss-Legendre points per piece for the tables (rel. error < 1e-5 vs 8-16)
+_ESCAPE_FLOOR = 2.0**-12  # escape probability floor: 12 bits per escape, 3.5e-4 bits per other symbol
+_TABLE_ORDER = 3  # Gauss-Legendre points per piece for the tables (KL to exact < 1e-5 bits/symbol)
 
 
 # ---------------------------------------------------------------------------- escape payloads
@@ -76,7 +78,7 @@ class _Table:
     def __init__(self, offsets: Tensor, prob: Tensor, tail: float):
         self.offsets = offsets.to(torch.int64)
         self.size = len(offsets)
-        esc = max(1.0 - float(prob.sum()), tail)
+        esc = max(1.0 - float(prob.sum()), _ESCAPE_FLOOR)
         pmf = np.append(prob.numpy().astype(np.float64), esc)
         self.model = _model.Categorical(pmf, perfect=False)
         self.bound = int(self.offsets.abs().max()) if self.size else 0
@@ -118,17 +120,34 @@ class LatticeTables:
         if t is not None:
             cache.move_to_end(key)
             return t
-        s = torch.tensor([sigma], dtype=torch.float64)
-        sup = support(self.lattice, s, tail=self.tail, order=_TABLE_ORDER, max_points=4 * self.max_joint + 64)
-        keep = sup.valid[0].clone()
-        keep[0] = True  # the origin (most probable point of a zero-mean Gaussian) always has a symbol
-        t = _Table(sup.offsets[keep], sup.prob[0][keep], self.tail)
+        threads = torch.get_num_threads()
+        try:  # many small tensor ops: intra-op threads only add contention (10x slower when busy)
+            torch.set_num_threads(1)
+            t = self._build(torch.tensor(sigma, dtype=torch.float64))
+        finally:
+            torch.set_num_threads(threads)
         cache[key] = t
         LatticeTables._cached_symbols += t.size
         while LatticeTables._cached_symbols > self.MAX_CACHED_SYMBOLS and len(cache) > 1:
             _, old = cache.popitem(last=False)
             LatticeTables._cached_symbols -= old.size
         return t
+
+    def _build(self, s: Tensor) -> _Table:
+        """Points of cell mass >= tail under N(0, diag s^2), as `lattice_math.support` finds them,
+        with a cheap pre-filter: the cell lies in the box +-covering radius around its point,
+        whose Gaussian mass (v erfc pairs) bounds the cell's, so quadrature only runs where
+        that bound reaches `tail` (the ellipsoid of likely points, not the whole ball)."""
+        lat = self.lattice
+        offsets = _ball(lat, round(self._z * float(s.max()) + 2 * lat.covering_radius, 6))
+        pts = lat.from_index(offsets, torch.float64)
+        r = lat.covering_radius
+        cand = _mass(pts - r, pts + r, torch.zeros_like(pts), s.expand_as(pts)).prod(-1) >= self.tail
+        cand[0] = True
+        prob = cell_prob(lat, pts[cand], torch.zeros((), dtype=torch.float64), s, bound=None, order=_TABLE_ORDER)
+        keep = prob >= self.tail
+        keep[0] = True  # the origin (most probable point of a zero-mean Gaussian) always has a symbol
+        return _Table(offsets[cand][keep], prob[keep], self.tail)
 
 
 def _box_bound(std: Tensor, z: float) -> Tensor:
