@@ -1,0 +1,52 @@
+"""The benchmark runner (`python -m benchmarks`): discovery, the summary table, a tiny train_step run."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import Row, discover, format_markdown, format_table, load  # noqa: E402
+from benchmarks.__main__ import main  # noqa: E402
+
+
+def test_discovers_bench_modules():
+    names = discover()
+    assert "train_step" in names
+    mod = load("train_step")
+    assert callable(mod.run) and load("bench_train_step") is mod
+    with pytest.raises(KeyError, match="available"):
+        load("no_such_benchmark")
+
+
+def test_row_status_and_table():
+    rows = [Row.of(("time ratio", 1.01, 1.03, "ratio"), "b"), Row("mem ratio", 1.2, 1.1, benchmark="b"),
+            Row("step", 12.5, None, "ms", benchmark="b"), Row("speedup", 2.0, 1.5, higher_is_better=True)]
+    assert [r.status for r in rows] == ["ok", "MISS", "-", "ok"]
+    table = format_table(rows)
+    assert "time ratio" in table and "MISS" in table and "≤ 1.030" in table
+    assert format_markdown(rows).startswith("| benchmark |")
+
+
+def test_list_and_unknown(capsys):
+    assert main(["--list"]) == 0
+    assert "train_step" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--only", "no_such_benchmark"])
+
+
+@pytest.mark.slow
+def test_train_step_tiny_end_to_end():
+    """Both variants run, do the same work (equal losses) and the summary prints its ratios."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "train_step", "--quick",
+                        "--threads", "1", "--ts-N", "8", "--ts-M", "8", "--ts-crop", "64",
+                        "--ts-batch-size", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "step time ratio codecx/plain" in out and "peak memory ratio codecx/plain" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("train_step  loss max rel. diff"))
+    assert line.split()[-1] == "ok", line
