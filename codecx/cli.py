@@ -108,20 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codecx", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def verb(name: str, fn, help: str, threads: bool = False) -> argparse.ArgumentParser:
+    def verb(name: str, fn, help: str, threads: Optional[str] = None) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help)
         s.set_defaults(func=fn)
         if threads:
-            s.add_argument("--threads", type=int, default=None,
-                           help="torch threads (default: all cores; use the same to encode and decode)")
+            s.add_argument("--threads", type=int, default=1 if threads == "1" else None, help=(
+                "torch threads (default 1; decode with the same number as the encoder: the thread "
+                "count can change the last bits of the transforms)" if threads == "1" else
+                "torch threads (default: the idle cores, at least 1)"))
         return s
 
-    s = verb("compress", cmd_compress, "encode an image into a codecx file", threads=True)
+    s = verb("compress", cmd_compress, "encode an image into a codecx file", threads="1")
     s.add_argument("image", help="image file (PNG, JPEG, ...)")
     s.add_argument("-c", "--checkpoint", required=True, help="train.py checkpoint (last.ckpt)")
     s.add_argument("-o", "--output", help="codecx file to write (default: IMAGE.cdcx)")
 
-    s = verb("decompress", cmd_decompress, "decode a codecx file into a PNG", threads=True)
+    s = verb("decompress", cmd_decompress, "decode a codecx file into a PNG", threads="1")
     s.add_argument("file", help="codecx file")
     s.add_argument("-c", "--checkpoint", required=True, help="the checkpoint that encoded it")
     s.add_argument("-o", "--output", help="PNG to write (default: FILE.png)")
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--title", default="")
 
     s = verb("report", cmd_report, "BD-rate table and RD plot of a Hydra multirun (train.py -m)",
-             threads=True)
+             threads="idle")
     s.add_argument("multirun_dir", help="the multirun folder (e.g. runs/sweep/DATE)")
     s.add_argument("--baseline", required=True, help="KEY=VALUE[,KEY=VALUE] picking the baseline group, e.g. reg=none")
     s.add_argument("--eval-dir", help="where per-run results.json are read / written (default: each run dir)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -123,13 +124,14 @@ class EvalConfig:
     quantizer: Dict[str, Any] = field(default_factory=dict)  # empty: the checkpoint's own quantizer
     data: DataConfig = field(default_factory=DataConfig)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
-    threads: Optional[int] = None    # torch threads for coding (null: every core this process may use)
+    threads: Optional[int] = None    # torch threads for coding (null: the idle cores, at least 1)
     progress: bool = True
 
 
 def run_name(overrides: str, max_len: int = 200) -> str:
-    """A run folder name from Hydra's override_dirname: '/' -> '_', long names shortened + hashed."""
-    s = overrides.replace("/", "_") if overrides else "default"
+    """A run folder name from Hydra's override_dirname: '/', '*', '?' -> '_', long names
+    shortened + hashed."""
+    s = re.sub(r"[/*?]", "_", overrides) if overrides else "default"
     if len(s) > max_len:
         s = f"{s[: max_len - 9]}-{hashlib.sha1(s.encode()).hexdigest()[:8]}"
     return s
@@ -245,7 +247,6 @@ def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str)
 
 def _explain(e: Exception, config_dir: str, config_name: str) -> str:
     """Hydra's composition error, plus the keys valid at the offending place."""
-    import re
 
     from hydra import compose
 

@@ -58,10 +58,10 @@ def codecs(cfg: DictConfig) -> Iterator[Tuple[str, Codec, Dict[str, Any]]]:
            {"model": model, "quantizer": quantizer})
 
 
-def point_label(path: str) -> str:
-    """Short name of a checkpoint for tables: '<run dir>/last.ckpt' or the file name."""
-    p = Path(path)
-    return f"{p.parent.parent.name}/{p.name}" if p.parent.name == "checkpoints" else p.name
+def point_label(point: Dict[str, Any]) -> str:
+    """Short name of an RD point for tables: 'mbt_mean λ=0.0067 last.ckpt' or the file name."""
+    name = Path(point["checkpoint"]).name
+    return f"{point['model']} λ={point['lmbda']} {name}" if point.get("lmbda") is not None else name
 
 
 def build_metrics(cfg: DictConfig) -> Tuple[Optional[Any], Optional[Any]]:
@@ -120,11 +120,11 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     name = cfg.name or "+".join(dict.fromkeys(p["model"] for p in points))
     desc = cfg.description or (f"codecx eval of {len(labels)} model(s) on {len(images)} image(s) "
                                f"({data_label(data)})")
-    results = results_dict(name, points, desc, checkpoints=labels,
+    results = results_dict(name, points, desc, checkpoints=labels, lmbda=[p["lmbda"] for p in points],
                            images=[p["images"] for p in points], data=data_key(data))
     js, cs = write_results(out_dir, results, rows)
     console = Console(width=None if sys.stdout.isatty() else 120)
-    console.print(summary_table(results, [point_label(lb) for lb in labels]))
+    console.print(summary_table(results, [point_label(p) for p in points]))
     console.print(f"{len(images)} image(s), {threads} thread(s); wrote {js} and {cs}")
     return results
 

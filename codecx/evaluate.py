@@ -33,12 +33,16 @@ class CheckpointError(ValueError):
 
 
 def set_coding_threads(n: Optional[int] = None) -> int:
-    """Use `n` torch threads (default: every core this process may run on); returns the number.
-
-    The transforms use them; rANS coding itself is single-threaded. Encoder and decoder must
-    compute bit-identical entropy parameters, so keep the setting equal on both sides."""
-    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n = max(1, int(n or avail))
+    """Use `n` torch threads, by default the idle cores (cores this process may use minus the
+    1-minute load average, at least 1); returns the number. Extra threads on busy cores make
+    the many small tensor ops of entropy coding wait on each other (50x slower measured on a
+    loaded 2-core machine). Encoder and decoder must compute bit-identical entropy parameters:
+    keep the setting equal on both sides when in doubt."""
+    if not n:
+        avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = min(avail, round(avail - load))
+    n = max(1, int(n))
     torch.set_num_threads(n)
     return n
 
@@ -143,12 +147,13 @@ def evaluate_codecs(codecs: Iterable[Tuple[str, Codec, Mapping[str, Any]]], imag
                     ) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
     """(one RD point per codec, per-image rows) for (label, codec, config) triples, e.g. from
     `load_codec`, each coded with its own fingerprint; points and rows carry `checkpoint`
-    (the label), points also `model` (the model name)."""
+    (the label), points also `model` and `lmbda` (None for a CompressAI state dict)."""
     points, rows = [], []
     for label, codec, config in codecs:
         r = evaluate(codec, images, fingerprint_of(codec, config), lpips, fid, progress,
                      description=Path(label).name)
-        points.append({**summarize(r, fid), "checkpoint": label, "model": config["model"]["name"]})
+        points.append({**summarize(r, fid), "checkpoint": label, "model": config["model"]["name"],
+                       "lmbda": config.get("lmbda")})
         rows += [{"checkpoint": label, **row} for row in r]
     return points, rows
 

@@ -116,7 +116,7 @@ def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, 
     points, rows = evaluate_codecs([(str(run.ckpt), codec, config)], images, progress=progress)
     res = results_dict(run.dir.name, points, f"{config['model']['name']}, lmbda={config['lmbda']}, "
                        f"{len(images)} image(s) ({data_label(data)})", checkpoints=[str(run.ckpt)],
-                       lmbda=config["lmbda"], images=[len(images)], data=data_key(data))
+                       lmbda=[config["lmbda"]], images=[len(images)], data=data_key(data))
     write_results(results_path.parent, res, rows)
     return res
 
@@ -138,6 +138,11 @@ def _finite(curve: Dict[str, Any], metric: str) -> bool:
         return False
 
 
+def _curve_names(e: Exception) -> str:
+    """bdrate's 'anchor: ...' / 'test: ...' messages in the report's terms."""
+    return str(e).replace("anchor:", "baseline curve:", 1).replace("test:", "this curve:", 1)
+
+
 def _bd_cells(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, str], List[str]]:
     """BD-rate / BD-PSNR cells (pchip, cubic, MS-SSIM pchip) of `test` vs `anchor`, and notes."""
     cells, notes = {}, []
@@ -147,13 +152,13 @@ def _bd_cells(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, s
             cells[f"bd_rate_{m}"] = f"{r.bd_rate:+.2f}"
             cells[f"bd_psnr_{m}"] = f"{r.bd_psnr:+.3f}"
     except ValueError as e:
-        notes.append(f"BD on PSNR undefined: {e}")
+        notes.append(f"BD on PSNR undefined: {_curve_names(e)}")
     if _finite(anchor, "ms-ssim") and _finite(test, "ms-ssim"):
         try:
             res, _ = bd_methods(anchor, test, "ms-ssim", "pchip")
             cells["bd_rate_msssim"] = f"{res['pchip'].bd_rate:+.2f}"
         except ValueError as e:
-            notes.append(f"BD on MS-SSIM undefined: {e}")
+            notes.append(f"BD on MS-SSIM undefined: {_curve_names(e)}")
     return cells, notes
 
 

@@ -22,6 +22,14 @@ from conftest import TINY, run_train
 CODECX = Path(sys.executable).with_name("codecx")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _keep_torch_threads():
+    """`codecx` verbs set torch's thread count; give the other test modules theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def coded(tiny_ckpt, tiny_images, tmp_path_factory):
     """(image path, codecx file, decoded PNG) of one real 64x96 image."""
@@ -134,9 +142,9 @@ def test_report_bd_rate_against_baseline(tmp_path, capsys):
     assert "no groups match" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_report_on_a_real_multirun(tmp_path, capsys):
-    """train.py -m over 2 quantizers x 2 lambdas, then `codecx report` evaluates every run."""
+    """train.py -m over 2 quantizers x 2 lambdas, then `codecx report` evaluates every run
+    (10-50 s on 2 shared cores)."""
     sweep = tmp_path / "sweep"
     r = run_train(["-m", *TINY, "trainer.max_steps=2", "quantizer=noise,ste", "lmbda=0.0018,0.0067",
                    f"hydra.sweep.dir={sweep}"])
