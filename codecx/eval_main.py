@@ -4,7 +4,6 @@ from __future__ import annotations
 import glob
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -23,6 +22,11 @@ from codecx.models.codec import Codec
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 register_configs()
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (the evaluation goes on)."""
+    print(f"codecx eval: warning: {message}", file=sys.stderr)
 
 
 def checkpoint_paths(spec: Any) -> List[Path]:
@@ -51,8 +55,7 @@ def codecs(cfg: DictConfig) -> Iterator[Tuple[str, Codec, Dict[str, Any]]]:
         return
     model = OmegaConf.to_container(cfg.model, resolve=True)
     if not model.get("weights"):
-        warnings.warn("model.weights is not set: evaluating an untrained (randomly initialised) model",
-                      stacklevel=2)
+        warn("model.weights is not set: evaluating an untrained (randomly initialised) model")
     quantizer = quantizer or dict(DEFAULT_QUANTIZER)
     yield (model.get("weights") or "untrained", prepare(codec_from_config(model, quantizer)),
            {"model": model, "quantizer": quantizer})
@@ -74,7 +77,7 @@ def build_metrics(cfg: DictConfig) -> Tuple[Optional[Any], Optional[Any]]:
 
             lpips = LPIPSMetric(net=m.lpips.net, weights=m.lpips.weights)
     except MissingWeightsError as e:
-        warnings.warn(f"LPIPS skipped: {e}", stacklevel=2)
+        warn(f"LPIPS skipped: {e}")
     try:
         if m.fid.enabled:
             from codecx.metrics.fid import FIDKID
@@ -82,7 +85,7 @@ def build_metrics(cfg: DictConfig) -> Tuple[Optional[Any], Optional[Any]]:
             fid = FIDKID(weights=m.fid.weights, patch=m.fid.patch,
                          kid_subset_size=m.fid.kid_subset_size)
     except MissingWeightsError as e:
-        warnings.warn(f"FID/KID skipped: {e}", stacklevel=2)
+        warn(f"FID/KID skipped: {e}")
     return lpips, fid
 
 
