@@ -17,25 +17,25 @@ The paper's figures (001, appendix F, table 6, mbt2018-mean, one CPU core): Hex 
 +5% encode, +1.8% decode; latent shift x10.1 encode (8 sequential decoder passes), +0.7%
 decode. Issue 5 targets latent-shift encode <= 2x.
 
-Weights: random initialisation unless `--lat-ckpt` names a `train.py` checkpoint (timing
-depends on the weights only through the predicted scales, i.e. table sizes and the share of
-large-scale groups, so a trained model is more representative). Every variant runs in the
-same process on the same images. Timing is paired, to resist other load on the machine: for
-each round and image all variants run back to back (order alternating), each variant's time
-is divided by scalar's from that same (round, image), and the reported ratio is the median
-of these paired ratios. Absolute times are per-image medians.
+Weights: random initialisation unless `--lat-ckpt` names a `train.py` checkpoint, or is
+`trained`: the small model of `benchmarks/_trained.py` at `--lat-N`/`--lat-M`, trained once
+(timing depends on the weights only through the predicted scales, i.e. table sizes and the
+share of large-scale groups, so a trained model is more representative). Every variant runs
+in the same process on the same images. Timing is paired, to resist other load on the
+machine: for each round and image all variants run back to back (order alternating), each
+variant's time is divided by scalar's from that same (round, image), and the reported ratio
+is the median of these paired ratios. Absolute times are per-image medians.
 """
 from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 from typing import Dict, List
 
 from benchmarks import Row
+from benchmarks._images import kodak_images
+from benchmarks._trained import trained_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-KODAK = ROOT.parent / "shared" / "data" / "kodak"
 DEFAULTS = {"rounds": 3, "images": 3}
 QUICK = {"rounds": 1, "images": 1}
 VARIANTS = ("scalar", "hex", "oct", "shift", "shift_fast")
@@ -48,28 +48,9 @@ def add_arguments(group) -> None:
     group.add_argument("--lat-N", type=int, default=128, help="lattice: mbt_mean N")
     group.add_argument("--lat-M", type=int, default=192, help="lattice: mbt_mean M")
     group.add_argument("--lat-ckpt", default=None, help="lattice: a train.py checkpoint (mbt_mean) "
-                                                        "to load instead of random weights")
+                       "to load instead of random weights; 'trained': benchmarks/_trained.py's")
     group.add_argument("--lat-crop", type=int, default=None,
                        help="lattice: crop images to this size (default: full 768x512; --quick: 256)")
-
-
-def _images(n: int, crop) -> List:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    paths = sorted(KODAK.glob("*.png"))[:n]
-    if not paths:  # no shared data: the embedded sample photos
-        from codecx.data.datamodule import sample_image_paths
-
-        train, val = sample_image_paths()
-        paths = (list(val) + list(train))[:n]
-    out = []
-    for p in paths:
-        x = torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype="float32") / 255)
-        x = x.permute(2, 0, 1).unsqueeze(0)
-        out.append(x[..., :crop, :crop] if crop else x)
-    return out
 
 
 def _codec(args, device):
@@ -81,7 +62,10 @@ def _codec(args, device):
     torch.manual_seed(args.seed)
     bb = build_backbone("mbt_mean", args.lat_N, args.lat_M)
     if args.lat_ckpt:
-        ckpt = torch.load(args.lat_ckpt, map_location="cpu", weights_only=False)
+        path = args.lat_ckpt
+        if path == "trained":
+            path = trained_checkpoint(N=args.lat_N, M=args.lat_M, quick=args.quick, threads=args.threads)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         prefix = "codec.backbone."
         bb.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     codec = Codec(bb, NoiseQuantizer()).to(device).eval()
@@ -143,7 +127,7 @@ def run(args) -> List[Row]:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    images = [x.to(device) for x in _images(n_images, crop)]
+    images = [x.to(device) for x in kodak_images(n_images, crop)]
     codec = _codec(args, device)
     print(f"lattice: mbt_mean N={args.lat_N} M={args.lat_M} "
           f"({'checkpoint ' + args.lat_ckpt if args.lat_ckpt else 'random weights'}), {len(images)} image(s) "

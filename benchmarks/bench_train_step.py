@@ -271,19 +271,22 @@ def random_crops(paths, count: int, crop: int, seed: int):
     return out
 
 
-def spawn(worker: str, spec: dict, tmp: Path, round_idx: int) -> Dict[str, dict]:
-    """Run `worker` (plain, codecx or paired) in a fresh interpreter; {variant: measurements}."""
+def spawn(worker: str, spec: dict, tmp: Path, round_idx: int,
+          module: str = "benchmarks.bench_train_step") -> Dict[str, dict]:
+    """Run `worker` of `module` (here: plain, codecx or paired; see `_worker_main`) in a fresh
+    interpreter; {variant: measurements}."""
     spec = dict(spec, round=round_idx)
-    tag = f"{worker}-{round_idx}-{spec['steps']}"
+    tag = f"{spec.get('variant', worker)}-{round_idx}-{spec['steps']}"
     spec_path, out_path = tmp / f"spec-{tag}.json", tmp / f"out-{tag}.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train_step", worker, str(spec_path),
-                           str(out_path)], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", module, worker, str(spec_path), str(out_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"train_step worker '{worker}' failed (exit {proc.returncode}):\n"
+        name = module.rsplit(".", 1)[-1][len("bench_"):]
+        raise RuntimeError(f"{name} worker '{worker}' failed (exit {proc.returncode}):\n"
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     res = json.loads(out_path.read_text())
     for r in res.values():
@@ -453,8 +456,12 @@ def worker_plain(spec: dict) -> Dict[str, dict]:
     return {"plain": meter.result()}
 
 
-def _fit_codecx(spec: dict, callback_factory) -> None:
-    """The real LitCodec (config of `python train.py`) under pl.Trainer.fit, with a callback."""
+def _fit_codecx(spec: dict, callback_factory):
+    """The real LitCodec (config of `python train.py`) under pl.Trainer.fit, with a callback.
+
+    `spec["overrides"]` (optional) adds Hydra overrides, replacing the defaults of the same key
+    (e.g. `["reg=cse", "alpha=1"]`). Returns (trainer, module).
+    """
     import logging
     import warnings
 
@@ -472,6 +479,9 @@ def _fit_codecx(spec: dict, callback_factory) -> None:
                  "reg=none", "schedule=compressai", f"schedule.lr={spec['lr']}",
                  f"schedule.aux_lr={spec['aux_lr']}", f"schedule.clip_max_norm={spec['clip']}",
                  f"lmbda={spec['lmbda']}", f"seed={spec['seed']}"]
+    extra = list(spec.get("overrides", []))
+    replaced = {o.split("=", 1)[0] for o in extra}
+    overrides = [o for o in overrides if o.split("=", 1)[0] not in replaced] + extra
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     module = build_module(cfg)
@@ -486,17 +496,20 @@ def _fit_codecx(spec: dict, callback_factory) -> None:
     trainer.fit(module, train_dataloaders=loader)
     if trainer.global_step != len(batches):
         raise RuntimeError(f"Lightning ran {trainer.global_step} of {len(batches)} steps")
+    return trainer, module
 
 
 def _loss_of(outputs):
     return outputs["loss"] if isinstance(outputs, dict) else outputs
 
 
-def worker_codecx(spec: dict) -> Dict[str, dict]:
+def timed_fit(spec: dict, variant: str = "codecx", on_end=None):
+    """`_fit_codecx` timed step by step by a Meter; `on_end(trainer, pl_module)` runs after
+    each step, outside the timed region. Returns (meter, trainer, module)."""
     import torch
 
     torch.set_num_threads(spec["threads"])
-    meter = Meter(spec, "codecx")
+    meter = Meter(spec, variant)
 
     def factory(base):
         class Timer(base):
@@ -508,10 +521,16 @@ def worker_codecx(spec: dict) -> Dict[str, dict]:
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 meter.end(_loss_of(outputs))
+                if on_end is not None:
+                    on_end(trainer, pl_module)
         return Timer()
 
-    _fit_codecx(spec, factory)
-    return {"codecx": meter.result()}
+    trainer, module = _fit_codecx(spec, factory)
+    return meter, trainer, module
+
+
+def worker_codecx(spec: dict) -> Dict[str, dict]:
+    return {"codecx": timed_fit(spec, "codecx")[0].result()}
 
 
 def worker_paired(spec: dict) -> Dict[str, dict]:
@@ -553,10 +572,14 @@ def worker_paired(spec: dict) -> Dict[str, dict]:
     return {"plain": mp.result(), "codecx": mc.result()}
 
 
-def _worker_main(argv: List[str]) -> None:
+WORKERS = {"plain": worker_plain, "codecx": worker_codecx, "paired": worker_paired}
+
+
+def _worker_main(argv: List[str], workers: Optional[Dict] = None) -> None:
+    """`python -m <module> WORKER SPEC.json OUT.json`: run `workers[WORKER](spec)`, write JSON."""
     worker, spec_path, out_path = argv
     spec = json.loads(Path(spec_path).read_text())
-    res = {"plain": worker_plain, "codecx": worker_codecx, "paired": worker_paired}[worker](spec)
+    res = (workers or WORKERS)[worker](spec)
     Path(out_path).write_text(json.dumps(res))
 
 

@@ -36,14 +36,28 @@ def write_png(x: torch.Tensor, path: str | os.PathLike) -> None:
     Image.fromarray(arr).save(path, format="PNG")
 
 
+def load_method_codec(checkpoint: str, quantizer: Optional[str], shift: Optional[str]):
+    """(codec, config) of a checkpoint with the named quantizer / shift options of conf/ (None:
+    the checkpoint's own quantizer, no shift)."""
+    from codecx.config import group_option
+    from codecx.evaluate import load_codec
+    from codecx.train import CONF_DIR
+
+    q = group_option("quantizer", quantizer, CONF_DIR) if quantizer else None
+    sh = group_option("shift", shift, CONF_DIR) if shift and shift != "none" else None
+    return load_codec(checkpoint, q, sh)
+
+
 def cmd_compress(a: argparse.Namespace) -> int:
     from codecx.coding.container import encode_image
-    from codecx.evaluate import fingerprint_of, load_codec, set_coding_threads
+    from codecx.evaluate import fingerprint_of, set_coding_threads
 
     set_coding_threads(a.threads)
     x = read_image(a.image)
-    codec, config = load_codec(a.checkpoint)
-    data = encode_image(codec, x, fingerprint_of(codec, config))
+    codec, config = load_method_codec(a.checkpoint, a.quantizer, a.shift)
+    # the names go into the header, so that `decompress` rebuilds the same method by itself
+    options = {k: v for k, v in (("quantizer", a.quantizer), ("shift", a.shift)) if v}
+    data = encode_image(codec, x, fingerprint_of(codec, config), options)
     out = Path(a.output or Path(a.image).with_suffix(".cdcx"))
     out.write_bytes(data)
     h, w = x.shape[-2:]
@@ -52,15 +66,19 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 def cmd_decompress(a: argparse.Namespace) -> int:
-    from codecx.coding.container import decode_image
-    from codecx.evaluate import fingerprint_of, load_codec, set_coding_threads
+    from codecx.coding.container import decode_image, unpack
+    from codecx.evaluate import fingerprint_of, set_coding_threads
 
     set_coding_threads(a.threads)
     p = Path(a.file)
     if not p.is_file():
         raise FileNotFoundError(f"{a.file}: no such file")
     data = p.read_bytes()
-    codec, config = load_codec(a.checkpoint)
+    opts = unpack(data)[0].options  # the method the encoder names (checked by the fingerprint)
+    names = [a.quantizer or opts.get("quantizer"), a.shift or opts.get("shift")]
+    if not all(n is None or isinstance(n, str) for n in names):
+        raise ValueError(f"{a.file}: malformed codecx header: quantizer/shift options must be names")
+    codec, config = load_method_codec(a.checkpoint, *names)
     x_hat, header = decode_image(codec, data, fingerprint_of(codec, config))
     out = Path(a.output or p.with_suffix(".png"))
     write_png(x_hat, out)
@@ -122,11 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image", help="image file (PNG, JPEG, ...)")
     s.add_argument("-c", "--checkpoint", required=True, help="train.py checkpoint (last.ckpt)")
     s.add_argument("-o", "--output", help="codecx file to write (default: IMAGE.cdcx)")
+    s.add_argument("--quantizer", help="quantizer option of conf/quantizer instead of the checkpoint's "
+                                       "(hex, oct, d4: lattice VQ, no retraining); named in the header")
+    s.add_argument("--shift", help="latent shift option of conf/shift (latent, latent_fast, sign, ...); "
+                                   "named in the header")
 
     s = verb("decompress", cmd_decompress, "decode a codecx file into a PNG", threads="1")
     s.add_argument("file", help="codecx file")
     s.add_argument("-c", "--checkpoint", required=True, help="the checkpoint that encoded it")
     s.add_argument("-o", "--output", help="PNG to write (default: FILE.png)")
+    s.add_argument("--quantizer", help="override the quantizer named in the file's header")
+    s.add_argument("--shift", help="override the latent shift named in the file's header")
 
     s = verb("bdrate", cmd_bdrate, "BD-rate and BD-PSNR of TEST against ANCHOR")
     s.add_argument("anchor", help="results JSON (CompressAI layout) or a packaged anchor name")

@@ -111,6 +111,7 @@ class FidOptions:
 class MetricsOptions:
     lpips: LpipsOptions = field(default_factory=LpipsOptions)
     fid: FidOptions = field(default_factory=FidOptions)
+    grad_corr: Optional[bool] = None  # corr(grad -log p, grad D) per image; null: on with a shift
 
 
 @dataclass
@@ -122,6 +123,7 @@ class EvalConfig:
     description: str = ""
     model: Optional[ModelConfig] = None
     quantizer: Dict[str, Any] = field(default_factory=dict)  # empty: the checkpoint's own quantizer
+    shift: Dict[str, Any] = field(default_factory=dict)      # empty: no latent shift (shift=latent, ...)
     data: DataConfig = field(default_factory=DataConfig)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     threads: Optional[int] = None    # torch threads for coding (null: the idle cores, at least 1)
@@ -226,8 +228,27 @@ def precheck(overrides: List[str], config_dir: str, config_name: str = "train") 
                 cfg = compose(config_name, overrides=trial)
             except Exception as e:  # noqa: BLE001
                 raise ConfigError(_explain(e, config_dir, config_name)) from None
-            check_targets(cfg, ["model", "quantizer", "reg", "schedule", "data", "logger"])
+            check_targets(cfg, ["model", "quantizer", "shift", "reg", "schedule", "data", "logger"])
     GlobalHydra.instance().clear()
+
+
+def group_option(group: str, name: str, config_dir: str, config_name: str = "eval") -> Dict[str, Any]:
+    """The resolved `_target_` node of one config group option (e.g. quantizer=hex) as a dict;
+    ConfigError listing the available options when `name` is not one of them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            try:
+                cfg = compose(config_name, overrides=[f"{group}={name}"])
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(_explain(e, config_dir, config_name)) from None
+            check_targets(cfg, [group])
+    finally:
+        GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg[group], resolve=True) or {}
 
 
 def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str) -> None:

@@ -48,17 +48,18 @@ def checkpoint_paths(spec: Any) -> List[Path]:
 def codecs(cfg: DictConfig) -> Iterator[Tuple[str, Codec, Dict[str, Any]]]:
     """(label, codec, config) for each checkpoint, or the one model of `model=` (built lazily)."""
     quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True) or None
+    shift = OmegaConf.to_container(cfg.shift, resolve=True) or None
     if cfg.ckpt is not None:
         for p in checkpoint_paths(cfg.ckpt):
-            codec, config = load_codec(p, quantizer)
+            codec, config = load_codec(p, quantizer, shift)
             yield str(p), codec, config
         return
     model = OmegaConf.to_container(cfg.model, resolve=True)
     if not model.get("weights"):
         warn("model.weights is not set: evaluating an untrained (randomly initialised) model")
     quantizer = quantizer or dict(DEFAULT_QUANTIZER)
-    yield (model.get("weights") or "untrained", prepare(codec_from_config(model, quantizer)),
-           {"model": model, "quantizer": quantizer})
+    config = {"model": model, "quantizer": quantizer, **({"shift": shift} if shift else {})}
+    yield (model.get("weights") or "untrained", prepare(codec_from_config(model, quantizer, shift)), config)
 
 
 def point_label(point: Dict[str, Any]) -> str:
@@ -91,7 +92,7 @@ def build_metrics(cfg: DictConfig) -> Tuple[Optional[Any], Optional[Any]]:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need the composed config, before anything is loaded."""
-    check_targets(cfg, ["model", "quantizer", "data"])
+    check_targets(cfg, ["model", "quantizer", "shift", "data"])
     if cfg.ckpt is None and cfg.model is None:
         raise ConfigError("nothing to evaluate: set ckpt=PATH (a train.py checkpoint; a list "
                           "ckpt=[a.ckpt,b.ckpt] gives one RD curve) or model=NAME model.N=.. "
@@ -117,7 +118,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     datamodule.setup("validate")
     images = dataset_images(datamodule.val_set)
     lpips, fid = build_metrics(cfg)
-    points, rows = evaluate_codecs(codecs(cfg), images, lpips, fid, cfg.progress)
+    points, rows = evaluate_codecs(codecs(cfg), images, lpips, fid, cfg.progress,
+                                   grad_corr=cfg.metrics.grad_corr)
     labels = [p["checkpoint"] for p in points]
     data = OmegaConf.to_container(cfg.data, resolve=True)
     name = cfg.name or "+".join(dict.fromkeys(p["model"] for p in points))

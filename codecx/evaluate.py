@@ -21,7 +21,7 @@ from codecx.models.codec import Codec
 
 BPP_SOURCE = "codecx file: header, streams and CRC"
 # per-image columns, in CSV order; `lpips` only with an LPIPS model
-METRICS = ("bpp", "bpp_streams", "bpp_est", "psnr-rgb", "ms-ssim", "lpips",
+METRICS = ("bpp", "bpp_streams", "bpp_est", "psnr-rgb", "ms-ssim", "lpips", "grad_corr",
            "encoding_time", "decoding_time", "bytes")
 DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer"}  # every scalar one codes alike
 
@@ -72,21 +72,28 @@ def prepare(codec: Codec) -> Codec:
     return codec
 
 
-def codec_from_config(model: Mapping, quantizer: Optional[Mapping] = None) -> Codec:
-    """A codec from plain `model` / `quantizer` config dicts (each one `_target_` node)."""
-    return Codec(instantiate(dict(model)), instantiate(dict(quantizer or DEFAULT_QUANTIZER)))
+def codec_from_config(model: Mapping, quantizer: Optional[Mapping] = None,
+                      shift: Optional[Mapping] = None) -> Codec:
+    """A codec from plain `model` / `quantizer` / `shift` config dicts (each one `_target_` node;
+    no `shift`: no latent shift)."""
+    return Codec(instantiate(dict(model)), instantiate(dict(quantizer or DEFAULT_QUANTIZER)),
+                 instantiate(dict(shift)) if shift else None)
 
 
-def load_codec(ckpt_path: str | os.PathLike,
-               quantizer_override: Optional[Mapping] = None) -> Tuple[Codec, Dict[str, Any]]:
+def load_codec(ckpt_path: str | os.PathLike, quantizer_override: Optional[Mapping] = None,
+               shift: Optional[Mapping] = None) -> Tuple[Codec, Dict[str, Any]]:
     """(codec ready to code, its config) from a train.py checkpoint's `codecx_config` and weights;
-    `quantizer_override` (a `_target_` dict) replaces the trained quantizer."""
+    `quantizer_override` (a `_target_` dict) replaces the trained quantizer, `shift` (a
+    `_target_` dict of codecx.inference.latent_shift.LatentShift) adds a latent shift."""
     ckpt = load_checkpoint(ckpt_path)
     config = dict(ckpt["codecx_config"])
     config["model"] = dict(config["model"], weights=None)  # the checkpoint holds the weights
     if quantizer_override:
         config["quantizer"] = dict(quantizer_override)
-    codec = codec_from_config(config["model"], config["quantizer"])
+    config.pop("shift", None)
+    if shift:
+        config["shift"] = dict(shift)
+    codec = codec_from_config(config["model"], config["quantizer"], config.get("shift"))
     state = {k[len("codec."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("codec.")}
     if quantizer_override:  # the new quantizer keeps its own state (if any)
         own = codec.quantizer.state_dict()
@@ -102,9 +109,12 @@ def load_codec(ckpt_path: str | os.PathLike,
 
 
 def fingerprint_of(codec: Codec, config: Mapping[str, Any]) -> bytes:
-    """The container fingerprint: model and quantizer config (no weights path) + all state."""
+    """The container fingerprint: model, quantizer and shift config (no weights path) + all state."""
     model = {k: v for k, v in dict(config["model"]).items() if k != "weights"}
-    return codec_fingerprint(codec, {"model": model, "quantizer": dict(config["quantizer"])})
+    parts = {"model": model, "quantizer": dict(config["quantizer"])}
+    if config.get("shift"):  # the decoder needs the same candidate steps
+        parts["shift"] = dict(config["shift"])
+    return codec_fingerprint(codec, parts)
 
 
 def dataset_images(dataset, max_images: Optional[int] = None) -> List[Image]:
@@ -118,15 +128,22 @@ def dataset_images(dataset, max_images: Optional[int] = None) -> List[Image]:
 @torch.no_grad()
 def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=None, fid=None,
              progress: bool = True, description: str = "coding",
-             on_image: Optional[Callable[[str, Tensor, Tensor], None]] = None) -> List[Dict[str, Any]]:
+             on_image: Optional[Callable[[str, Tensor, Tensor], None]] = None,
+             grad_corr: Optional[bool] = None) -> List[Dict[str, Any]]:
     """Per-image rows: each image goes through a real codecx file (`encode_image` then
     `decode_image`); `bpp` counts the whole file, header included. LPIPS (Zhang et al. 2018)
     per image with `lpips`; `fid` (FIDKID) accumulates patches, read it with `summarize`;
-    `on_image(name, x, x_hat)` sees every decoded image."""
+    `on_image(name, x, x_hat)` sees every decoded image. `grad_corr` (None: when the codec
+    shifts its latents) adds the correlation of grad -log p and grad D w.r.t. y_hat (paper 001
+    fig. 6)."""
+    from codecx.inference.latent_shift import shift_gradient_correlation
+
     from rich.console import Console
     from rich.progress import track
 
     images = list(images)
+    if grad_corr is None:
+        grad_corr = codec.shift is not None
     console = Console(stderr=True)
     rows = []
     for name, x in track(images, description=description, transient=True, console=console,
@@ -134,6 +151,8 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
         row, x_hat = code_image(codec, x, fingerprint)
         if lpips is not None:
             row["lpips"] = lpips(x, x_hat).mean().item()
+        if grad_corr:
+            row["grad_corr"] = shift_gradient_correlation(codec, x)
         if fid is not None:
             fid.update(x, x_hat)
         if on_image is not None:
@@ -143,7 +162,7 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
 
 
 def evaluate_codecs(codecs: Iterable[Tuple[str, Codec, Mapping[str, Any]]], images: Sequence[Image],
-                    lpips=None, fid=None, progress: bool = True
+                    lpips=None, fid=None, progress: bool = True, grad_corr: Optional[bool] = None
                     ) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
     """(one RD point per codec, per-image rows) for (label, codec, config) triples, e.g. from
     `load_codec`, each coded with its own fingerprint; points and rows carry `checkpoint`
@@ -151,7 +170,7 @@ def evaluate_codecs(codecs: Iterable[Tuple[str, Codec, Mapping[str, Any]]], imag
     points, rows = [], []
     for label, codec, config in codecs:
         r = evaluate(codec, images, fingerprint_of(codec, config), lpips, fid, progress,
-                     description=Path(label).name)
+                     description=Path(label).name, grad_corr=grad_corr)
         points.append({**summarize(r, fid), "checkpoint": label, "model": config["model"]["name"],
                        "lmbda": config.get("lmbda")})
         rows += [{"checkpoint": label, **row} for row in r]
@@ -222,6 +241,7 @@ def summary_table(results: Mapping[str, Any], labels: Sequence[str] = ()):
     res = results["results"]
     cols = [("bpp", "bpp", 4), ("bpp_streams", "bpp streams", 4), ("bpp_est", "bpp est.", 4),
             ("psnr-rgb", "PSNR dB", 2), ("ms-ssim", "MS-SSIM", 4), ("lpips", "LPIPS", 4),
+            ("grad_corr", "grad corr", 3),
             ("fid", "FID", 2), ("kid", "KID", 4), ("encoding_time", "enc s", 3),
             ("decoding_time", "dec s", 3)]
     cols = [c for c in cols if c[0] in res]

@@ -23,6 +23,7 @@ from codecx.models.codec import Codec
 
 log = logging.getLogger("codecx")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+NULL_IS_A_SETTING = {"check_val_every_n_epoch"}
 GROUPS = ["model", "quantizer", "reg", "schedule", "data", "logger"]
 
 register_configs()
@@ -46,7 +47,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
     strategy = t.pop("strategy")
     if isinstance(strategy, dict):
         strategy = instantiate(strategy)
-    t = {k: v for k, v in t.items() if v is not None}
+    # null means Lightning's default, except where null is itself a setting
+    # (check_val_every_n_epoch=null: validate every val_check_interval steps across epochs)
+    t = {k: v for k, v in t.items() if v is not None or k in NULL_IS_A_SETTING}
     ckpt_dir = run_dir / "checkpoints"
     last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                            every_n_train_steps=cfg.checkpoint.every_n_steps)

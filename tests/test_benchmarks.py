@@ -1,4 +1,4 @@
-"""The benchmark runner (`python -m benchmarks`): discovery, the summary table, a tiny train_step run."""
+"""The benchmark runner (`python -m benchmarks`): discovery, the summary table, tiny end-to-end runs."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import Row, discover, format_markdown, format_table, load  # noqa: E402
+from benchmarks import Row, describe, discover, format_markdown, format_table, load  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
 
 
@@ -21,6 +21,12 @@ def test_discovers_bench_modules():
     assert callable(mod.run) and load("bench_train_step") is mod
     with pytest.raises(KeyError, match="available"):
         load("no_such_benchmark")
+
+
+def test_discovers_cse():
+    assert "cse" in discover()
+    mod = load("cse")
+    assert callable(mod.run) and callable(mod.add_arguments) and "reg=cse" in describe(mod)
 
 
 def test_row_status_and_table():
@@ -50,3 +56,47 @@ def test_train_step_tiny_end_to_end():
     assert "step time ratio codecx/plain" in out and "peak memory ratio codecx/plain" in out
     line = next(ln for ln in out.splitlines() if ln.startswith("train_step  loss max rel. diff"))
     assert line.split()[-1] == "ok", line
+
+
+@pytest.mark.slow
+def test_cse_tiny_end_to_end():
+    """reg=none and reg=cse both train from the same start and the summary prints the ratio."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "cse", "--quick",
+                        "--threads", "1", "--cse-N", "8", "--cse-M", "8", "--cse-crop", "64",
+                        "--cse-batch-size", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    table = out[out.index("\nSummary"):].splitlines()
+    row = lambda metric: next(ln for ln in table if ln.split()[:1] == ["cse"] and metric in ln)  # noqa: E731
+    ratio = row("step time ratio cse/none")
+    assert float(ratio.split("cse/none")[1].split()[0]) > 0, ratio
+    assert "CPU time ratio cse/none" in out and "source model 'hyperprior'" in out
+    same = row("step-1 R+lambda*D rel. diff")
+    assert same.split()[-1] == "ok", same
+
+
+def test_discovers_eval():
+    assert "eval" in discover()
+    mod = load("eval")
+    assert callable(mod.run) and callable(mod.add_arguments)
+
+
+@pytest.mark.slow
+def test_eval_tiny_end_to_end():
+    """A tiny trained model codes one crop both ways: same decoded images, all rows printed."""
+    from benchmarks._trained import TRAIN_DATA
+
+    if not TRAIN_DATA.is_dir():
+        pytest.skip(f"{TRAIN_DATA} not found (the benchmark model's training photos)")
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "eval", "--quick", "--threads", "1",
+                        "--ev-N", "8", "--ev-M", "8", "--ev-crop", "64", "--ev-images", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    table = out[out.index("\nSummary"):].splitlines()
+    row = lambda metric: next(ln for ln in table if ln.split()[:1] == ["eval"] and metric in ln)  # noqa: E731
+    for metric in ("encode speed codecx/compressai", "decode speed codecx/compressai",
+                   "real/estimated bpp", "real/estimated bpp, streams only", "header+CRC bytes"):
+        assert float(row(metric).split(metric)[1].split()[0]) > 0, row(metric)
+    same = row("same work: decoded images differ")
+    assert same.split()[-1] == "ok", same

@@ -52,6 +52,32 @@ def test_compress_decompress_round_trip(coded, tiny_ckpt, capsys):
     assert dec.shape == (64, 96, 3) and np.array_equal(dec, ref)
 
 
+def test_lattice_and_shift_named_in_the_header(tiny_ckpt, tiny_images, tmp_path, capsys):
+    """--quantizer/--shift at the encoder; the decoder rebuilds them from the header by itself and
+    reproduces the eval-mode reconstruction; a wrong override fails on the fingerprint."""
+    from codecx.cli import load_method_codec
+    from codecx.coding.container import unpack
+
+    img, f, png = tiny_images / "img0.png", tmp_path / "a.cdcx", tmp_path / "a.png"
+    assert main(["compress", str(img), "-c", str(tiny_ckpt), "-o", str(f), "--quantizer", "hex",
+                 "--shift", "latent"]) == 0
+    header = unpack(f.read_bytes())[0]
+    assert header.options["quantizer"] == "hex" and header.options["shift"] == "latent"
+    assert 0 <= header.options["shift_index"] < 8
+    assert main(["decompress", str(f), "-c", str(tiny_ckpt), "-o", str(png)]) == 0
+    codec, _ = load_method_codec(str(tiny_ckpt), "hex", "latent")
+    with torch.no_grad():
+        ref = to_uint8(codec(read_image(img)).x_hat)[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    assert np.array_equal(np.asarray(Image.open(png)), ref)
+    capsys.readouterr()
+    assert main(["decompress", str(f), "-c", str(tiny_ckpt), "-o", str(tmp_path / "b.png"),
+                 "--quantizer", "oct"]) == 1
+    assert "different model/configuration" in capsys.readouterr().err
+    assert main(["compress", str(img), "-c", str(tiny_ckpt), "--quantizer", "hexx"]) == 1
+    err = capsys.readouterr().err
+    assert "quantizer/hexx" in err and "oct" in err and "Traceback" not in err
+
+
 def test_compress_prints_bytes_and_bpp(tiny_ckpt, tiny_images, tmp_path, capsys):
     out = tmp_path / "a.cdcx"
     assert main(["compress", str(tiny_images / "img1.png"), "-c", str(tiny_ckpt), "-o", str(out)]) == 0
@@ -87,14 +113,17 @@ def test_corrupted_file_with_the_real_script(coded, tiny_ckpt, tmp_path):
     assert "codecx decompress: error: corrupted codecx file: CRC32 mismatch" in r.stderr
 
 
-def test_bad_inputs(tiny_ckpt, tmp_path, capsys):
+def test_bad_inputs(coded, tiny_ckpt, tmp_path, capsys):
     (tmp_path / "x.png").write_bytes(b"not an image at all")
     assert main(["compress", str(tmp_path / "x.png"), "-c", str(tiny_ckpt)]) == 1
     assert "not a readable image" in capsys.readouterr().err
     assert main(["compress", str(tmp_path / "none.png"), "-c", str(tiny_ckpt)]) == 1
     assert "no such image file" in capsys.readouterr().err
-    assert main(["decompress", str(tmp_path / "x.png"), "-c", str(tmp_path / "none.ckpt")]) == 1
-    assert "checkpoint" in capsys.readouterr().err
+    assert main(["decompress", str(tmp_path / "x.png"), "-c", str(tiny_ckpt)]) == 1
+    assert "not a codecx file" in capsys.readouterr().err
+    assert main(["decompress", str(coded[1]), "-c", str(tmp_path / "none.ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "none.ckpt" in err
 
 
 def test_bdrate_on_packaged_anchors(capsys):

@@ -106,3 +106,19 @@ def test_cse_recipes_pin_the_paper_settings(name, model, alpha, tmp_path):
     assert cfg.data.batch_size == 16 and cfg.data.crop_size == 256 and cfg.seed == 1
     assert cfg.schedule.lr == 1e-4 and cfg.reg.lr == 1e-3
     assert cfg.reg._target_.endswith("CSERegularizer")
+
+
+def test_cpu_study_recipe_validates_by_steps(tmp_path):
+    """experiment=cpu_study: validation every 200 steps across epochs (check_val_every_n_epoch=null
+    reaches the Trainer as None, not Lightning's default 1), multistep decay at step 1000."""
+    from omegaconf import open_dict
+
+    from codecx.train import build_trainer
+
+    cfg = _compose(["experiment=cpu_study"])
+    with open_dict(cfg):
+        cfg.logger = {}  # no logger: the CSV logger needs Hydra's run dir
+    assert cfg.model.name == "mbt_mean" and (cfg.model.N, cfg.model.M) == (64, 96)
+    assert cfg.trainer.max_steps == 1200 and cfg.schedule.milestones == [1000]
+    trainer = build_trainer(cfg, tmp_path)
+    assert trainer.check_val_every_n_epoch is None and trainer.val_check_interval == 200

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -113,6 +114,30 @@ def test_eval_py_two_checkpoints_one_curve(two_ckpts, tiny_images, tmp_path):
     assert "PSNR" in r.stdout and "results.json" in r.stdout
 
 
+def test_eval_py_lattice_and_shift(tiny_ckpt, tiny_images, tmp_path):
+    """`eval.py quantizer=hex shift=latent` on a scalar-trained checkpoint: real files, the chosen
+    shift index and the gradient correlation (paper 001 fig. 6) per image."""
+    out = tmp_path / "eval"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), f"ckpt={tiny_ckpt}", "data=folder", f"data.val_dir={tiny_images}",
+         "quantizer=hex", "shift=latent", "progress=false", "threads=1", f"hydra.run.dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 2
+    from codecx.cli import load_method_codec, read_image
+    from codecx.inference.latent_shift import shift_gradient_correlation
+
+    codec, _ = load_method_codec(str(tiny_ckpt), "hex", "latent")
+    for row in rows:
+        assert 0 <= int(row["shift_index"]) < 8
+        want = shift_gradient_correlation(codec, read_image(tiny_images / row["image"]))
+        got = float(row["grad_corr"])
+        assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, abs=1e-6)
+    res = json.loads((out / "results.json").read_text())
+    assert "grad_corr" in res["results"] and len(res["results"]["grad_corr"]) == 1
+
+
 def test_eval_config_errors():
     from codecx.eval_main import validate
 
@@ -128,6 +153,10 @@ def test_eval_config_errors():
         precheck(["ckpt=a.ckpt", "metrics.lpip.enabled=true"], CONF, "eval")
     with pytest.raises(ConfigError, match="Available options in 'quantizer'"):
         precheck(["ckpt=a.ckpt", "quantizer=nope"], CONF, "eval")
+    with pytest.raises(ConfigError, match="Available options in 'shift'"):
+        precheck(["ckpt=a.ckpt", "shift=nope"], CONF, "eval")
+    with pytest.raises(ConfigError, match="unknown key.*shift.rho.*candidates"):
+        precheck(["ckpt=a.ckpt", "shift=latent", "+shift.rho=1"], CONF, "eval")
 
 
 def test_compressai_state_dict_path(tmp_path):

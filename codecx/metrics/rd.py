@@ -43,13 +43,16 @@ def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Tuple[D
     t0 = time.perf_counter()
     data = encode_image(codec, x, fingerprint)
     t1 = time.perf_counter()
-    x_hat, _ = decode_image(codec, data, fingerprint)
+    x_hat, header = decode_image(codec, data, fingerprint)
     t2 = time.perf_counter()
     n_streams = sum(len(s) for s in unpack(data)[1])
     bpp_est = bits_per_pixel(codec(x).likelihoods, pixels).item()
-    return {"bpp": len(data) * 8 / pixels, "bpp_streams": n_streams * 8 / pixels,
-            "bpp_est": bpp_est, "psnr-rgb": psnr_uint8(x, x_hat), "ms-ssim": msssim_uint8(x, x_hat),
-            "encoding_time": t1 - t0, "decoding_time": t2 - t1, "bytes": len(data)}, x_hat
+    row = {"bpp": len(data) * 8 / pixels, "bpp_streams": n_streams * 8 / pixels,
+           "bpp_est": bpp_est, "psnr-rgb": psnr_uint8(x, x_hat), "ms-ssim": msssim_uint8(x, x_hat),
+           "encoding_time": t1 - t0, "decoding_time": t2 - t1, "bytes": len(data)}
+    # the encoder's latent-shift choices (per image: which candidate step it signalled)
+    row.update({k: header.options[k] for k in ("shift_index", "side_shift_index") if k in header.options})
+    return row, x_hat
 
 
 def measure_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Dict[str, float]:
