@@ -115,7 +115,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     set_coding_threads(a.threads)
     paths = build_report(a.multirun_dir, a.baseline, a.out, a.eval_dir, a.data_val_dir,
-                         progress=not a.no_progress)
+                         progress=not a.no_progress, replicates=a.replicates)
     print(paths["md"].read_text())
     print(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}")
     return 0
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-val-dir", help="evaluate every run on this image folder (full images) "
                                           "instead of the run's own validation data")
     s.add_argument("-o", "--out", help="folder for report.md, report.csv, rd.png (default: MULTIRUN_DIR)")
+    s.add_argument("--replicates", metavar="KEY", help="an override that repeats the experiment (e.g. "
+                   "seed): BD figures become means over its values, paired with the baseline's, and the "
+                   "baseline row shows the noise band between them")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

@@ -61,9 +61,10 @@ def find_runs(root: Path) -> List[Run]:
     return runs
 
 
-def group_runs(runs: Sequence[Run]) -> Dict[str, List[Run]]:
-    """Runs grouped by every override except lmbda; labelled by the overrides that vary."""
-    keys = sorted({k for r in runs for k in r.overrides} - GROUP_EXCLUDE)
+def group_runs(runs: Sequence[Run], exclude: Sequence[str] = ()) -> Dict[str, List[Run]]:
+    """Runs grouped by every override except lmbda (and `exclude`); labelled by the overrides
+    that vary."""
+    keys = sorted({k for r in runs for k in r.overrides} - GROUP_EXCLUDE - set(exclude))
     varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
     groups: Dict[str, List[Run]] = {}
     for r in runs:
@@ -143,25 +144,51 @@ def _curve_names(e: Exception) -> str:
     return str(e).replace("anchor:", "baseline curve:", 1).replace("test:", "this curve:", 1)
 
 
-def _bd_cells(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, str], List[str]]:
-    """BD-rate / BD-PSNR cells (pchip, cubic, MS-SSIM pchip) of `test` vs `anchor`, and notes."""
-    cells, notes = {}, []
+def _bd_values(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, float], List[str]]:
+    """BD-rate / BD-PSNR (pchip, cubic; BD-rate on MS-SSIM with pchip) of `test` vs `anchor`,
+    keyed like the report's columns, and notes."""
+    values, notes = {}, []
     try:
         res, notes = bd_methods(anchor, test, "psnr-rgb", "both")
         for m, r in res.items():
-            cells[f"bd_rate_{m}"] = f"{r.bd_rate:+.2f}"
-            cells[f"bd_psnr_{m}"] = f"{r.bd_psnr:+.3f}"
+            values[f"bd_rate_{m}"], values[f"bd_psnr_{m}"] = r.bd_rate, r.bd_psnr
     except ValueError as e:
         notes.append(f"BD on PSNR undefined: {_curve_names(e)}")
     if _finite(anchor, "ms-ssim") and _finite(test, "ms-ssim"):
         try:
             res, _ = bd_methods(anchor, test, "ms-ssim", "pchip")
-            cells["bd_rate_msssim"] = f"{res['pchip'].bd_rate:+.2f}"
+            values["bd_rate_msssim"] = res["pchip"].bd_rate
         except ValueError as e:
             notes.append(f"BD on MS-SSIM undefined: {_curve_names(e)}")
+    return values, notes
+
+
+def _fmt(key: str, v: float) -> str:
+    return f"{v:+.3f}" if key.startswith("bd_psnr") else f"{v:+.2f}"
+
+
+def _bd_cells(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, str], List[str]]:
+    """`_bd_values` formatted for the table."""
+    values, notes = _bd_values(anchor, test)
+    return {k: _fmt(k, v) for k, v in values.items()}, notes
+
+
+def _replicate_cells(pairs: Sequence[Tuple[str, Dict[str, Any], Dict[str, Any]]]
+                     ) -> Tuple[Dict[str, str], List[str]]:
+    """BD cells over replicate pairs (label, anchor curve, test curve): the mean over the pairs,
+    with every pair's value in `<column>_each` (e.g. 'seed=1: -0.52; seed=2: -0.31')."""
+    per: Dict[str, List[Tuple[str, float]]] = {}
+    notes: List[str] = []
+    for label, anchor, test in pairs:
+        values, n = _bd_values(anchor, test)
+        notes += [f"{label}: {x}" for x in n]
+        for k, v in values.items():
+            per.setdefault(k, []).append((label, v))
+    cells = {}
+    for k, lv in per.items():
+        cells[k] = _fmt(k, sum(v for _, v in lv) / len(lv))
+        cells[f"{k}_each"] = "; ".join(f"{label}: {_fmt(k, v)}" for label, v in lv)
     return cells, notes
-
-
 COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp"), ("psnr", "PSNR dB"),
            ("bd_rate_pchip", "BD-rate % (pchip)"), ("bd_psnr_pchip", "BD-PSNR dB (pchip)"),
            ("bd_rate_cubic", "BD-rate % (cubic)"), ("bd_psnr_cubic", "BD-PSNR dB (cubic)"),
@@ -170,8 +197,13 @@ COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp")
 
 def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str | Path] = None,
                  eval_dir: Optional[str | Path] = None, data_val_dir: Optional[str | Path] = None,
-                 progress: bool = True) -> Dict[str, Path]:
-    """Write report.md, report.csv and rd.png for a multirun; returns their paths."""
+                 progress: bool = True, replicates: Optional[str] = None) -> Dict[str, Path]:
+    """Write report.md, report.csv and rd.png for a multirun; returns their paths.
+
+    `replicates` (e.g. "seed"): an override whose values repeat the same experiment. Groups then
+    ignore it; each group's BD-rate is the mean over its replicates, each compared with the
+    baseline's run of the same replicate value (`*_each` columns list them), and the baseline
+    row holds the noise band: every other replicate of the baseline against its first one."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{multirun_dir}: no such directory (a Hydra multirun folder, e.g. runs/sweep/DATE)")
@@ -190,31 +222,69 @@ def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str 
     runs = [r for r in runs if r.results is not None]
     if not runs:
         raise ValueError(f"{multirun_dir}: none of the runs has a checkpoint or results: " + "; ".join(skipped))
-    groups = group_runs(runs)
+    groups = group_runs(runs, exclude=[replicates] if replicates else ())
     base = find_baseline(groups, baseline)
-    curves = {g: merge_results(g, [r.results for r in rs]) for g, rs in groups.items()}
     groups = {base: groups.pop(base), **groups}  # baseline first
+    # one curve per group, or per (group, replicate value) with replicates
+    split = {g: _by_replicate(rs, replicates) for g, rs in groups.items()}
+    curves = {(g, v): merge_results(g if v is None else f"{g},{replicates}={v}", [r.results for r in rs])
+              for g, by in split.items() for v, rs in by.items()}
     rows = []
     for g, rs in groups.items():
-        c = curves[g]["results"]
+        c = merge_results(g, [r.results for r in rs])["results"]
         row = {"group": g + (" (baseline)" if g == base else ""), "runs": len(rs),
                "lmbda": " ".join(sorted({r.overrides.get("lmbda", "?") for r in rs}, key=_num)),
                "bpp": f"{min(c['bpp']):.4f}-{max(c['bpp']):.4f}",
                "psnr": f"{min(c['psnr-rgb']):.2f}-{max(c['psnr-rgb']):.2f}"}
-        if g != base:
-            cells, notes = _bd_cells(curves[base], curves[g])
-            row.update(cells, notes=" / ".join(notes))
+        if replicates is None:
+            if g != base:
+                cells, notes = _bd_cells(curves[base, None], curves[g, None])
+                row.update(cells, notes=" / ".join(notes))
+        else:
+            reps = list(split[g])
+            if g == base:  # the noise band: the baseline's replicates against its first one
+                pairs = [(f"{replicates}={v} vs {reps[0]}", curves[g, reps[0]], curves[g, v]) for v in reps[1:]]
+            else:
+                pairs = [(f"{replicates}={v}", curves[base, v], curves[g, v]) for v in reps if v in split[base]]
+                if len(pairs) < len(reps):
+                    row["notes"] = f"no baseline run for {replicates}=" + ",".join(
+                        v for v in reps if v not in split[base])
+            if pairs:
+                cells, notes = _replicate_cells(pairs)
+                row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *notes]))
         rows.append(row)
     out = Path(out_dir or root)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "csv": out / "report.csv", "png": out / "rd.png"}
     plot_rd(list(curves.values()), paths["png"], title=f"{root.name}: baseline {base}")
+    columns = COLUMNS if replicates is None else _replicate_columns(replicates)
     with paths["csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[k for k, _ in COLUMNS])
+        w = csv.DictWriter(f, fieldnames=[k for k, _ in columns])
         w.writeheader()
         w.writerows(rows)
-    paths["md"].write_text(_markdown(root, base, baseline, rows, groups, skipped, paths["png"].name))
+    paths["md"].write_text(_markdown(root, base, baseline, rows, groups, skipped, paths["png"].name,
+                                     columns, replicates))
     return paths
+
+
+def _by_replicate(runs: Sequence[Run], key: Optional[str]) -> Dict[Optional[str], List[Run]]:
+    """{replicate value: runs} in value order ({None: runs} without a replicate key)."""
+    if key is None:
+        return {None: list(runs)}
+    out: Dict[Optional[str], List[Run]] = {}
+    for r in sorted(runs, key=lambda r: _num(r.overrides.get(key, ""))):
+        out.setdefault(r.overrides.get(key, "?"), []).append(r)
+    return out
+
+
+def _replicate_columns(key: str) -> List[Tuple[str, str]]:
+    """COLUMNS with each BD column's per-replicate values after it."""
+    cols = []
+    for k, title in COLUMNS:
+        cols.append((k, title.replace("BD-", "mean BD-", 1) if k.startswith("bd_") else title))
+        if k.startswith("bd_"):
+            cols.append((f"{k}_each", f"{title.split(' (')[0]} by {key}"))
+    return cols
 
 
 def _num(s: str) -> float:
@@ -225,16 +295,19 @@ def _num(s: str) -> float:
 
 
 def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
-              groups: Dict[str, List[Run]], skipped: List[str], png: str) -> str:
+              groups: Dict[str, List[Run]], skipped: List[str], png: str,
+              columns: Sequence[Tuple[str, str]] = COLUMNS, replicates: Optional[str] = None) -> str:
     """report.md: the BD table, how it was computed, the plot and the per-run RD points."""
-    table = ["| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    table += ["| " + " | ".join(str(r.get(k, "")) for k, _ in COLUMNS) + " |" for r in rows]
+    table = ["| " + " | ".join(t for _, t in columns) + " |", "|" + "---|" * len(columns)]
+    table += ["| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
     run_rows = ["| group | λ | bpp | bpp est. | PSNR dB | MS-SSIM | images |", "|---|---|---|---|---|---|---|"]
     for g, rs in groups.items():
-        for r in sorted(rs, key=lambda r: _num(r.overrides.get("lmbda", ""))):
+        for r in sorted(rs, key=lambda r: (_num(r.overrides.get(replicates, "")) if replicates else 0,
+                                           _num(r.overrides.get("lmbda", "")))):
             res = r.results["results"]
             fmt = lambda k, d: "n/a" if res.get(k, [None])[0] is None else f"{res[k][0]:.{d}f}"  # noqa: E731
-            run_rows.append(f"| {g} | {r.overrides.get('lmbda', '?')} | {fmt('bpp', 4)} | "
+            label = f"{g}, {replicates}={r.overrides.get(replicates, '?')}" if replicates else g
+            run_rows.append(f"| {label} | {r.overrides.get('lmbda', '?')} | {fmt('bpp', 4)} | "
                             f"{fmt('bpp_est', 4)} | {fmt('psnr-rgb', 2)} | {fmt('ms-ssim', 4)} | "
                             f"{(r.results.get('images') or ['?'])[0]} |")
     text = [f"# Sweep report: {root}", "",
@@ -242,7 +315,11 @@ def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
             "bpp counts every byte of real codecx files (header included); PSNR is on 8-bit RGB.",
             "BD-rate: Bjøntegaard delta with log rate over the overlapping PSNR range (negative = fewer "
             "bits than the baseline at equal quality); BD-PSNR over the overlapping log-rate range. "
-            "pchip always; cubic (VCEG-M33) only when both curves have at least 4 points.", "",
+            "pchip always; cubic (VCEG-M33) only when both curves have at least 4 points.",
+            *([f"Replicates: `{replicates}`. Groups ignore it; a group's BD figures are the mean over its "
+               f"{replicates} values, each against the baseline run with the same {replicates}; the baseline "
+               f"row is the noise band (each other {replicates} of the baseline against its first)."]
+              if replicates else []), "",
             *table, "", f"![RD curves]({png})", "", "## Runs", "", *run_rows, ""]
     if skipped:
         text += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]

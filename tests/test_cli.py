@@ -171,6 +171,33 @@ def test_report_bd_rate_against_baseline(tmp_path, capsys):
     assert "no groups match" in capsys.readouterr().err
 
 
+def test_report_with_seed_replicates(tmp_path, capsys):
+    """--replicates seed: each group's BD-rate is the mean over seeds, each seed against the
+    baseline's same seed; the baseline row is the seed-to-seed noise band."""
+    from codecx.metrics.bdrate import bd_methods
+
+    root = tmp_path / "sweep"
+    hyper, mbt = load_anchor("bmshj2018-hyperprior"), load_anchor("mbt2018-mean")
+    lifted = {"results": {"bpp": hyper["results"]["bpp"],
+                          "psnr-rgb": [p + 0.05 for p in hyper["results"]["psnr-rgb"]]}}
+    curves = {("none", 1): hyper, ("none", 2): lifted, ("cse", 1): mbt, ("cse", 2): mbt}
+    for (group, seed), c in curves.items():
+        for i, (b, p) in enumerate(zip(c["results"]["bpp"], c["results"]["psnr-rgb"])):
+            _fake_run(root, f"{group}{seed}_{i}", [f"reg={group}", f"seed={seed}", f"lmbda={i}"], b, p)
+    assert main(["report", str(root), "--baseline", "reg=none", "--replicates", "seed"]) == 0
+    rows = {r["group"]: r for r in csv.DictReader(open(root / "report.csv"))}
+    assert set(rows) == {"reg=none (baseline)", "reg=cse"} and rows["reg=cse"]["runs"] == "16"
+    bd = lambda a, t: bd_methods(a, t, "psnr-rgb", "pchip")[0]["pchip"].bd_rate  # noqa: E731
+    want = (bd(hyper, mbt) + bd(lifted, mbt)) / 2
+    assert float(rows["reg=cse"]["bd_rate_pchip"]) == pytest.approx(want, abs=0.006)
+    assert rows["reg=cse"]["bd_rate_pchip_each"] == f"seed=1: {bd(hyper, mbt):+.2f}; seed=2: {bd(lifted, mbt):+.2f}"
+    noise = float(rows["reg=none (baseline)"]["bd_rate_pchip"])
+    assert noise == pytest.approx(bd(hyper, lifted), abs=0.006) and noise < 0  # +0.05 dB: fewer bits
+    assert "seed=2 vs 1" in rows["reg=none (baseline)"]["bd_rate_pchip_each"]
+    md = (root / "report.md").read_text()
+    assert "Replicates: `seed`" in md and "| reg=cse, seed=2 |" in md
+
+
 def test_report_on_a_real_multirun(tmp_path, capsys):
     """train.py -m over 2 quantizers x 2 lambdas, then `codecx report` evaluates every run
     (10-50 s on 2 shared cores)."""
