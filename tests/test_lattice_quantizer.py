@@ -211,3 +211,22 @@ def test_configs_and_scalar_checkpoints_load():
     lattice = tiny_codec("mbt_mean")
     lattice.quantizer = LatticeQuantizer("oct")
     lattice.load_state_dict(scalar.state_dict())  # nothing to add or drop
+
+
+def test_fine_tune_a_scalar_checkpoint_with_the_lattice_relaxation(tiny_ckpt, tmp_path):
+    """`train.py quantizer=hex model.weights=<scalar last.ckpt>` starts from the checkpoint's
+    backbone and trains with Voronoi noise; the result codes with hex at eval."""
+    import torch
+
+    from codecx.evaluate import load_codec
+    from conftest import TINY, run_train
+
+    r = run_train([*TINY, "quantizer=hex", f"model.weights={tiny_ckpt}", "trainer.max_steps=2",
+                   "eval.every_n_steps=0", f"hydra.run.dir={tmp_path}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    start = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    codec, config = load_codec(tmp_path / "checkpoints" / "last.ckpt")
+    assert config["quantizer"]["lattice"] == "hex" and isinstance(codec.quantizer, LatticeQuantizer)
+    w = "backbone.g_s.0.weight"
+    moved = (codec.state_dict()[w] - start[f"codec.{w}"]).abs().max().item()
+    assert 0 < moved < 0.005  # 2 Adam steps of 1e-4: fine-tuned from the checkpoint, not from a fresh initialisation

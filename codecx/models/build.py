@@ -23,7 +23,8 @@ def build_backbone(name: str, N: int = 128, M: Optional[int] = 192,
 
 def load_weights(model: Backbone, path: str) -> Backbone:
     """Load a CompressAI state dict (bare, or under "state_dict") saved from the zoo model
-    of the same architecture; CDF buffers of another size are resized (CompressAI)."""
+    of the same architecture, or the backbone of a codecx train.py checkpoint (to fine-tune
+    it, e.g. with another quantizer); CDF buffers of another size are resized (CompressAI)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(
@@ -38,6 +39,9 @@ def load_weights(model: Backbone, path: str) -> Backbone:
     if not isinstance(state, dict):
         raise ValueError(f"model.weights={path}: expected a state dict, got {type(obj).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    prefix = "codec.backbone."  # a codecx checkpoint: its backbone's part
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
