@@ -56,7 +56,8 @@ def test_bits_per_pixel_counts_three_channels():
     with torch.no_grad():
         q.head.weight.zero_()
         q.head.bias.zero_()
-        q.head.bias[3:].fill_(math.log(math.expm1(1.0)))  # softplus -> sigma = 1
+        per = q.head.out_channels // 6  # parameters of the 4 pixels of each 2x2 block
+        q.head.bias[3 * per:].fill_(math.log(math.expm1(1.0)))  # softplus -> sigma = 1
     x = torch.randint(1, 255, (2, 3, 8, 8)) / 255
     per_symbol = -math.log2(math.erf(0.5 / math.sqrt(2)))
     assert q.bits_per_pixel(x, x).item() == pytest.approx(3 * per_symbol, rel=1e-5)
