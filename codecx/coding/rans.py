@@ -5,25 +5,38 @@ position (serial context models); `finish()` returns the bytes.
 """
 from __future__ import annotations
 
+import weakref
 from typing import List
 
+import numpy as np
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
 
 class _Tables:
-    """The entropy model's quantized CDF tables as the lists the C++ coder wants (once)."""
+    """The entropy model's quantized CDF tables as the lists the C++ coder wants, converted
+    once per set of tables (`update()` replaces the buffers, which invalidates the cache)."""
 
-    def __init__(self, entropy_model):
-        if entropy_model._quantized_cdf.numel() == 0:
+    _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def __new__(cls, entropy_model):
+        bufs = (entropy_model._quantized_cdf, entropy_model._cdf_length, entropy_model._offset)
+        if bufs[0].numel() == 0:
             raise RuntimeError(
                 "the entropy model has no CDF tables: call codec.update(force=True) "
                 "before compress()/decompress()"
             )
-        self.cdf: List[List[int]] = entropy_model._quantized_cdf.tolist()
-        self.cdf_length: List[int] = entropy_model._cdf_length.reshape(-1).int().tolist()
-        self.offset: List[int] = entropy_model._offset.reshape(-1).int().tolist()
+        key = tuple((b.data_ptr(), b._version, tuple(b.shape)) for b in bufs)
+        hit = cls._cache.get(entropy_model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        self = super().__new__(cls)
+        self.cdf: List[List[int]] = bufs[0].tolist()
+        self.cdf_length: List[int] = bufs[1].reshape(-1).int().tolist()
+        self.offset: List[int] = bufs[2].reshape(-1).int().tolist()
+        cls._cache[entropy_model] = (key, self)
+        return self
 
 
 class RansStreamEncoder:
@@ -61,6 +74,6 @@ class RansStreamDecoder:
             self.tables.cdf_length,
             self.tables.offset,
         )
-        return torch.tensor(values, dtype=torch.int32, device=indexes.device).reshape(
-            indexes.shape
-        )
+        # np.fromiter: ~8x faster than torch.tensor(list) for a latent's worth of ints
+        symbols = torch.from_numpy(np.fromiter(values, dtype=np.int32, count=len(values)))
+        return symbols.to(indexes.device).reshape(indexes.shape)
