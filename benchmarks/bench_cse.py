@@ -50,16 +50,9 @@ def add_arguments(group) -> None:
 
 # ---------------------------------------------------------------------------- parent side
 def run(args) -> List[Row]:
-    import torch
-
-    pick = lambda k: getattr(args, k, None) or (QUICK if args.quick else DEFAULTS)[k]  # noqa: E731
-    steps, warmup, rounds = pick("steps"), pick("warmup"), pick("rounds")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    threads = args.threads or torch.get_num_threads()
-    spec = {"N": args.cse_N, "M": args.cse_M, "batch": args.cse_batch_size, "crop": args.cse_crop,
-            "device": device, "threads": threads, "steps": steps, "warmup": warmup,
-            "seed": args.seed, "lmbda": ts.LMBDA, "lr": ts.LR, "aux_lr": ts.AUX_LR, "clip": ts.CLIP,
-            "profile_dir": None}
+    spec, rounds = ts.step_spec(args, args.cse_N, args.cse_M, args.cse_batch_size, args.cse_crop,
+                                DEFAULTS, QUICK)
+    steps, warmup, device, threads = spec["steps"], spec["warmup"], spec["device"], spec["threads"]
     print(f"mbt_mean N={spec['N']} M={spec['M']}, batch {spec['batch']} x {spec['crop']} px, "
           f"{device}, {threads} threads: reg=none vs reg=cse alpha={ALPHA:g}, each LitCodec under "
           f"Trainer.fit in its own process; {rounds} round(s) x ({warmup} warm-up + {steps} "

@@ -83,21 +83,29 @@ def add_arguments(group) -> None:
 
 
 # ---------------------------------------------------------------------------- parent side
-def run(args) -> List[Row]:
+def step_spec(args, N: int, M: int, batch: int, crop: int, defaults: dict = DEFAULTS,
+              quick: dict = QUICK) -> tuple:
+    """(spec, rounds): what a training-step worker needs (model size, batches, device, threads,
+    steps, the schedule=compressai values), from the shared benchmark options."""
     import torch
 
-    pick = lambda k: getattr(args, k, None) or (QUICK if args.quick else DEFAULTS)[k]  # noqa: E731
-    steps, warmup, rounds = pick("steps"), pick("warmup"), pick("rounds")
+    pick = lambda k: getattr(args, k, None) or (quick if args.quick else defaults)[k]  # noqa: E731
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    threads = args.threads or torch.get_num_threads()
+    spec = {"N": N, "M": M, "batch": batch, "crop": crop, "device": device,
+            "threads": args.threads or torch.get_num_threads(), "steps": pick("steps"),
+            "warmup": pick("warmup"), "seed": args.seed, "lmbda": LMBDA, "lr": LR, "aux_lr": AUX_LR,
+            "clip": CLIP, "profile_dir": None}
+    return spec, pick("rounds")
+
+
+def run(args) -> List[Row]:
+    spec, rounds = step_spec(args, args.ts_N, args.ts_M, args.ts_batch_size, args.ts_crop)
+    steps, warmup, device, threads = spec["steps"], spec["warmup"], spec["device"], spec["threads"]
+    spec["profile_dir"] = args.ts_profile
     mode = args.ts_mode
     if args.ts_profile and mode == "paired":
         mode = "separate"  # one cProfile per process
         print("--ts-profile: using --ts-mode separate (one profile per variant and round)")
-    spec = {"N": args.ts_N, "M": args.ts_M, "batch": args.ts_batch_size, "crop": args.ts_crop,
-            "device": device, "threads": threads, "steps": steps, "warmup": warmup,
-            "seed": args.seed, "lmbda": LMBDA, "lr": LR, "aux_lr": AUX_LR, "clip": CLIP,
-            "profile_dir": args.ts_profile}
     if mode == "paired":
         spec["steps"] = steps * rounds  # one process; the alternation is per step
         plan = f"{warmup} warm-up + {spec['steps']} measured steps per variant, alternating step by step"

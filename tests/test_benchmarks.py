@@ -45,29 +45,29 @@ def test_list_and_unknown(capsys):
         main(["--only", "no_such_benchmark"])
 
 
+def _bench(name: str, *options: str, timeout: int = 600):
+    """Run `python -m benchmarks --only NAME --quick --threads 1 OPTIONS`: (stdout, row) where
+    row(metric) is that metric's line of the summary table."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", name, "--quick", "--threads", "1",
+                        *options], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = r.stdout[r.stdout.index("\nSummary"):].splitlines()
+    return r.stdout, lambda metric: next(ln for ln in table if ln.split()[:1] == [name] and metric in ln)
+
+
 @pytest.mark.slow
 def test_train_step_tiny_end_to_end():
     """Both variants run, do the same work (equal losses) and the summary prints its ratios."""
-    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "train_step", "--quick",
-                        "--threads", "1", "--ts-N", "8", "--ts-M", "8", "--ts-crop", "64",
-                        "--ts-batch-size", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout
+    out, row = _bench("train_step", "--ts-N", "8", "--ts-M", "8", "--ts-crop", "64", "--ts-batch-size", "2")
     assert "step time ratio codecx/plain" in out and "peak memory ratio codecx/plain" in out
-    line = next(ln for ln in out.splitlines() if ln.startswith("train_step  loss max rel. diff"))
+    line = row("loss max rel. diff")
     assert line.split()[-1] == "ok", line
 
 
 @pytest.mark.slow
 def test_cse_tiny_end_to_end():
     """reg=none and reg=cse both train from the same start and the summary prints the ratio."""
-    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "cse", "--quick",
-                        "--threads", "1", "--cse-N", "8", "--cse-M", "8", "--cse-crop", "64",
-                        "--cse-batch-size", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout
-    table = out[out.index("\nSummary"):].splitlines()
-    row = lambda metric: next(ln for ln in table if ln.split()[:1] == ["cse"] and metric in ln)  # noqa: E731
+    out, row = _bench("cse", "--cse-N", "8", "--cse-M", "8", "--cse-crop", "64", "--cse-batch-size", "2")
     ratio = row("step time ratio cse/none")
     assert float(ratio.split("cse/none")[1].split()[0]) > 0, ratio
     assert "CPU time ratio cse/none" in out and "source model 'hyperprior'" in out
@@ -88,13 +88,7 @@ def test_eval_tiny_end_to_end():
 
     if not TRAIN_DATA.is_dir():
         pytest.skip(f"{TRAIN_DATA} not found (the benchmark model's training photos)")
-    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "eval", "--quick", "--threads", "1",
-                        "--ev-N", "8", "--ev-M", "8", "--ev-crop", "64", "--ev-images", "1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout
-    table = out[out.index("\nSummary"):].splitlines()
-    row = lambda metric: next(ln for ln in table if ln.split()[:1] == ["eval"] and metric in ln)  # noqa: E731
+    out, row = _bench("eval", "--ev-N", "8", "--ev-M", "8", "--ev-crop", "64", "--ev-images", "1", timeout=900)
     for metric in ("encode speed codecx/compressai", "decode speed codecx/compressai",
                    "real/estimated bpp", "real/estimated bpp, streams only", "header+CRC bytes"):
         assert float(row(metric).split(metric)[1].split()[0]) > 0, row(metric)
