@@ -17,10 +17,11 @@ The paper's figures (001, appendix F, table 6, mbt2018-mean, one CPU core): Hex 
 +5% encode, +1.8% decode; latent shift x10.1 encode (8 sequential decoder passes), +0.7%
 decode. Issue 5 targets latent-shift encode <= 2x.
 
-Weights: random initialisation unless `--lat-ckpt` names a `train.py` checkpoint, or is
-`trained`: the small model of `benchmarks/_trained.py` at `--lat-N`/`--lat-M`, trained once
-(timing depends on the weights only through the predicted scales, i.e. table sizes and the
-share of large-scale groups, so a trained model is more representative). Every variant runs
+Weights: by default (`--lat-ckpt trained`) the small model of `benchmarks/_trained.py` at
+`--lat-N`/`--lat-M` (64/96), trained once and shared with bench_eval; `--lat-ckpt PATH` a
+`train.py` checkpoint; `--lat-ckpt random` random weights (timing depends on the weights
+through the predicted scales, i.e. table sizes and the share of large-scale groups, so a
+trained model is the representative one). Every variant runs
 in the same process on the same images. Timing is paired, to resist other load on the
 machine: for each round and image all variants run back to back (order alternating), each
 variant's time is divided by scalar's from that same (round, image), and the reported ratio
@@ -45,10 +46,11 @@ TARGETS = {  # (encode, decode) ratio targets: the paper's overheads, issue 5's 
 
 def add_arguments(group) -> None:
     group.add_argument("--lat-images", type=int, default=None, help="lattice: Kodak images (default 3)")
-    group.add_argument("--lat-N", type=int, default=128, help="lattice: mbt_mean N")
-    group.add_argument("--lat-M", type=int, default=192, help="lattice: mbt_mean M")
-    group.add_argument("--lat-ckpt", default=None, help="lattice: a train.py checkpoint (mbt_mean) "
-                       "to load instead of random weights; 'trained': benchmarks/_trained.py's")
+    group.add_argument("--lat-N", type=int, default=64, help="lattice: mbt_mean N (default 64)")
+    group.add_argument("--lat-M", type=int, default=96, help="lattice: mbt_mean M (default 96)")
+    group.add_argument("--lat-ckpt", default="trained", help="lattice: a train.py checkpoint (mbt_mean); "
+                       "'trained' (default): benchmarks/_trained.py's model at --lat-N/--lat-M, trained "
+                       "once (shared with bench_eval); 'random': random weights")
     group.add_argument("--lat-crop", type=int, default=None,
                        help="lattice: crop images to this size (default: full 768x512; --quick: 256)")
 
@@ -61,7 +63,7 @@ def _codec(args, device):
 
     torch.manual_seed(args.seed)
     bb = build_backbone("mbt_mean", args.lat_N, args.lat_M)
-    if args.lat_ckpt:
+    if args.lat_ckpt and args.lat_ckpt != "random":
         path = args.lat_ckpt
         if path == "trained":
             path = trained_checkpoint(N=args.lat_N, M=args.lat_M, quick=args.quick, threads=args.threads)
@@ -129,8 +131,8 @@ def run(args) -> List[Row]:
         torch.set_num_threads(args.threads)
     images = [x.to(device) for x in kodak_images(n_images, crop)]
     codec = _codec(args, device)
-    print(f"lattice: mbt_mean N={args.lat_N} M={args.lat_M} "
-          f"({'checkpoint ' + args.lat_ckpt if args.lat_ckpt else 'random weights'}), {len(images)} image(s) "
+    weights = "random weights" if args.lat_ckpt == "random" else f"checkpoint {args.lat_ckpt}"
+    print(f"lattice: mbt_mean N={args.lat_N} M={args.lat_M} ({weights}), {len(images)} image(s) "
           f"{tuple(images[0].shape[-2:])}, {rounds} round(s), device={device}, threads={torch.get_num_threads()}",
           flush=True)
 

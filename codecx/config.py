@@ -169,6 +169,48 @@ def check_targets(cfg: DictConfig, groups: List[str]) -> None:
             raise ConfigError(
                 f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)} for {target}; "
                 f"valid keys: {', '.join(valid) or '(none)'}")
+        _check_value_types(group, node, fn, target)
+
+
+def _check_value_types(group: str, node: DictConfig, fn, target: str) -> None:
+    """A number or bool parameter given a value that is not one (e.g. `reg.alpha=abc`): the
+    untyped groups have no schema, so the callable's annotations and defaults tell the type."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    names = {"bool": bool, "int": int, "float": float}
+    values = None
+    for key, p in params.items():
+        if key not in node:
+            continue
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        kind = names.get(ann) or (type(p.default) if type(p.default) in (bool, int, float) else None)
+        if kind is None:
+            continue
+        values = values if values is not None else OmegaConf.to_container(node, resolve=True)
+        v = values[key]
+        if v is None or _fits(v, kind):
+            continue
+        what = {bool: "true/false value", int: "an integer", float: "a number"}[kind]
+        what = "a true/false value" if kind is bool else what
+        raise ConfigError(f"wrong type for {group}.{key}: {v!r} is not {what} ({target} expects "
+                          f"{what}" + ("" if p.default is p.empty else f", default {p.default!r}") + ")")
+
+
+def _fits(v: Any, kind: type) -> bool:
+    """Whether config value `v` is usable as `kind` (numbers given as text count)."""
+    if kind is bool:
+        return isinstance(v, bool)
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return kind is float or float(v).is_integer()
+    try:
+        kind(v)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _safe(target: str):
@@ -227,7 +269,7 @@ def precheck(overrides: List[str], config_dir: str, config_name: str = "train") 
             try:
                 cfg = compose(config_name, overrides=trial)
             except Exception as e:  # noqa: BLE001
-                raise ConfigError(_explain(e, config_dir, config_name)) from None
+                raise ConfigError(_explain(e, config_dir, config_name, trial)) from None
             check_targets(cfg, ["model", "quantizer", "shift", "reg", "schedule", "data", "logger"])
     GlobalHydra.instance().clear()
 
@@ -238,6 +280,7 @@ def group_option(group: str, name: str, config_dir: str, config_name: str = "eva
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
@@ -266,8 +309,9 @@ def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str)
     hydra_main()
 
 
-def _explain(e: Exception, config_dir: str, config_name: str) -> str:
-    """Hydra's composition error, plus the keys valid at the offending place."""
+def _explain(e: Exception, config_dir: str, config_name: str, overrides: List[str] = ()) -> str:
+    """Hydra's composition error, plus the keys valid at the offending place (in the config the
+    other `overrides` select, e.g. the keys of reg=cse for `reg=cse reg.alph=1`)."""
 
     from hydra import compose
 
@@ -279,7 +323,11 @@ def _explain(e: Exception, config_dir: str, config_name: str) -> str:
     if m and ("not in" in msg or "not in struct" in msg):
         key = m.group(1)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        base = compose(config_name)
+        others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+        try:
+            base = compose(config_name, overrides=others)
+        except Exception:  # noqa: BLE001 - another override is wrong too: the defaults
+            base = compose(config_name)
         node = OmegaConf.select(base, parent) if parent else base
         valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "?"
         return (f"unknown key {key!r}; valid keys of {parent or 'the root'}: {valid} "

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from codecx.coding.container import codec_fingerprint
 from codecx.lit.module import resize_cdf_buffers
-from codecx.metrics.rd import code_image
+from codecx.metrics.rd import code_image, to_uint8
 from codecx.models.codec import Codec
 
 BPP_SOURCE = "codecx file: header, streams and CRC"
@@ -150,7 +150,7 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
                          disable=not (progress and console.is_terminal)):
         row, x_hat = code_image(codec, x, fingerprint)
         if lpips is not None:
-            row["lpips"] = lpips(x, x_hat).mean().item()
+            row["lpips"] = lpips(x, to_uint8(x_hat) / 255).mean().item()  # the 8-bit image, as PSNR
         if grad_corr:
             row["grad_corr"] = shift_gradient_correlation(codec, x)
         if fid is not None:

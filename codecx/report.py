@@ -102,7 +102,8 @@ def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, 
     if fresh:  # written after the checkpoint, for the same images
         res = json.loads(results_path.read_text())
         stored = res.get("data")
-        if stored is None or data_override is None or stored == data_key(data_override):
+        want = data_key(data_override) if data_override is not None else _own_data(run)
+        if stored is None or want is None or stored == want:
             return res
     if not run.ckpt.is_file():
         return None
@@ -120,6 +121,15 @@ def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, 
                        lmbda=[config["lmbda"]], images=[len(images)], data=data_key(data))
     write_results(results_path.parent, res, rows)
     return res
+
+
+def _own_data(run: Run) -> Optional[Dict[str, Any]]:
+    """The data key of a run's own validation images (its .hydra/config.yaml), None if unknown."""
+    f = run.dir / ".hydra" / "config.yaml"
+    if not f.is_file():
+        return None
+    data = OmegaConf.to_container(OmegaConf.load(f)).get("data")
+    return data_key(data) if isinstance(data, dict) else None
 
 
 def merge_results(name: str, results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:

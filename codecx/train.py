@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from codecx.config import (ConfigError, check_targets, main_with_precheck, register_configs,
                            to_container)
-from codecx.lit.callbacks import RealBitstreamEval
+from codecx.lit.callbacks import LastCheckpoint, RealBitstreamEval
 from codecx.lit.module import LitCodec
 from codecx.models.codec import Codec
 
@@ -51,8 +51,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
     # (check_val_every_n_epoch=null: validate every val_check_interval steps across epochs)
     t = {k: v for k, v in t.items() if v is not None or k in NULL_IS_A_SETTING}
     ckpt_dir = run_dir / "checkpoints"
-    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                           every_n_train_steps=cfg.checkpoint.every_n_steps)
+    last = LastCheckpoint(ckpt_dir, every_n_train_steps=cfg.checkpoint.every_n_steps)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.checkpoint.monitor,
                            mode="min", save_top_k=1, auto_insert_metric_name=False)
     logger = instantiate(cfg.logger) if cfg.logger else False

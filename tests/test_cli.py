@@ -198,7 +198,7 @@ def test_report_with_seed_replicates(tmp_path, capsys):
     assert "Replicates: `seed`" in md and "| reg=cse, seed=2 |" in md
 
 
-def test_report_on_a_real_multirun(tmp_path, capsys):
+def test_report_on_a_real_multirun(tmp_path, tiny_images, capsys):
     """train.py -m over 2 quantizers x 2 lambdas, then `codecx report` evaluates every run
     (10-50 s on 2 shared cores)."""
     sweep = tmp_path / "sweep"
@@ -215,3 +215,9 @@ def test_report_on_a_real_multirun(tmp_path, capsys):
     before = [p.stat().st_mtime_ns for p in runs]
     assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress"]) == 0
     assert [p.stat().st_mtime_ns for p in runs] == before
+    # results of other images (--data-val-dir) are never taken for the runs' own, or back
+    assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress",
+                 "--data-val-dir", str(tiny_images)]) == 0
+    assert all(json.loads(p.read_text())["data"]["val_dir"] == str(tiny_images) for p in runs)
+    assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress"]) == 0
+    assert all(json.loads(p.read_text())["data"]["max_val_images"] == 1 for p in runs)

@@ -68,6 +68,14 @@ def test_top_level_knobs_interpolate():
     (["+reg.foo=1"], r"unknown key\(s\) reg.foo"),
     (["+schedule.lrr=1"], r"unknown key\(s\) schedule.lrr(.|\n)*valid keys: .*aux_lr"),
     (["lmbda=0.1,abc"], r"wrong type for lmbda"),  # a bad sweep value is caught too
+    # the keys of the chosen option, not of the default one
+    (["reg=cse", "reg.alph=1"], r"unknown key 'reg.alph'; valid keys of reg: _target_, alpha, source_model"),
+    (["quantizer=hex", "quantizer.foo=1"], r"valid keys of quantizer: .*lattice, grouping"),
+    # untyped groups: the callable's annotations and defaults give the type
+    (["schedule.lr=abc"], r"wrong type for schedule.lr: 'abc' is not a number"),
+    (["reg=cse", "reg.alpha=abc"], r"wrong type for reg.alpha: 'abc' is not a number"),
+    (["quantizer=hex", "quantizer.max_joint=1.5"], r"quantizer.max_joint: 1.5 is not an integer"),
+    (["reg=cse", "alpha=1,x"], r"wrong type for alpha"),
 ])
 def test_bad_config_fails_before_training(overrides, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -77,6 +85,8 @@ def test_bad_config_fails_before_training(overrides, expected):
 def test_good_overrides_pass_precheck():
     precheck(["model=mbt_mean", "reg=none", "lmbda=0.0067", "trainer.max_steps=20"], CONF_DIR)
     precheck(["model=mbt_mean", "lmbda=0.0018,0.0067", "trainer.max_steps=5"], CONF_DIR)
+    precheck(["reg=cse", "reg.alpha=2", "schedule.lr=1e-3", "schedule.clip_max_norm=null",
+              "quantizer=hex", "quantizer.order=3"], CONF_DIR)
 
 
 def test_wrong_values_are_rejected(tmp_path):
@@ -106,6 +116,11 @@ def test_cse_recipes_pin_the_paper_settings(name, model, alpha, tmp_path):
     assert cfg.data.batch_size == 16 and cfg.data.crop_size == 256 and cfg.seed == 1
     assert cfg.schedule.lr == 1e-4 and cfg.reg.lr == 1e-3
     assert cfg.reg._target_.endswith("CSERegularizer")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        hcfg = compose("train", overrides=[f"experiment={name}", f"data.train_dir={tmp_path}"],
+                       return_hydra_config=True)
+    assert hcfg.hydra.sweeper.params.lmbda == "0.0018,0.0035,0.0067,0.0130"  # -m sweeps the 4
 
 
 def test_cpu_study_recipe_validates_by_steps(tmp_path):
@@ -122,3 +137,17 @@ def test_cpu_study_recipe_validates_by_steps(tmp_path):
     assert cfg.trainer.max_steps == 1200 and cfg.schedule.milestones == [1000]
     trainer = build_trainer(cfg, tmp_path)
     assert trainer.check_val_every_n_epoch is None and trainer.val_check_interval == 200
+
+
+def test_model_defaults_are_the_zoo_sizes():
+    """Each model's default N, M are CompressAI's zoo architecture at quality 1, so a zoo state
+    dict loads with `model.weights=PATH` and no size overrides."""
+    from compressai.zoo.image import cfgs
+
+    zoo = {"bmshj_factorized": "bmshj2018-factorized", "bmshj_hyperprior": "bmshj2018-hyperprior",
+           "mbt_mean": "mbt2018-mean", "mbt": "mbt2018", "cheng_anchor": "cheng2020-anchor",
+           "cheng_attn": "cheng2020-attn"}
+    assert sorted(zoo) == options("model")
+    for name, zoo_name in zoo.items():
+        m = _compose([f"model={name}"]).model
+        assert (m.N, m.M)[: len(cfgs[zoo_name][1])] == cfgs[zoo_name][1], name

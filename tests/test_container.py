@@ -40,10 +40,11 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _codec(seed: int) -> Codec:
-    """A tiny mbt_mean codec; g_a's last layer is scaled so y takes a few hundred bytes."""
+def _codec(seed: int, backbone: str = "mbt_mean", quantizer=None) -> Codec:
+    """A tiny codec (mbt_mean, scalar quantization by default); g_a's last layer is scaled so y
+    takes a few hundred bytes."""
     torch.manual_seed(seed)
-    codec = Codec(build_backbone("mbt_mean", N=8, M=8), NoiseQuantizer()).eval()
+    codec = Codec(build_backbone(backbone, N=8, M=12 if quantizer else 8), quantizer or NoiseQuantizer()).eval()
     with torch.no_grad():
         codec.backbone.g_a[-1].weight.mul_(30)
     codec.update(force=True)
@@ -201,7 +202,29 @@ def _variants(data: bytes, rng: random.Random):
 
 
 def test_fuzz_corrupted_streams(real):
-    codec, fp, _, data = real
+    _fuzz(*real[:2], real[3], limit_s=20)
+
+
+@pytest.mark.parametrize("backbone, quantizer", [("mbt_mean", "hex"), ("mbt_mean", "oct"), ("mbt", None)])
+def test_fuzz_lattice_and_serial_streams(backbone, quantizer):
+    """The same corruptions on constriction-coded lattice streams (with a latent shift index in
+    the header) and on a serial context model's stream."""
+    from codecx.inference.latent_shift import LatentShift
+    from codecx.quantizers import LatticeQuantizer
+
+    codec = _codec(1, backbone, LatticeQuantizer(quantizer) if quantizer else None)
+    if quantizer:
+        codec.shift = LatentShift("latent", [0.0, 0.02, 0.05])
+    fp = codec_fingerprint(codec, {"backbone": backbone, "quantizer": quantizer})
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    data = encode_image(codec, x, fp)
+    assert torch.equal(decode_image(codec, data, fp)[0], codec(x).x_hat.clamp(0, 1))
+    _fuzz(codec, fp, data, limit_s=90)
+
+
+def _fuzz(codec, fp: bytes, data: bytes, limit_s: float) -> None:
+    """Decode many corrupted variants of `data`: a BitstreamError or a 64x64 image (only when the
+    CRC was made valid again), never another exception, never a hang."""
     rng = random.Random(1234)
     counts = {"error": 0, "decoded": 0}
     start = time.perf_counter()
@@ -220,4 +243,4 @@ def test_fuzz_corrupted_streams(real):
             counts["decoded"] += 1
         assert time.perf_counter() - t0 < 5, f"{kind}: took too long"
     assert sum(counts.values()) >= 500 and counts["error"] > 400
-    assert time.perf_counter() - start < 20
+    assert time.perf_counter() - start < limit_s

@@ -140,3 +140,15 @@ def test_inception_loads_local_file_without_download(tmp_path, monkeypatch):
     f = m.extractor(x)
     assert f.shape == (1, 2048)
     assert torch.equal(f, m.extractor.net(to_uint8(x))[0])  # float input is converted to uint8 first
+
+
+def test_documented_weights_file_is_torch_fidelitys():
+    """README and conf/eval.yaml name the file the FID step looks for."""
+    from pathlib import Path
+
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    assert URL_INCEPTION_V3.rsplit("/", 1)[-1] == INCEPTION_FILE
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "conf/eval.yaml"):
+        assert INCEPTION_FILE in (root / doc).read_text(), doc

@@ -28,8 +28,8 @@ def _one_thread():
 
 def _codec(backbone="mbt_mean", quantizer="noise", shift=None, seed=0):
     torch.manual_seed(seed)
-    codec = tiny_codec(backbone)
-    if quantizer != "noise":
+    codec = tiny_codec(backbone, quantizer if quantizer in ("noise", "ste", "mixed") else "noise")
+    if quantizer not in ("noise", "ste", "mixed"):
         codec.quantizer = LatticeQuantizer(quantizer)
     with torch.no_grad():
         codec.backbone.g_a[-1].weight.mul_(5)  # latents of a few units
@@ -89,8 +89,9 @@ def test_lattice_gradient_matches_finite_differences(name):
 
 
 # ---------------------------------------------------------------------------- round trips
-@pytest.mark.parametrize("backbone", ["mbt_mean", "mbt"])
-@pytest.mark.parametrize("quantizer", ["noise", "hex"])
+@pytest.mark.parametrize("backbone, quantizer", [
+    ("mbt_mean", "noise"), ("mbt_mean", "hex"), ("mbt", "noise"), ("mbt", "hex"),
+    ("mbt_mean", "ste"), ("mbt_mean", "mixed"), ("mbt_mean", "oct"), ("mbt_mean", "d4"), ("mbt", "oct")])
 def test_round_trip_exact_with_shift(backbone, quantizer):
     codec = _codec(backbone, quantizer, LatentShift("latent", [0.0, 0.01, 0.05, -0.05]))
     x = _image()
@@ -111,9 +112,10 @@ def test_round_trip_exact_with_shift(backbone, quantizer):
     assert torch.equal(plain, x_dec) == (k == 0)
 
 
-@pytest.mark.parametrize("mode", ["sign", "scalar"])
-def test_baseline_modes_round_trip(mode):
-    codec = _codec("mbt_mean", "noise", LatentShift(mode, [0.0, 0.02, -0.02, 0.1]))
+@pytest.mark.parametrize("mode, quantizer", [("sign", "noise"), ("scalar", "noise"), ("sign", "oct"),
+                                             ("scalar", "hex")])
+def test_baseline_modes_round_trip(mode, quantizer):
+    codec = _codec("mbt_mean", quantizer, LatentShift(mode, [0.0, 0.02, -0.02, 0.1]))
     x = _image(seed=1)
     with torch.no_grad():
         out = codec(x)
@@ -235,3 +237,21 @@ def test_gradient_correlation_diagnostic(quantizer):
     assert codec.shift is not None and not codec.training  # state restored
     with pytest.raises(ValueError, match="one image"):
         shift_gradient_correlation(codec, torch.rand(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("name", ["latent", "latent_fast", "latent_side", "sign", "scalar"])
+def test_every_shift_config_codes_exactly(name):
+    """Each conf/shift option instantiates and round-trips a real file exactly (eval.py shift=NAME)."""
+    from pathlib import Path
+
+    from codecx.config import group_option
+
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    shift = LatentShift(**{k: v for k, v in group_option("shift", name, conf).items() if k != "_target_"})
+    codec = _codec("mbt_mean", "noise", shift)
+    x = _image(size=128, seed=3)
+    with torch.no_grad():
+        ref = codec(x).x_hat.clamp(0, 1)
+        x_file, header = decode_image(codec, encode_image(codec, x, bytes(8)))
+    assert torch.equal(x_file, ref) and 0 <= header.options["shift_index"] < len(shift.candidates)
+    assert ("side_shift_index" in header.options) == (name == "latent_side")

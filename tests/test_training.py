@@ -128,3 +128,37 @@ def test_checkpoint_loads_for_inference(tmp_path):
     enc = codec.compress(x)
     out = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"])
     assert torch.equal(out, codec(x).x_hat.clamp(0, 1))
+
+
+def test_cse_run_logs_source_entropy_and_resumes_every_state(tmp_path):
+    """`train.py model=mbt_mean reg=cse alpha=1` logs the source entropy; last.ckpt holds the
+    final step even when max_steps is not a multiple of the checkpoint interval, and the same
+    command resumes the step, all three Adam states (codec, quantiles, q_theta) and the LR
+    schedule."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "model=mbt_mean", "reg=cse", "alpha=1", f"hydra.run.dir={run_dir}",
+            "checkpoint.every_n_steps=2", "schedule.scheduler=multistep", "schedule.milestones=[4]",
+            "eval.every_n_steps=0"]
+    r = run_train([*args, "trainer.max_steps=3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+    assert not list((run_dir / "checkpoints").glob("last-v*.ckpt"))
+    r = run_train([*args, "trainer.max_steps=5"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stderr + r.stdout
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 5
+    opt_steps = [{int(s["step"]) for s in o["state"].values()} for o in ckpt["optimizer_states"]]
+    assert opt_steps == [{5}, {5}, {5}]  # codec, entropy-bottleneck quantiles, q_theta
+    sch = ckpt["lr_schedulers"][0]
+    assert sch["last_epoch"] == 5 and sch["_last_lr"][0] == pytest.approx(1e-5)
+    rows = _metrics(run_dir)
+    bpp = [float(row["train/source_bpp"]) for row in rows if row.get("train/source_bpp")]
+    assert len(bpp) == 5 and all(0 < b < 3 * 32 for b in bpp)  # bits per pixel of 3 8-bit channels
+    shares = [float(row["train/reg_share"]) for row in rows if row.get("train/loss")]
+    assert len(shares) == 5 and all(0 < x < 1 for x in shares)  # |reg| / (|R + lmbda D| + |reg|)
+    val = [row for row in rows if row.get("val/loss")]
+    assert val and all(float(row["val/reg_loss"]) < 0 for row in val)  # -alpha * source_bpp, apart
+    assert all(float(row["val/loss"]) > 0 for row in val)  # R + lmbda D only
+    assert [int(row["step"]) for row in rows if row.get("train/source_loss")] == [0, 1, 2, 3, 4]

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
 from codecx.evaluate import (dataset_images, evaluate, fingerprint_of, prepare, results_dict,
@@ -18,6 +18,31 @@ from codecx.metrics.rd import NO_FINGERPRINT
 
 LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_streams",
           "psnr-rgb": "val/psnr", "ms-ssim": "val/ms_ssim"}
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every `every_n_train_steps` steps *and* at the end of training, always
+    overwritten in place. (Lightning's `save_last` writes at the end only when it never wrote
+    before, so a run whose max_steps is not a multiple of the interval would end with stale
+    weights in last.ckpt, and resume or evaluate from them.)"""
+
+    def __init__(self, dirpath, every_n_train_steps: int):
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
+                         every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # the last step: saved from the same place as the periodic ones, so that resuming
+        # restores the same loop state (the logged step numbers continue without a gap)
+        if 0 < trainer.max_steps <= trainer.global_step:
+            self._save_final(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        self._save_final(trainer)  # runs limited by max_epochs
+
+    def _save_final(self, trainer: pl.Trainer) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class RealBitstreamEval(Callback):

@@ -87,8 +87,9 @@ class LitCodec(pl.LightningModule):
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
         logs["train/loss"] = loss.detach()
         logs.update({f"train/{k}": v for k, v in reg.metrics.items()})
-        if reg.loss.requires_grad or reg.loss.abs() > 0:
-            logs["train/reg_share"] = (reg.loss / loss).detach()  # the regularizer's share
+        if not isinstance(self.regularizer, NoRegularizer):  # |reg| / (|R + lmbda D| + |reg|)
+            r = reg.loss.detach().abs()
+            logs["train/reg_share"] = r / (terms["loss"].detach().abs() + r).clamp_min(1e-12)
         detached = detach_output(out)
         for phase, opt in zip(self.phases, aux_opts):
             self.toggle_optimizer(opt)
@@ -123,7 +124,9 @@ class LitCodec(pl.LightningModule):
         out = self.codec(x)
         terms = rate_distortion(x, out, self.lmbda)
         reg = self.regularizer(x, out)
-        logs = {"val/loss": terms["loss"] + reg.loss, "val/bpp_est": terms["bpp"],
+        # val/loss is the rate-distortion objective R + lmbda D that best.ckpt and the plateau
+        # schedule follow; a regularizer's term (e.g. -alpha H(X|X_hat)) is logged beside it
+        logs = {"val/loss": terms["loss"], "val/reg_loss": reg.loss, "val/bpp_est": terms["bpp"],
                 "val/mse": terms["mse"], "val/psnr_est": terms["psnr"]}
         logs.update({f"val/{k}": v for k, v in reg.metrics.items()})
         self.log_dict(logs, on_epoch=True, batch_size=x.size(0), sync_dist=True)
