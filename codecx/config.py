@@ -19,6 +19,7 @@ class ModelConfig:
     N: int = 128
     M: Optional[int] = 192
     weights: Optional[str] = None
+    scale_levels: int = 256
 
 
 @dataclass

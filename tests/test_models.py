@@ -2,6 +2,8 @@
 compress/decompress reproduces the eval-mode reconstruction for every backbone and quantizer."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from compressai import zoo
@@ -38,7 +40,9 @@ def test_zoo_state_dict_loads_and_matches(name, tmp_path):
     path = tmp_path / "w.pth"
     torch.save(ref.state_dict(), path)
     M = None if name.startswith("cheng") else ref.M
-    codec = Codec(build_backbone(name, N=ref.N, M=M, weights=str(path)), NoiseQuantizer()).eval()
+    codec = Codec(build_backbone(name, N=ref.N, M=M, weights=str(path), scale_levels=64),
+                  NoiseQuantizer()).eval()
+    codec.update(force=True)  # CompressAI's 64-level scale table: its own bitstreams
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         out = codec(x)
@@ -113,3 +117,23 @@ def test_compress_needs_update():
     codec = tiny_codec().eval()
     with pytest.raises(RuntimeError, match=r"update\(force=True\)"):
         codec.compress(torch.rand(1, 3, 64, 64))
+
+
+def test_finer_scale_table_codes_closer_to_the_estimate():
+    """`update()` builds the Gaussian CDFs on a 256-level scale table by default. The coder
+    rounds each scale up to a table scale; with residuals narrower than predicted (as trained
+    low-rate latents near the scale bound are) CompressAI's 64 levels cost ~6% over the
+    likelihood here, 256 levels ~1.5%."""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.exp(torch.empty(1, 16, 64, 64).uniform_(math.log(0.12), math.log(1), generator=g))
+    y = torch.randn(scales.shape, generator=g) * scales * 0.6
+    ratio = {}
+    for levels in (64, 256):
+        bb = build_backbone("mbt_mean", N=8, M=16, scale_levels=levels)
+        bb.update(force=True)
+        gc = bb.gaussian_conditional
+        assert gc.scale_table.numel() == levels
+        est = -torch.log2(gc._likelihood(torch.round(y), scales, torch.zeros_like(scales))).sum().item()
+        real = 8 * len(gc.compress(y, gc.build_indexes(scales), means=torch.zeros_like(y))[0])
+        ratio[levels] = real / est
+    assert 1 < ratio[256] < 1.02 and ratio[64] > ratio[256] + 0.03, ratio

@@ -7,8 +7,10 @@ first out, so serial context models can code position by position). Two models:
 
 * **joint** (the paper's PMF tables): a categorical over the lattice points whose Voronoi
   cell carries mass >= `tail` (1e-7, appendix D.3), plus one escape symbol. Tables are keyed
-  by the scales rounded up to the Gaussian conditional's `scale_table` (exactly as CompressAI
-  rounds scales for its scalar CDF tables), computed once in float64 and cached per process.
+  by the scales rounded up to CompressAI's default 64-level scale table (`KEY_SCALES`, as
+  CompressAI rounds scales for its scalar CDF tables; fixed here whatever the model's own
+  table, so that the number of distinct tables stays small), computed once in float64 and
+  cached per process.
   Encoder and decoder build them from the same table scales, so they agree bit for bit.
 * **box** (for groups whose table would exceed `max_joint` symbols: scales large against the
   cell): the lattice generators here are lower triangular, so the skewed boxes
@@ -35,6 +37,7 @@ from typing import Dict, Optional, Tuple
 import constriction
 import numpy as np
 import torch
+from compressai.models.google import get_scale_table
 from torch import Tensor
 
 from codecx.quantizers.lattice_math import Lattice, _ball, _ball_size, _mass, cell_prob
@@ -47,6 +50,8 @@ _WORD = _model.Uniform(1 << 16)
 _BIAS = 1 << 31
 Z1_GENERATOR = torch.ones(1, 1, dtype=torch.float64)
 _ESCAPE_FLOOR = 2.0**-12  # escape probability floor: 12 bits per escape, 3.5e-4 bits per other symbol
+#: the scale table that keys the joint PMF tables: CompressAI's default (64 levels, 0.11 .. 256)
+KEY_SCALES = get_scale_table()
 _TABLE_ORDER = 3  # Gauss-Legendre points per piece for the tables (KL to exact < 1e-5 bits/symbol)
 
 
@@ -194,7 +199,7 @@ class _Stream:
         are visited key by key (keys ascending, groups in order within a key): `order` split
         by `counts`.
         """
-        table = self.gc.scale_table.detach().cpu()
+        table = KEY_SCALES
         s = sigma.to(table.dtype).clamp_min(float(self.gc.lower_bound_scale.bound))
         idx = torch.searchsorted(table[:-1].contiguous(), s.contiguous())
         radix = len(table) ** torch.arange(idx.size(1), dtype=torch.int64)
@@ -204,8 +209,7 @@ class _Stream:
         return keys, order, counts.tolist(), self.tables.joint(table.double()[keys])
 
     def _table(self, key: Tensor) -> _Table:
-        table = self.gc.scale_table.detach().cpu().to(torch.float64)
-        return self.tables.get(tuple(table[key].tolist()))
+        return self.tables.get(tuple(KEY_SCALES.to(torch.float64)[key].tolist()))
 
 
 class LatticeStreamEncoder(_Stream):

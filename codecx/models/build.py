@@ -6,16 +6,20 @@ from typing import Optional
 
 import torch
 
-from codecx.models.backbones import BACKBONES, Backbone
+from codecx.models.backbones import BACKBONES, SCALE_LEVELS, Backbone
 
 
 def build_backbone(name: str, N: int = 128, M: Optional[int] = 192,
-                   weights: Optional[str] = None) -> Backbone:
-    """Instantiate backbone `name` (one of BACKBONES) and optionally load `weights`."""
+                   weights: Optional[str] = None, scale_levels: int = SCALE_LEVELS) -> Backbone:
+    """Instantiate backbone `name` (one of BACKBONES) and optionally load `weights`;
+    `scale_levels`: the scale table of its Gaussian CDF tables (64: CompressAI's own)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    if int(scale_levels) < 2:
+        raise ValueError(f"model.scale_levels={scale_levels}: need at least 2 (CompressAI: 64)")
     cls = BACKBONES[name]
     model = cls(N=int(N), M=None if M is None else int(M))
+    model.scale_levels = int(scale_levels)
     if weights:
         load_weights(model, weights)
     return model
