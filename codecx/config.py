@@ -128,6 +128,7 @@ class EvalConfig:
     data: DataConfig = field(default_factory=DataConfig)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     threads: Optional[int] = None    # torch threads for coding (null: the idle cores, at least 1)
+    scale_levels: Optional[int] = None  # Gaussian CDF scale table (null: the model's; 64: CompressAI's)
     progress: bool = True
 
 

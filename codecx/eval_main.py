@@ -49,12 +49,13 @@ def codecs(cfg: DictConfig) -> Iterator[Tuple[str, Codec, Dict[str, Any]]]:
     """(label, codec, config) for each checkpoint, or the one model of `model=` (built lazily)."""
     quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True) or None
     shift = OmegaConf.to_container(cfg.shift, resolve=True) or None
+    levels = {} if cfg.scale_levels is None else {"scale_levels": int(cfg.scale_levels)}
     if cfg.ckpt is not None:
         for p in checkpoint_paths(cfg.ckpt):
-            codec, config = load_codec(p, quantizer, shift)
+            codec, config = load_codec(p, quantizer, shift, **levels)
             yield str(p), codec, config
         return
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model = {**OmegaConf.to_container(cfg.model, resolve=True), **levels}
     if not model.get("weights"):
         warn("model.weights is not set: evaluating an untrained (randomly initialised) model")
     quantizer = quantizer or dict(DEFAULT_QUANTIZER)

@@ -81,13 +81,17 @@ def codec_from_config(model: Mapping, quantizer: Optional[Mapping] = None,
 
 
 def load_codec(ckpt_path: str | os.PathLike, quantizer_override: Optional[Mapping] = None,
-               shift: Optional[Mapping] = None) -> Tuple[Codec, Dict[str, Any]]:
+               shift: Optional[Mapping] = None, scale_levels: Optional[int] = None
+               ) -> Tuple[Codec, Dict[str, Any]]:
     """(codec ready to code, its config) from a train.py checkpoint's `codecx_config` and weights;
     `quantizer_override` (a `_target_` dict) replaces the trained quantizer, `shift` (a
-    `_target_` dict of codecx.inference.latent_shift.LatentShift) adds a latent shift."""
+    `_target_` dict of codecx.inference.latent_shift.LatentShift) adds a latent shift,
+    `scale_levels` replaces the model's scale table size (64: CompressAI's CDF tables)."""
     ckpt = load_checkpoint(ckpt_path)
     config = dict(ckpt["codecx_config"])
     config["model"] = dict(config["model"], weights=None)  # the checkpoint holds the weights
+    if scale_levels is not None:
+        config["model"]["scale_levels"] = int(scale_levels)
     if quantizer_override:
         config["quantizer"] = dict(quantizer_override)
     config.pop("shift", None)

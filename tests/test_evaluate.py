@@ -138,6 +138,17 @@ def test_eval_py_lattice_and_shift(tiny_ckpt, tiny_images, tmp_path):
     assert "grad_corr" in res["results"] and len(res["results"]["grad_corr"]) == 1
 
 
+def test_eval_scale_levels_option(tiny_ckpt):
+    """eval.py scale_levels=64: the checkpoint's codec with CompressAI's 64-level CDF tables (its
+    own bitstreams); by default the model's 256."""
+    from codecx.eval_main import codecs
+
+    for extra, levels in (([], 256), (["scale_levels=64"], 64)):
+        (_, codec, config), = list(codecs(_compose([f"ckpt={tiny_ckpt}", *extra])))
+        assert codec.backbone.gaussian_conditional.scale_table.numel() == levels
+        assert config["model"].get("scale_levels", 256) == levels
+
+
 def test_eval_config_errors():
     from codecx.eval_main import validate
 

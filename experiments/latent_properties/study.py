@@ -28,15 +28,19 @@ VARIANTS = {
     "scalar": (None, None), "hex": ("hex", None), "oct": ("oct", None), "d4": ("d4", None),
     "shift": (None, "latent"), "hex+shift": ("hex", "latent"), "sign shift": (None, "sign"),
     "shift (fast encoder)": (None, "latent_fast"),
+    "scalar, 64-level tables": (None, None),  # CompressAI's CDF tables (eval scale_levels=64)
 }
+EXTRA = {"scalar, 64-level tables": ["scale_levels=64"]}
 # the paper's mbt2018-mean Kodak figures (001): BD-rate % (table 1, table 5) and BD-PSNR dB (tables 4, 5)
 PAPER = {"hex": ("-0.88 (t.1), -0.748 (t.5)", "+0.0374"), "oct": ("-0.957 (t.5)", "+0.0480"),
          "d4": ("-", "-"), "shift": ("-1.27 (t.1)", "+0.0705 (t.4)"), "hex+shift": ("-2.24 (t.1)", "-"),
-         "sign shift": ("-", "+0.0339 (t.4)"), "shift (fast encoder)": ("-", "-")}
+         "sign shift": ("-", "+0.0339 (t.4)"), "shift (fast encoder)": ("-", "-"),
+         "scalar, 64-level tables": ("-", "-")}
 
 
 def folder(variant: str) -> Path:
-    return HERE / "results" / variant.replace(" ", "_").replace("(", "").replace(")", "")
+    name = variant.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+    return HERE / "results" / name
 
 
 def global_step(ckpt: Path) -> int:
@@ -52,6 +56,7 @@ def evaluate(variant: str, ckpts, threads: int, data: str = KODAK) -> None:
            f"name={json.dumps(variant)}", f"threads={threads}", "progress=false",
            "metrics.grad_corr=true", f"hydra.run.dir={folder(variant).relative_to(ROOT)}"]
     cmd += [f"quantizer={quantizer}"] * bool(quantizer) + [f"shift={shift}"] * bool(shift)
+    cmd += EXTRA.get(variant, [])
     print(f"== {variant}: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
 
@@ -95,8 +100,8 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="only print the table of existing results")
     a = ap.parse_args()
     if not a.table:
-        ckpts = sorted(Path(d) / "checkpoints" / "last.ckpt" for d in glob.glob(str(ROOT / a.runs)))
-        unfinished = [str(c) for c in ckpts if not c.is_file() or global_step(c) < a.steps]
+        ckpts = sorted(Path(d).relative_to(ROOT) / "checkpoints" / "last.ckpt" for d in glob.glob(str(ROOT / a.runs)))
+        unfinished = [str(c) for c in ckpts if not (ROOT / c).is_file() or global_step(ROOT / c) < a.steps]
         if len(ckpts) < 2 or unfinished:
             raise SystemExit(f"{a.runs}: need >= 2 runs trained for {a.steps} steps; found {len(ckpts)}, "
                              f"unfinished: {unfinished}. Train them first: experiments/cse/train.sh 1")
