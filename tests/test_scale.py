@@ -82,3 +82,16 @@ def test_kill_then_same_command_resumes(tmp_path):
     resumed = [int(r["step"]) for r in csv.DictReader(open(versions[-1])) if r.get("train/loss")]
     # the resumed run starts right after the checkpoint (steps after it were lost with the kill)
     assert resumed[0] == killed_at and resumed[-1] == 149
+
+
+def test_main_job(tmp_path):
+    """`python train.py` with no arguments (the README's first command; only the run dir moved):
+    mbt_mean on the embedded sample photos for 100 steps, then the final real-bitstream report."""
+    r = run_train([f"hydra.run.dir={tmp_path}"], timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "codecx: trained mbt_mean for 100 steps (lmbda=0.0067)" in out
+    assert f"checkpoint: {tmp_path}/checkpoints/last.ckpt" in out
+    assert "validation (2 images, real bitstreams): bpp" in out and "PSNR" in out
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)["global_step"] == 100
