@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from codecx.evaluate import checkpoint_step
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bench"
 TRAIN_DATA = ROOT.parent / "shared" / "data" / "train"  # conf/experiment/cpu_study.yaml's photos
@@ -25,7 +27,7 @@ def trained_checkpoint(ckpt: Optional[str] = None, *, N: int = 64, M: int = 96,
     name = f"cpu_study_mbt_mean_N{N}_M{M}_{steps}steps"
     run_dir = RUNS / name
     last = run_dir / "checkpoints" / "last.ckpt"
-    if _global_step(last) >= steps:
+    if checkpoint_step(last) >= steps:
         return last
     if not TRAIN_DATA.is_dir():
         raise FileNotFoundError(f"{TRAIN_DATA} not found: it holds experiment=cpu_study's training "
@@ -41,19 +43,7 @@ def trained_checkpoint(ckpt: Optional[str] = None, *, N: int = 64, M: int = 96,
           flush=True)
     with log.open("w") as f:
         r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0 or _global_step(last) < steps:
+    if r.returncode != 0 or checkpoint_step(last) < steps:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"train.py failed (exit {r.returncode}); end of {log}:\n{tail}")
     return last
-
-
-def _global_step(path: Path) -> int:
-    """The training step a train.py checkpoint was saved at (-1 when there is none)."""
-    if not path.is_file():
-        return -1
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", -1))
-    except Exception:  # noqa: BLE001 - a damaged file: train again (train.py resumes or restarts)
-        return -1

@@ -50,7 +50,8 @@ def add_arguments(group) -> None:
 
 
 def compressai_model(codec):
-    """The plain CompressAI class of `codec.backbone` with its state dict, updated."""
+    """The plain CompressAI class of `codec.backbone` with its state dict, updated on the codec's
+    scale table."""
     bb = codec.backbone
     cls = next(c for c in type(bb).__mro__ if c.__module__.split(".")[0] == "compressai")
     kwargs = {"N": int(bb.N)}
@@ -59,7 +60,8 @@ def compressai_model(codec):
     net = cls(**kwargs)
     net.load_state_dict(bb.state_dict())  # CompressAI resizes the CDF buffers
     net = net.eval()
-    net.update(force=True)
+    # the same CDF tables as the codec (its scale table), so both code exactly the same streams
+    net.update(scale_table=bb.gaussian_conditional.scale_table.clone(), force=True)
     return net
 
 

@@ -59,6 +59,7 @@ def _codec(args, device):
     import torch
 
     from codecx.models import Codec, build_backbone
+    from codecx.models.build import load_weights
     from codecx.quantizers import NoiseQuantizer
 
     torch.manual_seed(args.seed)
@@ -67,9 +68,7 @@ def _codec(args, device):
         path = args.lat_ckpt
         if path == "trained":
             path = trained_checkpoint(N=args.lat_N, M=args.lat_M, quick=args.quick, threads=args.threads)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        prefix = "codec.backbone."
-        bb.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+        load_weights(bb, str(path))  # a train.py checkpoint's backbone
     codec = Codec(bb, NoiseQuantizer()).to(device).eval()
     codec.update(force=True)
     return codec

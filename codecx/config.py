@@ -11,6 +11,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
+from codecx.models.backbones import SCALE_LEVELS
+
 
 @dataclass
 class ModelConfig:
@@ -19,7 +21,7 @@ class ModelConfig:
     N: int = 128
     M: Optional[int] = 192
     weights: Optional[str] = None
-    scale_levels: int = 256
+    scale_levels: int = SCALE_LEVELS  # Gaussian CDF scale table (64: CompressAI's own bitstreams)
 
 
 @dataclass
@@ -182,7 +184,6 @@ def _check_value_types(group: str, node: DictConfig, fn, target: str) -> None:
     except (TypeError, ValueError):
         return
     names = {"bool": bool, "int": int, "float": float}
-    values = None
     for key, p in params.items():
         if key not in node:
             continue
@@ -190,12 +191,13 @@ def _check_value_types(group: str, node: DictConfig, fn, target: str) -> None:
         kind = names.get(ann) or (type(p.default) if type(p.default) in (bool, int, float) else None)
         if kind is None:
             continue
-        values = values if values is not None else OmegaConf.to_container(node, resolve=True)
-        v = values[key]
+        try:  # only this key: others may hold interpolations resolvable only at run time
+            v = node[key]
+        except Exception:  # noqa: BLE001 - e.g. ${hydra:...} before Hydra runs
+            continue
         if v is None or _fits(v, kind):
             continue
-        what = {bool: "true/false value", int: "an integer", float: "a number"}[kind]
-        what = "a true/false value" if kind is bool else what
+        what = {bool: "a true/false value", int: "an integer", float: "a number"}[kind]
         raise ConfigError(f"wrong type for {group}.{key}: {v!r} is not {what} ({target} expects "
                           f"{what}" + ("" if p.default is p.empty else f", default {p.default!r}") + ")")
 

@@ -65,6 +65,18 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     return ckpt
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The training step a train.py checkpoint was saved at; -1 when the file is missing or
+    unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        return -1
+    try:
+        return int(torch.load(p, map_location="cpu", weights_only=True).get("global_step", -1))
+    except Exception:  # noqa: BLE001 - a damaged or foreign file
+        return -1
+
+
 def prepare(codec: Codec) -> Codec:
     """A codec ready to code: CPU, eval mode, CDF tables built (`update(force=True)`)."""
     codec = codec.cpu().eval()

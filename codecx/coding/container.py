@@ -238,7 +238,7 @@ def safe_decompress(codec, header: Header, streams: List[bytes]) -> Tensor:
     except BaseException as e:  # noqa: BLE001 - whatever garbage does to the decoder, including
         # constriction's Rust panics (pyo3's PanicException derives from BaseException)
         raise BitstreamError(f"could not decode the streams ({type(e).__name__}: {e}); "
-                             "the file is corrupted or from another model") from None
+                             "the file is corrupted or from another model") from e
     # x_hat is clamped to [0, 1], so only NaN can be non-finite: one sum tells
     if tuple(x_hat.shape[-2:]) != tuple(header.shape) or not torch.isfinite(x_hat.sum()):
         raise BitstreamError("the streams decode to an invalid image (wrong size or NaN/inf): "

@@ -27,9 +27,10 @@ class _Tables:
                 "the entropy model has no CDF tables: call codec.update(force=True) "
                 "before compress()/decompress()"
             )
-        key = tuple((b.data_ptr(), b._version, tuple(b.shape)) for b in bufs)
+        # the entry holds the buffers themselves: same objects, unchanged since (`_version`)
+        key = [(b, b._version) for b in bufs]
         hit = cls._cache.get(entropy_model)
-        if hit is not None and hit[0] == key:
+        if hit is not None and all(a is b and va == vb for (a, va), (b, vb) in zip(hit[0], key)):
             return hit[1]
         self = super().__new__(cls)
         self.cdf: List[List[int]] = bufs[0].tolist()

@@ -41,6 +41,8 @@ class LastCheckpoint(ModelCheckpoint):
         self._save_final(trainer)  # runs limited by max_epochs
 
     def _save_final(self, trainer: pl.Trainer) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 

@@ -59,8 +59,8 @@ class SourceModel(nn.Module):
     The CNN over X_hat works at half resolution on 2x2 pixel blocks (space-to-depth: 12
     channels in, 3x3 convolutions, so each output sees a 6x6-pixel neighbourhood) and its head
     predicts the parameters of the 4 pixels of each block (depth-to-space back to full size):
-    per-pixel outputs at a quarter of the full-resolution cost, so the regularizer adds ~5% to
-    an mbt_mean training step instead of ~30% (`make bench`, bench_cse).
+    per-pixel outputs at a quarter of the full-resolution cost, so the regularizer adds ~8% to
+    an mbt_mean training step instead of ~30% with full-resolution 5x5 features (bench_cse).
     """
 
     kind = ""

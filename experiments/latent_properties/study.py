@@ -43,12 +43,6 @@ def folder(variant: str) -> Path:
     return HERE / "results" / name
 
 
-def global_step(ckpt: Path) -> int:
-    import torch
-
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", -1))
-
-
 def evaluate(variant: str, ckpts, threads: int, data: str = KODAK) -> None:
     quantizer, shift = VARIANTS[variant]
     listing = ",".join(json.dumps(str(c)) for c in ckpts)  # quoted: run dirs contain '=' and ','
@@ -100,8 +94,11 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="only print the table of existing results")
     a = ap.parse_args()
     if not a.table:
+        sys.path.insert(0, str(ROOT))
+        from codecx.evaluate import checkpoint_step
+
         ckpts = sorted(Path(d).relative_to(ROOT) / "checkpoints" / "last.ckpt" for d in glob.glob(str(ROOT / a.runs)))
-        unfinished = [str(c) for c in ckpts if not (ROOT / c).is_file() or global_step(ROOT / c) < a.steps]
+        unfinished = [str(c) for c in ckpts if not (ROOT / c).is_file() or checkpoint_step(ROOT / c) < a.steps]
         if len(ckpts) < 2 or unfinished:
             raise SystemExit(f"{a.runs}: need >= 2 runs trained for {a.steps} steps; found {len(ckpts)}, "
                              f"unfinished: {unfinished}. Train them first: experiments/cse/train.sh 1")
