@@ -52,6 +52,7 @@ Z1_GENERATOR = torch.ones(1, 1, dtype=torch.float64)
 _ESCAPE_FLOOR = 2.0**-12  # escape probability floor: 12 bits per escape, 3.5e-4 bits per other symbol
 #: the scale table that keys the joint PMF tables: CompressAI's default (64 levels, 0.11 .. 256)
 KEY_SCALES = get_scale_table()
+_KEY_SCALES_F64 = KEY_SCALES.double()  # the table scales the PMFs are computed at
 _TABLE_ORDER = 3  # Gauss-Legendre points per piece for the tables (KL to exact < 1e-5 bits/symbol)
 
 
@@ -206,10 +207,10 @@ class _Stream:
         flat, order = torch.sort((idx * radix).sum(-1), stable=True)
         uniq, counts = torch.unique_consecutive(flat, return_counts=True)
         keys = torch.div(uniq.unsqueeze(1), radix, rounding_mode="floor") % len(table)
-        return keys, order, counts.tolist(), self.tables.joint(table.double()[keys])
+        return keys, order, counts.tolist(), self.tables.joint(_KEY_SCALES_F64[keys])
 
     def _table(self, key: Tensor) -> _Table:
-        return self.tables.get(tuple(KEY_SCALES.to(torch.float64)[key].tolist()))
+        return self.tables.get(tuple(_KEY_SCALES_F64[key].tolist()))
 
 
 class LatticeStreamEncoder(_Stream):
