@@ -8,10 +8,10 @@ included) under
 - **hex** / **oct**: `LatticeQuantizer(lattice, grouping="scale")` (constriction range coder,
   joint PMF tables cached per process: a warm-up pass per variant builds them, and its time
   is reported separately as `*_cold_encode_s`);
-- **shift**: scalar + `LatentShift("latent")` with the 8 candidates of `conf/shift/latent.yaml`,
+- **shift**: scalar + `LatentShift("latent")` with the 8 candidates of `codecx/conf/shift/latent.yaml`,
   all compared on the whole image in one batched `g_s` call (exact, never worse);
 - **shift_fast**: the same with 4 candidates compared on ~5% of the latent
-  (`conf/shift/latent_fast.yaml`).
+  (`codecx/conf/shift/latent_fast.yaml`).
 
 The paper's figures (001, appendix F, table 6, mbt2018-mean, one CPU core): Hex +3%, Oct
 +5% encode, +1.8% decode; latent shift x10.1 encode (8 sequential decoder passes), +0.7%

@@ -19,7 +19,7 @@ from codecx.evaluate import (DEFAULT_QUANTIZER, codec_from_config, data_key, dat
 from codecx.metrics.weights import MissingWeightsError
 from codecx.models.codec import Codec
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 register_configs()
 

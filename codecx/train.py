@@ -22,7 +22,7 @@ from codecx.lit.module import LitCodec
 from codecx.models.codec import Codec
 
 log = logging.getLogger("codecx")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 NULL_IS_A_SETTING = {"check_val_every_n_epoch"}
 GROUPS = ["model", "quantizer", "reg", "schedule", "data", "logger"]
 

@@ -149,7 +149,7 @@ def test_validation_errors():
 
 
 def test_hydra_config_instantiates():
-    cfg = OmegaConf.create({"alpha": 0.1, "reg": OmegaConf.load(ROOT / "conf/reg/cse.yaml")})
+    cfg = OmegaConf.create({"alpha": 0.1, "reg": OmegaConf.load(ROOT / "codecx/conf/reg/cse.yaml")})
     reg = hydra.utils.instantiate(cfg.reg)
     assert isinstance(reg, CSERegularizer)
     assert (reg.alpha, reg.source_model, reg.lr) == (0.1, "auto", 1e-3)

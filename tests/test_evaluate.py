@@ -20,7 +20,7 @@ from codecx.evaluate import (CheckpointError, dataset_images, evaluate, fingerpr
 from codecx.metrics.rd import code_image
 from conftest import ROOT, tiny_codec
 
-CONF = str(ROOT / "conf")
+CONF = str(ROOT / "codecx" / "conf")
 
 
 def _compose(overrides):

@@ -150,5 +150,5 @@ def test_documented_weights_file_is_torch_fidelitys():
 
     assert URL_INCEPTION_V3.rsplit("/", 1)[-1] == INCEPTION_FILE
     root = Path(__file__).resolve().parent.parent
-    for doc in ("README.md", "conf/eval.yaml"):
+    for doc in ("README.md", "codecx/conf/eval.yaml"):
         assert INCEPTION_FILE in (root / doc).read_text(), doc

@@ -246,7 +246,7 @@ def test_every_shift_config_codes_exactly(name):
 
     from codecx.config import group_option
 
-    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    conf = str(Path(__file__).resolve().parent.parent / "codecx" / "conf")
     shift = LatentShift(**{k: v for k, v in group_option("shift", name, conf).items() if k != "_target_"})
     codec = _codec("mbt_mean", "noise", shift)
     x = _image(size=128, seed=3)

@@ -204,7 +204,7 @@ def test_configs_and_scalar_checkpoints_load():
     from omegaconf import OmegaConf
 
     for name in LATTICES:
-        q = instantiate(OmegaConf.load(ROOT / "conf" / "quantizer" / f"{name}.yaml"))
+        q = instantiate(OmegaConf.load(ROOT / "codecx" / "conf" / "quantizer" / f"{name}.yaml"))
         assert isinstance(q, LatticeQuantizer) and q.lattice.name == name and q.grouping == "scale"
         assert len(q.state_dict()) == 0 and len(list(q.parameters())) == 0
     scalar = tiny_codec("mbt_mean")

@@ -1,0 +1,24 @@
+"""The encoder-side hook point: refiners of the latents before they are coded (DESIGN.md)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from torch import Tensor, nn
+
+__all__ = ["EncoderRefiner"]
+
+
+class EncoderRefiner(nn.Module):
+    """Changes `y` (and `z`) after `g_a` / `h_a`, before they are quantized and coded.
+
+    Only the encoder runs refiners (eval forward and `compress`; never training, never the
+    decoder, which needs no signal: the bitstream format is unchanged). `forward(x, codec,
+    y, z, lmbda)` gets the unpadded image `x` (1, 3, H, W), the codec (its backbone's
+    stages, entropy models and quantizer), the current latents (`z` is None for backbones
+    without side information) and the rate-distortion trade-off `lmbda` of the checkpoint,
+    and returns the refined `(y, z)`.
+    """
+
+    def forward(self, x: Tensor, codec, y: Tensor, z: Optional[Tensor], lmbda: float
+                ) -> Tuple[Tensor, Optional[Tensor]]:
+        return y, z

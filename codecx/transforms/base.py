@@ -1,0 +1,70 @@
+"""The decoder-side hook point: latent transforms between `y_hat` and `g_s` (DESIGN.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from torch import Tensor, nn
+
+from codecx.types import EntropyParams
+
+__all__ = ["LatentTransform", "WalkState"]
+
+#: the four ways the one pipeline walk runs (codecx.models.codec.Codec)
+MODES = ("train", "eval", "encode", "decode")
+
+
+@dataclass
+class WalkState:
+    """What the stages of one walk of the pipeline share, for one image (one batch in training).
+
+    `x` (the unpadded input) and `y` are None at the decoder. `options` are the header
+    options of the codecx file: transforms write them where `x` is known (`encoder_side`)
+    and read them at the decoder. Every stage adds its loss terms to `losses` (summed into
+    the codec loss by the training loop) and what to log to `metrics`.
+    """
+
+    codec: Any
+    mode: str
+    x: Optional[Tensor] = None
+    y: Optional[Tensor] = None
+    params: Optional[EntropyParams] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    losses: Dict[str, Tensor] = field(default_factory=dict)
+    metrics: Dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def training(self) -> bool:
+        return self.mode == "train"
+
+    @property
+    def encoder_side(self) -> bool:
+        """True where the input image is known (training, eval forward, encoding)."""
+        return self.x is not None
+
+
+class LatentTransform(nn.Module):
+    """A stage between `y_hat` and `g_s`, run on both sides of the channel (DESIGN.md).
+
+    `forward(y_hat, state)` returns the `y_hat` that `g_s` sees. A transform may own
+    parameters (trained with the codec, saved in the checkpoint, parameter group
+    `transforms`), add loss terms (`state.losses[name] = ...`, already weighted) and
+    metrics, and signal choices to the decoder through `state.options` (written when
+    `state.encoder_side`, read otherwise; the options must be JSON-serialisable). `side`
+    may change `z_hat` before the hyper synthesis (hyperprior backbones). `attach(codec)` is
+    called once when the codec is built, before any checkpoint is loaded: build layers that
+    depend on the backbone (e.g. its `M`) there.
+    """
+
+    #: False: the transform is skipped in training (an inference-time method such as latent shift)
+    in_training: bool = True
+
+    def attach(self, codec) -> None:
+        """Adapt to the codec's backbone (default: nothing)."""
+
+    def forward(self, y_hat: Tensor, state: WalkState) -> Tensor:
+        return y_hat
+
+    def side(self, z_hat: Tensor, state: WalkState) -> Tensor:
+        """Change the side latent before `h_s` (default: unchanged)."""
+        return z_hat
