@@ -29,3 +29,71 @@ def load_anchor(name: str) -> dict:
     from .bdrate import load_results
 
     return load_results(anchor_path(name))
+
+
+# ---------------------------------------------------------------- classical codecs (Pillow)
+# Quality settings: dense at the low end, where learned codecs trained briefly sit.
+CLASSICAL = {"jpeg": ("JPEG", (1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95)),
+             "webp": ("WEBP", (0, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100))}
+
+
+def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
+    """An RD curve of JPEG or WebP (Pillow, its default settings, one file per image and quality)
+    on `images` ((name, (1,3,H,W) tensor in [0,1]) pairs): per quality, the mean over the images
+    of bpp (8 * file bytes / pixels), PSNR and MS-SSIM of the decoded 8-bit image (as codecx's
+    own evaluation), in CompressAI's results layout."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image, features
+
+    from codecx.metrics.rd import msssim_uint8, psnr_uint8
+
+    if codec not in CLASSICAL:
+        raise ValueError(f"unknown classical anchor {codec!r}; choose one of {', '.join(CLASSICAL)}")
+    fmt, default_q = CLASSICAL[codec]
+    if fmt == "WEBP" and not features.check("webp"):
+        raise RuntimeError("the webp anchor needs Pillow built with WebP support (features.check('webp') is False)")
+    images = list(images)
+    if not images:
+        raise ValueError(f"the {codec} anchor needs at least one image")
+    pts = []
+    for q in qualities or default_q:
+        bpp, psnr, msssim = [], [], []
+        for _, x in images:
+            x = x.detach().float().cpu()
+            x = x if x.dim() == 4 else x.unsqueeze(0)
+            arr = (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format=fmt, quality=int(q))
+            dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            x_hat = torch.from_numpy(dec.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255
+            bpp.append(8 * buf.tell() / (arr.shape[0] * arr.shape[1]))
+            psnr.append(psnr_uint8(x, x_hat))
+            msssim.append(msssim_uint8(x, x_hat))
+        pts.append((int(q), float(np.mean(bpp)), float(np.mean(psnr)), float(np.mean(msssim))))
+    names = ", ".join(n for n, _ in images[:4]) + (", ..." if len(images) > 4 else "")
+    return {"name": codec, "description": f"Pillow {fmt} at qualities {[p[0] for p in pts]} on "
+                                          f"{len(images)} image(s) ({names})",
+            "bpp_source": f"{fmt} file bytes",
+            "results": {"quality": [p[0] for p in pts], "bpp": [p[1] for p in pts],
+                        "psnr-rgb": [p[2] for p in pts],
+                        "ms-ssim": [None if p[3] != p[3] else p[3] for p in pts]}}
+
+
+def resolve_anchor(spec, images=None) -> dict:
+    """An anchor curve from config: 'jpeg' / 'webp' (computed on `images`), a packaged CompressAI
+    curve name, a results JSON path, or an already-loaded results dict."""
+    from .bdrate import load_results
+
+    if isinstance(spec, str) and spec.lower() in CLASSICAL:
+        if images is None:
+            raise ValueError(f"anchor {spec!r} is computed on the evaluation images: pass them")
+        return classical_anchor(images, spec.lower())
+    try:
+        return load_results(spec)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"anchor {spec!r} is neither a results JSON file, nor a packaged CompressAI curve "
+            f"({', '.join(list_anchors())}), nor one of {', '.join(CLASSICAL)}") from None

@@ -162,3 +162,85 @@ def bd_methods(anchor: ResultsLike, test: ResultsLike, metric: str = "psnr-rgb",
             out[m] = bd_from_results(a, t, metric, m, min_overlap)
         notes += [str(w.message) for w in caught if str(w.message) not in notes]
     return out, notes
+
+
+# ---------------------------------------------------------------- one point against a curve
+# The one-point form of Bjøntegaard's measure (VCEG-M33): the integrals of BD-rate / BD-PSNR
+# shrink to the anchor curve's value at the test point's quality (or rate), on the same
+# interpolation of log rate as `bd` (pchip by default). Never extrapolated: outside the
+# anchor's quality (rate) range the value is NaN.
+
+def _anchor_front(rate, quality) -> Tuple[np.ndarray, np.ndarray]:
+    """The anchor's finite points, sorted by rate, on their upper envelope (each point better
+    than every cheaper one), so that quality increases strictly with rate; ValueError when
+    fewer than 2 remain."""
+    r, q = np.asarray(rate, dtype=float).ravel(), np.asarray(quality, dtype=float).ravel()
+    if r.size != q.size:
+        raise ValueError(f"anchor: {r.size} rates but {q.size} quality values")
+    keep = np.isfinite(r) & np.isfinite(q) & (r > 0)
+    r, q = r[keep], q[keep]
+    order = np.lexsort((-q, r))  # by rate; at equal rate the best quality first
+    r, q = r[order], q[order]
+    front = [i for i in range(r.size) if i == 0 or (q[i] > q[:i].max() and r[i] > r[:i].max())]
+    if len(front) < 2:
+        raise ValueError(f"anchor: {len(front)} usable RD point(s), a curve needs at least 2")
+    return r[front], q[front]
+
+
+def delta_rate_at(rate_anchor, quality_anchor, rate: float, quality: float, method: str = "pchip") -> float:
+    """Rate change in % of the point (rate, quality) against the anchor's rate at that quality,
+    log rate interpolated over quality as in BD-rate (Bjøntegaard, VCEG-M33); NaN when
+    `quality` is outside the anchor's range or the point is not finite."""
+    from bjontegaard.interpolation import interpolate
+
+    ra, qa = _anchor_front(rate_anchor, quality_anchor)
+    if not (math.isfinite(rate) and rate > 0 and math.isfinite(quality) and qa[0] <= quality <= qa[-1]):
+        return float("nan")
+    log_ra = float(interpolate(qa, np.log10(ra), METHODS[method])(quality))
+    return (rate / 10 ** log_ra - 1) * 100
+
+
+def delta_quality_at(rate_anchor, quality_anchor, rate: float, quality: float, method: str = "pchip") -> float:
+    """Quality difference of the point against the anchor's quality at the point's rate, quality
+    interpolated over log rate as in BD-PSNR (Bjøntegaard, VCEG-M33); NaN outside the anchor's
+    rate range."""
+    from bjontegaard.interpolation import interpolate
+
+    ra, qa = _anchor_front(rate_anchor, quality_anchor)
+    if not (math.isfinite(rate) and rate > 0 and math.isfinite(quality) and ra[0] <= rate <= ra[-1]):
+        return float("nan")
+    return quality - float(interpolate(np.log10(ra), qa, METHODS[method])(math.log10(rate)))
+
+
+POINT_DELTAS = {  # key -> (quality metric, which delta)
+    "delta_rate": ("psnr-rgb", "rate"), "delta_psnr": ("psnr-rgb", "quality"),
+    "delta_rate_msssim": ("ms-ssim", "rate"), "delta_msssim_db": ("ms-ssim", "quality")}
+
+
+def anchor_curve(anchor: ResultsLike, metric: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(bpp, quality) of an anchor on `metric` (MS-SSIM in dB) as used by `point_deltas`."""
+    a = load_results(anchor)
+    q = get_metric(a, metric)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = msssim_db(q) if metric.startswith("ms-ssim") else q
+    return _anchor_front(get_metric(a, "bpp"), q)
+
+
+def point_deltas(anchor: ResultsLike, point: Mapping[str, Any], method: str = "pchip") -> dict:
+    """One RD point ({'bpp', 'psnr-rgb', 'ms-ssim'}) against an anchor curve: delta_rate (%) and
+    delta_psnr (dB), delta_rate_msssim (%) and delta_msssim_db (MS-SSIM dB); NaN where the point
+    lies outside the anchor's range or a metric is missing on either side."""
+    out = {}
+    for key, (metric, kind) in POINT_DELTAS.items():
+        try:
+            ra, qa = anchor_curve(anchor, metric)
+        except (KeyError, ValueError):
+            out[key] = float("nan")
+            continue
+        rate, q = float(point.get("bpp", math.nan)), point.get(metric)
+        q = math.nan if q is None else float(q)
+        if metric.startswith("ms-ssim"):
+            q = float(msssim_db(q)) if q < 1 else math.nan
+        fn = delta_rate_at if kind == "rate" else delta_quality_at
+        out[key] = fn(ra, qa, rate, q, method)
+    return out
