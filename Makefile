@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.codecx-installed
 ARGS   ?=
 
-.PHONY: help install train test test-slow bench clean
+.PHONY: help install train test test-quick test-slow bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -23,10 +23,13 @@ install: $(STAMP)  ## create .venv and install codecx with its dependencies
 train: $(STAMP)  ## the main job: train mbt_mean on the embedded sample data (ARGS="..." for overrides)
 	$(PY) train.py $(ARGS)
 
-test: $(STAMP)  ## the fast test suite (tiny models, 64-px images)
+test: $(STAMP)  ## the test suite: fast and medium tiers (tiny models, 64-px images; no timing asserts)
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
 
-test-slow: $(STAMP)  ## slow checks: multirun, DDP on 2 CPU processes, resume after a kill
+test-quick: $(STAMP)  ## the fast tier only (skips the medium tier: fuzzing, real train/eval runs)
+	$(PY) -m pytest -m "not slow and not medium" -q $(ARGS)
+
+test-slow: $(STAMP)  ## slow checks: multirun, DDP on 2 CPU processes, resume after a kill, wheel install
 	$(PY) -m pytest -m slow -q $(ARGS)
 
 bench: $(STAMP)  ## timed comparisons, printed as ratios against baselines measured in the same run

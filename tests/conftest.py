@@ -15,6 +15,14 @@ KODAK = SHARED / "kodak"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (several real runs in subprocesses) get a 3600 s hang timeout instead of the
+    900 s default of pyproject.toml, unless they set their own @pytest.mark.timeout."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(3600))
+
+
 @pytest.fixture
 def root() -> Path:
     return ROOT

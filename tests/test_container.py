@@ -3,7 +3,6 @@
 import random
 import re
 import struct
-import time
 import zlib
 
 import pytest
@@ -201,10 +200,13 @@ def _variants(data: bytes, rng: random.Random):
         yield f"overwrite {i}", _recrc(bytes(b)), True
 
 
+@pytest.mark.timeout(600)  # ~1000 decodes of a 64-px image: only a hang gets near this
 def test_fuzz_corrupted_streams(real):
-    _fuzz(*real[:2], real[3], limit_s=20)
+    _fuzz(*real[:2], real[3])
 
 
+@pytest.mark.medium
+@pytest.mark.timeout(900)  # minutes on a loaded 2-core machine (the serial model decodes position by position)
 @pytest.mark.parametrize("backbone, quantizer", [("mbt_mean", "hex"), ("mbt_mean", "oct"), ("mbt", None)])
 def test_fuzz_lattice_and_serial_streams(backbone, quantizer):
     """The same corruptions on constriction-coded lattice streams (with a latent shift index in
@@ -219,17 +221,15 @@ def test_fuzz_lattice_and_serial_streams(backbone, quantizer):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     data = encode_image(codec, x, fp)
     assert torch.equal(decode_image(codec, data, fp)[0], codec(x).x_hat.clamp(0, 1))
-    _fuzz(codec, fp, data, limit_s=90)
+    _fuzz(codec, fp, data)
 
 
-def _fuzz(codec, fp: bytes, data: bytes, limit_s: float) -> None:
+def _fuzz(codec, fp: bytes, data: bytes) -> None:
     """Decode many corrupted variants of `data`: a BitstreamError or a 64x64 image (only when the
-    CRC was made valid again), never another exception, never a hang."""
+    CRC was made valid again), never another exception, never a hang (the test's timeout)."""
     rng = random.Random(1234)
     counts = {"error": 0, "decoded": 0}
-    start = time.perf_counter()
     for kind, bad, crc_fixed in _variants(data, rng):
-        t0 = time.perf_counter()
         try:
             x_hat, _ = decode_image(codec, bad, fp)
         except BitstreamError as e:
@@ -241,6 +241,4 @@ def _fuzz(codec, fp: bytes, data: bytes, limit_s: float) -> None:
             assert crc_fixed or bad == data, f"{kind}: decoded despite a bad CRC"
             assert x_hat.shape == (1, 3, 64, 64), kind
             counts["decoded"] += 1
-        assert time.perf_counter() - t0 < 5, f"{kind}: took too long"
     assert sum(counts.values()) >= 500 and counts["error"] > 400
-    assert time.perf_counter() - start < limit_s
