@@ -1,4 +1,5 @@
-"""`codecx`: compress / decompress images with a checkpoint, BD-rate, RD plots, sweep reports."""
+"""`codecx`: train / eval (Hydra), compress / decompress images with a checkpoint, BD-rate, RD
+plots, sweep reports."""
 from __future__ import annotations
 
 import argparse
@@ -121,6 +122,31 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+#: verbs that hand the rest of the command line to a Hydra main: verb -> module with `main()`
+HYDRA_VERBS = {"train": "codecx.train", "eval": "codecx.eval_main"}
+
+
+def run_hydra_verb(verb: str, args: List[str]) -> int:
+    """`codecx train|eval ARGS`: run the Hydra main of `HYDRA_VERBS[verb]` on ARGS (overrides,
+    `-m` sweeps, `--cfg job`, `--help`, ...) as `python -m codecx.train ARGS` would."""
+    import importlib
+    import importlib.util
+
+    import __main__
+
+    module = HYDRA_VERBS[verb]
+    argv, spec = sys.argv, getattr(__main__, "__spec__", None)
+    # Hydra reads its arguments from sys.argv[1:]; Lightning's DDP launcher starts its workers
+    # as `python -m <__main__.__spec__.name> sys.argv[1:]`: both must see `-m MODULE ARGS`
+    sys.argv = [f"codecx {verb}", *args]
+    __main__.__spec__ = importlib.util.find_spec(module)
+    try:
+        importlib.import_module(module).main()
+    finally:
+        sys.argv, __main__.__spec__ = argv, spec
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `codecx` argument parser (one subcommand per verb)."""
     p = argparse.ArgumentParser(prog="codecx", description=__doc__)
@@ -135,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "count can change the last bits of the transforms)" if threads == "1" else
                 "torch threads (default: the idle cores, at least 1)"))
         return s
+
+    for name, what in (("train", "train a codec: Hydra overrides of codecx/conf/train.yaml, -m for sweeps"),
+                       ("eval", "real-bitstream evaluation: Hydra overrides of codecx/conf/eval.yaml")):
+        s = sub.add_parser(name, help=what, description=f"{what} (`codecx {name} --help`: Hydra's help)",
+                           add_help=False)
+        s.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides, e.g. model=mbt lmbda=0.013")
 
     s = verb("compress", cmd_compress, "encode an image into a codecx file", threads="1")
     s.add_argument("image", help="image file (PNG, JPEG, ...)")
@@ -184,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one verb; user errors print one line and exit 1 (CODECX_DEBUG=1 shows the traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HYDRA_VERBS:  # Hydra parses the rest itself (-m, --cfg, key=value)
+        return run_hydra_verb(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

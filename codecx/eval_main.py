@@ -49,18 +49,21 @@ def codecs(cfg: DictConfig) -> Iterator[Tuple[str, Codec, Dict[str, Any]]]:
     """(label, codec, config) for each checkpoint, or the one model of `model=` (built lazily)."""
     quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True) or None
     shift = OmegaConf.to_container(cfg.shift, resolve=True) or None
+    refine = OmegaConf.to_container(cfg.refine, resolve=True) or None
     levels = {} if cfg.scale_levels is None else {"scale_levels": int(cfg.scale_levels)}
     if cfg.ckpt is not None:
         for p in checkpoint_paths(cfg.ckpt):
-            codec, config = load_codec(p, quantizer, shift, **levels)
+            codec, config = load_codec(p, quantizer, shift, refine=refine, **levels)
             yield str(p), codec, config
         return
     model = {**OmegaConf.to_container(cfg.model, resolve=True), **levels}
     if not model.get("weights"):
         warn("model.weights is not set: evaluating an untrained (randomly initialised) model")
     quantizer = quantizer or dict(DEFAULT_QUANTIZER)
-    config = {"model": model, "quantizer": quantizer, **({"shift": shift} if shift else {})}
-    yield (model.get("weights") or "untrained", prepare(codec_from_config(model, quantizer, shift)), config)
+    config = {"model": model, "quantizer": quantizer, **({"shift": shift} if shift else {}),
+              **({"refine": refine} if refine else {})}
+    yield (model.get("weights") or "untrained", prepare(codec_from_config(model, quantizer, shift, refine=refine)),
+           config)
 
 
 def point_label(point: Dict[str, Any]) -> str:
@@ -93,7 +96,7 @@ def build_metrics(cfg: DictConfig) -> Tuple[Optional[Any], Optional[Any]]:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need the composed config, before anything is loaded."""
-    check_targets(cfg, ["model", "quantizer", "shift", "data"])
+    check_targets(cfg, ["model", "quantizer", "shift", "refine", "data"])
     if cfg.ckpt is None and cfg.model is None:
         raise ConfigError("nothing to evaluate: set ckpt=PATH (a train.py checkpoint; a list "
                           "ckpt=[a.ckpt,b.ckpt] gives one RD curve) or model=NAME model.N=.. "
@@ -149,3 +152,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Entry point: check every override first (valid choices and keys), then run Hydra."""
     main_with_precheck(_hydra_main, CONF_DIR, "eval", "codecx eval")
+
+
+if __name__ == "__main__":
+    main()
