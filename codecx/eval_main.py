@@ -123,7 +123,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     images = dataset_images(datamodule.val_set)
     lpips, fid = build_metrics(cfg)
     points, rows = evaluate_codecs(codecs(cfg), images, lpips, fid, cfg.progress,
-                                   grad_corr=cfg.metrics.grad_corr)
+                                   grad_corr=cfg.metrics.grad_corr,
+                                   decompose=bool(cfg.metrics.get("decompose", False)))
     labels = [p["checkpoint"] for p in points]
     data = OmegaConf.to_container(cfg.data, resolve=True)
     name = cfg.name or "+".join(dict.fromkeys(p["model"] for p in points))

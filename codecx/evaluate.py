@@ -22,6 +22,7 @@ from codecx.models.codec import Codec
 BPP_SOURCE = "codecx file: header, streams and CRC"
 # per-image columns, in CSV order; `lpips` only with an LPIPS model
 METRICS = ("bpp", "bpp_streams", "bpp_est", "psnr-rgb", "ms-ssim", "lpips", "grad_corr",
+           "mse_t", "mse_a", "mse_q", "mse_a_ratio", "mse_q_ratio",  # metrics.decompose
            "encoding_time", "decoding_time", "bytes")
 DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer"}  # every scalar one codes alike
 
@@ -145,14 +146,15 @@ def dataset_images(dataset, max_images: Optional[int] = None) -> List[Image]:
 def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=None, fid=None,
              progress: bool = True, description: str = "coding",
              on_image: Optional[Callable[[str, Tensor, Tensor], None]] = None,
-             grad_corr: Optional[bool] = None) -> List[Dict[str, Any]]:
+             grad_corr: Optional[bool] = None, decompose: bool = False) -> List[Dict[str, Any]]:
     """Per-image rows: each image goes through a real codecx file (`encode_image` then
     `decode_image`); `bpp` counts the whole file, header included. LPIPS (Zhang et al. 2018)
     per image with `lpips`; `fid` (FIDKID) accumulates patches, read it with `summarize`;
     `on_image(name, x, x_hat)` sees every decoded image. `grad_corr` (None: when the codec
     shifts its latents) adds the correlation of grad -log p and grad D w.r.t. y_hat (paper 001
-    fig. 6)."""
+    fig. 6). `decompose` adds MSE_t / MSE_a / MSE_q and their ratios (paper 000, eq. 11)."""
     from codecx.inference.latent_shift import shift_gradient_correlation
+    from codecx.metrics.decompose import decompose as decompose_error
 
     from rich.console import Console
     from rich.progress import track
@@ -169,6 +171,8 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
             row["lpips"] = lpips(x, to_uint8(x_hat) / 255).mean().item()  # the 8-bit image, as PSNR
         if grad_corr:
             row["grad_corr"] = shift_gradient_correlation(codec, x)
+        if decompose:
+            row.update(decompose_error(codec, x, x_hat))
         if fid is not None:
             fid.update(x, x_hat)
         if on_image is not None:
@@ -178,15 +182,15 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
 
 
 def evaluate_codecs(codecs: Iterable[Tuple[str, Codec, Mapping[str, Any]]], images: Sequence[Image],
-                    lpips=None, fid=None, progress: bool = True, grad_corr: Optional[bool] = None
-                    ) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
+                    lpips=None, fid=None, progress: bool = True, grad_corr: Optional[bool] = None,
+                    decompose: bool = False) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
     """(one RD point per codec, per-image rows) for (label, codec, config) triples, e.g. from
     `load_codec`, each coded with its own fingerprint; points and rows carry `checkpoint`
     (the label), points also `model` and `lmbda` (None for a CompressAI state dict)."""
     points, rows = [], []
     for label, codec, config in codecs:
         r = evaluate(codec, images, fingerprint_of(codec, config), lpips, fid, progress,
-                     description=Path(label).name, grad_corr=grad_corr)
+                     description=Path(label).name, grad_corr=grad_corr, decompose=decompose)
         points.append({**summarize(r, fid), "checkpoint": label, "model": config["model"]["name"],
                        "lmbda": config.get("lmbda")})
         rows += [{"checkpoint": label, **row} for row in r]
@@ -257,7 +261,7 @@ def summary_table(results: Mapping[str, Any], labels: Sequence[str] = ()):
     res = results["results"]
     cols = [("bpp", "bpp", 4), ("bpp_streams", "bpp streams", 4), ("bpp_est", "bpp est.", 4),
             ("psnr-rgb", "PSNR dB", 2), ("ms-ssim", "MS-SSIM", 4), ("lpips", "LPIPS", 4),
-            ("grad_corr", "grad corr", 3),
+            ("grad_corr", "grad corr", 3), ("mse_a_ratio", "MSE_a/t", 3), ("mse_q_ratio", "MSE_q/t", 3),
             ("fid", "FID", 2), ("kid", "KID", 4), ("encoding_time", "enc s", 3),
             ("decoding_time", "dec s", 3)]
     cols = [c for c in cols if c[0] in res]

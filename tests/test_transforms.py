@@ -113,7 +113,7 @@ def test_latent_mse_term_by_hand():
     y, y_hat, state = _walk(codec, "eval")
     out = t(y_hat, state)
     expected = ((y.detach() - y_hat.detach() - 0.2) ** 2).sum().item() / y.numel()
-    assert state.metrics["latent_mse"].item() == pytest.approx(expected, rel=1e-6)
+    assert state.metrics["latent_mse_raw"].item() == pytest.approx(expected, rel=1e-6)
     assert state.losses["latent_mse"].item() == pytest.approx(0.3 * expected, rel=1e-6)
     # a second term (transform=[lpc,latent_mse]) adds to the first, measured on y_hat'
     LatentMSE(2.0)(out, state)
@@ -121,7 +121,7 @@ def test_latent_mse_term_by_hand():
     # weight 0: logged, not in the loss
     state = _walk(codec, "train")[2]
     LatentMSE(0.0)(state.y.detach(), state)
-    assert "latent_mse" not in state.losses and state.metrics["latent_mse"].item() == 0
+    assert "latent_mse" not in state.losses and state.metrics["latent_mse_raw"].item() == 0
 
 
 @pytest.mark.parametrize("make", ALL[:3], ids=IDS[:3])

@@ -117,7 +117,7 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(self, source: str = "sample", train_dir: PathLike | None = None, val_dir: PathLike | None = None,
                  crop_size: int = 256, val_crop_size: int | None = None, batch_size: int = 8,
                  val_batch_size: int = 1, num_workers: int = 0, max_val_images: int | None = None,
-                 repeat: int = 1, shuffle: bool = True, augment: bool = True):
+                 repeat: int = 1, shuffle: bool = True, augment: bool = True, invert: bool = False):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"data.source={source!r}: unknown source; valid choices: {', '.join(SOURCES)}")
@@ -131,6 +131,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.max_val_images, self.repeat = max_val_images, repeat
         self.shuffle, self.augment = shuffle, augment
+        self.invert = invert  # inverse training (paper 000): training images also as 1 - x
         self.train_set: Dataset | None = None
         self.val_set: ImageFolderDataset | None = None
 
@@ -156,6 +157,10 @@ class ImageDataModule(pl.LightningDataModule):
         train, val, train_name, val_name = self._split()
         if stage in (None, "fit") and self.train_set is None:
             ds = ImageFolderDataset(train, self.crop_size, train=self.augment, name=train_name)
+            if self.invert:
+                from codecx.data.invert import InvertedDataset
+
+                ds = InvertedDataset(ds)
             reps = max(self.repeat, math.ceil(self.batch_size / len(ds)))
             self.train_set = ConcatDataset([ds] * reps) if reps > 1 else ds
         if stage in (None, "fit", "validate") and self.val_set is None:

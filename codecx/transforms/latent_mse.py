@@ -8,19 +8,21 @@ from torch import Tensor
 
 from codecx.transforms.base import LatentTransform, WalkState
 
-__all__ = ["LatentMSE", "Compensation", "add_latent_mse", "LATENT_MSE"]
+__all__ = ["LatentMSE", "Compensation", "add_latent_mse", "LATENT_MSE", "LATENT_MSE_RAW"]
 
-#: the key of the term in `state.losses` (weighted) and `state.metrics` (unweighted)
+#: the key of the weighted term in `state.losses`
 LATENT_MSE = "latent_mse"
+#: the unweighted mean((y - y_hat)^2) in `state.metrics` (logged whatever the weight)
+LATENT_MSE_RAW = "latent_mse_raw"
 
 
 def add_latent_mse(state: WalkState, y_hat: Tensor, weight: float) -> None:
     """Add `weight * mean((y - y_hat)^2)` to `state.losses["latent_mse"]` and log the unweighted
-    mean in `state.metrics["latent_mse"]`; nothing where `y` is unknown (the decoder)."""
+    mean in `state.metrics["latent_mse_raw"]`; nothing where `y` is unknown (the decoder)."""
     if state.y is None:
         return
     d = torch.mean((state.y - y_hat) ** 2)
-    state.metrics[LATENT_MSE] = d.detach()
+    state.metrics[LATENT_MSE_RAW] = d.detach()
     if weight:
         term = float(weight) * d
         prev = state.losses.get(LATENT_MSE)
