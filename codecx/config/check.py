@@ -1,179 +1,67 @@
-"""Typed schemas of the root configs of train.py and eval.py (Hydra structured configs) and their validation."""
+"""The pre-flight check: compose the config for the command line's overrides (each value of a
+sweep), check group options, keys, value types and the entry point's own rules, and fail with
+one line (exit 2) before anything is built, trained or written."""
 from __future__ import annotations
 
-import hashlib
 import inspect
+import itertools
+import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from codecx.models.backbones import SCALE_LEVELS
+from codecx.config.schema import register_configs
 
-
-@dataclass
-class ModelConfig:
-    _target_: str = "codecx.models.build_backbone"
-    name: str = "mbt_mean"
-    N: int = 128
-    M: Optional[int] = 192
-    weights: Optional[str] = None
-    scale_levels: int = SCALE_LEVELS  # Gaussian CDF scale table (64: CompressAI's own bitstreams)
-
-
-@dataclass
-class DataConfig:
-    _target_: str = "codecx.data.ImageDataModule"
-    source: str = "sample"
-    train_dir: Optional[str] = None
-    val_dir: Optional[str] = None
-    crop_size: int = 256
-    val_crop_size: Optional[int] = None
-    batch_size: int = 8
-    val_batch_size: int = 1
-    num_workers: int = 0
-    max_val_images: Optional[int] = None
-    repeat: int = 1
-    shuffle: bool = True
-    augment: bool = True   # random crops and flips (false: centre crops, for exact comparisons)
-
-
-@dataclass
-class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: Any = 1
-    num_nodes: int = 1
-    strategy: Any = "auto"
-    precision: Any = "32-true"
-    max_steps: int = 200
-    max_epochs: int = -1
-    val_check_interval: Optional[Any] = None
-    check_val_every_n_epoch: Optional[int] = 1
-    log_every_n_steps: int = 10
-    limit_train_batches: Optional[Any] = None
-    limit_val_batches: Optional[Any] = None
-    num_sanity_val_steps: int = 0
-    deterministic: bool = False
-    enable_progress_bar: bool = True
-
-
-@dataclass
-class CheckpointConfig:
-    every_n_steps: int = 100
-    monitor: str = "val/loss"
-
-
-@dataclass
-class TrainEvalConfig:
-    """Real-bitstream evaluation during training (codecx.lit.callbacks.RealBitstreamEval)."""
-
-    every_n_steps: int = 100          # 0: only the final evaluation at the end of training
-    max_images: Optional[int] = 2     # periodic evaluations use the first N validation images
-    final_max_images: Optional[int] = None  # the final evaluation (null: every validation image)
-    log_images: int = 2               # reconstructions logged to W&B per evaluation
-    anchor: Optional[str] = None      # packaged anchor drawn in the W&B RD plot (e.g. mbt2018-mean)
-
-
-@dataclass
-class TrainConfig:
-    lmbda: float = 0.0067
-    alpha: float = 0.0
-    seed: int = 1
-    model: ModelConfig = field(default_factory=ModelConfig)
-    quantizer: Dict[str, Any] = field(default_factory=dict)
-    reg: Dict[str, Any] = field(default_factory=dict)
-    schedule: Dict[str, Any] = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: Dict[str, Any] = field(default_factory=dict)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    callbacks: Dict[str, Any] = field(default_factory=dict)
-    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
-    resume: bool = True
-
-
-@dataclass
-class LpipsOptions:
-    enabled: bool = False
-    net: str = "alex"
-    weights: Optional[str] = None   # torchvision backbone file (or its folder); else the torch hub cache
-
-
-@dataclass
-class FidOptions:
-    enabled: bool = False
-    weights: Optional[str] = None   # torch-fidelity's InceptionV3 file (or its folder); else the hub cache
-    patch: int = 256
-    kid_subset_size: int = 1000
-
-
-@dataclass
-class MetricsOptions:
-    lpips: LpipsOptions = field(default_factory=LpipsOptions)
-    fid: FidOptions = field(default_factory=FidOptions)
-    grad_corr: Optional[bool] = None  # corr(grad -log p, grad D) per image; null: on with a shift
-
-
-@dataclass
-class EvalConfig:
-    """Root of conf/eval.yaml: checkpoints (or a CompressAI state dict via model.weights), data, metrics."""
-
-    ckpt: Any = None                 # a checkpoint path, or a list of them (one RD curve)
-    name: Optional[str] = None       # the results' name (default: the model name)
-    description: str = ""
-    model: Optional[ModelConfig] = None
-    quantizer: Dict[str, Any] = field(default_factory=dict)  # empty: the checkpoint's own quantizer
-    shift: Dict[str, Any] = field(default_factory=dict)      # empty: no latent shift (shift=latent, ...)
-    data: DataConfig = field(default_factory=DataConfig)
-    metrics: MetricsOptions = field(default_factory=MetricsOptions)
-    threads: Optional[int] = None    # torch threads for coding (null: the idle cores, at least 1)
-    scale_levels: Optional[int] = None  # Gaussian CDF scale table (null: the model's; 64: CompressAI's)
-    progress: bool = True
-
-
-def run_name(overrides: str, max_len: int = 200) -> str:
-    """A run folder name from Hydra's override_dirname: '/', '*', '?' -> '_', long names
-    shortened + hashed."""
-    s = re.sub(r"[/*?]", "_", overrides) if overrides else "default"
-    if len(s) > max_len:
-        s = f"{s[: max_len - 9]}-{hashlib.sha1(s.encode()).hexdigest()[:8]}"
-    return s
-
-
-def register_configs() -> None:
-    """Register the schemas (`train_schema`, `eval_schema`) and the `codecx_run_name` resolver."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
-    OmegaConf.register_new_resolver("codecx_run_name", run_name, replace=True)
+# a sweep's combinations are all checked up to this many; beyond it, each value on its own
+MAX_SWEEP_COMBINATIONS = 64
+# groups whose node is one `_target_` node, and multi-select groups ({name: _target_ node})
+TARGET_GROUPS = ["model", "quantizer", "shift", "reg", "schedule", "data", "logger",
+                 "transform", "refine", "distortion", "rate"]
 
 
 class ConfigError(ValueError):
     """A configuration problem found before training starts."""
 
 
+def one_line(message: Any) -> str:
+    """`message` on one line (Hydra's multi-line texts, option lists, causes joined)."""
+    text = str(message).replace("\t", " ")
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
 def check_targets(cfg: DictConfig, groups: List[str]) -> None:
-    """Every `_target_` node's keys must be parameters of its callable (lists the valid ones)."""
+    """Every `_target_` node's keys must be parameters of its callable (lists the valid ones).
+    A multi-select group (`transform=[a,b]`: {a: node, b: node}) checks each of its nodes."""
     for group in groups:
         node = cfg.get(group)
-        if not isinstance(node, DictConfig) or "_target_" not in node:
+        if not isinstance(node, DictConfig):
             continue
-        target = node["_target_"]
-        try:
-            fn = get_method(target) if not inspect.isclass(_safe(target)) else _safe(target)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"{group}._target_={target}: cannot be imported ({e})") from e
-        valid = _signature_keys(fn)
-        if valid is None:
+        if "_target_" in node:
+            _check_node(f"{group}", node)
             continue
-        unknown = [k for k in node.keys() if not str(k).startswith("_") and k not in valid]
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)} for {target}; "
-                f"valid keys: {', '.join(valid) or '(none)'}")
-        _check_value_types(group, node, fn, target)
+        for name in node.keys():
+            sub = node.get(name)
+            if isinstance(sub, DictConfig) and "_target_" in sub:
+                _check_node(f"{group}.{name}", sub)
+
+
+def _check_node(where: str, node: DictConfig) -> None:
+    target = node["_target_"]
+    try:
+        fn = get_method(target) if not inspect.isclass(_safe(target)) else _safe(target)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{where}._target_={target}: cannot be imported ({one_line(e)})") from None
+    valid = _signature_keys(fn)
+    if valid is None:
+        return
+    unknown = [k for k in node.keys() if not str(k).startswith("_") and k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)} for {target}; "
+            f"valid keys: {', '.join(valid) or '(none)'}")
+    _check_value_types(where, node, fn, target)
 
 
 def _check_value_types(group: str, node: DictConfig, fn, target: str) -> None:
@@ -223,7 +111,8 @@ def _safe(target: str):
     return _locate(target)
 
 
-STORED_KEYS = ("lmbda", "alpha", "seed", "model", "quantizer", "reg", "schedule", "data")
+STORED_KEYS = ("lmbda", "alpha", "seed", "model", "quantizer", "reg", "schedule", "data",
+               "transform", "refine", "distortion", "rate")
 
 
 def to_container(cfg: DictConfig) -> Dict[str, Any]:
@@ -249,33 +138,77 @@ def torch_module_init():
     return torch.nn.Module.__init__
 
 
-def precheck(overrides: List[str], config_dir: str, config_name: str = "train") -> None:
-    """Compose the config for `overrides` (each sweep value in turn) and raise ConfigError
-    with the valid choices / keys when a group option, key or value is wrong."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def sweep_trials(overrides: Sequence[str]) -> List[List[str]]:
+    """The override lists a sweep runs: every combination of the sweep values when there are at
+    most MAX_SWEEP_COMBINATIONS of them, else the fixed overrides with each value on its own."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     try:
-        parsed = OverridesParser.create().parse_overrides(user)
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as e:  # noqa: BLE001 - hydra's grammar errors
-        raise ConfigError(f"cannot parse the overrides: {e}") from None
+        raise ConfigError(f"cannot parse the overrides: {one_line(e)}") from None
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    trials = [fixed]
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            trials += [fixed + [f"{key}={v}"] for v in o.sweep_string_iterator()]
+    sweeps = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+              for o in parsed if o.is_sweep_override()]
+    if not sweeps:
+        return [fixed]
+    n = 1
+    for values in sweeps:
+        n *= max(1, len(values))
+    if n <= MAX_SWEEP_COMBINATIONS:
+        return [fixed + list(combo) for combo in itertools.product(*sweeps)]
+    return [fixed] + [fixed + [v] for values in sweeps for v in values]
+
+
+def precheck(overrides: List[str], config_dir: str, config_name: str = "train",
+             validate: Optional[Callable[[DictConfig], None]] = None) -> None:
+    """Compose the config for `overrides` (every sweep combination in turn) and raise
+    ConfigError with the valid choices / keys when a group option, key or value is wrong;
+    `validate(cfg)` adds the entry point's own checks (its ValueErrors become ConfigErrors)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    trials = sweep_trials(user)
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        for trial in trials:
-            try:
-                cfg = compose(config_name, overrides=trial)
-            except Exception as e:  # noqa: BLE001
-                raise ConfigError(_explain(e, config_dir, config_name, trial)) from None
-            check_targets(cfg, ["model", "quantizer", "shift", "reg", "schedule", "data", "logger"])
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            for trial in trials:
+                try:
+                    cfg = compose(config_name, overrides=trial)
+                except Exception as e:  # noqa: BLE001
+                    raise ConfigError(_explain(e, config_name, trial)) from None
+                where = f" (sweep job {' '.join(trial)})" if len(trials) > 1 else ""
+                try:
+                    check_targets(cfg, TARGET_GROUPS)
+                    if validate is not None:
+                        validate(cfg)
+                except ConfigError as e:
+                    raise ConfigError(f"{one_line(e)}{where}") from None
+                except (ValueError, TypeError, OSError) as e:
+                    raise ConfigError(f"{one_line(e)}{where}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def hydra_run_dir(overrides: List[str], config_dir: str, config_name: str = "train") -> Optional[str]:
+    """The `hydra.run.dir` a single run of `overrides` writes to (None if it cannot be told)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_configs()
     GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            return str(cfg.hydra.run.dir)
+    except Exception:  # noqa: BLE001 - the run itself will report it
+        return None
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def group_option(group: str, name: str, config_dir: str, config_name: str = "eval") -> Dict[str, Any]:
@@ -291,41 +224,63 @@ def group_option(group: str, name: str, config_dir: str, config_name: str = "eva
             try:
                 cfg = compose(config_name, overrides=[f"{group}={name}"])
             except Exception as e:  # noqa: BLE001
-                raise ConfigError(_explain(e, config_dir, config_name)) from None
+                raise ConfigError(_explain(e, config_name)) from None
             check_targets(cfg, [group])
     finally:
         GlobalHydra.instance().clear()
     return OmegaConf.to_container(cfg[group], resolve=True) or {}
 
 
-def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str) -> None:
-    """Run a `@hydra.main` function after `precheck` of the command line's overrides (exit 2
-    with the valid choices / keys on a configuration error)."""
+def group_options(group: str, config_dir: str) -> List[str]:
+    """The option names of a config group (the YAML files of `config_dir/group`)."""
+    d = os.path.join(config_dir, group)
+    if not os.path.isdir(d):
+        return []
+    return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml"))
+
+
+def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str,
+                       validate: Optional[Callable[[DictConfig], None]] = None,
+                       before: Optional[Callable[[List[str]], None]] = None) -> None:
+    """Run a `@hydra.main` function after `precheck` of the command line's overrides: a
+    configuration error prints one line and exits 2 (HYDRA_FULL_ERROR=1: the traceback);
+    `before(overrides)` runs next (e.g. the run-directory lock check) with the same handling."""
     import sys
 
     args = sys.argv[1:]
     if not any(a.startswith("--") and a not in ("--multirun",) for a in args):
+        overrides = [a for a in args if not a.startswith("-")]
         try:
-            precheck([a for a in args if not a.startswith("-")], config_dir, config_name)
+            precheck(overrides, config_dir, config_name, validate)
+            if before is not None:
+                before(overrides)
         except ConfigError as e:
-            print(f"{prog}: configuration error: {e}", file=sys.stderr)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"{prog}: configuration error: {one_line(e)}", file=sys.stderr)
             raise SystemExit(2) from None
     hydra_main()
 
 
-def _explain(e: Exception, config_dir: str, config_name: str, overrides: List[str] = ()) -> str:
-    """Hydra's composition error, plus the keys valid at the offending place (in the config the
-    other `overrides` select, e.g. the keys of reg=cse for `reg=cse reg.alph=1`)."""
-
+def _explain(e: Exception, config_name: str, overrides: Sequence[str] = ()) -> str:
+    """One line for a Hydra composition error, from the structured exceptions (the missing
+    option and its group's options; the offending key and the keys valid at its place, in the
+    config the other `overrides` select; the value and the type it should have)."""
     from hydra import compose
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    msg = str(e) + ("\n" + str(e.__cause__) if e.__cause__ else "")
-    m = re.search(r"full_key: ([\w.]+)", msg) or re.search(r"override '([\w.]+)'", msg)
-    first = msg.strip().splitlines()[0]
-    if "Could not find" in first or "Available options" in msg:
-        return msg.split("\nConfig search path")[0].strip()
-    if m and ("not in" in msg or "not in struct" in msg):
-        key = m.group(1)
+    if isinstance(e, MissingConfigException):
+        missing = e.missing_cfg_file or ""
+        group = missing.rsplit("/", 1)[0] if "/" in missing else ""
+        opts = list(e.options or [])
+        first = one_line(str(e).split("\n\n")[0].split("Available options")[0])
+        if opts:
+            return f"{first}; Available options in '{group}': {', '.join(opts)}"
+        return first
+    cause = e.__cause__ if e.__cause__ is not None else e
+    key = getattr(cause, "full_key", None) or ""
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
         try:
@@ -336,7 +291,9 @@ def _explain(e: Exception, config_dir: str, config_name: str, overrides: List[st
         valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "?"
         return (f"unknown key {key!r}; valid keys of {parent or 'the root'}: {valid} "
                 f"(use +{key}=VALUE only to add a key on purpose)")
-    if m and "could not be converted" in msg:
-        conv = re.search(r"(Value .* could not be converted to \w+)", msg)
-        return f"wrong type for {m.group(1)}: {conv.group(1) if conv else first}"
-    return msg
+    if isinstance(cause, ValidationError) and key:
+        value = getattr(cause, "value", None)
+        msg = (str(getattr(cause, "msg", "") or cause).strip().splitlines() or [""])[0]
+        return f"wrong type for {key}: {value!r} ({msg})"
+    text = str(e) + ("\n" + str(e.__cause__) if e.__cause__ else "")
+    return one_line(text.split("\nConfig search path")[0])

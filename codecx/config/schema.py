@@ -1,0 +1,156 @@
+"""Typed schemas of the root configs of train.py and eval.py (Hydra structured configs)."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from codecx.models.backbones import SCALE_LEVELS
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = "codecx.models.build_backbone"
+    name: str = "mbt_mean"
+    N: int = 128
+    M: Optional[int] = 192
+    weights: Optional[str] = None
+    scale_levels: int = SCALE_LEVELS  # Gaussian CDF scale table (64: CompressAI's own bitstreams)
+
+
+@dataclass
+class DataConfig:
+    _target_: str = "codecx.data.ImageDataModule"
+    source: str = "sample"
+    train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
+    crop_size: int = 256
+    val_crop_size: Optional[int] = None
+    batch_size: int = 8
+    val_batch_size: int = 1
+    num_workers: int = 0
+    max_val_images: Optional[int] = None
+    repeat: int = 1
+    shuffle: bool = True
+    augment: bool = True   # random crops and flips (false: centre crops, for exact comparisons)
+    invert: bool = False   # inverse training (paper 000): every training image also as 1 - x
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    max_steps: int = 200
+    max_epochs: int = -1
+    val_check_interval: Optional[Any] = None
+    check_val_every_n_epoch: Optional[int] = 1
+    log_every_n_steps: int = 10
+    limit_train_batches: Optional[Any] = None
+    limit_val_batches: Optional[Any] = None
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 100
+    monitor: str = "val/loss"
+
+
+@dataclass
+class TrainEvalConfig:
+    """Real-bitstream evaluation during training (codecx.lit.callbacks.RealBitstreamEval)."""
+
+    every_n_steps: int = 100          # 0: only the final evaluation at the end of training
+    max_images: Optional[int] = 2     # periodic evaluations use the first N validation images
+    final_max_images: Optional[int] = None  # the final evaluation (null: every validation image)
+    log_images: int = 2               # reconstructions logged to W&B per evaluation
+    anchor: Optional[str] = None      # packaged anchor drawn in the W&B RD plot (e.g. mbt2018-mean)
+
+
+@dataclass
+class TrainConfig:
+    lmbda: float = 0.0067
+    alpha: float = 0.0
+    seed: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantizer: Dict[str, Any] = field(default_factory=dict)
+    reg: Dict[str, Any] = field(default_factory=dict)
+    schedule: Dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Dict[str, Any] = field(default_factory=dict)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
+    resume: bool = True
+    transform: Dict[str, Any] = field(default_factory=dict)   # multi-select: {name: _target_ node}
+    refine: Dict[str, Any] = field(default_factory=dict)      # multi-select: {name: _target_ node}
+    distortion: Dict[str, Any] = field(default_factory=dict)
+    rate: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LpipsOptions:
+    enabled: bool = False
+    net: str = "alex"
+    weights: Optional[str] = None   # torchvision backbone file (or its folder); else the torch hub cache
+
+
+@dataclass
+class FidOptions:
+    enabled: bool = False
+    weights: Optional[str] = None   # torch-fidelity's InceptionV3 file (or its folder); else the hub cache
+    patch: int = 256
+    kid_subset_size: int = 1000
+
+
+@dataclass
+class MetricsOptions:
+    lpips: LpipsOptions = field(default_factory=LpipsOptions)
+    fid: FidOptions = field(default_factory=FidOptions)
+    grad_corr: Optional[bool] = None  # corr(grad -log p, grad D) per image; null: on with a shift
+    decompose: bool = False  # MSE_t / MSE_a / MSE_q per image (paper 000, eq. 11; codecx.metrics.decompose)
+
+
+@dataclass
+class EvalConfig:
+    """Root of conf/eval.yaml: checkpoints (or a CompressAI state dict via model.weights), data, metrics."""
+
+    ckpt: Any = None                 # a checkpoint path, or a list of them (one RD curve)
+    name: Optional[str] = None       # the results' name (default: the model name)
+    description: str = ""
+    model: Optional[ModelConfig] = None
+    quantizer: Dict[str, Any] = field(default_factory=dict)  # empty: the checkpoint's own quantizer
+    shift: Dict[str, Any] = field(default_factory=dict)      # empty: no latent shift (shift=latent, ...)
+    transform: Dict[str, Any] = field(default_factory=dict)  # multi-select: {name: _target_ node}
+    refine: Dict[str, Any] = field(default_factory=dict)     # multi-select: {name: _target_ node}
+    data: DataConfig = field(default_factory=DataConfig)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    threads: Optional[int] = None    # torch threads for coding (null: the idle cores, at least 1)
+    scale_levels: Optional[int] = None  # Gaussian CDF scale table (null: the model's; 64: CompressAI's)
+    progress: bool = True
+
+
+def run_name(overrides: str, max_len: int = 200) -> str:
+    """A run folder name from Hydra's override_dirname: '/', '*', '?' -> '_', long names
+    shortened + hashed."""
+    s = re.sub(r"[/*?]", "_", overrides) if overrides else "default"
+    if len(s) > max_len:
+        s = f"{s[: max_len - 9]}-{hashlib.sha1(s.encode()).hexdigest()[:8]}"
+    return s
+
+
+def register_configs() -> None:
+    """Register the schemas (`train_schema`, `eval_schema`) and the `codecx_run_name` resolver."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+    OmegaConf.register_new_resolver("codecx_run_name", run_name, replace=True)
