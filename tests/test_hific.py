@@ -96,6 +96,6 @@ def test_config_node_builds_the_backbone():
 
     node = OmegaConf.load(f"{CONF_DIR}/model/hific.yaml")
     assert node._target_ == "codecx.models.hific.HiFiC" and node.M == 220 and node.N == 320
-    node.N, node.M, node.channels, node.num_residual_blocks = 8, 12, [4, 4, 6, 6, 8], 1
-    bb = instantiate(node)
+    node.N, node.M = 8, 12
+    bb = instantiate(node, channels=[4, 4, 6, 6, 8], num_residual_blocks=1)
     assert isinstance(bb, HiFiC) and bb.name == "hific" and bb.scale_levels == 256
