@@ -147,6 +147,35 @@ def run_hydra_verb(verb: str, args: List[str]) -> int:
     return 0
 
 
+def cmd_complexity(a: argparse.Namespace) -> int:
+    """KMACs per pixel of each stage of a backbone (Yang & Mandt 2023's complexity axis)."""
+    import json
+
+    from codecx.metrics.complexity import build_model, complexity_table, kmacs_per_pixel, parameter_counts
+
+    overrides = {k: v for k, v in (("N", a.N), ("M", a.M)) if v is not None}
+    for item in a.set or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item}: expected KEY=VALUE (e.g. --set residual=false)")
+        overrides[key] = yaml_value(value)
+    model = build_model(a.model, **overrides)
+    h, w = a.size
+    if a.json:
+        print(json.dumps({"model": a.model, **overrides, "input": [h, w], "kmacs_per_pixel":
+                          kmacs_per_pixel(model, h, w), "parameters": parameter_counts(model)}, indent=2))
+    else:
+        print(complexity_table(a.model, model, h, w))
+    return 0
+
+
+def yaml_value(text: str):
+    """A command-line value as YAML reads it (false -> False, 12 -> 12, null -> None)."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `codecx` argument parser (one subcommand per verb)."""
     p = argparse.ArgumentParser(prog="codecx", description=__doc__)
@@ -211,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "seed): BD figures become means over its values, paired with the baseline's, and the "
                    "baseline row shows the noise band between them")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = verb("complexity", cmd_complexity, "KMACs per pixel and parameters of each stage of a model")
+    s.add_argument("model", help="a model config name (codecx/conf/model: mbt_mean, shallow, ...)")
+    s.add_argument("--N", type=int, help="model.N")
+    s.add_argument("--M", type=int, help="model.M")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="another model option, e.g. --set residual=false --set analysis=cnn (repeatable)")
+    s.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="input size counted on (default 256 256; padded to the model's stride)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 

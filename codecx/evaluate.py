@@ -24,6 +24,9 @@ BPP_SOURCE = "codecx file: header, streams and CRC"
 METRICS = ("bpp", "bpp_streams", "bpp_est", "psnr-rgb", "ms-ssim", "lpips", "grad_corr",
            "mse_t", "mse_a", "mse_q", "mse_a_ratio", "mse_q_ratio",  # metrics.decompose
            "encoding_time", "decoding_time", "bytes")
+# per-point complexity in KMACs/pixel (codecx.metrics.complexity; decoder = h_s + context + g_s)
+COMPLEXITY = ("kmacs_g_a", "kmacs_h_a", "kmacs_h_s", "kmacs_context", "kmacs_g_s", "kmacs_decoder",
+              "kmacs_encoder")
 DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer"}  # every scalar one codes alike
 
 Image = Tuple[str, Tensor]
@@ -191,10 +194,18 @@ def evaluate_codecs(codecs: Iterable[Tuple[str, Codec, Mapping[str, Any]]], imag
     for label, codec, config in codecs:
         r = evaluate(codec, images, fingerprint_of(codec, config), lpips, fid, progress,
                      description=Path(label).name, grad_corr=grad_corr, decompose=decompose)
-        points.append({**summarize(r, fid), "checkpoint": label, "model": config["model"]["name"],
+        points.append({**summarize(r, fid), **_complexity(codec), "checkpoint": label,
+                       "model": config["model"]["name"],
                        "lmbda": config.get("lmbda")})
         rows += [{"checkpoint": label, **row} for row in r]
     return points, rows
+
+
+def _complexity(codec: Codec) -> Dict[str, float]:
+    """KMACs/pixel of each backbone stage (codecx.metrics.complexity; results' `kmacs_*`)."""
+    from codecx.metrics.complexity import results_columns
+
+    return results_columns(codec.backbone)
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], fid=None) -> Dict[str, float]:
@@ -233,8 +244,13 @@ def results_dict(name: str, points: Sequence[Mapping[str, Any]], description: st
                  **extra: Any) -> Dict[str, Any]:
     """CompressAI's results layout: `results[metric]` lists one value per point (checkpoint),
     so a rate sweep is one RD curve; non-finite values (MS-SSIM of small images) become null."""
-    keys = [k for k in (*METRICS, "fid", "kid", "kid_std") if k != "bytes" and k in points[0]]
+    keys = [k for k in (*METRICS, "fid", "kid", "kid_std", *COMPLEXITY) if k != "bytes" and k in points[0]]
     results = {k: [_json_number(float(p[k])) for p in points] for k in keys}
+    if "kmacs_decoder" in points[0]:
+        from codecx.metrics.complexity import COUNTER
+
+        extra.setdefault("complexity", {"unit": "KMACs/pixel", "counter": COUNTER, "input": [256, 256],
+                                        "keys": [k for k in COMPLEXITY if k in points[0]]})
     return {"name": name, "description": description, "bpp_source": BPP_SOURCE, **extra,
             "results": results}
 
@@ -263,7 +279,7 @@ def summary_table(results: Mapping[str, Any], labels: Sequence[str] = ()):
             ("psnr-rgb", "PSNR dB", 2), ("ms-ssim", "MS-SSIM", 4), ("lpips", "LPIPS", 4),
             ("grad_corr", "grad corr", 3), ("mse_a_ratio", "MSE_a/t", 3), ("mse_q_ratio", "MSE_q/t", 3),
             ("fid", "FID", 2), ("kid", "KID", 4), ("encoding_time", "enc s", 3),
-            ("decoding_time", "dec s", 3)]
+            ("decoding_time", "dec s", 3), ("kmacs_decoder", "dec KMACs/px", 1)]
     cols = [c for c in cols if c[0] in res]
     table = Table(title=f"{results['name']}: bpp from {BPP_SOURCE}")
     table.add_column("point", overflow="fold")

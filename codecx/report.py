@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from codecx.evaluate import (data_key, data_label, dataset_images, evaluate_codecs, load_codec,
                              results_dict, write_results)
 from codecx.metrics.bdrate import bd_methods, get_metric
+from codecx.metrics.complexity import plot_rdc
 from codecx.metrics.rdplot import plot_rd
 
 GROUP_EXCLUDE = {"lmbda"}
@@ -267,13 +268,22 @@ def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "csv": out / "report.csv", "png": out / "rd.png"}
     plot_rd(list(curves.values()), paths["png"], title=f"{root.name}: baseline {base}")
+    # rate-distortion-complexity (Yang & Mandt 2023): PSNR at a matched rate vs decoder KMACs/px
+    rdc = plot_rdc([merge_results(g, [r.results for r in rs]) for g, rs in groups.items()],
+                   out / "rdc.png", title=f"{root.name}: PSNR at matched rate vs decoder complexity")
+    if rdc is not None:
+        paths["rdc"] = rdc
     columns = COLUMNS if replicates is None else _replicate_columns(replicates)
     with paths["csv"].open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[k for k, _ in columns])
         w.writeheader()
         w.writerows(rows)
-    paths["md"].write_text(_markdown(root, base, baseline, rows, groups, skipped, paths["png"].name,
-                                     columns, replicates))
+    md = _markdown(root, base, baseline, rows, groups, skipped, paths["png"].name, columns, replicates)
+    if rdc is not None:
+        md += (f"\n## Rate-distortion-complexity\n\nPSNR of each group interpolated (linear in log bpp) "
+               f"at one rate all groups cover, against decoder KMACs/pixel (h_s + context + g_s, "
+               f"codecx.metrics.complexity).\n\n![RD-complexity]({rdc.name})\n")
+    paths["md"].write_text(md)
     return paths
 
 
