@@ -16,17 +16,24 @@ Layout (big-endian integers)::
     end-4   4     CRC32 of every byte before it
 
 `unpack` checks every length against the bytes left before reading it, so any input ends in
-`Header, streams` or a `BitstreamError`, never another exception.
+`Header, streams` or a `BitstreamError`, never another exception. `safe_decompress` bounds the
+work before it allocates anything: the image size against a pixel cap (`max_pixels`, default
+2**28), the latent sizes against the image size and the model's strides, the stream count;
+`check_method_names` checks the method names of the header against the known options.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import struct
+import sys
+import tempfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -38,6 +45,7 @@ FINGERPRINT_SIZE = 8
 MAX_STREAMS = 64
 MAX_OPTIONS = 4096
 _FIXED = struct.Struct(">6H")  # H, W, y_h, y_w, z_h, z_w
+MAX_PIXELS = 2**28  # decoding refuses larger images (a 16384 x 16384 photo; configurable)
 
 
 class BitstreamError(ValueError):
@@ -195,14 +203,75 @@ def unpack(data: bytes, expected_fingerprint: Optional[bytes] = None) -> Tuple[H
 
 def expected_latent_shapes(backbone, shape: Tuple[int, int]):
     """(y_shape, z_shape) that `Codec.compress` yields for an image of `shape` (H, W)."""
-    # x is padded to a multiple of the stride; g_a downsamples by 16, h_a by 4 more.
-    # factorized (stride 16, no z): y = ceil(H/16); hyperprior and context models (stride 64):
-    # y = 4 * ceil(H/64), z = ceil(H/64), e.g. 33x70 -> y 4x8, z 1x2 (checked in the tests)
+    # x is padded to a multiple of `stride`; g_a downsamples by `latent_stride` (16), h_a by
+    # stride / latent_stride more; e.g. a hyperprior (stride 64): 33x70 -> y 4x8, z 1x2;
+    # no side information (factorized prior, stride 16): no z
     s = int(backbone.stride)
+    ls = int(getattr(backbone, "latent_stride", 16))
     ph, pw = (math.ceil(int(d) / s) * s for d in shape)
-    if backbone.family == "factorized":
-        return (ph // s, pw // s), None
-    return (4 * ph // s, 4 * pw // s), (ph // s, pw // s)
+    has_side = getattr(backbone, "has_side", getattr(backbone, "family", "") != "factorized")
+    if not has_side:
+        return (ph // ls, pw // ls), None
+    return (ph // ls, pw // ls), (ph // s, pw // s)
+
+
+def check_method_names(options: Mapping[str, Any], known: Mapping[str, Sequence[str]]) -> None:
+    """BitstreamError unless each method name of the header (`known`'s keys, e.g. quantizer,
+    shift) is absent or one of the known options (checked before anything is built from it)."""
+    for key, choices in known.items():
+        if key not in options or options[key] is None:
+            continue
+        name = options[key]
+        if not isinstance(name, str) or name not in set(choices):
+            raise BitstreamError(
+                f"malformed codecx header: {key}={str(name)[:60]!r} is not a known option "
+                f"({', '.join(sorted(choices))}); the file is corrupted or was written by another "
+                "codecx")
+
+
+def check_header(backbone, header: Header, n_streams: int, max_pixels: int = MAX_PIXELS) -> None:
+    """The header's sizes are possible for this model, before anything is allocated: at most
+    `max_pixels` pixels, latent sizes equal to those of the image size and the model's strides,
+    one stream per latent; BitstreamError otherwise."""
+    h, w = header.shape
+    if h * w > max_pixels:
+        raise BitstreamError(
+            f"the header claims a {w}x{h} image ({h * w} pixels), more than the decoder's cap of "
+            f"{max_pixels} pixels; the file is forged or corrupted (raise the cap with "
+            "--max-pixels / max_pixels= only for a file you trust)")
+    y_shape, z_shape = expected_latent_shapes(backbone, header.shape)
+    if (tuple(header.y_shape), header.z_shape and tuple(header.z_shape)) != (y_shape, z_shape):
+        raise BitstreamError(
+            f"latent shapes y={header.y_shape}, z={header.z_shape} do not fit a "
+            f"{h}x{w} image for this model (expected y={y_shape}, "
+            f"z={z_shape}): the file is corrupted or from another model")
+    expected = 1 if z_shape is None else 2
+    if n_streams != expected:
+        raise BitstreamError(f"this model decodes {expected} stream(s), the file has {n_streams}")
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Hold what native code writes to file descriptor 2 (constriction's Rust panic messages and
+    backtraces) in a temp file; yields a callable that returns it. The caller re-emits it when
+    decoding succeeds."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield lambda: ""
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lambda: (tmp.seek(0), tmp.read().decode(errors="replace"))[1]
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _pad(stream: bytes, n_symbols: int) -> bytes:
@@ -214,31 +283,36 @@ def _pad(stream: bytes, n_symbols: int) -> bytes:
     return bytes(stream) + bytes(16 * len(stream) + 8 * n_symbols + 64)
 
 
-def safe_decompress(codec, header: Header, streams: List[bytes]) -> Tensor:
-    """`codec.decompress` for one unpacked image; any failure becomes a `BitstreamError`."""
+def safe_decompress(codec, header: Header, streams: List[bytes], max_pixels: int = MAX_PIXELS) -> Tensor:
+    """`codec.decompress` for one unpacked image; any failure becomes a `BitstreamError`. The
+    header is checked (`check_header`) before anything is allocated; what native code prints
+    while decoding garbage (Rust panic backtraces) is kept off stderr."""
     bb = codec.backbone
+    check_header(bb, header, len(streams), max_pixels)
     y_shape, z_shape = expected_latent_shapes(bb, header.shape)
-    if (tuple(header.y_shape), header.z_shape and tuple(header.z_shape)) != (y_shape, z_shape):
-        raise BitstreamError(
-            f"latent shapes y={header.y_shape}, z={header.z_shape} do not fit a "
-            f"{header.shape[0]}x{header.shape[1]} image for this model (expected y={y_shape}, "
-            f"z={z_shape}): the file is corrupted or from another model")
-    n_streams = 1 if z_shape is None else 2
-    if len(streams) != n_streams:
-        raise BitstreamError(f"this model decodes {n_streams} stream(s), "
-                             f"the file has {len(streams)}")
     n_symbols = [int(bb.M) * y_shape[0] * y_shape[1]]
     if z_shape is not None:
         n_symbols.append(int(bb.entropy_bottleneck.channels) * z_shape[0] * z_shape[1])
-    padded = [_pad(s, n) for s, n in zip(streams, n_symbols)]
-    try:
-        x_hat = codec.decompress([padded], header.shape, y_shape, z_shape, options=[header.options])
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # noqa: BLE001 - whatever garbage does to the decoder, including
-        # constriction's Rust panics (pyo3's PanicException derives from BaseException)
-        raise BitstreamError(f"could not decode the streams ({type(e).__name__}: {e}); "
-                             "the file is corrupted or from another model") from e
+    failed = False
+    with _stderr_captured() as captured:
+        try:
+            padded = [_pad(s, n) for s, n in zip(streams, n_symbols)]
+            x_hat = codec.decompress([padded], header.shape, y_shape, z_shape,
+                                     options=[header.options])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - whatever garbage does to the decoder,
+            # including constriction's Rust panics (pyo3's PanicException derives from
+            # BaseException) and MemoryError
+            failed = e
+        text = captured()
+    if failed is not False:
+        e = failed
+        raise BitstreamError(f"could not decode the streams ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:300]}); the file is corrupted or from "
+                             "another model") from e
+    if text:
+        sys.stderr.write(text)
     # x_hat is clamped to [0, 1], so only NaN can be non-finite: one sum tells
     if tuple(x_hat.shape[-2:]) != tuple(header.shape) or not torch.isfinite(x_hat.sum()):
         raise BitstreamError("the streams decode to an invalid image (wrong size or NaN/inf): "
@@ -256,7 +330,8 @@ def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] =
     return pack(Header.from_output(out, fingerprint, opts), out["strings"][0])
 
 
-def decode_image(codec, data: bytes, fingerprint: Optional[bytes] = None) -> Tuple[Tensor, Header]:
+def decode_image(codec, data: bytes, fingerprint: Optional[bytes] = None,
+                 max_pixels: int = MAX_PIXELS) -> Tuple[Tensor, Header]:
     """Unpack, verify and decode a codecx file; returns (x_hat (1, 3, H, W), header)."""
     header, streams = unpack(data, fingerprint)
-    return safe_decompress(codec, header, streams), header
+    return safe_decompress(codec, header, streams, max_pixels), header

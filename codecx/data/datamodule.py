@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
+from codecx.data.images import oriented_size, to_rgb8
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SOURCES = ("sample", "folder")
 
@@ -53,13 +55,56 @@ def _check_image(path: Path, min_size: int | None) -> str | None:
     """Why `path` is unusable (unreadable or smaller than min_size), or None if it is fine."""
     try:
         with Image.open(path) as im:
-            w, h = im.size
+            w, h = oriented_size(im)
             if min_size is not None and min(w, h) < min_size:
                 return f"{w}x{h} px is smaller than {min_size}x{min_size}"
-            im.load()
+            to_rgb8(im, str(path))  # decodes every pixel: damaged files fail here, not in training
     except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
         return f"unreadable: {type(e).__name__}: {e}"
     return None
+
+
+def check_images(source: str = "sample", train_dir: PathLike | None = None,
+                 val_dir: PathLike | None = None, crop_size: int | None = 256,
+                 val_crop_size: int | None = None) -> None:
+    """Pre-flight check of a data config from the image headers only (fast): the folders exist
+    and hold images, and some image is large enough for each crop; ValueError naming the
+    folder and what to do otherwise."""
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source!r}: unknown source; valid choices: {', '.join(SOURCES)}")
+    if source == "sample":
+        train, val = sample_image_paths()
+        sets = [("data.sample (train)", train, crop_size), ("data.sample (val)", val, val_crop_size)]
+    else:
+        if train_dir is None and val_dir is None:
+            raise ValueError("data=folder needs data.train_dir=DIR (and optionally data.val_dir=DIR)")
+        sets = []
+        if train_dir is not None:
+            files = list_images(train_dir, "data.train_dir")
+            if val_dir is None and len(files) < 2:
+                raise ValueError(f"data.train_dir={train_dir}: found {len(files)} image file(s); need "
+                                 "at least 2 to split off validation (or set data.val_dir=DIR)")
+            sets.append((f"data.train_dir={train_dir}", files, crop_size))
+        if val_dir is not None:
+            sets.append((f"data.val_dir={val_dir}", list_images(val_dir, "data.val_dir"), val_crop_size))
+    for where, files, crop in sets:
+        if not files:
+            raise ValueError(f"{where}: no image files (suffixes {'/'.join(sorted(IMAGE_SUFFIXES))})")
+        if crop is None:
+            continue
+        sizes = []
+        for p in files:
+            try:
+                with Image.open(p) as im:
+                    sizes.append(min(oriented_size(im)))
+            except Exception:  # noqa: BLE001 - unreadable files are skipped (with a warning) later
+                continue
+        if not sizes:
+            raise ValueError(f"{where}: none of the {len(files)} image file(s) can be read")
+        if max(sizes) < crop:
+            raise ValueError(f"{where}: every image is smaller than the {crop}x{crop} crop (largest "
+                             f"short side {max(sizes)} px); lower the crop size (data.crop_size / "
+                             "data.val_crop_size) or use larger images")
 
 
 class ImageFolderDataset(Dataset):
@@ -93,14 +138,15 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, idx: int) -> torch.Tensor:
         """Load image `idx`, crop (random or center), flip (training) and return a (3,H,W) float tensor."""
         with Image.open(self.paths[idx]) as im:
-            c, (w, h) = self.crop_size, im.size
-            if c is not None:
-                if self.train:
-                    top, left = (int(torch.randint(0, n - c + 1, ())) for n in (h, w))
-                else:
-                    top, left = (h - c) // 2, (w - c) // 2
-                im = im.crop((left, top, left + c, top + c))
-            x = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy())
+            arr = to_rgb8(im, str(self.paths[idx]))  # upright, 8-bit RGB
+        c, (h, w) = self.crop_size, arr.shape[:2]
+        if c is not None:
+            if self.train:
+                top, left = (int(torch.randint(0, n - c + 1, ())) for n in (h, w))
+            else:
+                top, left = (h - c) // 2, (w - c) // 2
+            arr = arr[top : top + c, left : left + c]
+        x = torch.from_numpy(np.ascontiguousarray(arr))
         x = x.permute(2, 0, 1).float().div_(255.0)
         if self.train and bool(torch.rand(()) < 0.5):
             x = x.flip(-1)

@@ -1,7 +1,9 @@
-"""Lightning callbacks: real-bitstream evaluation on the validation images during training."""
+"""Lightning callbacks: checkpoints written safely (atomic, fsynced, never non-finite; one
+best.ckpt; a lock per run directory) and real-bitstream evaluation during training."""
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
@@ -20,7 +23,111 @@ LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_st
           "psnr-rgb": "val/psnr", "ms-ssim": "val/ms_ssim"}
 
 
-class LastCheckpoint(ModelCheckpoint):
+PREVIOUS_SUFFIX = ".prev.ckpt"   # last.ckpt's previous version, kept to fall back on
+TEMP_MARK = ".tmp-"              # checkpoints are written as .NAME.tmp-PID beside the target
+LOCK_NAME = ".codecx.lock"
+
+
+class NonFiniteModelError(RuntimeError):
+    """The model's parameters hold NaN/Inf: the checkpoint is not written."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint in the run directory cannot be read to resume from."""
+
+
+class RunDirLockedError(RuntimeError):
+    """Another codecx run holds the lock of this run directory."""
+
+
+def non_finite_tensors(state: Dict[str, Any], limit: int = 3) -> List[str]:
+    """Names of (at most `limit`) floating-point tensors of `state` holding NaN or Inf."""
+    bad = []
+    for name, t in state.items():
+        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: bool = False) -> None:
+    """`torch.save` that never leaves a partial `path`: write `.NAME.tmp-PID` in the same
+    directory (same filesystem), fsync, rename over `path`, fsync the directory. With
+    `keep_previous`, the old `path` becomes NAME.prev.ckpt first (the fallback for resume)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.is_file():
+            os.replace(path, previous_path(path))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the previous version of checkpoint `path` is kept (last.ckpt -> last.prev.ckpt)."""
+    p = Path(path)
+    return p.with_name(p.name[: -len(".ckpt")] + PREVIOUS_SUFFIX if p.name.endswith(".ckpt")
+                       else p.name + PREVIOUS_SUFFIX)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, made safe: atomic writes beside the target with fsync
+    (`atomic_torch_save`; Lightning's default goes through a temp file of fsspec that a kill
+    leaves behind), a refusal to write non-finite parameters, last.ckpt's previous version
+    kept as last.prev.ckpt, and loading with weights_only=True (no code runs from a file)."""
+
+    def __init__(self, keep_previous: Tuple[str, ...] = ("last.ckpt",)):
+        super().__init__()
+        self.keep_previous = tuple(keep_previous)
+
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        bad = non_finite_tensors(checkpoint.get("state_dict", {}))
+        if bad:
+            raise NonFiniteModelError(
+                f"step {checkpoint.get('global_step', '?')}: parameters are not finite (NaN/Inf in "
+                f"{', '.join(bad)}); {Path(path).name} was not written, the last finite checkpoint "
+                "is kept")
+        atomic_torch_save(checkpoint, path, keep_previous=Path(path).name in self.keep_previous)
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class _FiniteSave:
+    """Checkpoint callbacks never write a model whose parameters are not finite."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        bad = non_finite_tensors(dict(trainer.lightning_module.state_dict()))
+        if bad:
+            raise NonFiniteModelError(
+                f"step {trainer.global_step}: parameters are not finite (NaN/Inf in {', '.join(bad)}); "
+                f"{Path(filepath).name} was not written, the last finite checkpoint is kept")
+        super()._save_checkpoint(trainer, filepath)
+
+
+class LastCheckpoint(_FiniteSave, ModelCheckpoint):
     """`last.ckpt` every `every_n_train_steps` steps *and* at the end of training, always
     overwritten in place. (Lightning's `save_last` writes at the end only when it never wrote
     before, so a run whose max_steps is not a multiple of the interval would end with stale
@@ -45,6 +152,105 @@ class LastCheckpoint(ModelCheckpoint):
             return
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class BestCheckpoint(_FiniteSave, ModelCheckpoint):
+    """One `best.ckpt`: the lowest `monitor` so far, overwritten in place (never best-v1.ckpt);
+    after a resume the restored best score decides whether a new one replaces it."""
+
+    def __init__(self, dirpath, monitor: str = "val/loss", mode: str = "min"):
+        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                         auto_insert_metric_name=False, enable_version_counter=False)
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory (`.codecx.lock`, flock: released by the OS when the
+    process ends, even on kill -9), so that two runs never write into one directory."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunDirLock":
+        """Take the lock or raise RunDirLockedError naming the holder and the way out."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunDirLockedError(
+                f"another run (pid {holder}) is using {self.path.parent} (lock {self.path}); wait "
+                "for it to finish, or give this run its own directory (hydra.run.dir=DIR)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def check(self) -> None:
+        """Raise RunDirLockedError if another process holds the lock (takes nothing)."""
+        if not self.path.is_file():
+            return
+        self.acquire()
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def remove_temp_files(ckpt_dir: str | os.PathLike) -> List[Path]:
+    """Delete checkpoint temp files a killed run left in `ckpt_dir` (call under the run lock)."""
+    d = Path(ckpt_dir)
+    removed = []
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.name.startswith(".") and TEMP_MARK in p.name and p.is_file():
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _readable(path: Path) -> Optional[str]:
+    """Why checkpoint `path` cannot be resumed from (unreadable, not a checkpoint, non-finite),
+    or None when it is fine."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, foreign pickle, ...
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        return "not a Lightning training checkpoint"
+    bad = non_finite_tensors(ckpt["state_dict"])
+    return f"non-finite parameters ({', '.join(bad)})" if bad else None
+
+
+def resume_checkpoint(ckpt_dir: str | os.PathLike, name: str = "last.ckpt") -> Optional[Path]:
+    """The checkpoint to resume from: `name` if readable, else its kept previous version (with
+    a warning); None when neither exists; CorruptCheckpointError naming the way out otherwise."""
+    last = Path(ckpt_dir) / name
+    prev = previous_path(last)
+    why = _readable(last) if last.is_file() else None
+    if last.is_file() and why is None:
+        return last
+    if prev.is_file():
+        why_prev = _readable(prev)
+        if why_prev is None:
+            if last.is_file():
+                warnings.warn(f"{last} is damaged ({why}); resuming from the previous checkpoint "
+                              f"{prev}", stacklevel=2)
+            return prev
+        if not last.is_file():
+            why, last = why_prev, prev
+    if not last.is_file():
+        return None
+    raise CorruptCheckpointError(
+        f"cannot resume: {last} is damaged ({why}) and no usable previous checkpoint "
+        f"({prev.name}) is there; start over in this directory with resume=false (its checkpoints "
+        "are overwritten), or train in another one (hydra.run.dir=DIR)")
 
 
 class RealBitstreamEval(Callback):
