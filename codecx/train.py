@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -15,9 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from codecx.config import (ConfigError, check_targets, main_with_precheck, register_configs,
-                           to_container)
-from codecx.lit.callbacks import LastCheckpoint, RealBitstreamEval
+from codecx.config import (ConfigError, check_targets, hydra_run_dir, main_with_precheck, one_line,
+                           register_configs, to_container)
+from codecx.config.check import TARGET_GROUPS
+from codecx.lit.callbacks import (AtomicCheckpointIO, BestCheckpoint, CorruptCheckpointError,
+                                  LastCheckpoint, NonFiniteModelError, RealBitstreamEval,
+                                  RunDirLock, RunDirLockedError, remove_temp_files,
+                                  resume_checkpoint)
 from codecx.lit.module import LitCodec
 from codecx.models.codec import Codec
 
@@ -52,24 +57,128 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
     t = {k: v for k, v in t.items() if v is not None or k in NULL_IS_A_SETTING}
     ckpt_dir = run_dir / "checkpoints"
     last = LastCheckpoint(ckpt_dir, every_n_train_steps=cfg.checkpoint.every_n_steps)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.checkpoint.monitor,
-                           mode="min", save_top_k=1, auto_insert_metric_name=False)
+    best = BestCheckpoint(ckpt_dir, monitor=cfg.checkpoint.monitor, mode="min")
     logger = instantiate(cfg.logger) if cfg.logger else False
     evaluation = RealBitstreamEval(**OmegaConf.to_container(cfg.eval, resolve=True))
-    return pl.Trainer(strategy=strategy, logger=logger,
+    return pl.Trainer(strategy=strategy, logger=logger, plugins=[AtomicCheckpointIO()],
                       callbacks=[last, best, evaluation, *callbacks],
                       default_root_dir=str(run_dir), **t)
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Checks that need the composed config, before anything is built or trained."""
-    check_targets(cfg, GROUPS)
+def _at_least(cfg: DictConfig, key: str, low: int, optional: bool = False, what: str = "") -> None:
+    """ConfigError unless the integer at `key` is >= `low` (None allowed when `optional`)."""
+    v = OmegaConf.select(cfg, key)
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{key}={v}: must be an integer >= {low}{what}")
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """Ranges of the numeric knobs (each failure names the key and what it takes)."""
+    for key in ("lmbda", "alpha"):
+        v = cfg[key]
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{key}={v}: must be a finite number")
     if not cfg.lmbda > 0:
         raise ConfigError(f"lmbda={cfg.lmbda}: must be > 0 (e.g. 0.0018, 0.0035, 0.0067, 0.013)")
     if cfg.alpha < 0:
         raise ConfigError(f"alpha={cfg.alpha}: must be >= 0")
-    if cfg.trainer.max_steps <= 0 and cfg.trainer.max_epochs <= 0:
+    if "N" in cfg.model:
+        _at_least(cfg, "model.N", 1)
+    if "M" in cfg.model:
+        _at_least(cfg, "model.M", 1, optional=True)
+    _at_least(cfg, "data.crop_size", 16, what=" (pixels of the training crops)")
+    _at_least(cfg, "data.val_crop_size", 16, optional=True)
+    _at_least(cfg, "data.batch_size", 1)
+    _at_least(cfg, "data.val_batch_size", 1)
+    _at_least(cfg, "data.num_workers", 0)
+    _at_least(cfg, "data.repeat", 1)
+    _at_least(cfg, "data.max_val_images", 1, optional=True)
+    _at_least(cfg, "eval.every_n_steps", 0, what=" (0: only the final evaluation)")
+    _at_least(cfg, "eval.max_images", 1, optional=True)
+    _at_least(cfg, "eval.final_max_images", 1, optional=True)
+    _at_least(cfg, "eval.log_images", 0)
+    _at_least(cfg, "checkpoint.every_n_steps", 0)
+    _at_least(cfg, "trainer.num_nodes", 1)
+    _at_least(cfg, "trainer.log_every_n_steps", 1)
+    t = cfg.trainer
+    if t.max_steps == 0 or t.max_epochs == 0:
+        raise ConfigError(f"trainer.max_steps={t.max_steps}, trainer.max_epochs={t.max_epochs}: "
+                          "0 trains nothing; set a positive number (-1: no limit)")
+    if t.max_steps < -1 or t.max_epochs < -1:
+        raise ConfigError(f"trainer.max_steps={t.max_steps}, trainer.max_epochs={t.max_epochs}: "
+                          "must be positive (or -1: no limit)")
+    if t.max_steps <= 0 and t.max_epochs <= 0:
         raise ConfigError("set trainer.max_steps (or trainer.max_epochs) to a positive number")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        v = t[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+                              or (key == "limit_train_batches" and v == 0)
+                              or (isinstance(v, float) and v > 1)):
+            raise ConfigError(f"trainer.{key}={v}: must be a fraction in (0, 1] or a number of "
+                              "batches >= 1" + (" (0 trains nothing)" if key == "limit_train_batches" else ""))
+    devices = t.devices
+    if isinstance(devices, bool) or (isinstance(devices, int) and devices == 0) or (
+            isinstance(devices, int) and devices < -1):
+        raise ConfigError(f"trainer.devices={devices}: must be >= 1, -1 (all), 'auto' or a list "
+                          "of device indices")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """Accelerator, devices, strategy and precision as Lightning's Trainer accepts them (built
+    once, nothing run): e.g. accelerator=gpu without a GPU, precision=bogus."""
+    t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    keys = ("accelerator", "devices", "num_nodes", "precision")
+    args = {k: t[k] for k in keys if t.get(k) is not None}
+    strategy = t.get("strategy")
+    if isinstance(strategy, str):
+        args["strategy"] = strategy
+    quiet = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, **args)
+    except Exception as e:  # noqa: BLE001 - Lightning's MisconfigurationException, ValueError, ...
+        given = ", ".join(f"trainer.{k}={v}" for k, v in args.items())
+        raise ConfigError(f"{one_line(e)} ({given})") from None
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """The training and validation images exist, are readable and fit the crops."""
+    from codecx.data import check_images
+
+    d = cfg.data
+    check_images(d.source, d.train_dir, d.val_dir, d.crop_size, d.val_crop_size)
+
+
+def validate_config(cfg: DictConfig, build: bool = True) -> None:
+    """Checks that need the composed config, before anything is built or trained (run on every
+    sweep job by the pre-flight check): keys, ranges, the trainer settings, the images, and
+    (`build`) the model built once, so that e.g. quantizer=hex with bmshj_factorized fails here."""
+    check_targets(cfg, TARGET_GROUPS)
+    _check_numbers(cfg)
+    _check_trainer(cfg)
+    _check_data(cfg)
+    if build:
+        try:
+            build_module(cfg)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - instantiate wraps the builders' errors
+            cause = e.__cause__ if e.__cause__ is not None else e
+            raise ConfigError(f"cannot build the model: {one_line(cause)}") from None
+
+
+def _is_launcher() -> bool:
+    """True in the process that owns the run directory (not a DDP / SLURM worker rank)."""
+    env = os.environ
+    return all(int(env.get(k, "0") or 0) == 0 for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def final_report(trainer: pl.Trainer, module: LitCodec) -> Dict[str, float]:
@@ -79,24 +188,37 @@ def final_report(trainer: pl.Trainer, module: LitCodec) -> Dict[str, float]:
 
 
 def run(cfg: DictConfig) -> Dict[str, float]:
-    """Train according to `cfg` in the Hydra output dir; resume from last.ckpt if present."""
-    validate_config(cfg)
+    """Train according to `cfg` in the Hydra output dir; resume from last.ckpt if present (its
+    kept previous version if last.ckpt is damaged). The run directory is locked for the run."""
+    validate_config(cfg, build=False)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    lock = RunDirLock(run_dir).acquire() if _is_launcher() else None
+    try:
+        if lock is not None:
+            remove_temp_files(ckpt_dir)
+        return _train(cfg, run_dir, ckpt_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resume_checkpoint(ckpt_dir) if cfg.resume else None
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     trainer = build_trainer(cfg, run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.resume and last.is_file() else None
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                weights_only=True)
     if not trainer.is_global_zero:
         return {}
     result = final_report(trainer, module)
-    best = run_dir / "checkpoints" / "best.ckpt"
+    last, best = ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt"
     print(f"\ncodecx: trained {cfg.model.name} for {trainer.global_step} steps (lmbda={cfg.lmbda})")
-    print(f"  checkpoint: {last if last.is_file() else best}")
+    print(f"  checkpoint: {last if last.is_file() else best if best.is_file() else 'none written'}")
     if best.is_file():
         print(f"  best      : {best}")
     if trainer.logger is not None and trainer.logger.log_dir:
@@ -108,19 +230,59 @@ def run(cfg: DictConfig) -> Dict[str, float]:
     return result
 
 
+def _non_finite_errors() -> tuple:
+    """NonFiniteModelError and the module's NonFiniteLossError (when it defines one)."""
+    from codecx.lit import module as lit_module
+
+    loss_error = getattr(lit_module, "NonFiniteLossError", None)
+    return (NonFiniteModelError,) + ((loss_error,) if isinstance(loss_error, type) else ())
+
+
+def _fail(message: Any, code: int) -> None:
+    """One line on stderr and exit `code` (HYDRA_FULL_ERROR=1: re-raise for the traceback)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise
+    print(f"codecx: {one_line(message)}", file=sys.stderr)
+    raise SystemExit(code) from None
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
+    """One run: configuration errors exit 2, run errors (locked directory, damaged checkpoint,
+    non-finite training) exit 1, each with one line."""
     try:
         result = run(cfg)
     except ConfigError as e:
-        log.error("configuration error: %s", e)
-        raise SystemExit(2) from None
+        _fail(f"configuration error: {e}", 2)
+    except (RunDirLockedError, CorruptCheckpointError) as e:
+        _fail(f"error: {e}", 1)
+    except _non_finite_errors() as e:
+        _fail(f"training stopped: {e}", 1)
+    except (ValueError, FileNotFoundError) as e:  # data and build problems Lightning meets first
+        _fail(f"error: {e}", 1)
     return float(result.get("bpp", math.nan))
 
 
+def _check_run_dir(overrides: List[str]) -> None:
+    """Before Hydra writes .hydra/ into the run directory: refuse if another run holds it."""
+    import sys as _sys
+
+    if "-m" in _sys.argv[1:] or "--multirun" in _sys.argv[1:] or not _is_launcher():
+        return
+    run_dir = hydra_run_dir(overrides, CONF_DIR, "train")
+    if run_dir is None:
+        return
+    try:
+        RunDirLock(run_dir).check()
+    except RunDirLockedError as e:
+        print(f"codecx: error: {e}", file=_sys.stderr)
+        raise SystemExit(1) from None
+
+
 def main() -> None:
-    """Entry point: check every override (and sweep value) first, then run Hydra."""
-    main_with_precheck(_hydra_main, CONF_DIR, "train", "codecx")
+    """Entry point: check every override (and every sweep job) first, then run Hydra."""
+    main_with_precheck(_hydra_main, CONF_DIR, "train", "codecx", validate=validate_config,
+                       before=_check_run_dir)
 
 
 if __name__ == "__main__":
