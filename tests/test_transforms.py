@@ -162,3 +162,135 @@ def test_factorized_prior_uses_channel_medians():
         t.attach(codec)
         out = t(y, WalkState(codec=codec, mode="eval", y=y, params=params))
         assert out.shape == y.shape
+
+
+# ---------------------------------------------------------------- in the codec pipeline
+def _codec_with(t, name="mbt_mean"):
+    from codecx.models import Codec, build_backbone
+    from codecx.quantizers import MixedQuantizer
+
+    return Codec(build_backbone(name, N=8, M=None if name.startswith("cheng") else M),
+                 MixedQuantizer(), transforms=[t])
+
+
+def _perturb(t):
+    """Non-trivial transform weights (zero-initialised ones would leave y_hat unchanged)."""
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+
+
+def _image(seed=0, size=64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, size // 8, size // 8, generator=g)
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+CODEC_CASES = [("mbt_mean", 0), ("mbt_mean", 1), ("mbt_mean", 2), ("mbt_mean", 3), ("mbt_mean", 4),
+               ("mbt", 2), ("bmshj_hyperprior", 0)]
+
+
+@pytest.mark.parametrize("name,which", CODEC_CASES,
+                         ids=[f"{n}-{IDS[w]}" for n, w in CODEC_CASES])
+def test_real_bitstream_round_trip_reproduces_y_hat_prime(name, which):
+    """The decoder of a real codecx file sees exactly the encoder side's y_hat' (g_s input) and
+    decodes exactly the eval forward's image; the transform's weights are in the state dict."""
+    from codecx.evaluate import prepare
+    from codecx.metrics.rd import code_image
+
+    torch.manual_seed(0)
+    t = ALL[which]()
+    codec = _codec_with(t, name)
+    _perturb(t)
+    own = {f"transforms.0.{k}" for k, _ in t.named_parameters()}
+    assert own <= set(codec.state_dict())
+    codec = prepare(codec)
+    seen = []
+    hook = codec.backbone.g_s.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
+    x = _image(which)
+    out = codec(x)
+    row, x_dec = code_image(codec, x)
+    hook.remove()
+    assert torch.equal(x_dec, out.x_hat.clamp(0, 1))
+    assert any(torch.equal(s, seen[0]) for s in seen[1:])  # the decoder's g_s input: y_hat'
+    y_q = codec.quantizer.hard(out.y, out.params)  # the coded y_hat, before the transform
+    assert torch.equal(seen[0], out.y_hat)
+    assert torch.equal(seen[0], y_q) != bool(own)  # trained weights change what g_s sees
+
+
+def test_compose_train_checkpoint_and_eval(tmp_path):
+    """transform=[lpc,latent_mse] from Hydra; a Lightning step trains the transform (latent-MSE
+    logged and in the loss); the checkpoint rebuilds the codec with it and no extra flag."""
+    import pytorch_lightning as pl
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from torch.utils.data import DataLoader
+
+    from codecx.evaluate import load_codec
+    from codecx.train import CONF_DIR, build_module
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=["model.N=8", f"model.M={M}", "quantizer=mixed",
+                                              "transform=[lpc,latent_mse]", "transform.lpc.latent_mse=0.5",
+                                              "transform.latent_mse.weight=0.25", "lmbda=0.01"])
+    finally:
+        GlobalHydra.instance().clear()
+    pl.seed_everything(0)
+    module = build_module(cfg)
+    ts = list(module.codec.transforms)
+    assert [type(t) for t in ts] == [LPC, LatentMSE] and ts[0].latent_mse == 0.5
+    before = {k: v.clone() for k, v in ts[0].state_dict().items()}
+    x = torch.stack([_image(i)[0] for i in range(2)])
+    module.train()
+    out = module.codec(x)
+    assert set(out.losses) == {"latent_mse"} and "latent_mse_raw" in out.metrics
+    # both terms: 0.5 * lpc's y_hat' error + 0.25 * the same y_hat' error (latent_mse runs after lpc)
+    assert out.losses["latent_mse"].item() == pytest.approx(0.75 * out.metrics["latent_mse_raw"].item(), rel=1e-5)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader([x[0], x[1]], batch_size=2))
+    assert trainer.global_step == 2
+    assert any(not torch.equal(before[k], v) for k, v in ts[0].state_dict().items())
+    assert all(torch.isfinite(v).all() for v in ts[0].state_dict().values())
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    codec, config = load_codec(path)
+    assert [type(t) for t in codec.transforms] == [LPC, LatentMSE]
+    assert torch.equal(codec.transforms[0].mu_r, ts[0].mu_r.detach())
+    module.codec.eval()
+    with torch.no_grad():
+        assert torch.equal(codec(x[:1]).x_hat, module.codec(x[:1]).x_hat)
+
+
+@pytest.mark.parametrize("which", [0, 2], ids=[IDS[0], IDS[2]])
+def test_training_lowers_the_loss(which):
+    """A few real Lightning steps on one batch with only the transform trainable lower the loss."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from codecx.lit import LitCodec, Schedule
+
+    pl.seed_everything(0)
+    t = ALL[which]()
+    codec = _codec_with(t)
+    stages = [{"steps": None, "trainable": ["transforms"]}]  # the codec frozen: only the transform learns
+    module = LitCodec(codec, lmbda=0.05, schedule=Schedule(lr=1e-2, scheduler="constant", stages=stages))
+    frozen = [p.detach().clone() for p in codec.backbone.parameters()]
+    x = _image(5)
+
+    def loss():
+        module.eval()
+        with torch.no_grad():
+            out = codec(x)
+            return module.codec_loss(x, out, 0)[0].item()
+
+    first = loss()
+    module.train()
+    trainer = pl.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader([x[0]], batch_size=1))
+    last = loss()
+    assert math.isfinite(last) and last < first
+    assert all(torch.equal(a, b) for a, b in zip(frozen, codec.backbone.parameters()))
