@@ -16,7 +16,7 @@ from torch import Tensor
 
 from codecx.coding.container import codec_fingerprint
 from codecx.lit.module import resize_cdf_buffers
-from codecx.metrics.rd import code_image, to_uint8
+from codecx.metrics.rd import WEIGHTED, aggregate, code_image, to_uint8
 from codecx.models.codec import Codec
 
 BPP_SOURCE = "codecx file: header, streams and CRC"
@@ -51,17 +51,51 @@ def set_coding_threads(n: Optional[int] = None) -> int:
     return n
 
 
+def safe_globals() -> List[Any]:
+    """What codecx checkpoints may hold beyond tensors and plain containers (allow-listed for
+    `torch.load(weights_only=True)`): paths stored in data hyper-parameters."""
+    import pathlib
+
+    return [pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath]
+
+
+def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` with codecx's allow-list: a file whose unpickling
+    would run code (or build any other object) is refused with one CheckpointError line."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        import re
+
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e)) or re.search(
+            r"Unsupported operand \d+", str(e))
+        detail = found.group(1) if found and found.groups() else (found.group(0) if found else
+                                                                 one_line_text(e)[:200])
+        raise CheckpointError(
+            f"{what} {path}: refused: loading it would need {detail}, which codecx never stores "
+            "(checkpoints are loaded with weights_only=True, no code runs from a file); use a "
+            "checkpoint written by codecx's train.py, or re-save the state dict you trust with "
+            "torch.save(model.state_dict(), PATH)") from None
+    except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, ...
+        raise CheckpointError(f"{what} {path}: not a readable PyTorch file ({type(e).__name__}: "
+                              f"{one_line_text(e)[:300]})") from None
+
+
+def one_line_text(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """The dict of a train.py checkpoint; CheckpointError with what is wrong otherwise."""
+    """The dict of a train.py checkpoint (loaded with weights_only=True: no code runs);
+    CheckpointError with what is wrong otherwise."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file (train.py writes "
                               "<run dir>/checkpoints/last.ckpt and best.ckpt)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling problem
-        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch file ({type(e).__name__}: "
-                              f"{e})") from None
+    ckpt = torch_load_safe(p)
     if not isinstance(ckpt, dict) or "codecx_config" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(
             f"checkpoint {path}: not a codecx training checkpoint (no 'codecx_config'/'state_dict'); "
@@ -76,7 +110,7 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     if not p.is_file():
         return -1
     try:
-        return int(torch.load(p, map_location="cpu", weights_only=True).get("global_step", -1))
+        return int(torch_load_safe(p).get("global_step", -1))
     except Exception:  # noqa: BLE001 - a damaged or foreign file
         return -1
 
@@ -146,6 +180,20 @@ def dataset_images(dataset, max_images: Optional[int] = None) -> List[Image]:
 
 
 @torch.no_grad()
+def skip_small_images(images: List[Image], stride: int) -> List[Image]:
+    """The images at least `stride` px on each side; the others are dropped with one warning
+    naming them (a 1x1 image costs ~500 bpp of header and padding and would dominate a mean)."""
+    keep = [(n, x) for n, x in images if min(x.shape[-2:]) >= stride]
+    small = [f"{n} ({x.shape[-1]}x{x.shape[-2]})" for n, x in images if min(x.shape[-2:]) < stride]
+    if small:
+        warnings.warn(f"skipped {len(small)} image(s) smaller than the model's stride ({stride} px): "
+                      + ", ".join(small), stacklevel=3)
+    if not keep:
+        raise ValueError(f"no image of at least {stride}x{stride} px to evaluate (skipped: "
+                         f"{', '.join(small)})")
+    return keep
+
+
 def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=None, fid=None,
              progress: bool = True, description: str = "coding",
              on_image: Optional[Callable[[str, Tensor, Tensor], None]] = None,
@@ -162,7 +210,7 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
     from rich.console import Console
     from rich.progress import track
 
-    images = list(images)
+    images = skip_small_images(list(images), int(getattr(codec.backbone, "stride", 1)))
     if grad_corr is None:
         grad_corr = codec.shift is not None
     console = Console(stderr=True)
@@ -209,11 +257,12 @@ def _complexity(codec: Codec) -> Dict[str, float]:
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], fid=None) -> Dict[str, float]:
-    """One RD point: the mean of every metric over the images (+ FID/KID from `fid`)."""
+    """One RD point: the mean of every metric over the images (MS-SSIM over the images large
+    enough for it), the pixel-weighted aggregates `bpp_weighted` / `psnr-rgb_weighted` (total
+    bits / total pixels; PSNR of the pooled MSE) (+ FID/KID from `fid`)."""
     if not rows:
         raise ValueError("no images were evaluated")
-    point = {k: sum(float(r[k]) for r in rows) / len(rows) for k in METRICS if k in rows[0]}
-    point["images"] = len(rows)
+    point = aggregate(rows, [k for k in METRICS if k in rows[0]])
     if fid is not None:
         try:
             point.update(fid.compute())
@@ -244,7 +293,8 @@ def results_dict(name: str, points: Sequence[Mapping[str, Any]], description: st
                  **extra: Any) -> Dict[str, Any]:
     """CompressAI's results layout: `results[metric]` lists one value per point (checkpoint),
     so a rate sweep is one RD curve; non-finite values (MS-SSIM of small images) become null."""
-    keys = [k for k in (*METRICS, "fid", "kid", "kid_std", *COMPLEXITY) if k != "bytes" and k in points[0]]
+    keys = [k for k in (*METRICS, *WEIGHTED, "fid", "kid", "kid_std", *COMPLEXITY)
+            if k != "bytes" and k in points[0]]
     results = {k: [_json_number(float(p[k])) for p in points] for k in keys}
     if "kmacs_decoder" in points[0]:
         from codecx.metrics.complexity import COUNTER

@@ -67,3 +67,31 @@ def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Tuple[D
 def measure_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Dict[str, float]:
     """The metrics of `code_image` (real codecx file, header included in `bpp`)."""
     return code_image(codec, x, fingerprint)[0]
+
+
+# pixel-weighted aggregates of a set of images, beside the per-image means
+WEIGHTED = ("bpp_weighted", "psnr-rgb_weighted")
+
+
+def aggregate(rows, keys) -> Dict[str, float]:
+    """One RD point of per-image rows: the mean of each of `keys` over the images where it is
+    defined (an image too small for MS-SSIM does not blank the set's MS-SSIM: `ms-ssim_images`
+    counts the images it covers), `images`, and the pixel-weighted aggregates of the image
+    codec literature: `bpp_weighted` = total file bits / total pixels, `psnr-rgb_weighted` =
+    PSNR of the MSE pooled over all pixels (rows need `height`, `width`, `bytes`, `psnr-rgb`)."""
+    point: Dict[str, float] = {}
+    for k in keys:
+        vals = [float(r[k]) for r in rows if k in r and r[k] is not None and not math.isnan(float(r[k]))]
+        point[k] = sum(vals) / len(vals) if vals else float("nan")
+        if k == "ms-ssim":
+            point["ms-ssim_images"] = len(vals)
+    point["images"] = len(rows)
+    if rows and all("height" in r and "width" in r for r in rows):
+        pixels = [int(r["height"]) * int(r["width"]) for r in rows]
+        total = sum(pixels)
+        if all("bytes" in r for r in rows):
+            point["bpp_weighted"] = sum(8 * float(r["bytes"]) for r in rows) / total
+        if all("psnr-rgb" in r for r in rows):
+            mse = sum(n * 255.0**2 * 10 ** (-float(r["psnr-rgb"]) / 10) for n, r in zip(pixels, rows)) / total
+            point["psnr-rgb_weighted"] = float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return point
