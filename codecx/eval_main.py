@@ -141,18 +141,27 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
+    """One evaluation: configuration, checkpoint and data problems exit 2, other failures
+    (e.g. out of memory) exit 1, each with one line (CODECX_DEBUG=1 or HYDRA_FULL_ERROR=1:
+    the traceback)."""
+    debug = os.environ.get("CODECX_DEBUG") or os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         run(cfg)
     except (ValueError, FileNotFoundError) as e:  # config, checkpoint and data problems
-        if os.environ.get("CODECX_DEBUG"):
+        if debug:
             raise
-        print(f"codecx eval: error: {e}", file=sys.stderr)
+        print(f"codecx eval: error: {' '.join(str(e).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (RuntimeError, MemoryError, OSError) as e:
+        if debug:
+            raise
+        print(f"codecx eval: error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def main() -> None:
     """Entry point: check every override first (valid choices and keys), then run Hydra."""
-    main_with_precheck(_hydra_main, CONF_DIR, "eval", "codecx eval")
+    main_with_precheck(_hydra_main, CONF_DIR, "eval", "codecx eval", validate=validate)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from torch import Tensor
 from codecx.coding.container import codec_fingerprint
 from codecx.lit.module import resize_cdf_buffers
 from codecx.metrics.rd import WEIGHTED, aggregate, code_image, to_uint8
+from codecx.models.build import build_codec
 from codecx.models.codec import Codec
 
 BPP_SOURCE = "codecx file: header, streams and CRC"
@@ -123,20 +124,20 @@ def prepare(codec: Codec) -> Codec:
 
 
 def codec_from_config(model: Mapping, quantizer: Optional[Mapping] = None,
-                      shift: Optional[Mapping] = None) -> Codec:
+                      shift: Optional[Mapping] = None, **rest) -> Codec:
     """A codec from plain `model` / `quantizer` / `shift` config dicts (each one `_target_` node;
-    no `shift`: no latent shift)."""
-    return Codec(instantiate(dict(model)), instantiate(dict(quantizer or DEFAULT_QUANTIZER)),
-                 instantiate(dict(shift)) if shift else None)
+    no `shift`: no latent shift); `rest`: `transform`, `refine`, `lmbda` (codecx.models.build_codec)."""
+    return build_codec({"model": model, "quantizer": quantizer or DEFAULT_QUANTIZER, "shift": shift, **rest})
 
 
 def load_codec(ckpt_path: str | os.PathLike, quantizer_override: Optional[Mapping] = None,
-               shift: Optional[Mapping] = None, scale_levels: Optional[int] = None
-               ) -> Tuple[Codec, Dict[str, Any]]:
+               shift: Optional[Mapping] = None, scale_levels: Optional[int] = None,
+               refine: Optional[Mapping] = None) -> Tuple[Codec, Dict[str, Any]]:
     """(codec ready to code, its config) from a train.py checkpoint's `codecx_config` and weights;
     `quantizer_override` (a `_target_` dict) replaces the trained quantizer, `shift` (a
     `_target_` dict of codecx.inference.latent_shift.LatentShift) adds a latent shift,
-    `scale_levels` replaces the model's scale table size (64: CompressAI's CDF tables)."""
+    `scale_levels` replaces the model's scale table size (64: CompressAI's CDF tables),
+    `refine` (a multi-select `refine` node) replaces the encoder refiners."""
     ckpt = load_checkpoint(ckpt_path)
     config = dict(ckpt["codecx_config"])
     config["model"] = dict(config["model"], weights=None)  # the checkpoint holds the weights
@@ -147,7 +148,9 @@ def load_codec(ckpt_path: str | os.PathLike, quantizer_override: Optional[Mappin
     config.pop("shift", None)
     if shift:
         config["shift"] = dict(shift)
-    codec = codec_from_config(config["model"], config["quantizer"], config.get("shift"))
+    if refine is not None:
+        config["refine"] = dict(refine)
+    codec = build_codec(config)
     state = {k[len("codec."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("codec.")}
     if quantizer_override:  # the new quantizer keeps its own state (if any)
         own = codec.quantizer.state_dict()
@@ -168,6 +171,8 @@ def fingerprint_of(codec: Codec, config: Mapping[str, Any]) -> bytes:
     parts = {"model": model, "quantizer": dict(config["quantizer"])}
     if config.get("shift"):  # the decoder needs the same candidate steps
         parts["shift"] = dict(config["shift"])
+    if config.get("transform"):  # and the same latent transforms
+        parts["transform"] = dict(config["transform"])
     return codec_fingerprint(codec, parts)
 
 

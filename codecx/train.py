@@ -24,6 +24,7 @@ from codecx.lit.callbacks import (AtomicCheckpointIO, BestCheckpoint, CorruptChe
                                   RunDirLock, RunDirLockedError, remove_temp_files,
                                   resume_checkpoint)
 from codecx.lit.module import LitCodec
+from codecx.models.build import build_codec as _build_codec, instantiate_list
 from codecx.models.codec import Codec
 
 log = logging.getLogger("codecx")
@@ -35,14 +36,16 @@ register_configs()
 
 
 def build_codec(cfg: DictConfig) -> Codec:
-    """The codec pipeline of a config: backbone (model group) + quantizer group."""
-    return Codec(instantiate(cfg.model), instantiate(cfg.quantizer))
+    """The codec pipeline of a config: backbone, quantizer, latent transforms (and refiners)."""
+    return _build_codec(to_container(cfg))
 
 
 def build_module(cfg: DictConfig) -> LitCodec:
-    """The LightningModule of a config."""
-    return LitCodec(build_codec(cfg), instantiate(cfg.reg), lmbda=cfg.lmbda,
-                    schedule=instantiate(cfg.schedule), config=to_container(cfg))
+    """The LightningModule of a config: the codec, its regularizers, distortion, rate and schedule."""
+    optional = lambda key: instantiate(cfg[key]) if cfg.get(key) else None  # noqa: E731
+    return LitCodec(build_codec(cfg), instantiate_list(OmegaConf.to_container(cfg.reg, resolve=True)),
+                    lmbda=cfg.lmbda, schedule=instantiate(cfg.schedule), config=to_container(cfg),
+                    distortion=optional("distortion"), rate=optional("rate"))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> pl.Trainer:

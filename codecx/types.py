@@ -66,6 +66,8 @@ class QuantizerOutput:
     y_hat: Tensor
     likelihoods: Tensor
     metrics: Dict[str, Tensor] = field(default_factory=dict)
+    #: loss terms this stage adds to the codec loss (already weighted)
+    losses: Dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +81,8 @@ class CodecOutput:
     params: EntropyParams
     z_hat: Optional[Tensor] = None
     metrics: Dict[str, Tensor] = field(default_factory=dict)
+    #: loss terms the stages added (quantizer, latent transforms), already weighted
+    losses: Dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from compressai.entropy_models import GaussianConditional
 from torch import Tensor, nn
 
 from codecx.quantizers.scalar import ScalarQuantizer
+from codecx.transforms.base import LatentTransform, WalkState
 from codecx.types import EntropyParams
 
 __all__ = ["LatentShift", "SHIFT_MODES", "gaussian_bin_nll_grad", "rate_gradient", "side_rate_gradient",
@@ -103,8 +104,8 @@ def _index(options: Optional[Dict], key: str, n: int) -> int:
     return k
 
 
-class LatentShift(nn.Module):
-    """Encoder-chosen shift of the decoded latents (see the module docstring).
+class LatentShift(LatentTransform):
+    """Encoder-chosen shift of the decoded latents (paper 001, sec. 4), a latent transform.
 
     Args:
         mode: "latent" (rho * grad -log p), "sign" (rho * sign(grad)) or "scalar" (+rho).
@@ -138,11 +139,35 @@ class LatentShift(nn.Module):
             raise ValueError(f"shift fraction={fraction}: expected 0 < fraction <= 1")
         self.fraction, self.tile = float(fraction), int(tile)
 
+    #: an inference-time method: never applied in training
+    in_training = False
+
+    def forward(self, y_hat: Tensor, state: WalkState) -> Tensor:
+        """The main shift: chosen by distortion where `x` is known, read from the options otherwise."""
+        if not state.encoder_side:
+            return self.main_decode(state.codec, y_hat, state.params, state.options)
+        y_hat, k = self.main_encode(state.codec, state.x, y_hat, state.params)
+        state.metrics["shift_index"] = torch.tensor([k])
+        state.options["shift_index"] = k
+        return y_hat
+
+    def side(self, z_hat: Tensor, state: WalkState) -> Tensor:
+        """The side shift of `z_hat` before `h_s` (when `side_candidates` has more than 0)."""
+        if not self.side_active:
+            return z_hat
+        if not state.encoder_side:
+            return self.side_decode(state.codec, z_hat, state.options)
+        z_hat, k = self.side_encode(state.codec, state.y, z_hat)
+        state.metrics["side_shift_index"] = torch.tensor([k])
+        state.options["side_shift_index"] = k
+        return z_hat
+
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, candidates={self.candidates}, side_candidates={self.side_candidates}"
 
     @property
-    def side(self) -> bool:
+    def side_active(self) -> bool:
+        """Whether the side latent is shifted too."""
         return len(self.side_candidates) > 1
 
     # ------------------------------------------------------------------ main latent
@@ -206,7 +231,7 @@ class LatentShift(nn.Module):
     @torch.no_grad()
     def side_encode(self, codec, y: Tensor, z_hat: Tensor) -> Tuple[Tensor, Optional[int]]:
         """(shifted z_hat, chosen index or None when side shift is off) minimising the y bits."""
-        if not self.side:
+        if not self.side_active:
             return z_hat, None
         bb, q = codec.backbone, codec.quantizer
         if bb.autoregressive:
@@ -225,7 +250,7 @@ class LatentShift(nn.Module):
 
     @torch.no_grad()
     def side_decode(self, codec, z_hat: Tensor, options: Optional[Dict]) -> Tensor:
-        if not self.side:
+        if not self.side_active:
             return z_hat
         k = _index(options, "side_shift_index", len(self.side_candidates))
         return z_hat + self.side_candidates[k] * side_rate_gradient(codec.backbone, z_hat)

@@ -46,16 +46,8 @@ def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Tuple[D
     x_hat, header = decode_image(codec, data, fingerprint)
     t2 = time.perf_counter()
     n_streams = sum(len(s) for s in unpack(data)[1])
-    # the likelihoods of the coded symbols do not depend on a main-latent shift (applied after
-    # decoding): estimate them without it, which saves the candidates' g_s passes (a side
-    # shift changes the y prior, so it stays)
-    shift = getattr(codec, "shift", None)
-    if shift is not None and not shift.side:
-        codec.shift = None
-    try:
-        bpp_est = bits_per_pixel(codec(x).likelihoods, pixels).item()
-    finally:
-        codec.shift = shift
+    # the likelihoods of the coded symbols (no latent transform after y_hat, no g_s pass)
+    bpp_est = bits_per_pixel(codec.likelihoods(x), pixels).item()
     row = {"bpp": len(data) * 8 / pixels, "bpp_streams": n_streams * 8 / pixels,
            "bpp_est": bpp_est, "psnr-rgb": psnr_uint8(x, x_hat), "ms-ssim": msssim_uint8(x, x_hat),
            "encoding_time": t1 - t0, "decoding_time": t2 - t1, "bytes": len(data)}

@@ -8,9 +8,10 @@ CompressAI's), plus three stage methods that :class:`codecx.models.codec.Codec` 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from compressai.models import (
     Cheng2020Anchor,
     Cheng2020Attention,
@@ -20,9 +21,14 @@ from compressai.models import (
     ScaleHyperprior,
 )
 from compressai.models.google import get_scale_table
-from torch import Tensor
+from torch import Tensor, nn
 
 from codecx.types import EntropyParams
+
+#: top-level submodule name -> parameter group (training stages, `schedule.stages`)
+_GROUP_OF = {"g_a": "g_a", "h_a": "h_a", "h_s": "h_s", "g_s": "g_s", "entropy_bottleneck": "entropy",
+             "gaussian_conditional": "entropy", "context_prediction": "context",
+             "entropy_parameters": "context"}
 
 
 #: scale-table levels of the Gaussian CDF tables (log-spaced 0.11 ... 256). CompressAI's 64
@@ -32,14 +38,40 @@ SCALE_LEVELS = 256
 
 
 class Backbone:
-    """Stage interface shared by all backbones (a mixin over a CompressAI model)."""
+    """Stage interface shared by all backbones (a mixin over a CompressAI model).
+
+    A config node `_target_: codecx.models.backbones.MbtMean` (with `name`, `N`, `M`,
+    `weights`, `scale_levels`) builds one; `weights` loads a CompressAI / codecx state dict.
+    """
 
     #: entropy-model family: "factorized", "hyperprior" (scale or mean-scale) or "context"
     family: str = "hyperprior"
     #: True when (means, scales) depend on already decoded latents (serial decoding)
     autoregressive: bool = False
+    #: False for the factorized prior: no z, no hyper analysis / synthesis
+    has_side: bool = True
+    #: g_a's downsampling (y is `latent_stride` times smaller than the padded image)
+    latent_stride: int = 16
     #: levels of the scale table `update()` builds the Gaussian CDF tables for
     scale_levels: int = SCALE_LEVELS
+
+    def __init__(self, N: int = 128, M: Optional[int] = 192, weights: Optional[str] = None,
+                 scale_levels: int = SCALE_LEVELS, name: Optional[str] = None):
+        if int(scale_levels) < 2:
+            raise ValueError(f"model.scale_levels={scale_levels}: need at least 2 (CompressAI: 64)")
+        super().__init__(**self._arch_kwargs(N, M))
+        self.scale_levels = int(scale_levels)
+        if weights:
+            from codecx.models.build import load_weights
+
+            load_weights(self, weights)
+
+    @staticmethod
+    def _arch_kwargs(N, M) -> dict:
+        """The CompressAI constructor's arguments."""
+        if M is None:
+            raise ValueError("model.M=null: this backbone needs a latent width M (e.g. 192)")
+        return {"N": int(N), "M": int(M)}
 
     def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
         """CompressAI's `update` (CDF tables of every entropy model), with a scale table of
@@ -53,17 +85,33 @@ class Backbone:
         """Input sizes must be multiples of this (padding is added otherwise)."""
         return int(self.downsampling_factor)
 
-    def side(self, y: Tensor):
-        """(z_hat, z_likelihoods, hyper features) in the current train/eval mode."""
-        z = self.h_a(self._h_a_input(y))
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        return z_hat, z_likelihoods, self.h_s(z_hat)
-
-    def _h_a_input(self, y: Tensor) -> Tensor:
+    def h_a_input(self, y: Tensor) -> Tensor:
+        """What the hyper analysis sees of `y`."""
         return y
+
+    _h_a_input = h_a_input
 
     def side_from_z_hat(self, z_hat: Tensor) -> Tensor:
         return self.h_s(z_hat)
+
+    @property
+    def y_entropy_model(self):
+        """The CompressAI entropy model whose CDF tables code `y`."""
+        return self.gaussian_conditional
+
+    def y_like(self, hyper: Optional[Tensor], shape) -> Tensor:
+        """A tensor of y's shape (only its shape, dtype and device are used)."""
+        return hyper.new_zeros(shape)
+
+    def parameter_groups(self) -> Dict[str, List[nn.Parameter]]:
+        """Named parameter groups for training stages: g_a, h_a, h_s, entropy, context, g_s
+        (a submodule outside these names forms a group of its own name)."""
+        groups: Dict[str, List[nn.Parameter]] = {k: [] for k in ("g_a", "h_a", "h_s", "entropy", "context", "g_s")}
+        for name, p in self.named_parameters():
+            top = name.split(".", 1)[0]
+            group = _GROUP_OF.get(top, top)
+            groups.setdefault(group, []).append(p)
+        return groups
 
     def params(self, hyper: Tensor, like: Tensor, ctx: Optional[Tensor] = None) -> EntropyParams:
         scales, means = hyper.chunk(2, 1)
@@ -74,6 +122,14 @@ class BmshjFactorized(Backbone, FactorizedPrior):
     """Factorized prior of Ballé, Laparra, Simoncelli, "End-to-end optimized image compression" (ICLR 2017) / bmshj2018-factorized."""
 
     family = "factorized"
+    has_side = False
+
+    @property
+    def y_entropy_model(self):
+        return self.entropy_bottleneck
+
+    def y_like(self, hyper, shape):
+        return self.entropy_bottleneck._get_medians().new_zeros(shape)
 
     @property
     def downsampling_factor(self) -> int:
@@ -91,8 +147,10 @@ class BmshjFactorized(Backbone, FactorizedPrior):
 class BmshjHyperprior(Backbone, ScaleHyperprior):
     """Scale hyperprior of Ballé et al., "Variational image compression with a scale hyperprior" (ICLR 2018)."""
 
-    def _h_a_input(self, y):
+    def h_a_input(self, y):
         return torch.abs(y)
+
+    _h_a_input = h_a_input
 
     def params(self, hyper, like, ctx=None):
         return EntropyParams(torch.zeros_like(hyper), hyper, self.gaussian_conditional)
@@ -112,6 +170,33 @@ class _ContextBackbone(Backbone):
     def context(self, y_hat: Tensor) -> Tensor:
         return self.context_prediction(y_hat)
 
+    def serial(self, hyper: Tensor, step: Callable, shape) -> Tuple[Tensor, EntropyParams]:
+        """Visit latent positions in raster order, as the decoder must (mbt2018, cheng2020).
+
+        `step(params, index)` returns `y_hat[index]` (shape (B, C)) for the prior `params`
+        at that position (hard quantization, encoding or decoding of its symbols). Returns the
+        full `y_hat` and the full prior.
+        """
+        k = self.kernel_size
+        pad = (k - 1) // 2
+        b, c, height, width = shape
+        y_hat = hyper.new_zeros((b, c, height + 2 * pad, width + 2 * pad))
+        means = hyper.new_zeros((b, c, height, width))
+        scales = hyper.new_zeros((b, c, height, width))
+        cp = self.context_prediction
+        weight = cp.weight * cp.mask
+        for h in range(height):
+            for w in range(width):
+                crop = y_hat[:, :, h : h + k, w : w + k]
+                ctx = F.conv2d(crop, weight, bias=cp.bias)
+                p = self.params(hyper[:, :, h : h + 1, w : w + 1], like=None, ctx=ctx)
+                p = p[:, :, 0, 0]
+                y_hat[:, :, h + pad, w + pad] = step(p, (slice(None), slice(None), h, w))
+                means[:, :, h, w] = p.means
+                scales[:, :, h, w] = p.scales
+        y_hat = y_hat[:, :, pad : pad + height, pad : pad + width]
+        return y_hat, EntropyParams(means, scales, self.gaussian_conditional)
+
     def params(self, hyper, like, ctx=None):
         gaussian_params = self.entropy_parameters(torch.cat((hyper, ctx), dim=1))
         scales, means = gaussian_params.chunk(2, 1)
@@ -125,17 +210,19 @@ class Mbt(_ContextBackbone, JointAutoregressiveHierarchicalPriors):
 class ChengAnchor(_ContextBackbone, Cheng2020Anchor):
     """Cheng et al., "Learned image compression with discretized Gaussian mixture likelihoods and attention modules" (CVPR 2020), anchor with a single Gaussian."""
 
-    def __init__(self, N: int = 192, M: Optional[int] = None, **kwargs):
+    @staticmethod
+    def _arch_kwargs(N, M):
         _check_cheng_m(N, M)
-        super().__init__(N=N, **kwargs)
+        return {"N": int(N)}
 
 
 class ChengAttn(_ContextBackbone, Cheng2020Attention):
     """Cheng et al. (CVPR 2020) with simplified attention modules, single Gaussian (cheng2020-attn)."""
 
-    def __init__(self, N: int = 192, M: Optional[int] = None, **kwargs):
+    @staticmethod
+    def _arch_kwargs(N, M):
         _check_cheng_m(N, M)
-        super().__init__(N=N, **kwargs)
+        return {"N": int(N)}
 
 
 def _check_cheng_m(N, M):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
 
@@ -15,14 +15,7 @@ def build_backbone(name: str, N: int = 128, M: Optional[int] = 192,
     `scale_levels`: the scale table of its Gaussian CDF tables (64: CompressAI's own)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
-    if int(scale_levels) < 2:
-        raise ValueError(f"model.scale_levels={scale_levels}: need at least 2 (CompressAI: 64)")
-    cls = BACKBONES[name]
-    model = cls(N=int(N), M=None if M is None else int(M))
-    model.scale_levels = int(scale_levels)
-    if weights:
-        load_weights(model, weights)
-    return model
+    return BACKBONES[name](N=N, M=M, weights=weights, scale_levels=scale_levels, name=name)
 
 
 def load_weights(model: Backbone, path: str) -> Backbone:
@@ -55,3 +48,30 @@ def load_weights(model: Backbone, path: str) -> Backbone:
             f"and model.N / model.M.\n{e}"
         ) from e
     return model
+
+
+def instantiate_list(node: Optional[Mapping[str, Any]]) -> List[Any]:
+    """The objects of a multi-select group node (`transform`, `refine`): one `_target_` node per
+    name, in order; a single `_target_` node gives one object; empty or None gives none."""
+    from hydra.utils import instantiate
+
+    if not node:
+        return []
+    node = dict(node)
+    if "_target_" in node:
+        return [instantiate(node)]
+    return [instantiate(dict(v)) for v in node.values() if v]
+
+
+def build_codec(config: Mapping[str, Any]):
+    """The Codec of a resolved config (train.py's or a checkpoint's `codecx_config`): `model`,
+    `quantizer`, `transform` (latent transforms, in order), `refine` (encoder refiners),
+    `shift` (a latent shift, appended after the transforms) and `lmbda`."""
+    from hydra.utils import instantiate
+
+    from codecx.models.codec import Codec
+
+    quantizer = config.get("quantizer") or {"_target_": "codecx.quantizers.NoiseQuantizer"}
+    transforms = instantiate_list(config.get("transform")) + instantiate_list(config.get("shift"))
+    return Codec(instantiate(dict(config["model"])), instantiate(dict(quantizer)), transforms=transforms,
+                 refiners=instantiate_list(config.get("refine")), lmbda=config.get("lmbda"))

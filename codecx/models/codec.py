@@ -1,14 +1,26 @@
-"""The explicit codec pipeline: backbone stages + a swappable quantizer (DESIGN.md)."""
+"""The explicit codec pipeline: backbone stages, a swappable quantizer and two hook points (DESIGN.md).
+
+One walk of the stages (`Codec._walk`) serves training forward, eval forward, `compress` and
+`decompress`; the four modes differ only in where the symbols go (nowhere, or a stream) and
+come from (the encoder's latents, or a stream)::
+
+    x ──g_a──> y ──h_a──> z   [encoder refiners: (y, z) -> (y, z); encoder only]
+    z ──bottleneck──> z_hat ──[transforms' side hook]──h_s──> hyper
+    hyper (+ serial context) ──> (means, scales) ──quantizer──> y_hat, likelihoods["y"]
+    y_hat ──[latent transforms]──> y_hat' ──g_s──> x_hat
+"""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codecx.inference.base import EncoderRefiner
 from codecx.models.backbones import Backbone
 from codecx.quantizers.base import Quantizer
+from codecx.transforms.base import LatentTransform, WalkState
 from codecx.types import CodecOutput, EntropyParams
 
 
@@ -21,89 +33,177 @@ def pad_to(x: Tensor, stride: int) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
+class _Symbols:
+    """Where the y symbols of one walk go or come from: hard quantization (eval), a stream
+    encoder (compress) or a stream decoder (decompress)."""
+
+    def __init__(self, quantizer: Quantizer, mode: str, stream=None):
+        self.q, self.mode, self.stream = quantizer, mode, stream
+
+    def __call__(self, y: Optional[Tensor], params: EntropyParams) -> Tensor:
+        if self.mode == "encode":
+            return self.q.encode(self.stream, y, params)
+        if self.mode == "decode":
+            return self.q.decode(self.stream, params)
+        return self.q.hard(y, params)
+
+
 class Codec(nn.Module):
-    """x -> g_a -> y -> (side info) -> (means, scales) -> quantizer -> y_hat -> g_s -> x_hat.
+    """x -> g_a -> y -> (side info) -> (means, scales) -> quantizer -> y_hat -> transforms -> g_s -> x_hat.
 
     One object for training (relaxed quantization), evaluation (hard quantization, the
-    decoder's exact `y_hat`) and real coding (`compress` / `decompress`). Context models
-    run the same serial loop for eval, encoding and decoding, so the three always agree.
+    decoder's exact `y_hat`) and real coding (`compress` / `decompress`), all walking the same
+    stages (`_walk`), so the three always agree.
+
+    Args:
+        backbone: the transforms and entropy models (codecx.models.backbones).
+        quantizer: how `y` becomes `y_hat` and what it costs (codecx.quantizers).
+        transforms: latent transforms between `y_hat` and `g_s`, applied in order on both
+            sides of the channel (codecx.transforms; latent shift is one).
+        refiners: encoder refiners of `(y, z)` before coding (codecx.inference, e.g. SGA).
+        lmbda: the rate-distortion trade-off the codec was trained for (refiners use it).
     """
 
-    def __init__(self, backbone: Backbone, quantizer: Quantizer, shift: Optional[nn.Module] = None):
+    def __init__(self, backbone: Backbone, quantizer: Quantizer,
+                 transforms: Sequence[LatentTransform] = (), refiners: Sequence[EncoderRefiner] = (),
+                 lmbda: Optional[float] = None, shift: Optional[LatentTransform] = None):
         super().__init__()
         self.backbone = backbone
         self.quantizer = quantizer
-        #: optional encoder-chosen latent shift (codecx.inference.latent_shift.LatentShift),
-        #: applied in eval forward, compress and decompress; it has no state
-        self.shift = shift
+        self.transforms = nn.ModuleList(list(transforms) + ([shift] if shift is not None else []))
+        self.refiners = nn.ModuleList(refiners)
+        self.lmbda = None if lmbda is None else float(lmbda)
+        for t in self.transforms:
+            t.attach(self)
 
-    # ------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------ latent shift
+    @property
+    def shift(self) -> Optional[LatentTransform]:
+        """The latent shift among the transforms (codecx.inference.latent_shift), or None."""
+        from codecx.inference.latent_shift import LatentShift
+
+        return next((t for t in self.transforms if isinstance(t, LatentShift)), None)
+
+    def __setattr__(self, name, value):
+        if name == "shift":  # nn.Module would register it as a submodule, bypassing the property
+            type(self).shift.fset(self, value)
+        else:
+            super().__setattr__(name, value)
+
+    @shift.setter
+    def shift(self, value: Optional[LatentTransform]) -> None:
+        from codecx.inference.latent_shift import LatentShift
+
+        kept = [t for t in self.transforms if not isinstance(t, LatentShift)]
+        if value is not None:
+            value.attach(self)
+        self.transforms = nn.ModuleList(kept + ([value] if value is not None else []))
+
+    # ------------------------------------------------------------------ the walk
     def forward(self, x: Tensor) -> CodecOutput:
         """Relaxed pipeline in training; in eval mode the decoder's exact pipeline, run image
         by image as `compress` does (batched convolutions may differ in the last bit)."""
-        if self.training or x.size(0) == 1:
-            return self._forward(x)
-        return _cat_outputs([self._forward(x[i : i + 1]) for i in range(x.size(0))])
+        if self.training:
+            return self._walk("train", x)
+        if x.size(0) == 1:
+            return self._walk("eval", x)
+        return _cat_outputs([self._walk("eval", x[i : i + 1]) for i in range(x.size(0))])
 
-    def _forward(self, x: Tensor) -> CodecOutput:
-        h, w = x.shape[-2:]
-        x_in, x = x, pad_to(x, self.backbone.stride)
+    @torch.no_grad()
+    def likelihoods(self, x: Tensor) -> Dict[str, Tensor]:
+        """The eval-mode likelihoods of the coded symbols of each image of `x` (the rate
+        estimate), without the latent transforms after `y_hat` and without `g_s`."""
+        outs = [self._walk("eval", x[i : i + 1], rate_only=True) for i in range(x.size(0))]
+        return {k: torch.cat([o[k] for o in outs], 0) for k in outs[0]}
+
+    def _walk(self, mode: str, x: Optional[Tensor] = None, streams: Optional[List[bytes]] = None,
+              shape=None, y_shape=None, z_shape=None, options: Optional[Dict] = None,
+              rate_only: bool = False):
+        """The stages for one batch ("train") or one image ("eval", "encode", "decode").
+
+        Returns a CodecOutput ("train", "eval"), `(streams, options)` ("encode") or the
+        clamped `x_hat` ("decode"); with `rate_only` ("eval") the likelihoods dict.
+        """
         bb, q = self.backbone, self.quantizer
-        shift = None if self.training else self.shift
-        metrics = {}
-        y = bb.g_a(x)
-        z_hat, z_lik, hyper = bb.side(y)
-        if shift is not None and z_hat is not None:
-            z_shifted, k = shift.side_encode(self, y, z_hat)
-            if k is not None:
-                hyper, metrics["side_shift_index"] = bb.side_from_z_hat(z_shifted), torch.tensor([k])
-        if not bb.autoregressive:
-            params = bb.params(hyper, like=y)
-            out = q(y, params)
-            y_hat, y_lik = out.y_hat, out.likelihoods
-        elif self.training:
-            params = bb.params(hyper, like=y, ctx=bb.context(q.context_input(y)))
-            out = q(y, params)
-            y_hat, y_lik = out.y_hat, out.likelihoods
+        st = WalkState(self, mode, x=x, options={} if options is None else dict(options))
+        transforms = [t for t in self.transforms if t.in_training or mode != "train"]
+        if x is not None:
+            h, w = x.shape[-2:]
+            y = bb.g_a(pad_to(x, bb.stride))
+            z = bb.h_a(bb.h_a_input(y)) if bb.has_side else None
+            if mode in ("eval", "encode"):
+                for r in self.refiners:
+                    y, z = r(x, self, y, z, self.lmbda)
+            st.y = y
         else:
-            y_hat, params = self._serial(hyper, lambda p, i: q.hard(y[i], p), y.shape)
-            y_lik = q.likelihood(y_hat, params)
-        if shift is not None:  # y_lik stays the rate of the coded (unshifted) symbols
-            y_hat, k = shift.main_encode(self, x_in, y_hat, params)
-            metrics["shift_index"] = torch.tensor([k])
+            h, w = shape
+            y = None
+        # side information
+        out_streams: List[bytes] = []
+        z_hat = z_lik = hyper = None
+        if bb.has_side:
+            eb = bb.entropy_bottleneck
+            if mode == "encode":
+                z_str = eb.compress(z)
+                z_hat = eb.decompress(z_str, tuple(z.shape[-2:]))
+            elif mode == "decode":
+                z_hat = eb.decompress([streams[1]], tuple(z_shape))
+            else:
+                z_hat, z_lik = eb(z)
+            z_coded = z_hat
+            for t in transforms:
+                z_hat = t.side(z_hat, st)
+            hyper = bb.h_s(z_hat)
+            z_hat = z_coded
+        # the main latent
+        y_lik = None
+        if mode == "train":
+            ctx = bb.context(q.context_input(y)) if bb.autoregressive else None
+            params = bb.params(hyper, like=y, ctx=ctx)
+            qout = q(y, params)
+            y_hat, y_lik = qout.y_hat, qout.likelihoods
+            st.losses.update(qout.losses)
+            st.metrics.update(qout.metrics)
+        else:
+            stream = None
+            if mode == "encode":
+                stream = q.open_encoder(bb.y_entropy_model)
+            elif mode == "decode":
+                stream = q.open_decoder(bb.y_entropy_model, streams[0])
+            symbols = _Symbols(q, mode, stream)
+            if bb.autoregressive:
+                full = y.shape if y is not None else (1, int(bb.M), *y_shape)
+                y_hat, params = bb.serial(hyper, lambda p, i: symbols(None if y is None else y[i], p), full)
+                if mode == "eval":
+                    y_lik = q.likelihood(y_hat, params)
+            elif mode == "eval":
+                params = bb.params(hyper, like=y)
+                qout = q(y, params)
+                y_hat, y_lik = qout.y_hat, qout.likelihoods
+                st.metrics.update(qout.metrics)
+            else:
+                like = y if y is not None else bb.y_like(hyper, (1, int(bb.M), *y_shape))
+                params = bb.params(hyper, like=like)
+                y_hat = symbols(y, params)
+            if mode == "encode":
+                out_streams.append(stream.finish())
+                if bb.has_side:
+                    out_streams.append(z_str[0])
+        st.params = params
+        if rate_only:
+            return {"y": y_lik, **({"z": z_lik} if z_lik is not None else {})}
+        for t in transforms:  # y_lik stays the rate of the coded (untransformed) symbols
+            y_hat = t(y_hat, st)
+        if mode == "encode":
+            return out_streams, st.options
         x_hat = bb.g_s(y_hat)[..., :h, :w]
+        if mode == "decode":
+            return x_hat.clamp(0, 1)
         likelihoods = {"y": y_lik}
         if z_lik is not None:
             likelihoods["z"] = z_lik
-        return CodecOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=likelihoods,
-                           params=params, z_hat=z_hat, metrics=metrics)
-
-    def _serial(self, hyper: Tensor, step: Callable, shape) -> tuple[Tensor, EntropyParams]:
-        """Visit latent positions in raster order, as the decoder must (mbt2018, cheng2020).
-
-        `step(params, index)` returns `y_hat[index]` (shape (B, C)) for the prior `params`
-        at that position. Returns the full `y_hat` and the full prior.
-        """
-        bb = self.backbone
-        k = bb.kernel_size
-        pad = (k - 1) // 2
-        b, c, height, width = shape
-        y_hat = hyper.new_zeros((b, c, height + 2 * pad, width + 2 * pad))
-        means = hyper.new_zeros((b, c, height, width))
-        scales = hyper.new_zeros((b, c, height, width))
-        cp = bb.context_prediction
-        weight = cp.weight * cp.mask
-        for h in range(height):
-            for w in range(width):
-                crop = y_hat[:, :, h : h + k, w : w + k]
-                ctx = F.conv2d(crop, weight, bias=cp.bias)
-                p = bb.params(hyper[:, :, h : h + 1, w : w + 1], like=None, ctx=ctx)
-                p = p[:, :, 0, 0]
-                y_hat[:, :, h + pad, w + pad] = step(p, (slice(None), slice(None), h, w))
-                means[:, :, h, w] = p.means
-                scales[:, :, h, w] = p.scales
-        y_hat = y_hat[:, :, pad : pad + height, pad : pad + width]
-        return y_hat, EntropyParams(means, scales, bb.gaussian_conditional)
+        return CodecOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=likelihoods, params=params,
+                           z_hat=z_hat, metrics=st.metrics, losses=st.losses)
 
     # ------------------------------------------------------------------ coding
     def update(self, force: bool = False) -> bool:
@@ -112,79 +212,43 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict:
-        """Encode a batch; returns per-image lists of streams `[y, z]` and the shapes, and with
-        a latent shift also `options`: per image, the header options the decoder needs
-        (`{"shift_index": k}`, plus `"side_shift_index"` with a side shift)."""
+        """Encode a batch image by image (entropy parameters never depend on the batch);
+        returns per-image lists of streams `[y, z]`, the shapes, and `options`: per image, the
+        header options the decoder needs (e.g. `{"shift_index": k}` with a latent shift)."""
         self._check_updated()
-        bb, q, shift = self.backbone, self.quantizer, self.shift
+        bb = self.backbone
         h, w = x.shape[-2:]
-        xp = pad_to(x, bb.stride)
-        strings: List[List[bytes]] = []
-        options: List[Dict] = []
-        z_shape = y_shape = None
-        for i in range(x.size(0)):  # image by image: entropy parameters never depend on the batch
-            yi = bb.g_a(xp[i : i + 1])
-            y_shape = tuple(yi.shape[-2:])
-            streams: List[bytes] = []
-            opts: Dict = {}
-            if bb.family == "factorized":
-                hyper = None
-            else:
-                z = bb.h_a(bb._h_a_input(yi))
-                z_str = bb.entropy_bottleneck.compress(z)
-                z_shape = tuple(z.shape[-2:])
-                z_hat = bb.entropy_bottleneck.decompress(z_str, z_shape)
-                if shift is not None:
-                    z_hat, k = shift.side_encode(self, yi, z_hat)
-                    if k is not None:
-                        opts["side_shift_index"] = k
-                hyper = bb.side_from_z_hat(z_hat)
-            enc = q.open_encoder(self._y_model())
-            if bb.autoregressive:
-                y_hat, params = self._serial(hyper, lambda p, idx: q.encode(enc, yi[idx], p), yi.shape)
-            else:
-                params = bb.params(hyper, like=yi)
-                y_hat = q.encode(enc, yi, params)
-            if shift is not None:
-                opts["shift_index"] = shift.main_encode(self, x[i : i + 1], y_hat, params)[1]
-            streams.append(enc.finish())
-            if hyper is not None:
-                streams.append(z_str[0])
+        y_shape, z_shape = self.latent_shapes(h, w)
+        strings, options = [], []
+        for i in range(x.size(0)):
+            streams, opts = self._walk("encode", x[i : i + 1])
             strings.append(streams)
             options.append(opts)
-        out = {"strings": strings, "shape": (h, w), "y_shape": y_shape, "z_shape": z_shape}
-        if shift is not None:
-            out["options"] = options
-        return out
+        return {"strings": strings, "shape": (h, w), "y_shape": y_shape,
+                "z_shape": z_shape if bb.has_side else None, "options": options}
 
     @torch.no_grad()
     def decompress(self, strings: List[List[bytes]], shape, y_shape, z_shape=None,
                    options=None) -> Tensor:
         """Decode what `compress` produced; returns `x_hat` clamped to [0, 1]. `options`: the
-        per-image list `compress` returned (or one dict for every image); needed with a shift."""
+        per-image list `compress` returned (or one dict for every image)."""
         self._check_updated()
-        bb, q, shift = self.backbone, self.quantizer, self.shift
         x_hats = []
         for i, streams in enumerate(strings):
             opts = options[i] if isinstance(options, (list, tuple)) else options
-            if bb.family == "factorized":
-                hyper = None
-            else:
-                z_hat = bb.entropy_bottleneck.decompress([streams[1]], tuple(z_shape))
-                if shift is not None:
-                    z_hat = shift.side_decode(self, z_hat, opts)
-                hyper = bb.side_from_z_hat(z_hat)
-            dec = q.open_decoder(self._y_model(), streams[0])
-            y_full = (1, self._y_channels(), *y_shape)
-            if bb.autoregressive:
-                y_hat, params = self._serial(hyper, lambda p, idx: q.decode(dec, p), y_full)
-            else:
-                params = bb.params(hyper, like=self._like(hyper, y_full))
-                y_hat = q.decode(dec, params)
-            if shift is not None:
-                y_hat = shift.main_decode(self, y_hat, params, opts)
-            x_hats.append(bb.g_s(y_hat)[..., : shape[0], : shape[1]].clamp(0, 1))
+            x_hats.append(self._walk("decode", streams=streams, shape=shape, y_shape=tuple(y_shape),
+                                     z_shape=z_shape, options=opts))
         return torch.cat(x_hats, 0)
+
+    def latent_shapes(self, h: int, w: int):
+        """(y, z) spatial sizes for an `h` x `w` image (z: None without side information)."""
+        bb = self.backbone
+        ph, pw = h + (-h) % bb.stride, w + (-w) % bb.stride
+        y = (ph // bb.latent_stride, pw // bb.latent_stride)
+        if not bb.has_side:
+            return y, None
+        s = bb.stride
+        return y, (ph // s, pw // s)
 
     def _check_updated(self) -> None:
         from compressai.entropy_models import EntropyModel
@@ -193,17 +257,12 @@ class Codec(nn.Module):
             raise RuntimeError("the entropy models have no CDF tables yet: call "
                                "codec.update(force=True) before compress()/decompress()")
 
-    def _y_model(self):
-        bb = self.backbone
-        return bb.entropy_bottleneck if bb.family == "factorized" else bb.gaussian_conditional
-
-    def _y_channels(self) -> int:
-        return int(self.backbone.M)
-
-    def _like(self, hyper: Optional[Tensor], y_full) -> Tensor:
-        """A tensor of y's shape (only its shape, dtype and device are used)."""
-        ref = self.backbone.entropy_bottleneck._get_medians() if hyper is None else hyper
-        return ref.new_zeros(y_full)
+    # ------------------------------------------------------------------ parameter groups
+    def parameter_groups(self) -> Dict[str, List[nn.Parameter]]:
+        """The backbone's named groups (g_a, h_a, h_s, entropy, context, g_s) and `transforms`."""
+        groups = self.backbone.parameter_groups()
+        groups["transforms"] = [p for t in self.transforms for p in t.parameters()]
+        return groups
 
 
 def _cat_outputs(outs: List[CodecOutput]) -> CodecOutput:
@@ -212,9 +271,11 @@ def _cat_outputs(outs: List[CodecOutput]) -> CodecOutput:
     p = outs[0].params
     params = EntropyParams(cat([o.params.means for o in outs]),
                            cat([o.params.scales for o in outs]), p.entropy_model)
+    stack = lambda ts: torch.stack(ts).mean(0) if ts[0].dim() == 0 else torch.cat(ts, 0)  # noqa: E731
     return CodecOutput(
         x_hat=cat([o.x_hat for o in outs]), y=cat([o.y for o in outs]),
         y_hat=cat([o.y_hat for o in outs]),
         likelihoods={k: cat([o.likelihoods[k] for o in outs]) for k in outs[0].likelihoods},
         params=params, z_hat=cat([o.z_hat for o in outs]),
-        metrics={k: cat([o.metrics[k] for o in outs]) for k in outs[0].metrics})
+        metrics={k: stack([o.metrics[k] for o in outs]) for k in outs[0].metrics},
+        losses={k: torch.stack([o.losses[k] for o in outs]).mean(0) for k in outs[0].losses})

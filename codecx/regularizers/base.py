@@ -17,7 +17,9 @@ class AuxPhase:
     """One auxiliary optimisation phase run after the codec step (DESIGN.md, "phases").
 
     `loss(x, out)` receives the batch and the codec's outputs *detached*; only `params` are
-    trainable while it runs. `lr` and `betas` configure this phase's Adam optimizer.
+    trainable while it runs. `optimizer` ("adam" | "adamw"), `lr`, `betas` and
+    `weight_decay` are its defaults; `schedule.phases.<name>` overrides them. `name` is also
+    the phase's parameter group in `schedule.stages`.
     """
 
     name: str
@@ -27,6 +29,7 @@ class AuxPhase:
     betas: Tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     metrics: Dict[str, Tensor] = field(default_factory=dict)
+    optimizer: str = "adam"
 
 
 class Regularizer(nn.Module):

@@ -52,8 +52,9 @@ class LatentTransform(nn.Module):
     metrics, and signal choices to the decoder through `state.options` (written when
     `state.encoder_side`, read otherwise; the options must be JSON-serialisable). `side`
     may change `z_hat` before the hyper synthesis (hyperprior backbones). `attach(codec)` is
-    called once when the codec is built, before any checkpoint is loaded: build layers that
-    depend on the backbone (e.g. its `M`) there.
+    called when the codec is built, before any checkpoint is loaded: build layers that
+    depend on the backbone (e.g. its `M`) there, once (it may be called again with an
+    already attached transform: keep what exists).
     """
 
     #: False: the transform is skipped in training (an inference-time method such as latent shift)
