@@ -193,7 +193,7 @@ def test_tile_selection_matches_full_image_pixels():
     x = _image(256, seed=4)  # a 16x16 latent: 3 interior 4x4 tiles (8x8 with margins)
     with torch.no_grad():
         out = codec(x)
-        tiles = shift._tiles(out.y_hat.shape[-2:], x.shape[-2:])
+        tiles = shift._tiles(out.y_hat.shape[-2:], x.shape[-2:], 16)
         assert tiles is not None and len(tiles.corners) >= 2
         full = codec.backbone.g_s(out.y_hat)
         part = codec.backbone.g_s(tiles(out.y_hat))[..., tiles.crop, tiles.crop]
@@ -202,7 +202,7 @@ def test_tile_selection_matches_full_image_pixels():
         x_dec = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"], options=enc["options"])
     assert torch.equal(x_dec, out.x_hat.clamp(0, 1))
     # too small for a tile: falls back to the whole image
-    assert shift._tiles((4, 4), (64, 64)) is None
+    assert shift._tiles((4, 4), (64, 64), 16) is None
 
 
 # ---------------------------------------------------------------------------- errors and diagnostics

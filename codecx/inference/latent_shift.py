@@ -185,7 +185,8 @@ class LatentShift(LatentTransform):
         cands = torch.tensor(self.candidates if candidates is None else candidates, dtype=y_hat.dtype,
                              device=y_hat.device)
         h, w = x.shape[-2:]
-        tiles = self._tiles(y_hat.shape[-2:], (h, w)) if self.fraction < 1 else None
+        up = int(codec.backbone.latent_stride)
+        tiles = self._tiles(y_hat.shape[-2:], (h, w), up) if self.fraction < 1 else None
         if tiles is not None:  # (n, C, t + 2m, t + 2m) latent windows and (n, 3, t up, t up) targets
             y_hat, direction, x, crop = tiles(y_hat), tiles(direction), tiles.target(x), tiles.crop
         step = self.batch or len(cands)
@@ -198,9 +199,10 @@ class LatentShift(LatentTransform):
             out.append(err.flatten(1).mean(1))
         return torch.cat(out)
 
-    def _tiles(self, y_shape, x_shape) -> Optional["_Tiles"]:
-        """A regular grid of interior tiles covering ~`fraction` of the latent (None: too small)."""
-        t, m, up = self.tile, 2, 16  # g_s upsamples by 16 in every backbone here
+    def _tiles(self, y_shape, x_shape, up: int) -> Optional["_Tiles"]:
+        """A regular grid of interior tiles covering ~`fraction` of the latent (None: too small);
+        `up`: g_s's upsampling (the backbone's latent stride)."""
+        t, m = self.tile, 2
         hy, wy = (min(a, b // up) for a, b in zip(y_shape, x_shape))  # latents whose pixels are all in x
         rows, cols = hy - t - 2 * m + 1, wy - t - 2 * m + 1
         if rows < 1 or cols < 1:
