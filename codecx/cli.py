@@ -13,17 +13,14 @@ import torch
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An RGB image file as a (1,3,H,W) float tensor in [0,1]; ValueError if it cannot be read."""
-    from PIL import Image
+    """An RGB image file as a (1,3,H,W) float tensor in [0,1] (upright, 16-bit scaled to 8 bits,
+    alpha dropped: `codecx.data.read_rgb`); ValueError if it cannot be read."""
+    from codecx.data.images import read_rgb
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except Exception as e:  # noqa: BLE001 - any decoder failure
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    arr = read_rgb(p)
     return torch.from_numpy(arr).permute(2, 0, 1).float().div(255).unsqueeze(0)
 
 
@@ -37,16 +34,22 @@ def write_png(x: torch.Tensor, path: str | os.PathLike) -> None:
     Image.fromarray(arr).save(path, format="PNG")
 
 
-def load_method_codec(checkpoint: str, quantizer: Optional[str], shift: Optional[str]):
-    """(codec, config) of a checkpoint with the named quantizer / shift options of conf/ (None:
-    the checkpoint's own quantizer, no shift)."""
+def load_method_codec(checkpoint: str, quantizer: Optional[str], shift: Optional[str],
+                      refine: Optional[str] = None):
+    """(codec, config) of a checkpoint with the named quantizer / shift / refine options of
+    codecx/conf (None: the checkpoint's own quantizer and refiners, no shift)."""
     from codecx.config import group_option
     from codecx.evaluate import load_codec
     from codecx.train import CONF_DIR
 
     q = group_option("quantizer", quantizer, CONF_DIR) if quantizer else None
     sh = group_option("shift", shift, CONF_DIR) if shift and shift != "none" else None
-    return load_codec(checkpoint, q, sh)
+    ref = None
+    if refine:  # comma-separated names, applied in order (the decoder never needs them)
+        ref = {}
+        for name in refine.split(","):
+            ref.update(group_option("refine", name.strip(), CONF_DIR))
+    return load_codec(checkpoint, q, sh, refine=ref)
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
@@ -55,7 +58,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
     set_coding_threads(a.threads)
     x = read_image(a.image)
-    codec, config = load_method_codec(a.checkpoint, a.quantizer, a.shift)
+    codec, config = load_method_codec(a.checkpoint, a.quantizer, a.shift, a.refine)
     # the names go into the header, so that `decompress` rebuilds the same method by itself
     options = {k: v for k, v in (("quantizer", a.quantizer), ("shift", a.shift)) if v}
     data = encode_image(codec, x, fingerprint_of(codec, config), options)
@@ -66,8 +69,16 @@ def cmd_compress(a: argparse.Namespace) -> int:
     return 0
 
 
+def known_methods() -> dict:
+    """The method names a codecx header may carry: the options of conf/quantizer and conf/shift."""
+    from codecx.config.check import group_options
+    from codecx.train import CONF_DIR
+
+    return {"quantizer": group_options("quantizer", CONF_DIR), "shift": group_options("shift", CONF_DIR)}
+
+
 def cmd_decompress(a: argparse.Namespace) -> int:
-    from codecx.coding.container import decode_image, unpack
+    from codecx.coding.container import check_method_names, decode_image, unpack
     from codecx.evaluate import fingerprint_of, set_coding_threads
 
     set_coding_threads(a.threads)
@@ -76,11 +87,11 @@ def cmd_decompress(a: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{a.file}: no such file")
     data = p.read_bytes()
     opts = unpack(data)[0].options  # the method the encoder names (checked by the fingerprint)
+    # names from the file choose config files: only known options, before anything is built
+    check_method_names(opts, known_methods())
     names = [a.quantizer or opts.get("quantizer"), a.shift or opts.get("shift")]
-    if not all(n is None or isinstance(n, str) for n in names):
-        raise ValueError(f"{a.file}: malformed codecx header: quantizer/shift options must be names")
     codec, config = load_method_codec(a.checkpoint, *names)
-    x_hat, header = decode_image(codec, data, fingerprint_of(codec, config))
+    x_hat, header = decode_image(codec, data, fingerprint_of(codec, config), a.max_pixels)
     out = Path(a.output or p.with_suffix(".png"))
     write_png(x_hat, out)
     print(f"{out}: {header.shape[1]}x{header.shape[0]} px from {len(data)} bytes")
@@ -205,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(hex, oct, d4: lattice VQ, no retraining); named in the header")
     s.add_argument("--shift", help="latent shift option of conf/shift (latent, latent_fast, sign, ...); "
                                    "named in the header")
+    s.add_argument("--refine", help="encoder refiner(s) of conf/refine, comma-separated (e.g. sga); "
+                                    "the decoder needs nothing: the file format is unchanged")
 
     s = verb("decompress", cmd_decompress, "decode a codecx file into a PNG", threads="1")
     s.add_argument("file", help="codecx file")
@@ -212,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="PNG to write (default: FILE.png)")
     s.add_argument("--quantizer", help="override the quantizer named in the file's header")
     s.add_argument("--shift", help="override the latent shift named in the file's header")
+    s.add_argument("--max-pixels", type=int, default=2**28,
+                   help="refuse files whose header claims a larger image (default 2**28 pixels)")
 
     s = verb("bdrate", cmd_bdrate, "BD-rate and BD-PSNR of TEST against ANCHOR")
     s.add_argument("anchor", help="results JSON (CompressAI layout) or a packaged anchor name")
@@ -261,11 +276,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, KeyError) as e:  # BitstreamError, CheckpointError, bad input files
+    except (ValueError, OSError, KeyError, MemoryError) as e:  # BitstreamError, CheckpointError, ...
         if os.environ.get("CODECX_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"codecx {args.cmd}: error: {msg}", file=sys.stderr)
+        print(f"codecx {args.cmd}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - anything else is a bug, but still one line
+        if os.environ.get("CODECX_DEBUG"):
+            raise
+        print(f"codecx {args.cmd}: error: {type(e).__name__}: {' '.join(str(e).split())} "
+              "(CODECX_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
 
 

@@ -190,3 +190,13 @@ def test_backbones_declare_strides():
         y, z = codec.latent_shapes(33, 70)
         assert y == ((64 if has_side else 48) // 16, (128 if has_side else 80) // 16)
         assert z == ((1, 2) if has_side else None)
+
+
+def test_worked_example_bias_trains_with_the_codec():
+    """README "Extending codecx": transform=bias is trained by the codec's optimizer."""
+    torch.manual_seed(0)
+    base = tiny_codec()
+    codec = Codec(base.backbone, base.quantizer, transforms=[ChannelBias()])
+    module = LitCodec(codec, None, lmbda=0.01, schedule=Schedule(scheduler="constant", lr=1e-2))
+    _trainer(2).fit(module, DataLoader(list(_batch(4)), batch_size=2))
+    assert float(codec.transforms[0].b.abs().sum()) > 0
