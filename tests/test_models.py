@@ -8,7 +8,7 @@ import pytest
 import torch
 from compressai import zoo
 
-from codecx.models import BACKBONES, Codec, build_backbone
+from codecx.models import BACKBONES, ZOO_NAMES, Codec, build_backbone
 from codecx.quantizers import NoiseQuantizer
 from conftest import tiny_codec
 
@@ -31,7 +31,7 @@ def _perturb_(model):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("name", list(ZOO_NAMES))
 def test_zoo_state_dict_loads_and_matches(name, tmp_path):
     torch.manual_seed(0)
     ref = ZOO[name](quality=1).eval()
