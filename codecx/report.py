@@ -17,6 +17,7 @@ from codecx.evaluate import (data_key, data_label, dataset_images, evaluate_code
                              results_dict, write_results)
 from codecx.metrics.bdrate import bd_methods, get_metric
 from codecx.metrics.complexity import plot_rdc
+from codecx.metrics.decompose import decomposition_section
 from codecx.metrics.rdplot import plot_rd
 
 GROUP_EXCLUDE = {"lmbda"}
@@ -283,6 +284,11 @@ def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str 
         md += (f"\n## Rate-distortion-complexity\n\nPSNR of each group interpolated (linear in log bpp) "
                f"at one rate all groups cover, against decoder KMACs/pixel (h_s + context + g_s, "
                f"codecx.metrics.complexity).\n\n![RD-complexity]({rdc.name})\n")
+    dec = decomposition_section([merge_results(g, [r.results for r in rs]) for g, rs in groups.items()],
+                                out / "decomposition.png")  # runs evaluated with metrics.decompose
+    if dec:
+        md += dec
+        paths["decomposition"] = out / "decomposition.png"
     paths["md"].write_text(md)
     return paths
 

@@ -95,3 +95,23 @@ def test_invert_doubles_the_training_set_only(tmp_path):
         assert torch.equal(inv.train_set[n + i], 1 - plain.train_set[i])
     with pytest.raises(IndexError):
         inv.train_set[2 * n]
+
+
+def test_report_section_and_plot(tmp_path):
+    from codecx.metrics.decompose import decomposition_section
+
+    def curve(name, bpps, q):
+        n = len(bpps)
+        return {"name": name, "results": {"bpp": bpps, "psnr-rgb": [30.0] * n, "mse_t": [10.0] * n,
+                                          "mse_a": [6.0] * n, "mse_q": [5.0] * n,
+                                          "mse_a_ratio": [0.6] * n, "mse_q_ratio": q}}
+
+    md = decomposition_section([curve("none", [0.2, 0.5], [0.5, 0.45]), curve("lpc", [0.3], [0.4]),
+                                {"name": "old", "results": {"bpp": [0.1], "psnr-rgb": [25.0]}}],
+                               tmp_path / "decomposition.png")
+    assert (tmp_path / "decomposition.png").stat().st_size > 0
+    rows = [line for line in md.splitlines() if line.startswith("| none") or line.startswith("| lpc")]
+    assert rows == ["| none | 0.2000 | 10.00 | 6.00 | 5.00 | 0.600 | 0.500 |",
+                    "| none | 0.5000 | 10.00 | 6.00 | 5.00 | 0.600 | 0.450 |",
+                    "| lpc | 0.3000 | 10.00 | 6.00 | 5.00 | 0.600 | 0.400 |"]
+    assert decomposition_section([{"name": "old", "results": {"bpp": [0.1]}}], tmp_path / "x.png") == ""

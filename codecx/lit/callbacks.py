@@ -31,6 +31,8 @@ LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_st
           "fid": "val/fid", "kid": "val/kid"}
 
 
+LOGGED.update({"mse_a_ratio": "val/mse_a_ratio", "mse_q_ratio": "val/mse_q_ratio"})  # paper 000 eq. 11
+
 PREVIOUS_SUFFIX = ".prev.ckpt"   # last.ckpt's previous version, kept to fall back on
 TEMP_MARK = ".tmp-"              # checkpoints are written as .NAME.tmp-PID beside the target
 LOCK_NAME = ".codecx.lock"
@@ -343,7 +345,8 @@ class RealBitstreamEval(Callback):
                 pairs.append((name, x, x_hat))
 
         fid = self._fid_metric()
-        rows = evaluate(codec, images, fp, fid=fid, progress=False, on_image=keep)
+        rows = evaluate(codec, images, fp, fid=fid, progress=False, on_image=keep,
+                        decompose=True)  # MSE_a / MSE_q shares (paper 000)
         with warnings.catch_warnings(record=True) as caught:  # FID/KID of too few patches
             warnings.simplefilter("always")
             point = summarize(rows, fid)
@@ -432,6 +435,7 @@ class RealBitstreamEval(Callback):
             from codecx.metrics.rdplot import plot_rd
 
             cols = ["step", "bpp", "bpp_est", "psnr-rgb", "ms-ssim"]
+            cols += [k for k in ("mse_a_ratio", "mse_q_ratio") if any(k in p for p in self.history)]
             cols += [k for k in POINT_DELTAS if any(k in p for p in self.history)]
             data = [[p.get(c) for c in cols] for p in self.history]
             with tempfile.TemporaryDirectory() as tmp:

@@ -39,3 +39,65 @@ def decompose(codec, x: Tensor, x_hat: Tensor) -> Dict[str, float]:
     ratio = (lambda v: v / mse_t) if mse_t > 0 else (lambda v: float("nan"))  # noqa: E731
     return {"mse_t": mse_t, "mse_a": mse_a, "mse_q": mse_q,
             "mse_a_ratio": ratio(mse_a), "mse_q_ratio": ratio(mse_q)}
+
+
+def _has(curve, key: str) -> bool:
+    vals = curve["results"].get(key)
+    return bool(vals) and any(v is not None for v in vals)
+
+
+def plot_decomposition(curves, path) -> "Path | None":
+    """MSE_a / MSE_t (dashed) and MSE_q / MSE_t (solid) against bpp, one colour per curve
+    (CompressAI-layout results dicts; paper 000, Fig. 9); None when no curve has them."""
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = [c for c in curves if _has(c, "mse_q_ratio")]
+    if not curves:
+        return None
+    fig = Figure(figsize=(6, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, c in enumerate(curves):
+        r, colour = c["results"], f"C{i % 10}"
+        pts = sorted((b, a, q) for b, a, q in zip(r["bpp"], r["mse_a_ratio"], r["mse_q_ratio"])
+                     if a is not None and q is not None)
+        bpp = [p[0] for p in pts]
+        ax.plot(bpp, [p[2] for p in pts], "-o", color=colour, label=f"{c['name']}: MSE_q / MSE_t")
+        ax.plot(bpp, [p[1] for p in pts], "--s", color=colour, label=f"{c['name']}: MSE_a / MSE_t")
+    ax.set_xlabel("bpp (real bitstream)")
+    ax.set_ylabel("share of MSE_t")
+    ax.set_title("Reconstruction error: quantization (q) and architecture (a)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    return out
+
+
+def decomposition_section(curves, png) -> str:
+    """A report.md section: the figure and each point's bpp, MSE_t, MSE_a, MSE_q and ratios
+    (empty when no curve was evaluated with metrics.decompose)."""
+    curves = [c for c in curves if _has(c, "mse_t")]
+    if not curves:
+        return ""
+    plot = plot_decomposition(curves, png)
+    lines = ["", "## Reconstruction-error decomposition", "",
+             "MSE_t = MSE(X, X_q), MSE_a = MSE(X, g_s(y)) (no quantization), MSE_q = MSE(g_s(y), X_q) "
+             "(paper 000, eq. 11), on 8-bit images, means over the images.", ""]
+    if plot is not None:
+        lines += [f"![decomposition]({plot.name})", ""]
+    lines += ["| group | bpp | MSE_t | MSE_a | MSE_q | MSE_a/MSE_t | MSE_q/MSE_t |",
+              "|---|---|---|---|---|---|---|"]
+    fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for c in curves:
+        r = c["results"]
+        for i in range(len(r["bpp"])):
+            get = lambda k: (r.get(k) or [None] * len(r["bpp"]))[i]  # noqa: E731
+            lines.append(f"| {c['name']} | {fmt(get('bpp'), 4)} | {fmt(get('mse_t'), 2)} | "
+                         f"{fmt(get('mse_a'), 2)} | {fmt(get('mse_q'), 2)} | "
+                         f"{fmt(get('mse_a_ratio'), 3)} | {fmt(get('mse_q_ratio'), 3)} |")
+    return "\n".join(lines) + "\n"
