@@ -203,16 +203,7 @@ def unpack(data: bytes, expected_fingerprint: Optional[bytes] = None) -> Tuple[H
 
 def expected_latent_shapes(backbone, shape: Tuple[int, int]):
     """(y_shape, z_shape) that `Codec.compress` yields for an image of `shape` (H, W)."""
-    # x is padded to a multiple of `stride`; g_a downsamples by `latent_stride` (16), h_a by
-    # stride / latent_stride more; e.g. a hyperprior (stride 64): 33x70 -> y 4x8, z 1x2;
-    # no side information (factorized prior, stride 16): no z
-    s = int(backbone.stride)
-    ls = int(getattr(backbone, "latent_stride", 16))
-    ph, pw = (math.ceil(int(d) / s) * s for d in shape)
-    has_side = getattr(backbone, "has_side", getattr(backbone, "family", "") != "factorized")
-    if not has_side:
-        return (ph // ls, pw // ls), None
-    return (ph // ls, pw // ls), (ph // s, pw // s)
+    return backbone.latent_shapes(*shape)
 
 
 def check_method_names(options: Mapping[str, Any], known: Mapping[str, Sequence[str]]) -> None:

@@ -85,6 +85,15 @@ class Backbone:
         """Input sizes must be multiples of this (padding is added otherwise)."""
         return int(self.downsampling_factor)
 
+    def latent_shapes(self, h: int, w: int):
+        """(y, z) spatial sizes for an `h` x `w` image (z: None without side information): the
+        image is padded to a multiple of `stride`, g_a downsamples by `latent_stride`, h_a by
+        `stride / latent_stride` more; e.g. a hyperprior (stride 64): 33x70 -> y 4x8, z 1x2."""
+        s, ls = int(self.stride), int(self.latent_stride)
+        ph, pw = int(h) + (-int(h)) % s, int(w) + (-int(w)) % s
+        y = (ph // ls, pw // ls)
+        return (y, (ph // s, pw // s)) if self.has_side else (y, None)
+
     def h_a_input(self, y: Tensor) -> Tensor:
         """What the hyper analysis sees of `y`."""
         return y

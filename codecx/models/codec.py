@@ -218,7 +218,7 @@ class Codec(nn.Module):
         self._check_updated()
         bb = self.backbone
         h, w = x.shape[-2:]
-        y_shape, z_shape = self.latent_shapes(h, w)
+        y_shape, z_shape = bb.latent_shapes(h, w)
         strings, options = [], []
         for i in range(x.size(0)):
             streams, opts = self._walk("encode", x[i : i + 1])
@@ -239,16 +239,6 @@ class Codec(nn.Module):
             x_hats.append(self._walk("decode", streams=streams, shape=shape, y_shape=tuple(y_shape),
                                      z_shape=z_shape, options=opts))
         return torch.cat(x_hats, 0)
-
-    def latent_shapes(self, h: int, w: int):
-        """(y, z) spatial sizes for an `h` x `w` image (z: None without side information)."""
-        bb = self.backbone
-        ph, pw = h + (-h) % bb.stride, w + (-w) % bb.stride
-        y = (ph // bb.latent_stride, pw // bb.latent_stride)
-        if not bb.has_side:
-            return y, None
-        s = bb.stride
-        return y, (ph // s, pw // s)
 
     def _check_updated(self) -> None:
         from compressai.entropy_models import EntropyModel
