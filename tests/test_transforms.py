@@ -294,3 +294,23 @@ def test_training_lowers_the_loss(which):
     last = loss()
     assert math.isfinite(last) and last < first
     assert all(torch.equal(a, b) for a, b in zip(frozen, codec.backbone.parameters()))
+
+
+def test_lattice_quantizer_round_trip():
+    """quantizer=hex (codecx.quantizers.LatticeQuantizer): the transforms act on the lattice
+    y_hat like on the scalar one; decode is exact."""
+    from codecx.evaluate import prepare
+    from codecx.metrics.rd import code_image
+    from codecx.models import Codec, build_backbone
+    from codecx.quantizers import LatticeQuantizer
+
+    torch.manual_seed(0)
+    t = LRP(hidden=8, hidden2=8)
+    codec = Codec(build_backbone("mbt_mean", N=8, M=M), LatticeQuantizer("hex"), transforms=[t])
+    _perturb(t)
+    codec.train()
+    assert codec(torch.rand(2, 3, 64, 64)).x_hat.shape == (2, 3, 64, 64)
+    codec = prepare(codec)
+    x = _image(3)
+    _, x_dec = code_image(codec, x)
+    assert torch.equal(x_dec, codec(x).x_hat.clamp(0, 1))
