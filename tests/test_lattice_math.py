@@ -186,3 +186,29 @@ def test_support_is_bounded():
         support(lat, torch.full((3, 4), 20.0))
     small = support(lat, torch.full((3, 4), 0.3), radius=1.5)  # caller-chosen radius: escapes beyond
     assert small.offsets.shape[0] < sup.offsets.shape[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_support_prefilter_drops_no_symbol_and_the_coder_tables_are_support(name):
+    """The box pre-filter of `support` keeps every point of mass >= tail (checked against
+    quadrature on the whole ball), and the coder's joint table of a key is `support` of that
+    zero-mean group: the same alphabet, each point's symbol its position in it."""
+    from codecx.coding.lattice_coder import _TABLE_ORDER, KEY_SCALES, LatticeTables
+    from codecx.quantizers.lattice_math import _ball, support_radius
+
+    lat = get_lattice(name)
+    g = torch.Generator().manual_seed(7)
+    scales = KEY_SCALES.double()[torch.randint(0, 12, (3, lat.dim), generator=g)]  # 0.11 .. ~0.6
+    means = torch.randn(3, lat.dim, generator=g, dtype=F64)
+    sup = support(lat, scales, means)
+    ball = _ball(lat, round(support_radius(lat, scales.max().item()), 6))
+    center = lat.nearest_index(means)
+    for i in range(3):
+        p = cell_prob(lat, lat.from_index(center[i] + ball, F64), means[i], scales[i], bound=None)
+        want = {tuple(o) for o in ball[p >= 1e-7].tolist()}
+        assert {tuple(o) for o in sup.offsets[sup.valid[i]].tolist()} == want
+    table = LatticeTables(lat)._build(scales[0])
+    zero = support(lat, scales[:1], order=_TABLE_ORDER)
+    assert torch.equal(table.offsets, zero.offsets) and zero.valid.all()
+    sym, esc = table.symbols(torch.cat([zero.offsets, zero.offsets[-1:] + 50]))
+    assert torch.equal(sym, torch.arange(table.size + 1)) and esc.tolist() == [False] * table.size + [True]

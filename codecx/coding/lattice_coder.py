@@ -40,7 +40,7 @@ import torch
 from compressai.models.google import get_scale_table
 from torch import Tensor
 
-from codecx.quantizers.lattice_math import Lattice, _ball, _ball_size, _mass, cell_prob
+from codecx.quantizers.lattice_math import Lattice, OffsetIndex, support, support_size
 
 __all__ = ["LatticeTables", "LatticeStreamEncoder", "LatticeStreamDecoder", "Z1_GENERATOR"]
 
@@ -79,7 +79,8 @@ def _get_ints(dec, n: int) -> Tensor:
 
 # ---------------------------------------------------------------------------- joint tables
 class _Table:
-    """Candidates (K, v) of one table key, their categorical model (K + 1 symbols: escape last)."""
+    """The alphabet of one table key (`lattice_math.support` of one zero-mean group: candidates
+    (K, v)) and its categorical model (K + 1 symbols: escape last)."""
 
     def __init__(self, offsets: Tensor, prob: Tensor, tail: float):
         self.offsets = offsets.to(torch.int64)
@@ -87,18 +88,12 @@ class _Table:
         esc = max(1.0 - float(prob.sum()), _ESCAPE_FLOOR)
         pmf = np.append(prob.numpy().astype(np.float64), esc)
         self.model = _model.Categorical(pmf, perfect=False)
-        self.bound = int(self.offsets.abs().max()) if self.size else 0
-        self.radix = (2 * self.bound + 1) ** torch.arange(offsets.size(-1), dtype=torch.int64)
-        self.keys, self.order = ((self.offsets + self.bound) * self.radix).sum(-1).sort()
+        self.lookup = OffsetIndex(self.offsets)
 
     def symbols(self, index: Tensor) -> Tuple[Tensor, Tensor]:
         """Symbol (n,) of each lattice index (n, v), escape = K, and the escape mask."""
-        b = self.bound
-        inside = (index.abs() <= b).all(-1)
-        q = ((index + b).clamp(0, 2 * b) * self.radix).sum(-1)
-        pos = torch.searchsorted(self.keys, q).clamp(max=self.size - 1)
-        found = inside & (self.keys[pos] == q)
-        return torch.where(found, self.order[pos], self.size), ~found
+        k, found = self.lookup.find(index)
+        return torch.where(found, k, self.size), ~found
 
 
 class LatticeTables:
@@ -114,8 +109,8 @@ class LatticeTables:
 
     def joint(self, sigma: Tensor) -> Tensor:
         """Which table keys (n, v) float64 use the joint model (their table is small enough)."""
-        radius = self._z * sigma.max(-1).values + 2 * self.lattice.covering_radius
-        sizes = torch.tensor([_ball_size(self.lattice, float(r)) for r in radius.tolist()], dtype=torch.float64)
+        sizes = torch.tensor([support_size(self.lattice, s, self.tail) for s in sigma.max(-1).values.tolist()],
+                             dtype=torch.float64)
         return sizes <= self.max_joint
 
     def get(self, sigma: Tuple[float, ...]) -> _Table:
@@ -140,20 +135,10 @@ class LatticeTables:
         return t
 
     def _build(self, s: Tensor) -> _Table:
-        """Points of cell mass >= tail under N(0, diag s^2), as `lattice_math.support` finds them,
-        with a cheap pre-filter: the cell lies in the box +-covering radius around its point,
-        whose Gaussian mass (v erfc pairs) bounds the cell's, so quadrature only runs where
-        that bound reaches `tail` (the ellipsoid of likely points, not the whole ball)."""
-        lat = self.lattice
-        offsets = _ball(lat, round(self._z * float(s.max()) + 2 * lat.covering_radius, 6))
-        pts = lat.from_index(offsets, torch.float64)
-        r = lat.covering_radius
-        cand = _mass(pts - r, pts + r, torch.zeros_like(pts), s.expand_as(pts)).prod(-1) >= self.tail
-        cand[0] = True
-        prob = cell_prob(lat, pts[cand], torch.zeros((), dtype=torch.float64), s, bound=None, order=_TABLE_ORDER)
-        keep = prob >= self.tail
-        keep[0] = True  # the origin (most probable point of a zero-mean Gaussian) always has a symbol
-        return _Table(offsets[cand][keep], prob[keep], self.tail)
+        """The points of cell mass >= tail under N(0, diag s^2): `lattice_math.support` of one
+        zero-mean group, with `_TABLE_ORDER` quadrature points (the origin always has a symbol)."""
+        sup = support(self.lattice, s.unsqueeze(0), tail=self.tail, order=_TABLE_ORDER)
+        return _Table(sup.offsets, sup.prob[0], self.tail)
 
 
 def _box_bound(std: Tensor, z: float) -> Tensor:

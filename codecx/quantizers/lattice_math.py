@@ -22,6 +22,7 @@ from torch import Tensor
 __all__ = [
     "Lattice", "IntegerLattice", "HexLattice", "OctLattice", "D4Lattice", "LATTICES", "get_lattice",
     "normalized_second_moment", "sample_voronoi", "cell_prob", "cell_log_prob", "Support", "support",
+    "support_radius", "support_size", "OffsetIndex",
 ]
 
 _SQRT3 = math.sqrt(3.0)
@@ -296,6 +297,9 @@ def cell_log_prob(lattice: Lattice, points: Tensor, means: Tensor, scales: Tenso
 
 
 # ---------------------------------------------------------------------------- coding support
+# One implementation of the truncated symbol alphabets (paper 001, appendix D.3): `support` here,
+# used as it is by the entropy coder's joint tables (codecx.coding.lattice_coder), whose symbols
+# are the candidates' positions as `OffsetIndex` finds them.
 def _ball_size(lattice: Lattice, radius: float) -> float:
     """Expected number of points of a unit-volume lattice in a ball of `radius`."""
     v = lattice.dim
@@ -310,6 +314,39 @@ def _ball(lattice: Lattice, radius: float) -> Tensor:
     norm = lattice.from_index(grid, torch.float64).norm(dim=-1)
     keep = norm <= radius + 1e-9
     return grid[keep][torch.argsort(norm[keep], stable=True)]
+
+
+def support_radius(lattice: Lattice, max_scale, tail: float = 1e-7):
+    """z * max_scale + 2 x covering radius, z = Phi^-1(1 - tail): every cell of mass >= `tail`
+    under a Gaussian of largest scale `max_scale` lies within it of the point nearest the mean
+    (half-space bound). `max_scale` may be a float or a tensor (one radius per entry)."""
+    z = -torch.special.ndtri(torch.tensor(tail, dtype=torch.float64)).item()
+    return z * max_scale + 2 * lattice.covering_radius
+
+
+def support_size(lattice: Lattice, max_scale: float, tail: float = 1e-7) -> float:
+    """About how many candidates `support` examines for a largest scale `max_scale`."""
+    return _ball_size(lattice, float(support_radius(lattice, max_scale, tail)))
+
+
+class OffsetIndex:
+    """Positions of index offsets in a fixed list `offsets` (K, v): mixed-radix integer keys and
+    a binary search (the symbol of a lattice point in a truncated alphabet)."""
+
+    def __init__(self, offsets: Tensor):
+        self.size = len(offsets)
+        self.bound = int(offsets.abs().max()) if self.size else 0
+        self.radix = (2 * self.bound + 1) ** torch.arange(offsets.size(-1), dtype=torch.int64,
+                                                          device=offsets.device)
+        self.keys, self.order = ((offsets + self.bound) * self.radix).sum(-1).sort()
+
+    def find(self, rel: Tensor) -> Tuple[Tensor, Tensor]:
+        """(position k (...,) of each offset `rel` (..., v) in the list, 0 where absent; found (...,))."""
+        b = self.bound
+        q = ((rel + b).clamp(0, 2 * b) * self.radix).sum(-1)
+        pos = torch.searchsorted(self.keys, q).clamp(max=self.size - 1)
+        found = (self.keys[pos] == q) & (rel.abs() <= b).all(-1)
+        return torch.where(found, self.order[pos], 0), found
 
 
 @dataclass
@@ -331,6 +368,11 @@ class Support:
         """Lattice indices of the candidates, (G, K, v) int64."""
         return self.center.unsqueeze(1) + self.offsets
 
+    @functools.cached_property
+    def lookup(self) -> OffsetIndex:
+        """Position of an offset among `offsets` (the symbol of a point)."""
+        return OffsetIndex(self.offsets)
+
     def locate(self, index: Tensor, clip: bool = False) -> Tuple[Tensor, Tensor]:
         """Position k (G,) of lattice `index` (G, v) among the candidates, and `escaped` (G,).
 
@@ -338,14 +380,7 @@ class Support:
         the valid candidate nearest to them, which the caller codes instead (no escape symbol,
         extra distortion).
         """
-        rel = index - self.center
-        b = int(self.offsets.abs().max())
-        radix = (2 * b + 1) ** torch.arange(rel.size(-1), device=rel.device)
-        keys, order = ((self.offsets + b) * radix).sum(-1).sort()
-        q = ((rel + b).clamp(0, 2 * b) * radix).sum(-1)
-        pos = torch.searchsorted(keys, q).clamp(max=len(keys) - 1)
-        found = (keys[pos] == q) & (rel.abs() <= b).all(-1)
-        k = torch.where(found, order[pos], 0)
+        k, found = self.lookup.find(index - self.center)
         escaped = ~(found & self.valid.gather(1, k.unsqueeze(1)).squeeze(1))
         if clip and bool(escaped.any()):
             pts = self.lattice.from_index(self.index, torch.float64)
@@ -361,25 +396,31 @@ def support(lattice: Lattice, scales: Tensor, means: Optional[Tensor] = None, *,
     """Candidate symbols of cell probability >= `tail` for groups with `scales`, `means` (G, v).
 
     Offsets are the lattice points within `radius` of the point nearest each mean (default
-    zero means: the coder quantizes y - means). The default radius z * max(scales) + 2 x
-    covering radius, z = Phi^-1(1 - tail), contains every cell of mass >= tail (half-space
-    bound); K is then pruned to the offsets valid for some group. Large scales give huge K
+    zero means: the coder quantizes y - means; default radius `support_radius`), sorted by norm.
+    Quadrature (`cell_prob`, `order` points per piece) runs only on points whose box of +-covering
+    radius, which holds their cell, has Gaussian mass >= `tail` (an upper bound of the cell's:
+    the ellipsoid of likely points, not the whole ball). K is then pruned to the offsets valid
+    for some group; the nearest point (k = 0) always stays. Large scales give huge K
     (~ (z sigma)^v): bucket groups by scale, or pass a smaller `radius` and escape the rest.
     """
     means = torch.zeros_like(scales) if means is None else means
     if radius is None:
-        z = -torch.special.ndtri(torch.tensor(tail, dtype=torch.float64)).item()
-        radius = z * scales.max().item() + 2 * lattice.covering_radius
+        radius = support_radius(lattice, scales.max().item(), tail)
     if _ball_size(lattice, radius) > 1.2 * max_points:
         raise ValueError(f"~{_ball_size(lattice, radius):.0f} candidates within radius {radius:.2f} > max_points="
                          f"{max_points}: bucket groups by scale, or pass a smaller radius and escape the rest")
     offsets = _ball(lattice, round(float(radius), 6)).to(scales.device)
     center = lattice.nearest_index(means)
+    r = lattice.covering_radius
+    prob = scales.new_zeros(len(scales), len(offsets))
     g = max(1, chunk // len(offsets))
-    prob = torch.cat([scales.new_zeros(0, len(offsets))] + [
-        cell_prob(lattice, lattice.from_index(center[i:i + g].unsqueeze(1) + offsets, scales.dtype),
-                  means[i:i + g].unsqueeze(1), scales[i:i + g].unsqueeze(1), bound=None, order=order)
-        for i in range(0, len(scales), g)])
+    for i in range(0, len(scales), g):
+        pts = lattice.from_index(center[i:i + g].unsqueeze(1) + offsets, scales.dtype)  # (g, K, v)
+        mu = means[i:i + g].unsqueeze(1).expand_as(pts)
+        sd = scales[i:i + g].unsqueeze(1).expand_as(pts)
+        cand = _mass(pts - r, pts + r, mu, sd).prod(-1) >= tail
+        cand[:, 0] = True
+        prob[i:i + g][cand] = cell_prob(lattice, pts[cand], mu[cand], sd[cand], bound=None, order=order).to(prob.dtype)
     valid = prob >= tail
     keep = valid.any(0)
     keep[0] = True  # the nearest point always stays, so k = 0 exists
