@@ -1,0 +1,228 @@
+"""Stochastic Gumbel annealing (SGA) of Yang, Bamler & Mandt, "Improving inference for neural
+image compression" (NeurIPS 2020), as used with the shallow decoders of Yang & Mandt (ICCV
+2023, section 7.3): per image, optimise the continuous latents `y` and `z` for
+`bpp + lmbda * 255^2 * MSE` through an annealed stochastic relaxation of rounding, then let the
+codec round and code them as usual (decoder and bitstream format unchanged).
+
+Relaxation of rounding, per element v (the offset from the coding grid: `y - means` for
+Gaussian priors, `y - medians` / `z - medians` for factorized entropy models)::
+
+    logit_down = -atanh(clip(v - floor(v), -1+eps, 1-eps)) / tau
+    logit_up   = -atanh(clip(ceil(v) - v,  -1+eps, 1-eps)) / tau
+    (s_down, s_up) = softmax((logits + Gumbel noise) / tau)     # two-class Gumbel-softmax
+    v_tilde = floor(v) * s_down + ceil(v) * s_up
+
+tau -> 0 gives rounding to the nearest grid point; large tau the midpoint of the bin.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from codecx.inference.base import EncoderRefiner
+from codecx.types import EntropyParams
+
+__all__ = ["SGA", "SCHEDULES", "TauSchedule", "sga_round"]
+
+_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class TauSchedule:
+    """`tau(t) = clip(tau0 * exp(-rate * max(0, t - offset)), tau_min, tau0)`."""
+
+    tau0: float
+    rate: float
+    offset: int
+    tau_min: float = 1e-8
+
+    def __call__(self, t: int) -> float:
+        return min(self.tau0, max(self.tau_min, self.tau0 * math.exp(-self.rate * max(0, t - self.offset))))
+
+
+#: shallow_ntc: mandt-lab/shallow-ntc (Adam 5e-3, x0.1 at 90% of 3000 steps);
+#: original: Yang, Bamler & Mandt 2020 (2000 steps, Adam 1e-3)
+SCHEDULES = {
+    "shallow_ntc": TauSchedule(0.5, 5e-4, 200),
+    "original": TauSchedule(0.5, 1e-3, 700),
+}
+
+
+def sga_round(v: Tensor, tau: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """One stochastic Gumbel-annealed rounding sample of `v` at temperature `tau` (Yang et al.
+    2020, eq. 7), differentiable in `v`."""
+    lo, hi = torch.floor(v), torch.ceil(v)
+    logit_down = -torch.atanh((v - lo).clamp(-1 + _EPS, 1 - _EPS)) / tau
+    logit_up = -torch.atanh((hi - v).clamp(-1 + _EPS, 1 - _EPS)) / tau
+    logits = torch.stack((logit_down, logit_up), dim=-1)
+    u = torch.rand(logits.shape, generator=generator, device=v.device, dtype=v.dtype)
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+    s = F.softmax((logits + gumbel) / tau, dim=-1)
+    return lo * s[..., 0] + hi * s[..., 1]
+
+
+class SGA(EncoderRefiner):
+    """Encoder refiner: stochastic Gumbel annealing of `y` and `z` (Yang, Bamler, Mandt 2020).
+
+    Args:
+        steps: optimisation steps per image (shallow-ntc 3000, the 2020 original 2000).
+        lr: Adam learning rate (5e-3; original 1e-3).
+        schedule: tau schedule, "shallow_ntc" or "original" (see SCHEDULES).
+        lr_drop_at: fraction of the steps after which lr is multiplied by `lr_drop` (None: never).
+        lr_drop: the factor (0.1).
+        lmbda: the trade-off; None: the codec's (the checkpoint's) lmbda.
+        seed: seed of the Gumbel noise; every call starts from it, so the eval forward and
+            `compress` of one image pick the same latents.
+        keep_best: keep the unrefined latents when the refined ones give a higher
+            `bpp + lmbda D` after hard rounding (the likelihoods of the coded symbols), so SGA
+            is never worse than no SGA.
+        progress: show a progress bar.
+    """
+
+    def __init__(self, steps: int = 3000, lr: float = 5e-3, schedule: str = "shallow_ntc",
+                 lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,
+                 lmbda: Optional[float] = None, seed: int = 0, keep_best: bool = True,
+                 progress: bool = False):
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"refine.sga.schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if int(steps) < 0:
+            raise ValueError(f"refine.sga.steps={steps}: need a number of steps >= 0")
+        if not float(lr) > 0:
+            raise ValueError(f"refine.sga.lr={lr}: the learning rate must be positive")
+        if lr_drop_at is not None and not 0 <= float(lr_drop_at) <= 1:
+            raise ValueError(f"refine.sga.lr_drop_at={lr_drop_at}: a fraction of the steps in [0, 1] (or null)")
+        if lmbda is not None and not float(lmbda) > 0:
+            raise ValueError(f"refine.sga.lmbda={lmbda}: must be positive (or null: the checkpoint's)")
+        self.steps, self.lr, self.schedule_name = int(steps), float(lr), schedule
+        self.tau = SCHEDULES[schedule]
+        self.lr_drop_at = None if lr_drop_at is None else float(lr_drop_at)
+        self.lr_drop = float(lr_drop)
+        self.lmbda = None if lmbda is None else float(lmbda)
+        self.seed, self.keep_best, self.progress = int(seed), bool(keep_best), bool(progress)
+        #: what the last call did: relaxed-loss curve, hard losses before / after, kept or not
+        self.last: Dict[str, object] = {}
+
+    # ------------------------------------------------------------------ the loss
+    def _medians(self, eb, like: Tensor) -> Tensor:
+        return eb._get_medians().detach().reshape(1, -1, *([1] * (like.dim() - 2))).to(like)
+
+    def relaxed_loss(self, codec, x: Tensor, y: Tensor, z: Optional[Tensor], lmbda: float,
+                     tau: float, generator: Optional[torch.Generator] = None
+                     ) -> Tuple[Tensor, Tensor, Tensor]:
+        """(loss, bpp, 255^2 MSE) of the SGA relaxation at temperature `tau`."""
+        bb = codec.backbone
+        h, w = x.shape[-2:]
+        bits = y.new_zeros(())
+        hyper = None
+        if z is not None:
+            eb = bb.entropy_bottleneck
+            med = self._medians(eb, z)
+            z_tilde = med + sga_round(z - med, tau, generator)
+            bits = bits - torch.log2(EntropyParams(med.expand_as(z_tilde), None, eb).likelihood(z_tilde)).sum()
+            hyper = bb.h_s(z_tilde)
+        if getattr(bb, "autoregressive", False):
+            # the grid: means from the context of the continuous y; the rate: the context of
+            # the relaxed latents (training-mode parallel context)
+            grid = bb.params(hyper, like=y, ctx=bb.context(y)).means.detach()
+            y_tilde = grid + sga_round(y - grid, tau, generator)
+            params = bb.params(hyper, like=y, ctx=bb.context(y_tilde))
+        else:
+            params = bb.params(hyper, like=y)
+            y_tilde = params.means + sga_round(y - params.means, tau, generator)
+        bits = bits - torch.log2(params.likelihood(y_tilde)).sum()
+        x_hat = bb.g_s(y_tilde)[..., :h, :w]
+        bpp = bits / (x.size(0) * h * w)
+        mse = F.mse_loss(x_hat, x) * 255 ** 2
+        return bpp + lmbda * mse, bpp, mse
+
+    @torch.no_grad()
+    def hard_loss(self, codec, x: Tensor, y: Tensor, z: Optional[Tensor], lmbda: float
+                  ) -> Tuple[float, float, float]:
+        """(loss, bpp, 255^2 MSE) after the codec's own rounding: the likelihoods of the coded
+        symbols (the bpp estimate) and the decoded image (without latent transforms)."""
+        bb, q = codec.backbone, codec.quantizer
+        h, w = x.shape[-2:]
+        bits = 0.0
+        hyper = None
+        if z is not None:
+            eb = bb.entropy_bottleneck
+            med = self._medians(eb, z)
+            z_hat = torch.round(z - med) + med
+            bits -= torch.log2(EntropyParams(med.expand_as(z_hat), None, eb).likelihood(z_hat)).sum().item()
+            hyper = bb.h_s(z_hat)
+        if getattr(bb, "autoregressive", False):
+            serial = getattr(bb, "serial", None) or codec._serial
+            y_hat, params = serial(hyper, lambda p, i: q.hard(y[i], p), y.shape)
+        else:
+            params = bb.params(hyper, like=y)
+            y_hat = q.hard(y, params)
+        bits -= torch.log2(q.likelihood(y_hat, params)).sum().item()
+        x_hat = bb.g_s(y_hat)[..., :h, :w]
+        bpp = bits / (x.size(0) * h * w)
+        mse = F.mse_loss(x_hat, x).item() * 255 ** 2
+        return bpp + lmbda * mse, bpp, mse
+
+    # ------------------------------------------------------------------ the refiner
+    def forward(self, x: Tensor, codec, y: Tensor, z: Optional[Tensor], lmbda: Optional[float]
+                ) -> Tuple[Tensor, Optional[Tensor]]:
+        lmbda = self.lmbda if self.lmbda is not None else lmbda
+        if lmbda is None:
+            raise ValueError("SGA needs the rate-distortion trade-off: the codec has no lmbda "
+                             "(a CompressAI state dict?); set refine.sga.lmbda=VALUE")
+        if int(getattr(codec.quantizer, "dim", 1)) != 1:
+            raise ValueError(f"SGA relaxes scalar rounding; the {type(codec.quantizer).__name__} "
+                             "quantizer codes vectors on a lattice: use a scalar quantizer with refine=sga")
+        if self.steps == 0:
+            return y, z
+        y0, z0 = y.detach(), None if z is None else z.detach()
+        with torch.enable_grad():
+            y_opt, z_opt, curve = self._optimise(codec, x.detach(), y0, z0, float(lmbda))
+        self.last = {"curve": curve, "kept": "refined"}
+        if self.keep_best:
+            before = self.hard_loss(codec, x, y0, z0, float(lmbda))
+            after = self.hard_loss(codec, x, y_opt, z_opt, float(lmbda))
+            self.last.update(hard_before=before, hard_after=after)
+            if after[0] > before[0]:
+                self.last["kept"] = "original"
+                return y, z
+        return y_opt, z_opt
+
+    def _optimise(self, codec, x: Tensor, y0: Tensor, z0: Optional[Tensor], lmbda: float
+                  ) -> Tuple[Tensor, Optional[Tensor], List[float]]:
+        latents = [y0.clone().requires_grad_(True)]
+        if z0 is not None:
+            latents.append(z0.clone().requires_grad_(True))
+        opt = torch.optim.Adam(latents, lr=self.lr)
+        gen = torch.Generator(device=y0.device)
+        gen.manual_seed(self.seed)
+        drop_step = None if self.lr_drop_at is None else int(self.lr_drop_at * self.steps)
+        curve: List[float] = []
+        every = max(1, self.steps // 100)
+        for t in self._steps():
+            if t == drop_step:
+                for g in opt.param_groups:
+                    g["lr"] = self.lr * self.lr_drop
+            loss, _, _ = self.relaxed_loss(codec, x, latents[0], latents[1] if z0 is not None else None,
+                                           lmbda, self.tau(t), gen)
+            grads = torch.autograd.grad(loss, latents)  # the networks' .grad stay untouched
+            for p, g in zip(latents, grads):
+                p.grad = g
+            opt.step()
+            if t % every == 0 or t == self.steps - 1:
+                curve.append(float(loss.detach()))
+        y = latents[0].detach()
+        z = latents[1].detach() if z0 is not None else None
+        return y, z, curve
+
+    def _steps(self):
+        if not self.progress:
+            return range(self.steps)
+        from rich.progress import track
+
+        return track(range(self.steps), description="SGA", transient=True)
