@@ -252,6 +252,9 @@ def test_compose_train_checkpoint_and_eval(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, DataLoader([x[0], x[1]], batch_size=2))
     assert trainer.global_step == 2
+    logged = trainer.callback_metrics
+    assert {"train/latent_mse", "train/latent_mse_raw"} <= set(logged)
+    assert float(logged["train/latent_mse"]) > 0
     assert any(not torch.equal(before[k], v) for k, v in ts[0].state_dict().items())
     assert all(torch.isfinite(v).all() for v in ts[0].state_dict().values())
     path = tmp_path / "last.ckpt"
