@@ -6,7 +6,8 @@ coder writes `k` into one range-coded stream (constriction's queue `RangeEncoder
 first out, so serial context models can code position by position). Two models:
 
 * **joint** (the paper's PMF tables): a categorical over the lattice points whose Voronoi
-  cell carries mass >= `tail` (1e-7, appendix D.3), plus one escape symbol. Tables are keyed
+  cell carries mass >= `tail` (1e-7, appendix D.3; `lattice_math.support` of a zero-mean group,
+  symbols = positions in its alphabet), plus one escape symbol. Tables are keyed
   by the scales rounded up to CompressAI's default 64-level scale table (`KEY_SCALES`, as
   CompressAI rounds scales for its scalar CDF tables; fixed here whatever the model's own
   table, so that the number of distinct tables stays small), computed once in float64 and
