@@ -31,6 +31,15 @@ def _run(cmd, cwd, timeout=900) -> subprocess.CompletedProcess:
 
 
 # ---------------------------------------------------------------------------- argv hand-over
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    """An in-process Hydra main leaves GlobalHydra initialized: clear it for the next tests."""
+    yield
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+
+
 def test_train_and_eval_verbs_hand_overrides_to_hydra(capsys, monkeypatch, tmp_path):
     """`codecx train|eval ARGS` gives ARGS to Hydra untouched (here `--cfg job` and overrides)."""
     from codecx.cli import main
