@@ -62,6 +62,8 @@ def test_tau_schedules():
     assert s(3000) == pytest.approx(0.5 * math.exp(-5e-4 * 2800))
     assert o(0) == o(700) == 0.5  # clipped to 0.5 before the offset
     assert o(1700) == pytest.approx(0.5 * math.exp(-1.0)) and o(10 ** 6) == 1e-8
+    fast = SGA(steps=400, tau_rate=1e-2, tau_offset=50).tau
+    assert fast(50) == 0.5 and fast(400) == pytest.approx(0.5 * math.exp(-3.5))
 
 
 def test_relaxation_limits():

@@ -73,6 +73,8 @@ class SGA(EncoderRefiner):
         steps: optimisation steps per image (shallow-ntc 3000, the 2020 original 2000).
         lr: Adam learning rate (5e-3; original 1e-3).
         schedule: tau schedule, "shallow_ntc" or "original" (see SCHEDULES).
+        tau_rate, tau_offset: replace the schedule's decay rate / start step (None: keep;
+            e.g. a short CPU run anneals faster).
         lr_drop_at: fraction of the steps after which lr is multiplied by `lr_drop` (None: never).
         lr_drop: the factor (0.1).
         lmbda: the trade-off; None: the codec's (the checkpoint's) lmbda.
@@ -87,7 +89,8 @@ class SGA(EncoderRefiner):
     def __init__(self, steps: int = 3000, lr: float = 5e-3, schedule: str = "shallow_ntc",
                  lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,
                  lmbda: Optional[float] = None, seed: int = 0, keep_best: bool = True,
-                 progress: bool = False):
+                 progress: bool = False, tau_rate: Optional[float] = None,
+                 tau_offset: Optional[int] = None):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"refine.sga.schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
@@ -100,7 +103,9 @@ class SGA(EncoderRefiner):
         if lmbda is not None and not float(lmbda) > 0:
             raise ValueError(f"refine.sga.lmbda={lmbda}: must be positive (or null: the checkpoint's)")
         self.steps, self.lr, self.schedule_name = int(steps), float(lr), schedule
-        self.tau = SCHEDULES[schedule]
+        base = SCHEDULES[schedule]
+        self.tau = TauSchedule(base.tau0, base.rate if tau_rate is None else float(tau_rate),
+                               base.offset if tau_offset is None else int(tau_offset), base.tau_min)
         self.lr_drop_at = None if lr_drop_at is None else float(lr_drop_at)
         self.lr_drop = float(lr_drop)
         self.lmbda = None if lmbda is None else float(lmbda)
