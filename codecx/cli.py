@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                            add_help=False)
         s.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides, e.g. model=mbt lmbda=0.013")
 
+    s = sub.add_parser("train-labeler", add_help=False,
+                       help="train the MS-ILLM VQ-VAE labeler for reg=illm (`codecx train-labeler --help`)")
+    s.add_argument("args", nargs=argparse.REMAINDER)
+
     s = verb("compress", cmd_compress, "encode an image into a codecx file", threads="1")
     s.add_argument("image", help="image file (PNG, JPEG, ...)")
     s.add_argument("-c", "--checkpoint", required=True, help="train.py checkpoint (last.ckpt)")
@@ -273,6 +277,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in HYDRA_VERBS:  # Hydra parses the rest itself (-m, --cfg, key=value)
         return run_hydra_verb(argv[0], argv[1:])
+    if argv and argv[0] == "train-labeler":  # its own argparse (codecx.regularizers.labeler)
+        from codecx.regularizers.labeler import main as train_labeler_main
+
+        return train_labeler_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

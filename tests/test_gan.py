@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from codecx.regularizers.gan import (ILLMRegularizer, PatchGANDiscriminator, PatchGANRegularizer,
                                      UNetDiscriminator, oasis_d_loss, oasis_g_loss)
-from codecx.regularizers.labeler import VQLabeler, load_labeler, main as labeler_main
+from codecx.regularizers.labeler import VQLabeler, load_labeler
 from conftest import tiny_codec
 
 TINY_LABELER = dict(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, embed_dim=16, code_dim=4, codebook_size=32)
@@ -52,7 +52,7 @@ def test_labeler_shapes_labels_and_frozen(labeler_file):
         lab.labels(torch.rand(1, 3, 60, 64))
 
 
-def test_labeler_loss_terms_and_training_entry(tmp_path, tiny_images):
+def test_labeler_loss_terms_and_training_entry(tmp_path, tiny_images, capsys):
     torch.manual_seed(0)
     lab = VQLabeler(**TINY_LABELER)
     x = _images(2)
@@ -62,10 +62,17 @@ def test_labeler_loss_terms_and_training_entry(tmp_path, tiny_images):
     loss.backward()
     assert lab.codebook.grad is not None and lab.encoder[0].weight.grad is not None
     out = tmp_path / "lab.pt"
-    rc = labeler_main(["--data", str(tiny_images), "--out", str(out), "--steps", "2", "--batch-size", "2",
+    from codecx.cli import main as codecx_main
+
+    rc = codecx_main(["train-labeler", "--data", str(tiny_images), "--out", str(out), "--steps", "2", "--batch-size", "2",
                        "--crop-size", "32", "--no-lpips", "--ch", "8", "--ch-mult", "1", "2", "2", "2",
                        "--num-res-blocks", "1", "--embed-dim", "16", "--code-dim", "4", "--codebook-size", "32"])
     assert rc == 0 and load_labeler(out).codebook_size == 32
+    # LPIPS-VGG weights come from a local file: a missing one is one error naming it
+    rc = codecx_main(["train-labeler", "--data", str(tiny_images), "--out", str(tmp_path / "x.pt"),
+                      "--lpips-weights", str(tmp_path / "nope.pth")])
+    assert rc == 1 and not (tmp_path / "x.pt").exists()
+    assert "vgg16-397923af.pth" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="reg.labeler=.*no such labeler file.*train-labeler"):
         load_labeler(tmp_path / "missing.pt")
 
@@ -124,7 +131,7 @@ def test_discriminator_loss_decreases_on_a_fixed_batch(kind, labeler_file):
     (phase,) = reg.aux_phases()
     assert phase.name == "discriminator" and phase.optimizer == "adamw" and phase.betas == (0.5, 0.9)
     assert phase.lr == (4e-4 if kind == "illm" else 1e-4)
-    x = _images(4)
+    x = _images(2)
     with torch.no_grad():
         out = _out(codec, x)
     opt = torch.optim.AdamW(phase.params, lr=3e-3, betas=phase.betas)
@@ -199,3 +206,57 @@ def test_one_training_step_through_hydra(reg, labeler_file):
     assert any(not torch.equal(a, b) for a, b in zip(d_before, d_after))
     if reg == "illm":  # the labeler is not part of the checkpoint
         assert not any("labeler" in k for k in module.state_dict())
+
+
+# ---------------------------------------------------------------- stage 2
+@pytest.fixture(scope="module")
+def alex_file(tmp_path_factory):
+    from torchvision import models as tvm
+
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("alex") / "alexnet-owt-7be5be79.pth"
+    torch.save(tvm.alexnet(weights=None).state_dict(), p)
+    return p
+
+
+@pytest.mark.parametrize("recipe", ["illm_stage2", "hific_stage2"])
+def test_stage2_trains_only_g_s_and_the_discriminator(recipe, labeler_file, alex_file, tmp_path):
+    """experiment=illm_stage2 / hific_stage2 (tiny mbt_mean instead of HiFiC): the stage-1
+    weights load, and after two steps only g_s and the discriminator have changed; every other
+    parameter (g_a, h_a, h_s, entropy models and their quantiles) is bit-identical."""
+    from hydra import compose, initialize_config_dir
+    from torch.utils.data import DataLoader
+
+    from codecx.models.backbones import MbtMean
+    from codecx.train import CONF_DIR, build_module
+
+    torch.manual_seed(3)
+    stage1 = tmp_path / "stage1.pth"
+    torch.save(MbtMean(N=8, M=12).state_dict(), stage1)
+    over = [f"experiment={recipe}", "model=mbt_mean", "model.N=8", "model.M=12", f"model.weights={stage1}",
+            "data=sample", f"distortion.lpips_weights={alex_file}", "reg.context_channels=4"]
+    if recipe == "illm_stage2":
+        over += [f"reg.labeler={labeler_file}", "reg.channels=[8,8,16,16,16,16]", "reg.head_channels=8"]
+    else:
+        over += ["reg.channels=[8,8,8,8]"]
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=over)
+    assert cfg.schedule.stages[0].trainable == ["g_s", "discriminator"] and cfg.lmbda == 1
+    pl.seed_everything(0)
+    module = build_module(cfg)
+    loaded = torch.load(stage1, weights_only=True)
+    assert all(torch.equal(v, module.codec.backbone.state_dict()[k]) for k, v in loaded.items()
+               if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length")))
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(list(_images(4)), batch_size=2))
+    changed = {n for n, p in module.named_parameters() if not torch.equal(p, before[n])}
+    assert changed, "nothing trained"
+    outside = sorted(n for n in changed if not n.startswith(("codec.backbone.g_s.", "regularizers.0.discriminator.")))
+    assert outside == [], outside
+    assert any(n.startswith("codec.backbone.g_s.") for n in changed)
+    assert any(n.startswith("regularizers.0.discriminator.") for n in changed)
+    # the D phase ran with its own settings (schedule.phases.discriminator)
+    d_opt = trainer.optimizers[-1]
+    assert type(d_opt).__name__ == "AdamW" and d_opt.param_groups[0]["betas"] == (0.5, 0.9)
