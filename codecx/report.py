@@ -207,10 +207,15 @@ COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp")
            ("bd_rate_msssim", "BD-rate % MS-SSIM (pchip)"), ("notes", "notes")]
 
 
-def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str | Path] = None,
+def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Optional[str | Path] = None,
                  eval_dir: Optional[str | Path] = None, data_val_dir: Optional[str | Path] = None,
-                 progress: bool = True, replicates: Optional[str] = None) -> Dict[str, Path]:
+                 progress: bool = True, replicates: Optional[str] = None,
+                 anchor: Any = None) -> Dict[str, Path]:
     """Write report.md, report.csv and rd.png for a multirun; returns their paths.
+
+    `baseline` None: the first group (sorted by label). `anchor`: a curve every group is also
+    compared with (BD-rate / BD-PSNR pchip columns, dashed in rd.png): a packaged CompressAI
+    curve, a results JSON, or 'jpeg' / 'webp' computed on the evaluation images.
 
     `replicates` (e.g. "seed"): an override whose values repeat the same experiment. Groups then
     ignore it; each group's BD-rate is the mean over its replicates, each compared with the
@@ -235,7 +240,8 @@ def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str 
     if not runs:
         raise ValueError(f"{multirun_dir}: none of the runs has a checkpoint or results: " + "; ".join(skipped))
     groups = group_runs(runs, exclude=[replicates] if replicates else ())
-    base = find_baseline(groups, baseline)
+    base = find_baseline(groups, baseline) if baseline else sorted(groups)[0]
+    baseline = baseline or "not set: the first group"
     groups = {base: groups.pop(base), **groups}  # baseline first
     # one curve per group, or per (group, replicate value) with replicates
     split = {g: _by_replicate(rs, replicates) for g, rs in groups.items()}
@@ -265,21 +271,29 @@ def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str 
                 cells, notes = _replicate_cells(pairs)
                 row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *notes]))
         rows.append(row)
+    ref = None if anchor is None else _anchor_cells(anchor, rows, groups, data_override, cache)
     out = Path(out_dir or root)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "csv": out / "report.csv", "png": out / "rd.png"}
-    plot_rd(list(curves.values()), paths["png"], title=f"{root.name}: baseline {base}")
+    plot_rd(list(curves.values()), paths["png"], title=f"{root.name}: baseline {base}",
+            anchors=[ref] if ref is not None else ())
     # rate-distortion-complexity (Yang & Mandt 2023): PSNR at a matched rate vs decoder KMACs/px
     rdc = plot_rdc([merge_results(g, [r.results for r in rs]) for g, rs in groups.items()],
                    out / "rdc.png", title=f"{root.name}: PSNR at matched rate vs decoder complexity")
     if rdc is not None:
         paths["rdc"] = rdc
     columns = COLUMNS if replicates is None else _replicate_columns(replicates)
+    if ref is not None:  # before `notes`
+        columns = [*columns[:-1], ("anchor_bd_rate", f"BD-rate % vs {ref['name']} (pchip)"),
+                   ("anchor_bd_psnr", f"BD-PSNR dB vs {ref['name']} (pchip)"), columns[-1]]
     with paths["csv"].open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[k for k, _ in columns])
         w.writeheader()
         w.writerows(rows)
     md = _markdown(root, base, baseline, rows, groups, skipped, paths["png"].name, columns, replicates)
+    if ref is not None:
+        md += (f"\n## Anchor\n\nEvery group's curve is also compared with the anchor `{ref['name']}` "
+               f"(BD-rate / BD-PSNR, pchip, over the overlapping range): {ref.get('description', '')}\n")
     if rdc is not None:
         md += (f"\n## Rate-distortion-complexity\n\nPSNR of each group interpolated (linear in log bpp) "
                f"at one rate all groups cover, against decoder KMACs/pixel (h_s + context + g_s, "
@@ -291,6 +305,48 @@ def build_report(multirun_dir: str | Path, baseline: str, out_dir: Optional[str 
         paths["decomposition"] = out / "decomposition.png"
     paths["md"].write_text(md)
     return paths
+
+
+def _anchor_cells(anchor: Any, rows: List[Dict[str, Any]], groups: Dict[str, List[Run]],
+                  data_override: Optional[Dict[str, Any]], cache: Dict[str, Any]) -> Dict[str, Any]:
+    """Resolve the anchor (jpeg / webp on the evaluation images: the first run's validation data
+    or `data_override`) and add each group's BD-rate / BD-PSNR against it to its row."""
+    from codecx.metrics.anchors import CLASSICAL, resolve_anchor
+    from codecx.metrics.bdrate import BDResult, point_deltas
+
+    images = None
+    if isinstance(anchor, str) and anchor.lower() in CLASSICAL:
+        run = next(iter(groups.values()))[0]
+        cfg = run.dir / ".hydra" / "config.yaml"
+        data = OmegaConf.to_container(OmegaConf.load(cfg), resolve=True).get("data", {}) if cfg.is_file() else {}
+        data = dict(data, **(data_override or {}))
+        key = json.dumps(data_key(data), sort_keys=True)
+        if key not in cache:
+            dm = instantiate(data)
+            dm.setup("validate")
+            cache[key] = dataset_images(dm.val_set)
+        images = cache[key]
+    ref = resolve_anchor(anchor, images)
+    for row, (g, rs) in zip(rows, groups.items()):
+        curve = merge_results(g, [r.results for r in rs])
+        try:
+            if len(curve["results"]["bpp"]) == 1:  # one RD point: the one-point form at it
+                notes = [f"one RD point: rate change at its PSNR / PSNR change at its rate on "
+                         f"{ref['name']}'s pchip curve"]
+                d = point_deltas(ref, {k: v[0] for k, v in curve["results"].items()})
+                notes += [f"{what} outside {ref['name']}'s range (not extrapolated)" for what, key in
+                          (("its PSNR", "delta_rate"), ("its rate", "delta_psnr")) if d[key] != d[key]]
+                res = {"pchip": BDResult(d["delta_rate"], d["delta_psnr"], "pchip", math.nan, (math.nan,) * 2,
+                                         (math.nan,) * 2)}
+            else:
+                res, notes = bd_methods(ref, curve, "psnr-rgb", "pchip")
+            row["anchor_bd_rate"] = _fmt("bd_rate", res["pchip"].bd_rate)
+            row["anchor_bd_psnr"] = _fmt("bd_psnr", res["pchip"].bd_psnr)
+        except ValueError as e:
+            notes = [f"BD vs {ref['name']} undefined: {_curve_names(e)}"]
+        if notes:
+            row["notes"] = " / ".join([*filter(None, [row.get("notes")]), *(f"vs {ref['name']}: {n}" for n in notes)])
+    return ref
 
 
 def _by_replicate(runs: Sequence[Run], key: Optional[str]) -> Dict[Optional[str], List[Run]]:

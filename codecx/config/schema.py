@@ -73,7 +73,21 @@ class TrainEvalConfig:
     max_images: Optional[int] = 2     # periodic evaluations use the first N validation images
     final_max_images: Optional[int] = None  # the final evaluation (null: every validation image)
     log_images: int = 2               # reconstructions logged to W&B per evaluation
-    anchor: Optional[str] = None      # packaged anchor drawn in the W&B RD plot (e.g. mbt2018-mean)
+    anchor: Optional[str] = None      # val/delta_rate, val/delta_psnr against: mbt2018-mean, a JSON, jpeg, webp
+    fid_weights: Optional[str] = None  # torch-fidelity's InceptionV3 file: val/fid, val/kid
+    fid_patch: int = 256              # FID/KID patch size (HiFiC's 256)
+    write_results: bool = True        # the final evaluation as results.json in the run dir
+
+
+@dataclass
+class SweepReportConfig:
+    """`codecx report` of a multirun when it ends (codecx.lit.sweep_report.SweepReport)."""
+
+    enabled: bool = True
+    baseline: Optional[str] = None    # KEY=VALUE[,KEY=VALUE] of the baseline group (null: the first)
+    data_val_dir: Optional[str] = None  # evaluate every run on these images (null: its own results.json)
+    anchor: Optional[str] = None      # every group against this curve too (packaged, JSON, jpeg, webp)
+    replicates: Optional[str] = None  # e.g. seed: BD figures as means over seeds
 
 
 @dataclass
@@ -91,6 +105,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     callbacks: Dict[str, Any] = field(default_factory=dict)
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
+    sweep_report: SweepReportConfig = field(default_factory=SweepReportConfig)
     resume: bool = True
     transform: Dict[str, Any] = field(default_factory=dict)   # multi-select: {name: _target_ node}
     refine: Dict[str, Any] = field(default_factory=dict)      # multi-select: {name: _target_ node}

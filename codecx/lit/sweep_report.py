@@ -1,0 +1,116 @@
+"""Hydra callback: when a multirun ends, the `codecx report` of the sweep (BD-rate / BD-PSNR of
+every group against the baseline group and the anchor, Bjøntegaard VCEG-M33) is written into
+the sweep directory and, with `logger=wandb`, logged as one summary run in the sweep's group."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("codecx")
+
+
+class SweepReport(Callback):
+    """`on_multirun_end`: `codecx.report.build_report` on `hydra.sweep.dir` with the options of
+    `sweep_report:` (enabled, baseline, data_val_dir, anchor, replicates). Never fails the
+    sweep: a report that cannot be built is one warning line."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        opts = _options(config)
+        if not opts.get("enabled", False):
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            paths = write_sweep_report(sweep_dir, opts)
+        except Exception as e:  # noqa: BLE001 - the runs are done; the report must not fail them
+            log.warning("codecx: sweep report of %s not written: %s: %s (run `codecx report %s "
+                        "--baseline KEY=VALUE` by hand)", sweep_dir, type(e).__name__, e, sweep_dir)
+            return
+        print(f"codecx: sweep report: {paths['md']}")
+        logger = _logger_config(config)
+        if "wandb" in str(logger.get("_target_", "")):
+            try:
+                run_dir = log_wandb_summary(sweep_dir, paths, logger)
+                print(f"codecx: sweep summary run in W&B group {wandb_group(sweep_dir, logger)}: {run_dir}")
+            except Exception as e:  # noqa: BLE001
+                log.warning("codecx: sweep summary not logged to W&B: %s: %s", type(e).__name__, e)
+
+
+def _options(config: DictConfig) -> Dict[str, Any]:
+    node = config.get("sweep_report")
+    if node is None:
+        return {}
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def _logger_config(config: DictConfig) -> Dict[str, Any]:
+    """The logger node's values that resolve outside a job (`save_dir` names a job's output dir:
+    skipped, the summary run writes under the sweep directory)."""
+    node = config.get("logger")
+    if not isinstance(node, DictConfig):
+        return {}
+    out = {}
+    for k in node.keys():
+        try:
+            out[str(k)] = node[k]
+        except Exception:  # noqa: BLE001 - ${hydra:runtime.output_dir} and the like
+            continue
+    return out
+
+
+def write_sweep_report(sweep_dir: Path, opts: Dict[str, Any]) -> Dict[str, Path]:
+    """report.md / report.csv / rd.png of the sweep, in `sweep_dir` (see codecx.report)."""
+    from codecx.report import build_report
+
+    baseline = opts.get("baseline")
+    if baseline and "=" not in baseline:  # reg:none (a Hydra override value cannot hold '=' unquoted)
+        baseline = baseline.replace(":", "=")
+    return build_report(sweep_dir, baseline, data_val_dir=opts.get("data_val_dir"),
+                        eval_dir=sweep_dir / "report_eval" if opts.get("data_val_dir") else None,
+                        progress=False, replicates=opts.get("replicates"), anchor=opts.get("anchor"))
+
+
+def wandb_group(sweep_dir: Path, logger: Dict[str, Any]) -> str:
+    """The sweep's W&B group: `logger.group` when set, else the sweep directory's name."""
+    return str(logger.get("group") or sweep_dir.name)
+
+
+def log_wandb_summary(sweep_dir: Path, paths: Dict[str, Path], logger: Dict[str, Any]) -> Optional[str]:
+    """One W&B run (job type `report`, in the sweep's group, files under `sweep_dir`): the report
+    table, the RD plot, and each group's BD figures in the run summary. Offline without
+    credentials (logger.mode=auto), as the training runs."""
+    import wandb
+
+    from codecx.lit.loggers import wandb_has_credentials
+
+    mode = logger.get("mode", "auto")
+    if mode == "auto":
+        mode = "online" if wandb_has_credentials() and os.environ.get("WANDB_MODE") != "offline" else "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    with paths["csv"].open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = list(rows[0]) if rows else []
+    group = wandb_group(sweep_dir, logger)
+    run = wandb.init(project=logger.get("project", "codecx"), entity=logger.get("entity"), group=group,
+                     job_type="report", name=f"{group}/report", dir=str(sweep_dir), mode=mode,
+                     config={"sweep_dir": str(sweep_dir)}, reinit="create_new")
+    try:
+        run.log({"report/table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows]),
+                 "report/rd_plot": wandb.Image(str(paths["png"]))})
+        for r in rows:  # e.g. summary["reg=cse,alpha=1/bd_rate_pchip"] = 3.77
+            group_label = r["group"].replace(" (baseline)", "")
+            for k, v in r.items():
+                if (k.startswith("bd_") or k.startswith("anchor_bd")) and not k.endswith("_each"):
+                    try:
+                        run.summary[f"{group_label}/{k}"] = float(v)
+                    except (TypeError, ValueError):
+                        continue
+        run.summary["report_md"] = paths["md"].read_text()
+        return str(Path(run.dir).parent)
+    finally:
+        run.finish()
