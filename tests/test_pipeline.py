@@ -199,3 +199,26 @@ def test_worked_example_bias_trains_with_the_codec():
     module = LitCodec(codec, None, lmbda=0.01, schedule=Schedule(scheduler="constant", lr=1e-2))
     _trainer(2).fit(module, DataLoader(list(_batch(4)), batch_size=2))
     assert float(codec.transforms[0].b.abs().sum()) > 0
+
+
+def test_stage_switch_survives_resume(tmp_path):
+    """Stopped after stage 0 and resumed from its checkpoint: the resumed run is in stage 1."""
+    torch.manual_seed(0)
+    sched = lambda: Schedule(scheduler="constant", lr=1e-2, stages=[  # noqa: E731
+        {"steps": 2, "trainable": ["g_s"]}, {"steps": None, "trainable": ["g_a"]}])
+    data = lambda: DataLoader(list(_batch(8)), batch_size=2)  # noqa: E731
+    module = LitCodec(tiny_codec(), None, lmbda=0.01, schedule=sched())
+    t = _trainer(2)
+    t.fit(module, data())
+    ckpt = tmp_path / "stage0.ckpt"
+    t.save_checkpoint(ckpt)
+    torch.manual_seed(1)
+    resumed = LitCodec(tiny_codec(), None, lmbda=0.01, schedule=sched())
+    groups = resumed.codec.parameter_groups()
+    t2 = _trainer(4)
+    t2.fit(resumed, data(), ckpt_path=str(ckpt))
+    assert t2.global_step == 4 and resumed._stage == "stage1"
+    trained = module.codec.parameter_groups()
+    same = lambda a, b: all(torch.equal(p, q) for p, q in zip(a, b))  # noqa: E731
+    assert not same(groups["g_a"], trained["g_a"])  # stage 1 trained g_a after the resume
+    assert same(groups["g_s"], trained["g_s"]) and same(groups["h_a"], trained["h_a"])
