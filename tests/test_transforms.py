@@ -317,3 +317,23 @@ def test_lattice_quantizer_round_trip():
     x = _image(3)
     _, x_dec = code_image(codec, x)
     assert torch.equal(x_dec, codec(x).x_hat.clamp(0, 1))
+
+
+def test_zero_initialised_transforms_keep_a_checkpoints_output():
+    """Adding a fresh LRP / LPC (learned, predicted) / FPC to trained weights changes neither the
+    file nor the decoded image (fine-tunes start from the checkpoint's exact output)."""
+    from codecx.evaluate import prepare
+    from codecx.metrics.rd import code_image
+    from codecx.models import Codec, build_backbone
+    from codecx.quantizers import MixedQuantizer
+
+    torch.manual_seed(0)
+    plain = prepare(Codec(build_backbone("mbt_mean", N=8, M=M), MixedQuantizer()))
+    x = _image(4)
+    ref_row, ref = code_image(plain, x)
+    ts = [LRP(hidden=8, hidden2=8), LPC("learned"), LPC("predicted", hidden=8), FPC()]
+    codec = Codec(build_backbone("mbt_mean", N=8, M=M), MixedQuantizer(), transforms=ts)
+    codec.backbone.load_state_dict(plain.backbone.state_dict())
+    codec = prepare(codec)
+    row, x_dec = code_image(codec, x)
+    assert torch.equal(x_dec, ref) and row["bytes"] == ref_row["bytes"]
