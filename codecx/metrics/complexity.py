@@ -88,11 +88,19 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
     if not f.is_file():
         have = ", ".join(sorted(p.stem for p in conf.glob("*.yaml")))
         raise ValueError(f"unknown model {name!r}: choose one of {have}")
+    import inspect
+
+    from hydra.utils import get_method
+
     node = OmegaConf.load(f)
+    known = [k for k in node if k != "_target_"]
+    try:  # the constructor's own keyword arguments too (e.g. shallow's residual, analysis)
+        known += [k for k in inspect.signature(get_method(node._target_)).parameters if k not in known]
+    except (ValueError, TypeError, ImportError):
+        pass
     for k, v in overrides.items():
-        if k not in node:
-            raise ValueError(f"model {name} has no option {k!r}; its options: "
-                             + ", ".join(k2 for k2 in node if k2 != "_target_"))
+        if k not in known:
+            raise ValueError(f"model {name} has no option {k!r}; its options: " + ", ".join(known))
         node[k] = v
     node.weights = None  # architecture only
     try:
