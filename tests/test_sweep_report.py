@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -96,6 +97,13 @@ def test_callback_one_point_groups_and_failures(tmp_path, caplog):
     assert "sweep report of" in caplog.text and "reg=foo" in caplog.text
     SweepReport().on_multirun_end(_config(sweep, ["sweep_report.enabled=false"]))
     assert not (sweep / "report.md").exists()
+    # a run still training (its last.ckpt newer than any final results.json): no report yet
+    ckpt = next(sweep.glob("seed=2/")) / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    SweepReport().on_multirun_end(cfg)
+    assert not (sweep / "report.md").exists()
+    assert re.search(r"1 run\(s\) have no final evaluation yet .*: seed=2", caplog.text)
 
 
 def wandb_summary(run_file: Path) -> dict:

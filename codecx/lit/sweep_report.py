@@ -29,7 +29,8 @@ class SweepReport(Callback):
             paths = write_sweep_report(sweep_dir, opts)
         except Exception as e:  # noqa: BLE001 - the runs are done; the report must not fail them
             log.warning("codecx: sweep report of %s not written: %s: %s (run `codecx report %s "
-                        "--baseline KEY=VALUE` by hand)", sweep_dir, type(e).__name__, e, sweep_dir)
+                        "--baseline %s` by hand)", sweep_dir, type(e).__name__, e, sweep_dir,
+                        opts.get("baseline") or "KEY=VALUE")
             return
         print(f"codecx: sweep report: {paths['md']}")
         logger = _logger_config(config)
@@ -65,14 +66,26 @@ def _logger_config(config: DictConfig) -> Dict[str, Any]:
 
 def write_sweep_report(sweep_dir: Path, opts: Dict[str, Any]) -> Dict[str, Path]:
     """report.md / report.csv / rd.png of the sweep, in `sweep_dir` (see codecx.report)."""
-    from codecx.report import build_report
+    from codecx.report import build_report, find_runs
 
+    if not opts.get("data_val_dir"):  # reuse only: runs still training (another multirun) wait
+        pending = [r.dir.name for r in find_runs(sweep_dir) if not _final(r.dir)]
+        if pending:
+            raise RuntimeError(f"{len(pending)} run(s) have no final evaluation yet (still training in "
+                               f"another multirun, stopped early, or eval.write_results=false / eval.final_max_images set): "
+                               f"{', '.join(pending[:3])}")
     baseline = opts.get("baseline")
     if baseline and "=" not in baseline:  # reg:none (a Hydra override value cannot hold '=' unquoted)
         baseline = baseline.replace(":", "=")
     return build_report(sweep_dir, baseline, data_val_dir=opts.get("data_val_dir"),
                         eval_dir=sweep_dir / "report_eval" if opts.get("data_val_dir") else None,
                         progress=False, replicates=opts.get("replicates"), anchor=opts.get("anchor"))
+
+
+def _final(run_dir: Path) -> bool:
+    """Whether a run ended with its final evaluation: results.json no older than last.ckpt."""
+    res, ckpt = run_dir / "results.json", run_dir / "checkpoints" / "last.ckpt"
+    return res.is_file() and (not ckpt.is_file() or res.stat().st_mtime >= ckpt.stat().st_mtime)
 
 
 def wandb_group(sweep_dir: Path, logger: Dict[str, Any]) -> str:
