@@ -128,3 +128,19 @@ def test_real_round_trip_equals_eval_forward(variant):
     assert x_dec.shape == x.shape
     assert torch.equal(x_dec, out.x_hat.clamp(0, 1))
     assert all(len(s) > 0 for s in enc["strings"][0])
+
+
+def test_lattice_quantizer_codes_the_shallow_decoder_exactly():
+    """quantizer=hex on the shallow backbone: real coding reproduces the eval forward."""
+    from codecx.quantizers import LatticeQuantizer
+
+    torch.manual_seed(2)
+    codec = Codec(_tiny("shallow"), LatticeQuantizer(lattice="hex")).eval()
+    codec.update(force=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = codec(x)
+        enc = codec.compress(x)
+        x_dec = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"],
+                                 enc.get("options"))
+    assert torch.equal(x_dec, out.x_hat.clamp(0, 1))
