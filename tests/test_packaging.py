@@ -116,14 +116,14 @@ def test_wheel_in_a_fresh_venv_trains_and_evaluates_from_any_directory(wheel, tm
     assert Path(where).resolve().is_relative_to(venv.resolve()), where
 
     codecx = venv / "bin" / "codecx"
-    _run([codecx, "train", *TINY_RUN], cwd=work)
+    _run([py, "-m", "codecx.train", *TINY_RUN], cwd=work)
     (ckpt,) = work.glob("runs/train/*/checkpoints/last.ckpt")  # run dirs are relative to the cwd
     # quoted: the run dir's name holds the overrides ('=' and ',')
     _run([codecx, "eval", f"ckpt='{ckpt}'", "data.max_val_images=1", "data.val_crop_size=64", "progress=false"],
          cwd=work)
     (results,) = work.glob("runs/eval/*/results.json")
     assert "bpp" in results.read_text()
-    # python -m, with a Hydra sweep (-m): one run per seed
-    _run([py, "-m", "codecx.train", "-m", *TINY_RUN, "seed=1,2"], cwd=work)
+    # the codecx script with a Hydra sweep (-m): one run per seed
+    _run([codecx, "train", "-m", *TINY_RUN, "seed=1,2"], cwd=work)
     assert len(list(work.glob("runs/sweep/*/*/checkpoints/last.ckpt"))) == 2
     assert "ckpt: last.ckpt" in _run([py, "-m", "codecx.eval_main", "--cfg", "job", "ckpt=last.ckpt"], cwd=work).stdout
