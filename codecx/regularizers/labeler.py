@@ -307,11 +307,12 @@ def main(argv=None) -> int:
     ap.add_argument("--code-dim", type=int, default=8)
     ap.add_argument("--codebook-size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=50, help="print the losses every N steps")
     a = ap.parse_args(argv)
     try:
         train_labeler(a.data, a.out, steps=a.steps, batch_size=a.batch_size, crop_size=a.crop_size,
                       lr=a.lr, warmup_steps=a.warmup_steps, lpips_weights=a.lpips_weights,
-                      no_lpips=a.no_lpips, seed=a.seed, ch=a.ch, ch_mult=a.ch_mult,
+                      no_lpips=a.no_lpips, seed=a.seed, log_every=a.log_every, ch=a.ch, ch_mult=a.ch_mult,
                       num_res_blocks=a.num_res_blocks, embed_dim=a.embed_dim, code_dim=a.code_dim,
                       codebook_size=a.codebook_size)
     except (FileNotFoundError, ValueError) as e:
