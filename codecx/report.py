@@ -318,7 +318,8 @@ def _anchor_cells(anchor: Any, rows: List[Dict[str, Any]], groups: Dict[str, Lis
     if isinstance(anchor, str) and anchor.lower() in CLASSICAL:
         run = next(iter(groups.values()))[0]
         cfg = run.dir / ".hydra" / "config.yaml"
-        data = OmegaConf.to_container(OmegaConf.load(cfg), resolve=True).get("data", {}) if cfg.is_file() else {}
+        node = OmegaConf.load(cfg).get("data") if cfg.is_file() else None  # other keys may need Hydra
+        data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
         data = dict(data, **(data_override or {}))
         key = json.dumps(data_key(data), sort_keys=True)
         if key not in cache:

@@ -99,8 +99,11 @@ def test_jpeg_anchor_counts_real_file_bytes(tiny_images):
         Image.fromarray((im[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(
             buf, format="JPEG", quality=50)
         sizes.append(8 * len(buf.getvalue()) / (im.shape[-1] * im.shape[-2]))
-    assert res["bpp"][1] == pytest.approx(np.mean(sizes))
-    assert res["bpp"] == sorted(res["bpp"]) and res["psnr-rgb"] == sorted(res["psnr-rgb"])
+    assert res["bpp"][res["quality"].index(50)] == pytest.approx(np.mean(sizes))
+    assert np.all(np.diff(res["bpp"]) > 0) and np.all(np.diff(res["psnr-rgb"]) > 0)
+    # the full default range on tiny images: settings giving the same file appear once
+    full = classical_anchor(images, "jpeg")["results"]
+    assert np.all(np.diff(full["bpp"]) > 0) and np.all(np.diff(full["psnr-rgb"]) > 0)
     assert arr.shape[:2] == tuple(images[0][1].shape[-2:])
     w = resolve_anchor("webp", images)
     assert w["name"] == "webp" and len(w["results"]["bpp"]) > 5

@@ -41,7 +41,8 @@ def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
     """An RD curve of JPEG or WebP (Pillow, its default settings, one file per image and quality)
     on `images` ((name, (1,3,H,W) tensor in [0,1]) pairs): per quality, the mean over the images
     of bpp (8 * file bytes / pixels), PSNR and MS-SSIM of the decoded 8-bit image (as codecx's
-    own evaluation), in CompressAI's results layout."""
+    own evaluation), in CompressAI's results layout; settings that do not improve both rate
+    and PSNR over a cheaper one are left out, so that the curve is strictly increasing."""
     import io
 
     import numpy as np
@@ -73,6 +74,14 @@ def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
             psnr.append(psnr_uint8(x, x_hat))
             msssim.append(msssim_uint8(x, x_hat))
         pts.append((int(q), float(np.mean(bpp)), float(np.mean(psnr)), float(np.mean(msssim))))
+    # a curve: settings that give no more rate and PSNR than a cheaper one are dropped (at the
+    # lowest qualities small images often give the same file)
+    pts.sort(key=lambda p: (p[1], -p[2]))
+    front = []
+    for p in pts:
+        if not front or (p[1] > front[-1][1] and p[2] > front[-1][2]):
+            front.append(p)
+    pts = front
     names = ", ".join(n for n, _ in images[:4]) + (", ..." if len(images) > 4 else "")
     return {"name": codec, "description": f"Pillow {fmt} at qualities {[p[0] for p in pts]} on "
                                           f"{len(images)} image(s) ({names})",
