@@ -71,10 +71,10 @@ def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     except pickle.UnpicklingError as e:
         import re
 
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e)) or re.search(
-            r"Unsupported operand \d+", str(e))
-        detail = found.group(1) if found and found.groups() else (found.group(0) if found else
-                                                                 one_line_text(e)[:200])
+        text = str(e)
+        found = (re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global: ([\w.]+)", text)
+                 or re.search(r"(Unsupported operand \d+)", text))
+        detail = f"the Python global {found.group(1)}" if found else "objects it does not allow"
         raise CheckpointError(
             f"{what} {path}: refused: loading it would need {detail}, which codecx never stores "
             "(checkpoints are loaded with weights_only=True, no code runs from a file); use a "

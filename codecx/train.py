@@ -170,12 +170,18 @@ def validate_config(cfg: DictConfig, build: bool = True) -> None:
     _check_data(cfg)
     if build:
         try:
-            build_module(cfg)
+            module = build_module(cfg)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - instantiate wraps the builders' errors
             cause = e.__cause__ if e.__cause__ is not None else e
             raise ConfigError(f"cannot build the model: {one_line(cause)}") from None
+        try:  # one forward pass of one stride-sized image: e.g. a lattice on a factorized prior
+            side = int(getattr(module.codec.backbone, "stride", 64))
+            with torch.no_grad():
+                module.codec.train()(torch.rand(1, 3, side, side))
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"the model does not run: {one_line(e)}") from None
 
 
 def _is_launcher() -> bool:
@@ -260,7 +266,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     except (RunDirLockedError, CorruptCheckpointError) as e:
         _fail(f"error: {e}", 1)
     except _non_finite_errors() as e:
-        _fail(f"training stopped: {e}", 1)
+        _fail(f"error: {e}", 1)
     except (ValueError, FileNotFoundError) as e:  # data and build problems Lightning meets first
         _fail(f"error: {e}", 1)
     return float(result.get("bpp", math.nan))
