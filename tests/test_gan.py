@@ -312,3 +312,21 @@ def test_hf_power_ratio_sees_blur_and_texture(kodak_image):
     assert hf_power_ratio(torch.cat([x, x]), torch.cat([blur, noisy])).shape == (2,)
     with pytest.raises(ValueError, match="cutoff"):
         hf_power_ratio(x, x, cutoff=0)
+
+
+@pytest.mark.slow
+def test_bench_gan_quick():
+    """`python -m benchmarks --only gan --quick` at tiny sizes: the three variants run and the
+    summary prints both ratios."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "gan", "--quick", "--threads", "1",
+                        "--gan-batch-size", "2", "--gan-crop", "64", "--gan-N", "16", "--gan-M", "16",
+                        "--gan-d-channels", "8,8,16,16,16,16"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = r.stdout[r.stdout.index("\nSummary"):]
+    assert "step time ratio illm/none" in summary and "step time ratio patchgan/none" in summary
