@@ -188,7 +188,7 @@ def test_phases_are_separate(name, tmp_path):
     names = {id(p): n for n, p in module.named_parameters()}
     owner = {names[id(p)]: i for i, opt in enumerate(module.trainer.optimizers)
              for g in opt.param_groups for p in g["params"]}
-    theta = {n for n in owner if n.startswith("regularizer.q.")}
+    theta = {n for n in owner if n.startswith("regularizers.0.q.")}
     assert theta and {owner[n] for n in theta} == {2}  # codec, quantiles, source
     pending, segments = set(), []
     for kind, v in rec.events:
