@@ -83,9 +83,21 @@ def write_sweep_report(sweep_dir: Path, opts: Dict[str, Any]) -> Dict[str, Path]
 
 
 def _final(run_dir: Path) -> bool:
-    """Whether a run ended with its final evaluation: results.json no older than last.ckpt."""
+    """Whether a run ended with its final evaluation: results.json no older than last.ckpt, or
+    written at last.ckpt's step."""
+    import json
+
     res, ckpt = run_dir / "results.json", run_dir / "checkpoints" / "last.ckpt"
-    return res.is_file() and (not ckpt.is_file() or res.stat().st_mtime >= ckpt.stat().st_mtime)
+    if not res.is_file():
+        return False
+    if not ckpt.is_file() or res.stat().st_mtime >= ckpt.stat().st_mtime:
+        return True
+    from codecx.evaluate import checkpoint_step
+
+    try:
+        return json.loads(res.read_text()).get("step") == checkpoint_step(ckpt) >= 0
+    except ValueError:
+        return False
 
 
 def wandb_group(sweep_dir: Path, logger: Dict[str, Any]) -> str:
