@@ -18,7 +18,7 @@ from codecx.config.schema import register_configs
 MAX_SWEEP_COMBINATIONS = 64
 # groups whose node is one `_target_` node, and multi-select groups ({name: _target_ node})
 TARGET_GROUPS = ["model", "quantizer", "shift", "reg", "schedule", "data", "logger",
-                 "transform", "refine", "distortion", "rate"]
+                 "transform", "refine", "distortion", "rate", "callbacks"]
 
 
 class ConfigError(ValueError):
@@ -41,10 +41,16 @@ def check_targets(cfg: DictConfig, groups: List[str]) -> None:
         if "_target_" in node:
             _check_node(f"{group}", node)
             continue
+        stray = []
         for name in node.keys():
             sub = node.get(name)
             if isinstance(sub, DictConfig) and "_target_" in sub:
                 _check_node(f"{group}.{name}", sub)
+            elif not isinstance(sub, DictConfig):
+                stray.append(f"{group}.{name}")
+        if stray:  # e.g. +reg.foo=1 with reg=none, whose node builds nothing
+            raise ConfigError(f"unknown key(s) {', '.join(stray)}: the chosen {group} option takes no "
+                              "parameters (pick one that does, e.g. reg=cse)")
 
 
 def _check_node(where: str, node: DictConfig) -> None:
