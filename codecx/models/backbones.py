@@ -241,6 +241,8 @@ def _check_cheng_m(N, M):
         )
 
 
+from codecx.models.shallow import JpegLike, Shallow  # noqa: E402  (MbtMean subclasses, paper 004)
+
 BACKBONES = {
     "bmshj_factorized": BmshjFactorized,
     "bmshj_hyperprior": BmshjHyperprior,
@@ -248,6 +250,8 @@ BACKBONES = {
     "mbt": Mbt,
     "cheng_anchor": ChengAnchor,
     "cheng_attn": ChengAttn,
+    "shallow": Shallow,
+    "jpeg_like": JpegLike,
 }
 
 #: CompressAI zoo name of each backbone (for anchors and the docs)
