@@ -48,9 +48,36 @@ def build_module(cfg: DictConfig) -> LitCodec:
                     distortion=optional("distortion"), rate=optional("rate"))
 
 
+def build_callbacks(cfg: DictConfig) -> List[Any]:
+    """The `callbacks` group's nodes, instantiated in order (a null node is dropped); a node
+    without `_target_` or one that is not a Lightning Callback is a ConfigError naming it."""
+    from pytorch_lightning.callbacks import Callback
+
+    out = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ConfigError(f"callbacks.{name}: needs a _target_ (e.g. +callbacks.{name}._target_="
+                              "pytorch_lightning.callbacks.LearningRateMonitor), or null to drop it")
+        try:
+            cb = instantiate(node)
+        except Exception as e:  # noqa: BLE001 - instantiate wraps the constructor's error
+            cause = e.__cause__ if e.__cause__ is not None else e
+            raise ConfigError(f"callbacks.{name}: cannot build {node._target_}: {one_line(cause)}") from None
+        if not isinstance(cb, Callback):
+            raise ConfigError(f"callbacks.{name}: {node._target_} is not a Lightning Callback")
+        out.append(cb)
+    return out
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> pl.Trainer:
-    """A Lightning Trainer with checkpoints in `run_dir/checkpoints` (last.ckpt, best.ckpt) and
-    real-bitstream evaluation (`eval:` of the config; `trainer.callbacks` lists it)."""
+    """A Lightning Trainer from the config, as in the lightning-hydra-template: `trainer:` its
+    arguments, `logger:` the logger (with the flattened resolved config as its hyperparameters),
+    `callbacks:` the extra callbacks (LearningRates, ...), plus checkpoints in
+    `run_dir/checkpoints` (last.ckpt, best.ckpt) and the real-bitstream evaluation (`eval:`)."""
+    from codecx.lit.loggers import ConfigHyperparams
+
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     strategy = t.pop("strategy")
     if isinstance(strategy, dict):
@@ -63,8 +90,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
     best = BestCheckpoint(ckpt_dir, monitor=cfg.checkpoint.monitor, mode="min")
     logger = instantiate(cfg.logger) if cfg.logger else False
     evaluation = RealBitstreamEval(**OmegaConf.to_container(cfg.eval, resolve=True))
+    extra = build_callbacks(cfg)
+    if logger:
+        extra.append(ConfigHyperparams(cfg))
     return pl.Trainer(strategy=strategy, logger=logger, plugins=[AtomicCheckpointIO()],
-                      callbacks=[last, best, evaluation, *callbacks],
+                      callbacks=[last, best, evaluation, *extra, *callbacks],
                       default_root_dir=str(run_dir), **t)
 
 

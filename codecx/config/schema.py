@@ -38,6 +38,7 @@ class DataConfig:
     shuffle: bool = True
     augment: bool = True   # random crops and flips (false: centre crops, for exact comparisons)
     invert: bool = False   # inverse training (paper 000): every training image also as 1 - x
+    pin_memory: Optional[bool] = None  # page-locked batches (null: when CUDA is available)
 
 
 @dataclass
@@ -164,8 +165,30 @@ def run_name(overrides: str, max_len: int = 200) -> str:
     return s
 
 
+def sweep_name(task: Any, exclude: Any = ()) -> str:
+    """A sweep folder name from a multirun's command-line overrides (`hydra.overrides.task`),
+    sorted, without the `exclude` keys (those of override_dirname): the same command gives the
+    same folder, so rerunning it resumes every job from its own last.ckpt."""
+    skip = {str(k) for k in (exclude or ())}
+    items = sorted(str(o) for o in (task or ()) if str(o).split("=", 1)[0].lstrip("+~") not in skip
+                   and not str(o).lstrip("+~").startswith("hydra."))
+    return run_name(",".join(items))
+
+
+def _sweep_name_resolver(*, _root_: Any) -> str:
+    """`${codecx_sweep_name:}`: `sweep_name` of the multirun's own overrides, computed once in
+    the launching config and kept in its resolver cache, which Hydra copies into every job's
+    config (in a job, hydra.overrides.task holds only that job's overrides)."""
+    cache = OmegaConf.get_cache(_root_).setdefault("codecx_sweep_name", {})
+    if "name" not in cache:
+        hydra = _root_.hydra
+        cache["name"] = sweep_name(hydra.overrides.task, hydra.job.config.override_dirname.exclude_keys)
+    return cache["name"]
+
+
 def register_configs() -> None:
     """Register the schemas (`train_schema`, `eval_schema`) and the `codecx_run_name` resolver."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
     OmegaConf.register_new_resolver("codecx_run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("codecx_sweep_name", _sweep_name_resolver, replace=True)

@@ -163,7 +163,8 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(self, source: str = "sample", train_dir: PathLike | None = None, val_dir: PathLike | None = None,
                  crop_size: int = 256, val_crop_size: int | None = None, batch_size: int = 8,
                  val_batch_size: int = 1, num_workers: int = 0, max_val_images: int | None = None,
-                 repeat: int = 1, shuffle: bool = True, augment: bool = True, invert: bool = False):
+                 repeat: int = 1, shuffle: bool = True, augment: bool = True, invert: bool = False,
+                 pin_memory: bool | None = None):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"data.source={source!r}: unknown source; valid choices: {', '.join(SOURCES)}")
@@ -178,6 +179,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.max_val_images, self.repeat = max_val_images, repeat
         self.shuffle, self.augment = shuffle, augment
         self.invert = invert  # inverse training (paper 000): training images also as 1 - x
+        # page-locked batches for faster host-to-GPU copies (None: when CUDA is available)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.train_set: Dataset | None = None
         self.val_set: ImageFolderDataset | None = None
 
@@ -223,10 +226,10 @@ class ImageDataModule(pl.LightningDataModule):
         return DataLoader(self.train_set, batch_size=self.batch_size, drop_last=True, sampler=sampler,
                           shuffle=self.shuffle if sampler is None else None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         """Validation images in a fixed order (full images unless val_crop_size is set)."""
         return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=self.pin_memory)

@@ -22,6 +22,7 @@ from codecx.config import ConfigError
 from codecx.evaluate import data_key, data_label, write_results
 from codecx.metrics.anchors import CLASSICAL, resolve_anchor
 from codecx.metrics.bdrate import POINT_DELTAS, point_deltas
+from codecx.lit.loggers import log_reconstructions
 
 LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_streams",
           "psnr-rgb": "val/psnr", "ms-ssim": "val/ms_ssim",
@@ -361,6 +362,10 @@ class RealBitstreamEval(Callback):
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=trainer.global_step)
         self._log_wandb(trainer, pairs, anchor)
+        try:  # uint8 original | decoded + zoomed crops to W&B and TensorBoard (codecx.lit.loggers)
+            log_reconstructions(trainer, pairs)
+        except Exception as e:  # noqa: BLE001 - logging extras must never stop training
+            self._warn_once("recon", f"reconstructions not logged: {type(e).__name__}: {e}")
         return point
 
     def _anchor_for(self, images: List[Tuple[str, Tensor]]) -> Optional[Dict[str, Any]]:
@@ -427,7 +432,8 @@ class RealBitstreamEval(Callback):
 
     def _log_wandb(self, trainer: pl.Trainer, pairs: List[Tuple[str, Tensor, Tensor]],
                    anchor: Optional[Dict[str, Any]] = None) -> None:
-        """RD points table, RD plot and reconstructions to every WandbLogger (offline works too)."""
+        """RD points table and RD plot to every WandbLogger (offline works too); the
+        reconstructions go through `codecx.lit.loggers.log_reconstructions`."""
         from pytorch_lightning.loggers import WandbLogger
 
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
@@ -445,14 +451,10 @@ class RealBitstreamEval(Callback):
                 with warnings.catch_warnings():  # an anchor without MS-SSIM: its PSNR panel only
                     warnings.filterwarnings("ignore", message="skipping .* on 'ms-ssim'")
                     png = plot_rd([curve], Path(tmp) / "rd.png", anchors=[anchor] if anchor else ())
-                recon = [torch.cat([x, x_hat], -1)[0].permute(1, 2, 0).numpy() for _, x, x_hat in pairs]
-                captions = [f"{name}: original | decoded" for name, _, _ in pairs]
                 step = trainer.global_step
                 for lg in loggers:
                     lg.log_table("val/rd_points", columns=cols, data=data, step=step)
                     lg.log_image("val/rd_plot", [str(png)], step=step)
-                    if recon:
-                        lg.log_image("val/reconstructions", recon, step=step, caption=captions)
         except Exception as e:  # noqa: BLE001 - logging extras must never stop training
             warnings.warn(f"W&B RD plot / reconstructions not logged: {type(e).__name__}: {e}",
                           stacklevel=2)

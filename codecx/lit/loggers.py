@@ -1,8 +1,15 @@
-"""Logger factories that need more than a `_target_` (W&B's automatic offline mode)."""
+"""Loggers and dashboard helpers: W&B's automatic offline mode and run naming, the resolved
+config as W&B run config / TensorBoard hparams, uint8 reconstruction panels, learning rates."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor
 
 
 def wandb_has_credentials() -> bool:
@@ -13,8 +20,28 @@ def wandb_has_credentials() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def wandb_logger(project: str = "codecx", save_dir: str = ".", mode: str = "auto", **kwargs):
-    """A WandbLogger that runs offline when there are no credentials (mode=auto)."""
+def hydra_names(save_dir: str | os.PathLike) -> Tuple[str, Optional[str]]:
+    """(run name, group) of a run writing to `save_dir`: the run directory's name, and in a
+    Hydra multirun the sweep directory's name (the group `codecx.lit.sweep_report` also uses)."""
+    name, group = Path(save_dir).resolve().name, None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            if hc.mode == RunMode.MULTIRUN:
+                group = Path(str(hc.sweep.dir)).name
+    except Exception:  # noqa: BLE001 - outside Hydra: no group
+        pass
+    return name, group
+
+
+def wandb_logger(project: str = "codecx", save_dir: str = ".", mode: str = "auto",
+                 name: Optional[str] = None, group: Optional[str] = None, job_type: str = "train",
+                 **kwargs):
+    """A WandbLogger that runs offline when there are no credentials (mode=auto), named after
+    the run directory and grouped by the sweep directory (null `name` / `group`)."""
     from pytorch_lightning.loggers import WandbLogger
 
     if mode not in ("auto", "online", "offline", "disabled"):
@@ -22,4 +49,163 @@ def wandb_logger(project: str = "codecx", save_dir: str = ".", mode: str = "auto
     if mode == "auto":
         mode = "online" if wandb_has_credentials() else "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(project=project, save_dir=save_dir, mode=mode, **kwargs)
+    auto_name, auto_group = hydra_names(save_dir)
+    return WandbLogger(project=project, save_dir=save_dir, mode=mode, name=name or auto_name,
+                       group=group or auto_group, job_type=job_type, **kwargs)
+
+
+# ---------------------------------------------------------------- the resolved config
+NOT_HPARAMS = ("hydra", "sweep_report", "callbacks", "logger")  # bookkeeping, not the experiment
+
+
+def resolved_config(cfg: Any, skip: Sequence[str] = NOT_HPARAMS) -> Dict[str, Any]:
+    """The run's config as plain containers, interpolations resolved (`${alpha}` -> 1.0); a
+    top-level node that cannot be resolved here (a Hydra-only resolver) is left out."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    out: Dict[str, Any] = {}
+    for k in cfg.keys():
+        if k in skip:
+            continue
+        try:
+            v = cfg[k]
+            out[str(k)] = OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+        except Exception:  # noqa: BLE001
+            continue
+    return out
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "",
+                   skip: Sequence[str] = NOT_HPARAMS) -> Dict[str, Any]:
+    """{'model.N': 8, 'reg.cse.alpha': 1.0, 'lmbda': 0.0067, ...}: every leaf of a (resolved)
+    config under its dotted path; lists as text, None as 'null' (TensorBoard's hparams and W&B
+    filters take scalars), `_target_` kept (it names the class)."""
+    out: Dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if not prefix and k in skip:
+            continue
+        if isinstance(v, Mapping):
+            if not v:
+                out[key] = "{}"
+            out.update(flatten_config(v, f"{key}.", skip))
+        elif isinstance(v, (list, tuple)):
+            out[key] = str(list(v))
+        elif v is None:
+            out[key] = "null"
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+class ConfigHyperparams(Callback):
+    """Logs the flattened resolved config (model.*, quantizer, reg, schedule, lmbda, alpha, seed,
+    data, transform, trainer, eval, ...) as every logger's hyperparameters: W&B's run config,
+    TensorBoard's hparams, the CSV logger's hparams.yaml. Replaces Lightning's own call, which
+    logs only the data module's settings (LitCodec saves no hparams)."""
+
+    def __init__(self, config: Any):
+        self.hparams = flatten_config(config if isinstance(config, dict) else resolved_config(config))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        # Lightning's _log_hyperparams runs after the setup hooks: with both switched off it
+        # logs nothing (the data module's settings are in the config's data.* already)
+        pl_module._log_hyperparams = False
+        if trainer.datamodule is not None:
+            trainer.datamodule._log_hyperparams = False
+        for lg in trainer.loggers:
+            lg.log_hyperparams(dict(self.hparams))
+
+
+# ---------------------------------------------------------------- learning rates
+class LearningRates(Callback):
+    """The learning rate of every optimizer, `train/lr_<name>` every `log_every_n_steps` codec
+    steps: `codec`, then the auxiliary phases by name (`aux`: the entropy bottleneck's
+    quantiles, a regularizer's own model, ...); `_pg<i>` per parameter group when an optimizer
+    has several. LitCodec optimises manually, where Lightning's LearningRateMonitor would name
+    them only lr-Adam, lr-Adam-1, ..."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        # logged with the step's own metrics (Lightning writes them every log_every_n_steps)
+        rates = learning_rates(trainer.optimizers, optimizer_names(pl_module, len(trainer.optimizers)))
+        pl_module.log_dict(rates, on_step=True, on_epoch=False, batch_size=1)
+
+
+def optimizer_names(pl_module: Any, n: int) -> List[str]:
+    """Names of a LitCodec's `n` optimizers: codec, then its phases (opt<i> when unknown)."""
+    phases = [getattr(p, "name", f"opt{i + 1}") for i, p in enumerate(getattr(pl_module, "phases", []))]
+    names = (["codec"] + phases)[:n]
+    return names + [f"opt{i}" for i in range(len(names), n)]
+
+
+def learning_rates(optimizers: Sequence[Any], names: Sequence[str]) -> Dict[str, float]:
+    """{'train/lr_codec': 1e-4, 'train/lr_aux': 1e-3, ...} of the optimizers' parameter groups."""
+    out: Dict[str, float] = {}
+    for opt, name in zip(optimizers, names):
+        opt = getattr(opt, "optimizer", opt)  # LightningOptimizer
+        groups = opt.param_groups
+        for i, g in enumerate(groups):
+            out[f"train/lr_{name}" + (f"_pg{i}" if len(groups) > 1 else "")] = float(g["lr"])
+    return out
+
+
+# ---------------------------------------------------------------- reconstructions
+ZOOM = 4  # the crop row shows the central 1/ZOOM x 1/ZOOM of the image, ZOOM x larger
+
+
+def _uint8(x: Tensor) -> Tensor:
+    """(1,3,H,W) or (3,H,W) in [0,1] -> (H,W,3) uint8, rounded as the decoder writes a PNG."""
+    x = x.detach().float().cpu()
+    x = x[0] if x.dim() == 4 else x
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+
+
+def crop_box(h: int, w: int, zoom: int = ZOOM) -> Tuple[int, int, int, int]:
+    """(top, left, height, width) of the central crop a reconstruction panel zooms into."""
+    ch, cw = max(1, h // zoom), max(1, w // zoom)
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def reconstruction_panel(x: Tensor, x_hat: Tensor, zoom: int = ZOOM) -> Any:
+    """One uint8 (2H, 2W, 3) numpy image: top row original | decoded; bottom row the central
+    crop (`crop_box`) of each, enlarged `zoom` times by pixel repetition (black padding)."""
+    a, b = _uint8(x), _uint8(x_hat)
+    if a.shape != b.shape:
+        raise ValueError(f"original {tuple(a.shape)} and decoded {tuple(b.shape)} images differ in size")
+    h, w, _ = a.shape
+    top, left, ch, cw = crop_box(h, w, zoom)
+    panel = torch.zeros(2 * h, 2 * w, 3, dtype=torch.uint8)
+    panel[:h, :w], panel[:h, w:] = a, b
+    for col, img in ((0, a), (w, b)):
+        crop = img[top:top + ch, left:left + cw]
+        big = crop.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)[:h, :w]
+        panel[h:h + big.shape[0], col:col + big.shape[1]] = big
+    return panel.numpy()
+
+
+def log_reconstructions(trainer: pl.Trainer, pairs: Sequence[Tuple[str, Tensor, Tensor]],
+                        key: str = "val/reconstructions") -> int:
+    """`reconstruction_panel`s of (name, x, x_hat) to every W&B and TensorBoard logger at the
+    current step (uint8: W&B would cast floats in [0,1] to black); returns how many loggers."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    if not pairs:
+        return 0
+    panels = [reconstruction_panel(x, x_hat) for _, x, x_hat in pairs]
+    captions = [f"{name}: original | decoded; below: central crop x{ZOOM}" for name, _, _ in pairs]
+    step, n = trainer.global_step, 0
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.log_image(key, panels, step=step, caption=captions)
+        elif isinstance(lg, TensorBoardLogger):
+            for (name, _, _), panel in zip(pairs, panels):
+                lg.experiment.add_image(f"{key}/{name}", panel, global_step=step, dataformats="HWC")
+        else:
+            continue
+        n += 1
+    return n

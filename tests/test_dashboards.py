@@ -1,0 +1,267 @@
+"""Dashboards and sweeps (issue 15): the resolved config in W&B / TensorBoard, W&B run names
+and groups, uint8 reconstruction panels (pixel content), learning rates, the `callbacks`
+group, deterministic sweep folders (rerun = resume), bf16 training, classical anchors and
+the sweep report's grouping by the configuration each run used."""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from codecx.config import ConfigError
+from codecx.lit.loggers import ZOOM, crop_box, flatten_config, reconstruction_panel
+from codecx.train import CONF_DIR, build_callbacks
+from conftest import TINY, run_train
+
+OFFLINE = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
+
+
+def _compose(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def _val_image_uint8() -> np.ndarray:
+    """The first validation image of TINY's data settings, as the decoder's 8-bit pixels."""
+    from codecx.data import ImageDataModule
+
+    dm = ImageDataModule(source="sample", crop_size=64, val_crop_size=64, max_val_images=1)
+    dm.setup("validate")
+    x = dm.val_set[0]
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _check_panel(panel: np.ndarray, original: np.ndarray, psnr: float | None = None) -> None:
+    """A logged panel: uint8, the original top left, the decoded image top right (its PSNR
+    against the original = the evaluation's `psnr`), each one's zoomed central crop below."""
+    h, w, _ = original.shape
+    assert panel.dtype == np.uint8 and panel.shape == (2 * h, 2 * w, 3)
+    assert np.array_equal(panel[:h, :w], original)
+    decoded = panel[:h, w:]
+    top, left, ch, cw = crop_box(h, w)
+    for col, img in ((0, original), (w, decoded)):
+        crop = img[top:top + ch, left:left + cw]
+        assert np.array_equal(panel[h:h + ch * ZOOM, col:col + cw * ZOOM], crop.repeat(ZOOM, 0).repeat(ZOOM, 1))
+    if psnr is not None:  # the decoder's own pixels, not a float image cast to black
+        mse = ((decoded.astype(float) - original.astype(float)) ** 2).mean()
+        assert 10 * np.log10(255 ** 2 / mse) == pytest.approx(psnr, abs=1e-3)
+
+
+def _final_psnr(run_dir: Path) -> float:
+    """PSNR of the final real-bitstream evaluation (one validation image) from results.json."""
+    return json.loads((run_dir / "results.json").read_text())["results"]["psnr-rgb"][0]
+
+
+# ---------------------------------------------------------------------- units
+def test_reconstruction_panel_pixels():
+    """uint8 side by side (W&B casts floats in [0,1] to black) with the zoomed central crops."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 40, 52, generator=g)
+    x_hat = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    panel = reconstruction_panel(x, x_hat)
+    a = (x[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    b = (x_hat[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert panel.dtype == np.uint8 and panel.shape == (80, 104, 3)
+    assert np.array_equal(panel[:40, :52], a) and np.array_equal(panel[:40, 52:], b)
+    top, left, ch, cw = crop_box(40, 52)
+    assert (top, left, ch, cw) == (15, 19, 10, 13)
+    assert np.array_equal(panel[40:80, :52], a[15:25, 19:32].repeat(4, 0).repeat(4, 1))
+    assert np.array_equal(panel[40:80, 52:], b[15:25, 19:32].repeat(4, 0).repeat(4, 1))
+    with pytest.raises(ValueError, match="differ in size"):
+        reconstruction_panel(x, x_hat[..., :50])
+
+
+def test_flatten_config():
+    flat = flatten_config({"lmbda": 0.01, "model": {"N": 8, "weights": None}, "reg": {},
+                           "transform": {"lrp": {"hidden": 3}}, "schedule": {"milestones": [1, 2]},
+                           "hydra": {"x": 1}, "callbacks": {"a": 1}})
+    assert flat == {"lmbda": 0.01, "model.N": 8, "model.weights": "null", "reg": "{}",
+                    "transform.lrp.hidden": 3, "schedule.milestones": "[1, 2]"}
+
+
+def test_callbacks_group_is_instantiated():
+    """callbacks: named _target_ nodes, all instantiated (+callbacks.x too), null drops one."""
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    from codecx.lit.loggers import LearningRates
+
+    cbs = build_callbacks(_compose([]))
+    assert [type(c) for c in cbs] == [LearningRates]
+    cfg = _compose(["+callbacks.lr._target_=pytorch_lightning.callbacks.LearningRateMonitor",
+                    "+callbacks.lr.logging_interval=step", "callbacks.lr_monitor=null"])
+    cbs = build_callbacks(cfg)
+    assert [type(c) for c in cbs] == [LearningRateMonitor] and cbs[0].logging_interval == "step"
+    assert build_callbacks(_compose(["callbacks=none"])) == []
+    with pytest.raises(ConfigError, match="callbacks.x: needs a _target_"):
+        build_callbacks(_compose(["+callbacks.x.monitor=val/loss"]))
+    with pytest.raises(ConfigError, match="callbacks.x: .* is not a Lightning Callback"):
+        build_callbacks(_compose(["+callbacks.x._target_=collections.OrderedDict"]))
+    with pytest.raises(ConfigError, match="unknown key.*callbacks.lr.bogus"):  # the pre-flight check
+        from codecx.config import check_targets
+        from codecx.config.check import TARGET_GROUPS
+
+        check_targets(_compose(["+callbacks.lr._target_=pytorch_lightning.callbacks.LearningRateMonitor",
+                                "+callbacks.lr.bogus=1"]), TARGET_GROUPS)
+
+
+def test_sweep_name_is_deterministic():
+    from codecx.config.schema import sweep_name
+
+    a = sweep_name(["lmbda=0.01,0.02", "model.N=8", "resume=false", "hydra.sweep.dir=x"], ["resume"])
+    b = sweep_name(["model.N=8", "lmbda=0.01,0.02"], ["resume"])
+    assert a == b == "lmbda=0.01,0.02,model.N=8"
+    assert sweep_name([], []) == "default" and "/" not in sweep_name(["data.train_dir=/a/b"], [])
+
+
+def test_trainer_gpu_recipe():
+    cfg = _compose(["trainer=gpu"])
+    assert (cfg.trainer.accelerator, cfg.data.num_workers, cfg.data.pin_memory) == ("gpu", 8, True)
+    assert _compose(["trainer=gpu", "data.num_workers=3"]).data.num_workers == 3
+    assert _compose([]).data.pin_memory is None  # CPU recipe: pinned only when CUDA is there
+
+
+def test_bf16_mixed_trains_on_cpu():
+    """trainer.precision=bf16-mixed: one real training step of a tiny codec on CPU (autocast
+    bf16); the weights change, stay float32 and finite."""
+    import pytorch_lightning as pl
+
+    from codecx.lit.module import LitCodec
+    from conftest import tiny_codec
+
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.functional.conv2d(torch.rand(1, 3, 8, 8), torch.rand(4, 3, 3, 3))
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"this torch has no CPU bf16 autocast: {e}")
+    torch.manual_seed(0)
+    module = LitCodec(tiny_codec())
+    before = {k: v.clone() for k, v in module.codec.state_dict().items() if v.is_floating_point()}
+    data = torch.utils.data.DataLoader(torch.rand(2, 3, 64, 64), batch_size=2)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", precision="bf16-mixed", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, data)
+    assert trainer.global_step == 1
+    after = module.codec.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert changed and all(after[k].dtype == torch.float32 and torch.isfinite(after[k]).all() for k in before)
+
+
+# ---------------------------------------------------------------------- real runs
+def _wandb_records(path: Path):
+    """The protobuf records of an offline W&B run file (LevelDB log: 32 KiB blocks of records
+    with a 7-byte header crc32 / length / type, after a 7-byte file header)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, buf = path.read_bytes(), 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            continue
+        buf += payload
+        if kind in (1, 4):  # FULL / LAST
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            yield rec
+
+
+def _wandb_run(run_dir: Path):
+    """(run record, config {key: value}, history keys) of the offline W&B run under `run_dir`."""
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert files, sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))[:40]
+    run, config, history = None, {}, set()
+    for rec in _wandb_records(files[-1]):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            run = rec.run
+            config.update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in rec.config.update})
+        elif kind == "history":
+            history |= {i.key or "/".join(i.nested_key) for i in rec.history.item}
+    return run, config, history
+
+
+@pytest.mark.medium
+def test_tensorboard_config_images_lr_and_extra_callback(tmp_path):
+    """logger=tensorboard: the resolved config as hparams, uint8 reconstruction panels with
+    the original's pixels, train/lr_* scalars; +callbacks.x is instantiated and runs."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from PIL import Image
+
+    run_dir, extra = tmp_path / "run", tmp_path / "extra"
+    r = run_train([*TINY, "logger=tensorboard", "trainer.max_steps=2", "eval.every_n_steps=1",
+                   "lmbda=0.013", "+callbacks.every._target_=pytorch_lightning.callbacks.ModelCheckpoint",
+                   f"+callbacks.every.dirpath={extra}", "+callbacks.every.every_n_train_steps=1",
+                   "+callbacks.every.save_top_k=-1", f"hydra.run.dir={run_dir}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list(extra.glob("*.ckpt"))) == 2  # the extra callback ran at steps 1 and 2
+    hparams, images, scalars = {}, [], set()
+    for f in run_dir.glob("tb/events.out.tfevents.*"):
+        for event in map(Event.FromString, RawEventFileLoader(str(f)).Load()):
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name == "hparams":
+                    d = plugin_data_pb2.HParamsPluginData()
+                    d.ParseFromString(v.metadata.plugin_data.content)
+                    for k, val in d.session_start_info.hparams.items():
+                        hparams[k] = val.number_value if val.HasField("number_value") else val.string_value
+                elif v.tag.startswith("val/reconstructions/"):
+                    images.append(np.asarray(Image.open(io.BytesIO(v.image.encoded_image_string))))
+                else:
+                    scalars.add(v.tag)
+    assert hparams["lmbda"] == pytest.approx(0.013) and hparams["model.N"] == 8
+    assert hparams["model._target_"] == "codecx.models.backbones.MbtMean"
+    assert hparams["quantizer._target_"].endswith("NoiseQuantizer") and hparams["seed"] == 1
+    assert hparams["data.crop_size"] == 64 and hparams["trainer.max_steps"] == 2
+    assert {"train/lr_codec", "train/lr_aux"} <= scalars
+    assert len(images) == 2  # step 1 and the final evaluation
+    original = _val_image_uint8()
+    for panel in images:
+        _check_panel(panel, original)
+    _check_panel(images[-1], original, _final_psnr(run_dir))
+
+
+@pytest.mark.medium
+def test_wandb_sweep_names_and_resume(tmp_path):
+    """A multirun with logger=wandb (offline): the sweep folder is named after the command's
+    overrides, each W&B run is named after its run folder, grouped by the sweep folder, job
+    type train, with the resolved config; the reconstructions are the original's pixels; the
+    same command again resumes every job from its last.ckpt in the same folder."""
+    from PIL import Image
+
+    args = ["-m", *TINY, "logger=wandb", "trainer.max_steps=1", "lmbda=0.02", "sweep_report.enabled=false"]
+    env = {**OFFLINE, "WANDB_DIR": str(tmp_path / "wandb"), "NETRC": str(tmp_path / "no-netrc")}
+    r = run_train(args, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweeps = list((tmp_path / "runs" / "sweep").iterdir())
+    assert len(sweeps) == 1 and "lmbda=0.02" in sweeps[0].name and "model.N=8" in sweeps[0].name
+    (run_dir,) = [p for p in sweeps[0].iterdir() if p.is_dir()]
+    run, config, history = _wandb_run(run_dir)
+    assert run.display_name == run_dir.name and run.run_group == sweeps[0].name and run.job_type == "train"
+    assert config["lmbda"] == 0.02 and config["model.N"] == 8 and config["model.M"] == 12
+    assert config["reg"] == "{}" and config["schedule.lr"] > 0 and config["data.source"] == "sample"
+    assert {"train/lr_codec", "train/lr_aux"} <= history
+    pngs = sorted(run_dir.glob("wandb/offline-run-*/files/media/images/val/reconstructions_*.png"),
+                  key=lambda p: int(p.name.split("_")[1]))  # reconstructions_<W&B step>_<hash>.png
+    assert pngs
+    _check_panel(np.asarray(Image.open(pngs[-1]).convert("RGB")), _val_image_uint8(), _final_psnr(run_dir))
+    r = run_train(args, cwd=tmp_path, env=env)  # the same command: the same folder, resumed
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list((tmp_path / "runs" / "sweep").iterdir()) == sweeps
+    assert "resuming from" in r.stdout + r.stderr and str(run_dir / "checkpoints" / "last.ckpt") in r.stdout + r.stderr
