@@ -72,9 +72,11 @@ def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         import re
 
         text = str(e)
-        found = (re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global: ([\w.]+)", text)
-                 or re.search(r"(Unsupported operand \d+)", text))
-        detail = f"the Python global {found.group(1)}" if found else "objects it does not allow"
+        found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global: ([\w.]+)", text)
+        if not found:  # not a pickle at all (garbage, a truncated file)
+            raise CheckpointError(f"{what} {path}: not a readable PyTorch file (UnpicklingError: "
+                                  f"{one_line_text(e)[:200]})") from None
+        detail = f"the Python global {found.group(1)}"
         raise CheckpointError(
             f"{what} {path}: refused: loading it would need {detail}, which codecx never stores "
             "(checkpoints are loaded with weights_only=True, no code runs from a file); use a "

@@ -137,6 +137,7 @@ def test_latent_sizes_follow_the_model_strides():
     assert expected_latent_shapes(fact, (33, 70)) == ((3, 5), None)
 
 
+@pytest.mark.medium
 def test_header_method_names_are_checked_before_anything_is_built(tiny_ckpt, tmp_path, capsys,
                                                                    monkeypatch):
     import codecx.cli as cli
@@ -168,6 +169,7 @@ def test_native_stderr_of_a_failed_decode_is_kept_off_stderr(capfd):
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.medium
 def test_small_fuzz_every_outcome_is_an_image_or_a_bitstream_error(capfd):
     """The fast fuzz (the slow one: >= 1000 mutations per setup in a worker with a per-case
     timeout): scalar and lattice files, mutated, CRC recomputed for half of them."""
@@ -315,6 +317,7 @@ def test_atomic_save_keeps_previous_and_leaves_no_temp_files(tmp_path, monkeypat
         resume_checkpoint(d)
 
 
+@pytest.mark.medium
 def test_run_dir_lock_refuses_a_second_run(tmp_path):
     from codecx.lit.callbacks import RunDirLock, RunDirLockedError
 
@@ -347,6 +350,7 @@ def test_best_ckpt_is_one_file_across_a_restart(tmp_path):
 
 
 # ---------------------------------------------------------------- 5. non-finite training
+@pytest.mark.medium
 def test_non_finite_training_stops_with_one_line_and_saves_no_nan(tmp_path):
     r = run_train([*TINY, "trainer.max_steps=6", "checkpoint.every_n_steps=1", "schedule.lr=1e6",
                    f"hydra.run.dir={tmp_path}"], timeout=300)
@@ -405,6 +409,7 @@ def test_empty_data_folder_and_gpu_without_gpu(tmp_path):
             precheck(["trainer.accelerator=gpu"], CONF_DIR, "train", validate_config)
 
 
+@pytest.mark.medium
 def test_bad_sweep_value_fails_before_the_first_job(tmp_path):
     sweep = tmp_path / "sweep"
     r = run_train(["-m", *TINY, "trainer.max_steps=1", "lmbda=0.0067,-1", f"hydra.sweep.dir={sweep}"],

@@ -131,6 +131,7 @@ def _worker(name: str, seed: int, start: int, cases: int, conn, stderr_path: str
     sys.stderr.flush()
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 2)
+    conn.send("ready")  # per-case timeouts start now (imports and the build can be slow)
     for i in range(start, cases):
         rng = random.Random(f"{name}/{seed}/{i}")
         bad = mutate(data, rng)
@@ -159,18 +160,22 @@ def fuzz(name: str, cases: int = 1000, seed: int = 0, timeout: float = 30.0,
                              "uncaught": [], "max_case_s": 0.0, "peak_rss_mib": 0.0}
     tmpdir = tempfile.mkdtemp(dir=workdir)
     err_path = os.path.join(tmpdir, "stderr.txt")
-    start, first = 0, True
+    start = 0
     while start < cases:
         parent, child = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker, args=(name, seed, start, cases, child, err_path), daemon=True)
         p.start()
         child.close()
-        wait = timeout + (120 if first else 60)  # the first message also waits for the codec build
-        first = False
+        if not parent.poll(900) or parent.recv() != "ready":
+            p.kill()
+            p.join()
+            raise RuntimeError(f"fuzz worker for {name} did not start (exit code {p.exitcode})")
+        wait = timeout
         while True:
             if not parent.poll(wait):
                 if p.is_alive():
                     stats["hangs"] += 1
+                    stats.setdefault("hang_cases", []).append(start)
                     p.kill()
                 elif start < cases:
                     stats["uncaught"].append(f"case {start}: worker died (exit code {p.exitcode})")
@@ -185,6 +190,7 @@ def fuzz(name: str, cases: int = 1000, seed: int = 0, timeout: float = 30.0,
             i, outcome, secs, rss = msg
             if secs > timeout:
                 stats["hangs"] += 1
+                stats.setdefault("hang_cases", []).append(i)
             stats["max_case_s"] = max(stats["max_case_s"], secs)
             stats["peak_rss_mib"] = max(stats["peak_rss_mib"], rss)
             if outcome == "decoded":
@@ -219,6 +225,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"| {s['max_case_s']:.2f} | {s['peak_rss_mib']:.0f} | {s['stderr_bytes']} |", flush=True)
         for u in s["uncaught"][:5]:
             print(f"    {u}", file=sys.stderr)
+        if s["hangs"]:
+            print(f"    {n}: hang(s) at case(s) {s.get('hang_cases')}", file=sys.stderr)
     return 1 if bad else 0
 
 
