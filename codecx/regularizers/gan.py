@@ -162,7 +162,6 @@ class _GANRegularizer(Regularizer):
         self.latent_stride = int(getattr(bb, "latent_stride", 16))
         if self.discriminator is None:
             with torch.random.fork_rng(devices=[]):  # leave the codec's random stream untouched
-                torch.manual_seed(0)
                 self.discriminator = self.build(int(bb.M))
 
     def _d(self) -> nn.Module:
