@@ -330,3 +330,19 @@ def test_bench_gan_quick():
     assert r.returncode == 0, r.stderr[-3000:]
     summary = r.stdout[r.stdout.index("\nSummary"):]
     assert "step time ratio illm/none" in summary and "step time ratio patchgan/none" in summary
+
+
+@pytest.mark.parametrize("backbone", ["bmshj_factorized", "mbt", "cheng_anchor"])
+def test_gan_regularizers_work_with_every_backbone(backbone, labeler_file):
+    """D is conditioned on y_hat of whatever width the backbone has (attach reads M)."""
+    torch.manual_seed(0)
+    codec = tiny_codec(backbone)
+    x = _images(2)
+    out = codec.train()(x)
+    for reg in (ILLMRegularizer(str(labeler_file), **TINY_D),
+                PatchGANRegularizer(channels=[8, 8, 8, 8], context_channels=4)):
+        reg.attach(codec)
+        assert reg.discriminator.context[0].in_channels == out.y_hat.size(1)
+        r = reg(x, out)
+        d, _ = reg.d_loss(x, _out(codec, x))
+        assert math.isfinite(r.loss.item()) and math.isfinite(d.item())
