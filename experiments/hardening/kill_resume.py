@@ -3,11 +3,13 @@
     OMP_NUM_THREADS=1 .venv/bin/python experiments/hardening/kill_resume.py --trials 20
 
 Each trial starts a tiny `train.py` run (12 steps, last.ckpt every 2 steps, metrics flushed
-every step), kills its process group with SIGKILL after a random delay (every 3rd trial: the
-moment a checkpoint temp file appears, i.e. during a checkpoint write), then runs the same
+every step), kills its process group with SIGKILL at a random moment 0-10 s after its first
+training step (every 3rd trial: the moment a checkpoint temp file appears after last.ckpt
+exists, i.e. during the overwrite of a checkpoint), then runs the same
 command again and checks: it resumes (from last.ckpt or the kept previous one), ends at step 12
 with exit 0, leaves no temp file, no lock held and no best-v1.ckpt. Steps lost = the last step
-the killed run logged minus the step it resumed from.
+the killed run logged minus the first step the resumed run logged (the step in progress at the
+kill not counted; a run with no checkpoint yet loses every logged step + 1).
 """
 from __future__ import annotations
 
@@ -56,13 +58,21 @@ def trial(i: int, rng: random.Random, base: Path) -> dict:
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          env=env, start_new_session=True)
     ckpt_dir = run_dir / "checkpoints"
-    deadline = time.time() + (600 if during_write else rng.uniform(12, 40))
-    in_write = False
+    # the kill comes once training runs (start-up takes long on a loaded machine): after a random
+    # 0-10 s, or (during_write) at the first checkpoint write after last.ckpt exists
+    deadline, delay, in_write = time.time() + 900, None, False
     while time.time() < deadline and p.poll() is None:
-        if during_write and ckpt_dir.is_dir() and any(".tmp-" in f.name for f in ckpt_dir.iterdir()):
-            in_write = True
+        if during_write:
+            if (ckpt_dir / "last.ckpt").is_file() and any(".tmp-" in f.name for f in ckpt_dir.iterdir()):
+                in_write = True
+                break
+            time.sleep(0.002)
+            continue
+        if delay is None and max(logged_steps(run_dir) or [-1]) >= 0:
+            delay = time.time() + rng.uniform(0, 10)
+        if delay is not None and time.time() >= delay:
             break
-        time.sleep(0.005 if during_write else 0.05)
+        time.sleep(0.05)
     finished_before_kill = p.poll() is not None
     if not finished_before_kill:
         os.killpg(p.pid, signal.SIGKILL)
@@ -91,7 +101,7 @@ def trial(i: int, rng: random.Random, base: Path) -> dict:
     return {"trial": i, "killed": not finished_before_kill, "during_write": in_write,
             "temp_left_by_kill": len(temp_left), "reached": reached, "resumed": bool(resumed_from),
             "resumed_file": Path(resumed_from).name if resumed_from else "-",
-            "resume_step": start_step, "lost": max(0, reached - start_step + 1) if resumed_from else reached + 1,
+            "resume_step": start_step, "lost": max(0, reached - start_step) if resumed_from else reached + 1,
             "rc": r.returncode, "final_step": final,
             "clean_dir": not any(".tmp-" in n or "-v1" in n for n in names),
             "last_err": (r.stderr.strip().splitlines() or [""])[-1][:200] if r.returncode else ""}
