@@ -144,3 +144,20 @@ def test_lattice_quantizer_codes_the_shallow_decoder_exactly():
         x_dec = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"],
                                  enc.get("options"))
     assert torch.equal(x_dec, out.x_hat.clamp(0, 1))
+
+
+@pytest.mark.medium
+def test_benchmark_runs_quick():
+    """`python -m benchmarks --only shallow_sga --quick` (random weights) reports every row."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "shallow_sga", "--quick",
+                        "--threads", "1", "--sga-ckpt", "random"], cwd=root, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = r.stdout[r.stdout.index("\nSummary"):]
+    for metric in ("shallow_gs_time", "jpeg_like_gs_time", "shallow_gs_kmacs", "sga_encode_per_100_steps"):
+        assert metric in summary
+    assert "5.331" in summary
