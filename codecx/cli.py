@@ -127,9 +127,61 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     set_coding_threads(a.threads)
     paths = build_report(a.multirun_dir, a.baseline, a.out, a.eval_dir, a.data_val_dir,
-                         progress=not a.no_progress, replicates=a.replicates)
+                         progress=not a.no_progress, replicates=a.replicates, anchor=a.anchor,
+                         include_incomplete=a.include_incomplete)
     print(paths["md"].read_text())
     print(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}")
+    return 0
+
+
+def anchor_outputs(output: Optional[str], directory: str, codecs: List[str]) -> dict:
+    """{codec: JSON path} of `codecx anchors`: OUT.json itself for one codec, OUT-<codec>.json
+    for several (default: <DIR name>-<codec>.json in the current folder)."""
+    if output is None:
+        return {c: Path(f"{Path(directory).resolve().name}-{c}.json") for c in codecs}
+    out = Path(output)
+    if len(codecs) == 1:
+        return {codecs[0]: out}
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    return {c: stem.parent / f"{stem.name}-{c}.json" for c in codecs}
+
+
+def cmd_anchors(a: argparse.Namespace) -> int:
+    """Classical RD curves (Pillow JPEG / WebP / AVIF) of an image folder as results JSON."""
+    import json
+
+    from codecx.data.datamodule import list_images
+    from codecx.metrics.anchors import CLASSICAL, classical_anchor
+
+    codecs = [c.strip().lower() for c in a.codec.split(",") if c.strip()]
+    unknown = [c for c in codecs if c not in CLASSICAL]
+    if not codecs or unknown:
+        raise ValueError(f"--codec {a.codec}: choose from {', '.join(CLASSICAL)} (comma-separated); "
+                         "JPEG XL needs a Pillow plugin that is not installed")
+    qualities = None
+    if a.qualities:
+        try:
+            qualities = [int(q) for q in a.qualities.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"--qualities {a.qualities}: expected integers, e.g. 5,10,20,40,80") from None
+        if not qualities or any(not 0 <= q <= 100 for q in qualities):
+            raise ValueError(f"--qualities {a.qualities}: each must be in 0..100")
+    if not Path(a.dir).is_dir():
+        raise FileNotFoundError(f"{a.dir}: no such folder (a folder of images, e.g. Kodak's PNGs)")
+    files = list_images(a.dir, a.dir)
+    if a.max_images:
+        files = files[: a.max_images]
+    if not files:
+        raise ValueError(f"{a.dir}: no image files in it")
+    images = [(p.name, read_image(p)) for p in files]
+    for codec, path in anchor_outputs(a.output, a.dir, codecs).items():
+        res = classical_anchor(images, codec, qualities)
+        res["description"] += f" from {Path(a.dir).resolve()}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        r = res["results"]
+        print(f"{path}: {codec}, {len(r['bpp'])} RD points, {r['bpp'][0]:.3f}-{r['bpp'][-1]:.3f} bpp, "
+              f"{r['psnr-rgb'][0]:.2f}-{r['psnr-rgb'][-1]:.2f} dB on {len(images)} image(s)")
     return 0
 
 
@@ -258,7 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replicates", metavar="KEY", help="an override that repeats the experiment (e.g. "
                    "seed): BD figures become means over its values, paired with the baseline's, and the "
                    "baseline row shows the noise band between them")
+    s.add_argument("--anchor", metavar="NAME|PATH", help="a reference curve drawn dashed in rd.png, with "
+                   "each group's BD-rate / BD-PSNR against it in a column: a packaged CompressAI curve "
+                   "(mbt2018-mean, ...), a results JSON (e.g. from codecx anchors), or jpeg / webp / avif "
+                   "computed on the evaluation images")
+    s.add_argument("--include-incomplete", action="store_true", help="use runs whose last.ckpt stopped "
+                   "before trainer.max_steps in the curves and BD figures (default: flagged and left out)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = verb("anchors", cmd_anchors, "classical RD curves (Pillow JPEG / WebP / AVIF, bpp from the "
+             "encoded files) of an image folder, as CompressAI-layout results JSON")
+    s.add_argument("dir", help="image folder (PNG, JPEG, ...; searched recursively)")
+    s.add_argument("--codec", default="jpeg,webp", help="comma-separated: jpeg, webp, avif (default jpeg,webp)")
+    s.add_argument("--qualities", help="Pillow quality settings, e.g. 5,10,20,40,80 (default: a dense "
+                                       "ladder per codec; settings that add no rate-quality point are dropped)")
+    s.add_argument("--max-images", type=int, help="only the first N images (sorted by path)")
+    s.add_argument("-o", "--output", help="results JSON (several codecs: OUT-<codec>.json; default "
+                                          "<DIR name>-<codec>.json); use it with codecx plot / bdrate, "
+                                          "codecx report --anchor, eval.anchor=PATH")
 
     s = verb("complexity", cmd_complexity, "KMACs per pixel and parameters of each stage of a model")
     s.add_argument("model", help="a model config name (codecx/conf/model: mbt_mean, shallow, ...)")

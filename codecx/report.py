@@ -1,4 +1,5 @@
-"""Sweep report: group the runs of a Hydra multirun by their overrides except `lmbda`, evaluate
+"""Sweep report: group the runs of a Hydra multirun by the configuration each run used (the
+settings that differ between runs, except `lmbda` and `seed`), evaluate
 each run from real bitstreams (or reuse its results.json), and tabulate BD-rate / BD-PSNR
 (Bjøntegaard, VCEG-M33) of every group against a baseline group, with one RD plot."""
 from __future__ import annotations
@@ -20,21 +21,47 @@ from codecx.metrics.complexity import plot_rdc
 from codecx.metrics.decompose import decomposition_section
 from codecx.metrics.rdplot import plot_rd
 
-GROUP_EXCLUDE = {"lmbda"}
+GROUP_EXCLUDE = {"lmbda", "seed"}
+# settings that do not change what a run trains or how it is evaluated: never split groups
+NOT_GROUPED = ("hydra", "resume", "sweep_report", "logger", "callbacks", "checkpoint", "eval",
+               "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.num_sanity_val_steps",
+               "data.num_workers", "data.pin_memory")
 
 
 @dataclass
 class Run:
-    """One job of a multirun: its folder, command-line overrides and Hydra group choices."""
+    """One job of a multirun: its folder, command-line overrides, Hydra group choices, and the
+    configuration it used (flattened, resolved; `raw`: the unresolved leaves, e.g. '${alpha}')."""
 
     dir: Path
     overrides: Dict[str, str]
     choices: Dict[str, str] = field(default_factory=dict)
     results: Optional[Dict[str, Any]] = None
+    config: Optional[Dict[str, Any]] = None
+    raw: Dict[str, Any] = field(default_factory=dict)
+    step: int = -1        # last.ckpt's global step (-1: unknown)
+    max_steps: int = -1   # trainer.max_steps it was run with (-1: unknown or unlimited)
 
     @property
     def ckpt(self) -> Path:
         return self.dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def incomplete(self) -> bool:
+        """last.ckpt (or the final evaluation) stopped before trainer.max_steps: a killed run."""
+        return self.max_steps > 0 and 0 <= self.step < self.max_steps
+
+    def value(self, key: str, default: str = "?") -> str:
+        """A setting as text: the override as written, else the used config's value."""
+        if key in self.overrides:
+            return self.overrides[key]
+        if self.config is not None and key in self.config:
+            return _text(self.config[key])
+        return self.choices.get(key, default)
+
+
+def _text(v: Any) -> str:
+    return "null" if v is None else str(v)
 
 
 def _parse_overrides(lines: Sequence[str]) -> Dict[str, str]:
@@ -46,6 +73,71 @@ def _parse_overrides(lines: Sequence[str]) -> Dict[str, str]:
         if not key.startswith("hydra."):
             out[key] = value
     return out
+
+
+def _flatten(node: Any, prefix: str, out: Dict[str, Any], raw: Dict[str, Any]) -> None:
+    """Leaves of an OmegaConf node by dotted key: resolved where possible (a leaf that needs a
+    Hydra-only resolver keeps its text), the unresolved text in `raw`."""
+    from omegaconf import DictConfig, ListConfig
+
+    for k in node.keys():
+        key = f"{prefix}{k}"
+        child = node._get_node(k)
+        raw_value = child._value() if child is not None else None
+        try:
+            v = node[k]
+        except Exception:  # noqa: BLE001 - ${hydra:...} outside Hydra
+            out[key], raw[key] = str(raw_value), str(raw_value)
+            continue
+        if isinstance(v, DictConfig):
+            if len(v) == 0:
+                out[key] = raw[key] = "{}"
+            _flatten(v, f"{key}.", out, raw)
+        elif isinstance(v, ListConfig):
+            try:
+                out[key] = str(OmegaConf.to_container(v, resolve=True))
+            except Exception:  # noqa: BLE001
+                out[key] = str(OmegaConf.to_container(v, resolve=False))
+            raw[key] = out[key]
+        else:
+            out[key], raw[key] = v, raw_value
+
+
+def _ckpt_info(ckpt: Path) -> Tuple[int, Optional[Dict[str, Any]]]:
+    """(global step, codecx_config) of a train.py checkpoint, read memory-mapped; (-1, None)."""
+    if not ckpt.is_file():
+        return -1, None
+    try:
+        import torch
+
+        d = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        return int(d.get("global_step", -1)), d.get("codecx_config")
+    except Exception:  # noqa: BLE001 - damaged or foreign: the report evaluates what it can
+        return -1, None
+
+
+def load_run_config(run: Run) -> None:
+    """Fill `run.config` / `run.raw` from .hydra/config.yaml (else the checkpoint's
+    codecx_config), and `run.step` / `run.max_steps`."""
+    from codecx.config.schema import register_configs
+
+    register_configs()  # codecx's resolvers
+    step, ckpt_config = _ckpt_info(run.ckpt)
+    f = run.dir / ".hydra" / "config.yaml"
+    flat: Dict[str, Any] = {}
+    raw: Dict[str, Any] = {}
+    if f.is_file():
+        _flatten(OmegaConf.load(f), "", flat, raw)
+    elif isinstance(ckpt_config, dict):
+        _flatten(OmegaConf.create(ckpt_config), "", flat, raw)
+    run.config, run.raw = (flat or None), raw
+    results_step = (run.results or {}).get("step") if isinstance(run.results, dict) else None
+    run.step = step if step >= 0 else (int(results_step) if isinstance(results_step, int) else -1)
+    ms = flat.get("trainer.max_steps", run.overrides.get("trainer.max_steps"))
+    try:
+        run.max_steps = int(ms) if ms is not None else -1
+    except (TypeError, ValueError):
+        run.max_steps = -1
 
 
 def find_runs(root: Path) -> List[Run]:
@@ -63,12 +155,81 @@ def find_runs(root: Path) -> List[Run]:
     return runs
 
 
+def _knobs() -> set:
+    """Top-level settings that codecx/conf interpolates into groups (`alpha` -> reg.cse.alpha):
+    a run's effective value is where it is used, so the top-level copy never groups."""
+    import re
+
+    from codecx.train import CONF_DIR
+
+    names = set()
+    for p in Path(CONF_DIR).rglob("*.yaml"):
+        names |= set(re.findall(r"\$\{([A-Za-z_]\w*)\}", p.read_text(errors="ignore")))
+    return names
+
+
+def _grouped_keys(runs: Sequence[Run], exclude: Sequence[str]) -> List[str]:
+    """Settings of the used configurations that differ between runs (lmbda, seed, `exclude`,
+    bookkeeping and interpolated top-level knobs left out)."""
+    import re
+
+    skip = GROUP_EXCLUDE | set(exclude)
+    knobs = _knobs() | {m for r in runs for v in r.raw.values() if isinstance(v, str)
+                        for m in re.findall(r"\$\{([A-Za-z_]\w*)\}", v)}
+    keys = sorted({k for r in runs for k in r.config})
+    out = []
+    for k in keys:
+        if k in skip or (k in knobs and "." not in k) or any(k == p or k.startswith(p + ".") for p in NOT_GROUPED):
+            continue
+        if len({_text(r.config.get(k, "<absent>")) for r in runs}) > 1:
+            out.append(k)
+    return out
+
+
+def _label_tokens(runs: Sequence[Run], keys: Sequence[str]) -> Dict[str, str]:
+    """For each differing key, how a run's value is named in its group label: `reg=cse` when
+    the group choice alone explains it, `alpha=1` when it is an interpolated knob, else key=value."""
+    import re
+
+    out = {}
+    for k in keys:
+        top = k.split(".", 1)[0]
+        choices = {r.choices.get(top) for r in runs}
+        if None not in choices and len(choices) > 1 and all(
+                len({_text(r.config.get(k, "<absent>")) for r in runs if r.choices.get(top) == c}) == 1
+                for c in choices):
+            out[k] = f"choice:{top}"
+            continue
+        knob = {m.group(1) for r in runs if isinstance(r.raw.get(k), str)
+                for m in [re.fullmatch(r"\$\{([A-Za-z_]\w*)\}", r.raw[k])] if m}
+        out[k] = f"knob:{knob.pop()}" if len(knob) == 1 else f"key:{k}"
+    return out
+
+
 def group_runs(runs: Sequence[Run], exclude: Sequence[str] = ()) -> Dict[str, List[Run]]:
-    """Runs grouped by every override except lmbda (and `exclude`); labelled by the overrides
-    that vary."""
-    keys = sorted({k for r in runs for k in r.overrides} - GROUP_EXCLUDE - set(exclude))
+    """Runs grouped by the configuration each one used (`Run.config`: .hydra/config.yaml or the
+    checkpoint's): the settings that differ between runs, except lmbda, seed and `exclude`;
+    labelled `group=choice` / `knob=value` / `key=value`. Runs without a known configuration
+    (results.json only) are grouped by their overrides as written, except lmbda (and `exclude`)."""
+    if runs and all(r.config for r in runs):
+        keys = _grouped_keys(runs, exclude)
+        how = _label_tokens(runs, keys)
+        groups: Dict[str, List[Run]] = {}
+        for r in runs:
+            tokens: List[str] = []
+            for k in keys:
+                if k not in r.config:
+                    continue  # e.g. reg.cse.alpha of a reg=none run
+                kind, _, name = how[k].partition(":")
+                tok = (f"{name}={r.choices[name]}" if kind == "choice" else
+                       f"{name}={_text(r.config[k])}" if kind == "knob" else f"{k}={_text(r.config[k])}")
+                if tok not in tokens:
+                    tokens.append(tok)
+            groups.setdefault(",".join(tokens) or "all", []).append(r)
+        return groups
+    keys = sorted({k for r in runs for k in r.overrides} - {"lmbda"} - set(exclude))
     varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
-    groups: Dict[str, List[Run]] = {}
+    groups = {}
     for r in runs:
         label = ",".join(f"{k}={r.overrides[k]}" for k in varying if k in r.overrides) or "all"
         groups.setdefault(label, []).append(r)
@@ -84,14 +245,30 @@ def parse_baseline(spec: str) -> Dict[str, str]:
 
 
 def find_baseline(groups: Dict[str, List[Run]], spec: str) -> str:
-    """The label of the one group whose runs all have the baseline's overrides (or group choices)."""
+    """The label of the one group that has the baseline's KEY=VALUE pairs: in its label, or in
+    every run's overrides, group choices or used configuration."""
     want = parse_baseline(spec)
-    match = [g for g, runs in groups.items()
-             if all(all({**r.choices, **r.overrides}.get(k) == v for k, v in want.items()) for r in runs)]
+
+    def has(label: str, runs: List[Run], k: str, v: str) -> bool:
+        if f"{k}={v}" in label.split(","):
+            return True
+        return all(_same(r.overrides.get(k, r.choices.get(k, r.value(k, "<absent>"))), v) for r in runs)
+
+    match = [g for g, runs in groups.items() if all(has(g, runs, k, v) for k, v in want.items())]
     if len(match) != 1:
         raise ValueError(f"--baseline {spec}: {'no' if not match else len(match)} groups match "
                          f"(exactly one must); groups: {'; '.join(groups)}")
     return match[0]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Config values equal as text or as numbers ('1' and 1.0)."""
+    if str(a) == str(b):
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, Any]],
@@ -210,7 +387,7 @@ COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp")
 def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Optional[str | Path] = None,
                  eval_dir: Optional[str | Path] = None, data_val_dir: Optional[str | Path] = None,
                  progress: bool = True, replicates: Optional[str] = None,
-                 anchor: Any = None) -> Dict[str, Path]:
+                 anchor: Any = None, include_incomplete: bool = False) -> Dict[str, Path]:
     """Write report.md, report.csv and rd.png for a multirun; returns their paths.
 
     `baseline` None: the first group (sorted by label). `anchor`: a curve every group is also
@@ -220,7 +397,11 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     `replicates` (e.g. "seed"): an override whose values repeat the same experiment. Groups then
     ignore it; each group's BD-rate is the mean over its replicates, each compared with the
     baseline's run of the same replicate value (`*_each` columns list them), and the baseline
-    row holds the noise band: every other replicate of the baseline against its first one."""
+    row holds the noise band: every other replicate of the baseline against its first one.
+
+    Groups follow the configuration each run used (`group_runs`). A run whose last.ckpt stopped
+    before its trainer.max_steps (killed) is flagged in the tables and left out of every curve
+    and BD figure, unless `include_incomplete`."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{multirun_dir}: no such directory (a Hydra multirun folder, e.g. runs/sweep/DATE)")
@@ -239,46 +420,70 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     runs = [r for r in runs if r.results is not None]
     if not runs:
         raise ValueError(f"{multirun_dir}: none of the runs has a checkpoint or results: " + "; ".join(skipped))
+    for r in runs:
+        load_run_config(r)
     groups = group_runs(runs, exclude=[replicates] if replicates else ())
     base = find_baseline(groups, baseline) if baseline else sorted(groups)[0]
     baseline = baseline or "not set: the first group"
     groups = {base: groups.pop(base), **groups}  # baseline first
+    # the runs each group's curve is made of: killed runs only with include_incomplete
+    used = {g: [r for r in rs if include_incomplete or not r.incomplete] for g, rs in groups.items()}
     # one curve per group, or per (group, replicate value) with replicates
-    split = {g: _by_replicate(rs, replicates) for g, rs in groups.items()}
+    split = {g: _by_replicate(rs, replicates) for g, rs in used.items() if rs}
     curves = {(g, v): merge_results(g if v is None else f"{g},{replicates}={v}", [r.results for r in rs])
               for g, by in split.items() for v, rs in by.items()}
     rows = []
     for g, rs in groups.items():
-        c = merge_results(g, [r.results for r in rs])["results"]
-        row = {"group": g + (" (baseline)" if g == base else ""), "runs": len(rs),
-               "lmbda": " ".join(sorted({r.overrides.get("lmbda", "?") for r in rs}, key=_num)),
-               "bpp": f"{min(c['bpp']):.4f}-{max(c['bpp']):.4f}",
-               "psnr": f"{min(c['psnr-rgb']):.2f}-{max(c['psnr-rgb']):.2f}"}
+        row = {"group": g + (" (baseline)" if g == base else ""), "runs": len(used[g]),
+               "lmbda": " ".join(sorted({r.value("lmbda") for r in rs}, key=_num))}
+        flagged = [r for r in rs if r.incomplete]
+        if flagged:
+            what = "included" if include_incomplete else "left out of the curves and BD figures (--include-incomplete uses them)"
+            row["notes"] = (f"{len(flagged)} incomplete run(s) {what}: " + "; ".join(
+                f"{r.dir.name} (step {r.step} of {r.max_steps})" for r in flagged))
+            if not include_incomplete:
+                row["runs"] = f"{len(used[g])} (+{len(flagged)} incomplete)"
+        if not used[g]:
+            rows.append(row)
+            continue
+        c = merge_results(g, [r.results for r in used[g]])["results"]
+        row.update(bpp=f"{min(c['bpp']):.4f}-{max(c['bpp']):.4f}",
+                   psnr=f"{min(c['psnr-rgb']):.2f}-{max(c['psnr-rgb']):.2f}")
+        seeds = sorted({r.value("seed") for r in used[g]}, key=_num)
+        if replicates is None and len(seeds) > 1:
+            row["notes"] = " / ".join([*filter(None, [row.get("notes")]), f"pooled over seed={','.join(seeds)} "
+                                       "(--replicates seed: paired means and the noise band)"])
         if replicates is None:
-            if g != base:
+            if g != base and (base, None) in curves:
                 cells, notes = _bd_cells(curves[base, None], curves[g, None])
-                row.update(cells, notes=" / ".join(notes))
+                row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *notes]))
+            elif g != base:
+                row["notes"] = " / ".join([*filter(None, [row.get("notes")]), "no BD figures: the baseline has no complete run"])
         else:
             reps = list(split[g])
+            if base not in split:
+                row["notes"] = " / ".join([*filter(None, [row.get("notes")]), "no BD figures: the baseline has no complete run"])
+                rows.append(row)
+                continue
             if g == base:  # the noise band: the baseline's replicates against its first one
                 pairs = [(f"{replicates}={v} vs {reps[0]}", curves[g, reps[0]], curves[g, v]) for v in reps[1:]]
             else:
                 pairs = [(f"{replicates}={v}", curves[base, v], curves[g, v]) for v in reps if v in split[base]]
                 if len(pairs) < len(reps):
-                    row["notes"] = f"no baseline run for {replicates}=" + ",".join(
-                        v for v in reps if v not in split[base])
+                    row["notes"] = " / ".join([*filter(None, [row.get("notes")]), f"no baseline run for {replicates}=" + ",".join(
+                        v for v in reps if v not in split[base])])
             if pairs:
                 cells, notes = _replicate_cells(pairs)
                 row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *notes]))
         rows.append(row)
-    ref = None if anchor is None else _anchor_cells(anchor, rows, groups, data_override, cache)
+    ref = None if anchor is None else _anchor_cells(anchor, rows, used, data_override, cache)
     out = Path(out_dir or root)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "csv": out / "report.csv", "png": out / "rd.png"}
     plot_rd(list(curves.values()), paths["png"], title=f"{root.name}: baseline {base}",
             anchors=[ref] if ref is not None else ())
     # rate-distortion-complexity (Yang & Mandt 2023): PSNR at a matched rate vs decoder KMACs/px
-    rdc = plot_rdc([merge_results(g, [r.results for r in rs]) for g, rs in groups.items()],
+    rdc = plot_rdc([merge_results(g, [r.results for r in rs]) for g, rs in used.items() if rs],
                    out / "rdc.png", title=f"{root.name}: PSNR at matched rate vs decoder complexity")
     if rdc is not None:
         paths["rdc"] = rdc
@@ -298,7 +503,7 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
         md += (f"\n## Rate-distortion-complexity\n\nPSNR of each group interpolated (linear in log bpp) "
                f"at one rate all groups cover, against decoder KMACs/pixel (h_s + context + g_s, "
                f"codecx.metrics.complexity).\n\n![RD-complexity]({rdc.name})\n")
-    dec = decomposition_section([merge_results(g, [r.results for r in rs]) for g, rs in groups.items()],
+    dec = decomposition_section([merge_results(g, [r.results for r in rs]) for g, rs in used.items() if rs],
                                 out / "decomposition.png")  # runs evaluated with metrics.decompose
     if dec:
         md += dec
@@ -316,7 +521,7 @@ def _anchor_cells(anchor: Any, rows: List[Dict[str, Any]], groups: Dict[str, Lis
 
     images = None
     if isinstance(anchor, str) and anchor.lower() in CLASSICAL:
-        run = next(iter(groups.values()))[0]
+        run = next(r for rs in groups.values() for r in rs)
         cfg = run.dir / ".hydra" / "config.yaml"
         node = OmegaConf.load(cfg).get("data") if cfg.is_file() else None  # other keys may need Hydra
         data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
@@ -329,6 +534,8 @@ def _anchor_cells(anchor: Any, rows: List[Dict[str, Any]], groups: Dict[str, Lis
         images = cache[key]
     ref = resolve_anchor(anchor, images)
     for row, (g, rs) in zip(rows, groups.items()):
+        if not rs:  # every run of the group incomplete
+            continue
         curve = merge_results(g, [r.results for r in rs])
         try:
             if len(curve["results"]["bpp"]) == 1:  # one RD point: the one-point form at it
@@ -355,8 +562,8 @@ def _by_replicate(runs: Sequence[Run], key: Optional[str]) -> Dict[Optional[str]
     if key is None:
         return {None: list(runs)}
     out: Dict[Optional[str], List[Run]] = {}
-    for r in sorted(runs, key=lambda r: _num(r.overrides.get(key, ""))):
-        out.setdefault(r.overrides.get(key, "?"), []).append(r)
+    for r in sorted(runs, key=lambda r: _num(r.value(key, ""))):
+        out.setdefault(r.value(key), []).append(r)
     return out
 
 
@@ -383,18 +590,25 @@ def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
     """report.md: the BD table, how it was computed, the plot and the per-run RD points."""
     table = ["| " + " | ".join(t for _, t in columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
-    run_rows = ["| group | λ | bpp | bpp est. | PSNR dB | MS-SSIM | images |", "|---|---|---|---|---|---|---|"]
+    run_rows = ["| group | λ | bpp | bpp est. | PSNR dB | MS-SSIM | images | steps |",
+                "|---|---|---|---|---|---|---|---|"]
     for g, rs in groups.items():
-        for r in sorted(rs, key=lambda r: (_num(r.overrides.get(replicates, "")) if replicates else 0,
-                                           _num(r.overrides.get("lmbda", "")))):
+        for r in sorted(rs, key=lambda r: (_num(r.value(replicates, "")) if replicates else 0,
+                                           _num(r.value("lmbda", "")))):
             res = r.results["results"]
             fmt = lambda k, d: "n/a" if res.get(k, [None])[0] is None else f"{res[k][0]:.{d}f}"  # noqa: E731
-            label = f"{g}, {replicates}={r.overrides.get(replicates, '?')}" if replicates else g
-            run_rows.append(f"| {label} | {r.overrides.get('lmbda', '?')} | {fmt('bpp', 4)} | "
+            label = f"{g}, {replicates}={r.value(replicates)}" if replicates else g
+            steps = "?" if r.step < 0 else (f"{r.step}" + (f" of {r.max_steps}" if r.max_steps > 0 else ""))
+            if r.incomplete:
+                steps += " **incomplete**"
+            run_rows.append(f"| {label} | {r.value('lmbda')} | {fmt('bpp', 4)} | "
                             f"{fmt('bpp_est', 4)} | {fmt('psnr-rgb', 2)} | {fmt('ms-ssim', 4)} | "
-                            f"{(r.results.get('images') or ['?'])[0]} |")
+                            f"{(r.results.get('images') or ['?'])[0]} | {steps} |")
     text = [f"# Sweep report: {root}", "",
-            f"Baseline: `{spec}` (group `{base}`). Runs are grouped by every override except `lmbda`.",
+            f"Baseline: `{spec}` (group `{base}`). Runs are grouped by the configuration each run used "
+            "(its .hydra/config.yaml, else its checkpoint's): the settings that differ between runs, "
+            "except `lmbda` and `seed`. A run whose last.ckpt stopped before its trainer.max_steps is "
+            "marked incomplete and left out of the curves and BD figures unless --include-incomplete.",
             "bpp counts every byte of real codecx files (header included); PSNR is on 8-bit RGB.",
             "BD-rate: Bjøntegaard delta with log rate over the overlapping PSNR range (negative = fewer "
             "bits than the baseline at equal quality); BD-PSNR over the overlapping log-rate range. "

@@ -265,3 +265,112 @@ def test_wandb_sweep_names_and_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert list((tmp_path / "runs" / "sweep").iterdir()) == sweeps
     assert "resuming from" in r.stdout + r.stderr and str(run_dir / "checkpoints" / "last.ckpt") in r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------- report and anchors
+def _config_run(root: Path, name: str, reg: str, alpha: float, lmbda: float, bpp: float, psnr: float,
+                step: int = 100, max_steps: int = 100, overrides=()) -> Path:
+    """A run folder as train.py -m leaves it: .hydra/config.yaml (unresolved, as Hydra saves
+    it), hydra.yaml's group choices, overrides.yaml, and the final results.json at `step`."""
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    reg_node = "{}" if reg == "none" else "\n  cse:\n    _target_: codecx.regularizers.cse.CSE\n    alpha: ${alpha}"
+    (d / ".hydra" / "config.yaml").write_text(
+        f"lmbda: {lmbda}\nalpha: {alpha}\nseed: 1\n"
+        "model:\n  _target_: codecx.models.backbones.MbtMean\n  name: mbt_mean\n  N: 8\n  M: 12\n"
+        f"reg: {reg_node}\n"
+        f"trainer:\n  max_steps: {max_steps}\n  enable_progress_bar: false\n"
+        "logger:\n  save_dir: ${hydra:runtime.output_dir}\n")
+    (d / ".hydra" / "hydra.yaml").write_text(
+        f"hydra:\n  runtime:\n    choices:\n      reg: {reg}\n      model: mbt_mean\n")
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (d / "results.json").write_text(json.dumps(
+        {"name": name, "step": step, "results": {"bpp": [bpp], "psnr-rgb": [psnr], "ms-ssim": [None]}}))
+    return d
+
+
+def test_report_groups_by_used_config_flags_incomplete_and_anchor(tmp_path, capsys):
+    """Groups follow the configuration each run used: alpha=1 given to reg=none runs changes
+    nothing, so it neither splits nor names their group (reg.cse.alpha=${alpha} does, for
+    cse). A killed run (step 50 of 100) is flagged and left out of the BD figures unless
+    --include-incomplete. --anchor draws a packaged curve and adds BD columns against it."""
+    import csv
+
+    from codecx.cli import main
+    from codecx.metrics.anchors import load_anchor
+    from codecx.metrics.bdrate import bd_methods
+
+    root = tmp_path / "sweep"
+    hyper, mbt = load_anchor("bmshj2018-hyperprior")["results"], load_anchor("mbt2018-mean")["results"]
+    for i, (b, p) in enumerate(zip(hyper["bpp"], hyper["psnr-rgb"])):  # alpha given or not: no effect
+        alpha = 1 if i % 2 else 0
+        _config_run(root, f"none{i}", "none", alpha, i, b, p, overrides=["reg=none", f"alpha={alpha}", f"lmbda={i}"])
+    for i, (b, p) in enumerate(zip(mbt["bpp"], mbt["psnr-rgb"])):
+        _config_run(root, f"cse{i}", "cse", 1, i, b, p, overrides=["reg=cse", "alpha=1", f"lmbda={i}"])
+    _config_run(root, "cse_killed", "cse", 1, 99, 0.5, 20.0, step=50, overrides=["reg=cse", "alpha=1", "lmbda=99"])
+    assert main(["report", str(root), "--baseline", "reg=none", "--anchor", "bmshj2018-hyperprior",
+                 "--no-progress"]) == 0
+    rows = {r["group"]: r for r in csv.DictReader(open(root / "report.csv"))}
+    assert set(rows) == {"reg=none (baseline)", "reg=cse"}
+    cse = rows["reg=cse"]
+    assert float(cse["bd_rate_pchip"]) == pytest.approx(-6.83, abs=0.01)  # without the killed run
+    assert "1 incomplete run(s) left out" in cse["notes"] and "cse_killed (step 50 of 100)" in cse["notes"]
+    assert cse["runs"] == f"{len(mbt['bpp'])} (+1 incomplete)"
+    want = bd_methods(load_anchor("bmshj2018-hyperprior"), load_anchor("mbt2018-mean"), "psnr-rgb", "pchip")[0]
+    assert float(cse["anchor_bd_rate"]) == pytest.approx(want["pchip"].bd_rate, abs=0.01)
+    assert float(rows["reg=none (baseline)"]["anchor_bd_rate"]) == pytest.approx(0, abs=0.01)
+    md = (root / "report.md").read_text()
+    assert "BD-rate % vs bmshj2018-hyperprior" in md and "50 of 100 **incomplete**" in md
+    assert main(["report", str(root), "--baseline", "reg=none", "--include-incomplete", "--no-progress"]) == 0
+    cse = {r["group"]: r for r in csv.DictReader(open(root / "report.csv"))}["reg=cse"]
+    assert cse["runs"] == str(len(mbt["bpp"]) + 1) and "incomplete run(s) included" in cse["notes"]
+    assert cse["bd_rate_pchip"] == "" or float(cse["bd_rate_pchip"]) != pytest.approx(-6.83, abs=0.01)
+
+
+def test_report_labels_a_varying_knob(tmp_path):
+    """reg=cse at two alphas: the groups are named by the knob the user sets (alpha=...)."""
+    from codecx.report import find_runs, group_runs, load_run_config
+
+    root = tmp_path / "sweep"
+    for alpha in (0.5, 2):
+        for i in range(2):
+            _config_run(root, f"a{alpha}_{i}", "cse", alpha, i, 0.1 + i, 30 + i)
+    _config_run(root, "none0", "none", 0, 0, 0.1, 30)
+    runs = find_runs(root)
+    for r in runs:
+        load_run_config(r)
+    assert sorted(group_runs(runs)) == ["reg=cse,alpha=0.5", "reg=cse,alpha=2", "reg=none"]
+
+
+def test_anchors_verb_feeds_plot_report_and_eval_anchor(tiny_images, tmp_path, capsys):
+    """`codecx anchors DIR --codec jpeg,webp`: CompressAI-layout JSON with bpp from the encoded
+    file sizes, read back by codecx plot, bdrate, and resolve_anchor (eval.anchor=PATH)."""
+    import io
+
+    from PIL import Image
+
+    from codecx.cli import main, read_image
+    from codecx.metrics.anchors import resolve_anchor
+
+    out = tmp_path / "a.json"
+    assert main(["anchors", str(tiny_images), "--codec", "jpeg,webp", "--qualities", "10,50,90", "-o", str(out)]) == 0
+    jpeg = json.loads((tmp_path / "a-jpeg.json").read_text())
+    webp = json.loads((tmp_path / "a-webp.json").read_text())
+    assert jpeg["name"] == "jpeg" and webp["name"] == "webp" and jpeg["results"]["quality"] == [10, 50, 90]
+    files = sorted(p for p in tiny_images.iterdir() if p.suffix == ".png")
+    sizes = []  # bpp: 8 * bytes of Pillow's file / pixels, the mean over the images
+    for p in files:
+        x = read_image(p)
+        arr = (x[0] * 255).round().byte().permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=50)
+        sizes.append(8 * buf.tell() / (arr.shape[0] * arr.shape[1]))
+    assert jpeg["results"]["bpp"][1] == pytest.approx(np.mean(sizes), rel=1e-9)
+    assert resolve_anchor(str(tmp_path / "a-jpeg.json"))["results"]["bpp"] == jpeg["results"]["bpp"]
+    assert main(["plot", str(tmp_path / "a-webp.json"), "--anchor", str(tmp_path / "a-jpeg.json"),
+                 "-o", str(tmp_path / "rd.png")]) == 0
+    assert main(["bdrate", str(tmp_path / "a-jpeg.json"), str(tmp_path / "a-webp.json")]) == 0
+    assert main(["anchors", str(tiny_images), "--codec", "jxl"]) == 1
+    assert "choose from jpeg, webp" in capsys.readouterr().err
+    assert main(["anchors", str(tmp_path / "nothing"), "-o", str(out)]) == 1
+    assert "no such folder" in capsys.readouterr().err

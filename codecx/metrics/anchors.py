@@ -34,7 +34,9 @@ def load_anchor(name: str) -> dict:
 # ---------------------------------------------------------------- classical codecs (Pillow)
 # Quality settings: dense at the low end, where learned codecs trained briefly sit.
 CLASSICAL = {"jpeg": ("JPEG", (1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95)),
-             "webp": ("WEBP", (0, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100))}
+             "webp": ("WEBP", (0, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)),
+             # AVIF: Pillow >= 11.3 built with libavif (features.check("avif")); 4:2:0, its default speed
+             "avif": ("AVIF", (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95))}
 
 
 def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
@@ -54,8 +56,9 @@ def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
     if codec not in CLASSICAL:
         raise ValueError(f"unknown classical anchor {codec!r}; choose one of {', '.join(CLASSICAL)}")
     fmt, default_q = CLASSICAL[codec]
-    if fmt == "WEBP" and not features.check("webp"):
-        raise RuntimeError("the webp anchor needs Pillow built with WebP support (features.check('webp') is False)")
+    if fmt in ("WEBP", "AVIF") and not features.check(codec):
+        raise RuntimeError(f"the {codec} anchor needs Pillow built with {fmt} support "
+                           f"(PIL.features.check({codec!r}) is False)")
     images = list(images)
     if not images:
         raise ValueError(f"the {codec} anchor needs at least one image")
