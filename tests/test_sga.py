@@ -171,3 +171,26 @@ def test_codec_with_sga_codes_exactly_and_never_worse(codec):
     assert torch.equal(x_dec, out.x_hat.clamp(0, 1))
     assert enc["strings"][0] != enc0["strings"][0]  # other latents were coded
     assert loss_sga <= loss_plain
+
+
+def test_cache_returns_the_same_result_until_the_weights_change(codec):
+    """eval's rate estimate after compress calls the refiner again on the same image: the
+    cached result comes back (no second optimisation) unless the inputs or weights changed."""
+    x = _image()
+    y, z = _latents(codec, x)
+    sga = SGA(steps=3, lr=2e-2, keep_best=False)
+    y1, z1 = sga(x, codec, y, z, LMBDA)
+    first = sga.last
+    y2, z2 = sga(x, codec, y.clone(), z.clone(), LMBDA)
+    assert y2 is y1 and z2 is z1 and sga.last is first
+    sga(x, codec, y, z, 2 * LMBDA)  # another lmbda: optimised again
+    assert sga.last is not first
+    again = sga.last
+    w = codec.backbone.g_s[0].weight
+    with torch.no_grad():
+        w.add_(0.0)  # an optimizer step changes the weights in place
+    y3, _ = sga(x, codec, y, z, 2 * LMBDA)
+    assert sga.last is not again
+    uncached = SGA(steps=3, lr=2e-2, keep_best=False, cache=False)
+    ya, _ = uncached(x, codec, y, z, LMBDA)
+    assert torch.equal(ya, y1)  # seeded: the same latents as the cached first call
