@@ -194,3 +194,19 @@ def test_cache_returns_the_same_result_until_the_weights_change(codec):
     uncached = SGA(steps=3, lr=2e-2, keep_best=False, cache=False)
     ya, _ = uncached(x, codec, y, z, LMBDA)
     assert torch.equal(ya, y1)  # seeded: the same latents as the cached first call
+
+
+def test_loss_curves_side_file(codec, tmp_path):
+    """`curves=PATH` appends each image's relaxed-loss curve (image, step, tau, loss)."""
+    import csv
+
+    x = _image()
+    y, z = _latents(codec, x)
+    path = tmp_path / "sga_curves.csv"
+    sga = SGA(steps=4, lr=2e-2, curves=str(path), cache=False)
+    sga(x, codec, y, z, LMBDA)
+    sga(x, codec, y, z, LMBDA)
+    rows = list(csv.DictReader(open(path)))
+    assert [(r["image"], r["step"]) for r in rows] == [(str(i), str(t)) for i in range(2) for t in range(4)]
+    assert float(rows[0]["tau"]) == 0.5
+    assert [float(r["loss"]) for r in rows[4:]] == pytest.approx(sga.last["curve"], rel=1e-5)

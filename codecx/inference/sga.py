@@ -84,6 +84,8 @@ class SGA(EncoderRefiner):
             `bpp + lmbda D` after hard rounding (the likelihoods of the coded symbols), so SGA
             is never worse than no SGA.
         progress: show a progress bar.
+        curves: a CSV file to append every optimised image's loss curve to (columns image,
+            step, tau, loss; image counts the refiner's calls), None: none.
         cache: remember the last image's result: a second call with the same image, latents,
             lmbda and unchanged weights (eval's rate estimate after `compress`) returns it
             without optimising again (the result is the same: the noise is seeded).
@@ -93,7 +95,8 @@ class SGA(EncoderRefiner):
                  lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,
                  lmbda: Optional[float] = None, seed: int = 0, keep_best: bool = True,
                  progress: bool = False, tau_rate: Optional[float] = None,
-                 tau_offset: Optional[int] = None, cache: bool = True):
+                 tau_offset: Optional[int] = None, cache: bool = True,
+                 curves: Optional[str] = None):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"refine.sga.schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
@@ -116,6 +119,8 @@ class SGA(EncoderRefiner):
         #: what the last call did: relaxed-loss curve, hard losses before / after, kept or not
         self.last: Dict[str, object] = {}
         self.cache = bool(cache)
+        self.curves = None if curves in (None, "") else str(curves)
+        self._calls = 0
         self._cached = None  # (inputs, weights' versions, lmbda, outputs) of the last call
 
     # ------------------------------------------------------------------ the loss
@@ -207,7 +212,10 @@ class SGA(EncoderRefiner):
         y0, z0 = y.detach(), None if z is None else z.detach()
         with torch.enable_grad():
             y_opt, z_opt, curve = self._optimise(codec, x.detach(), y0, z0, float(lmbda))
-        self.last = {"curve": curve, "kept": "refined"}
+        self.last = {"curve": [c[2] for c in curve], "kept": "refined"}
+        self._calls += 1
+        if self.curves:
+            self._write_curve(curve)
         if self.keep_best:
             before = self.hard_loss(codec, x, y0, z0, float(lmbda))
             after = self.hard_loss(codec, x, y_opt, z_opt, float(lmbda))
@@ -218,7 +226,7 @@ class SGA(EncoderRefiner):
         return y_opt, z_opt
 
     def _optimise(self, codec, x: Tensor, y0: Tensor, z0: Optional[Tensor], lmbda: float
-                  ) -> Tuple[Tensor, Optional[Tensor], List[float]]:
+                  ) -> Tuple[Tensor, Optional[Tensor], List[Tuple[int, float, float]]]:
         latents = [y0.clone().requires_grad_(True)]
         if z0 is not None:
             latents.append(z0.clone().requires_grad_(True))
@@ -226,23 +234,35 @@ class SGA(EncoderRefiner):
         gen = torch.Generator(device=y0.device)
         gen.manual_seed(self.seed)
         drop_step = None if self.lr_drop_at is None else int(self.lr_drop_at * self.steps)
-        curve: List[float] = []
+        curve: List[Tuple[int, float, float]] = []  # (step, tau, relaxed loss)
         every = max(1, self.steps // 100)
         for t in self._steps():
             if t == drop_step:
                 for g in opt.param_groups:
                     g["lr"] = self.lr * self.lr_drop
+            tau = self.tau(t)
             loss, _, _ = self.relaxed_loss(codec, x, latents[0], latents[1] if z0 is not None else None,
-                                           lmbda, self.tau(t), gen)
+                                           lmbda, tau, gen)
             grads = torch.autograd.grad(loss, latents)  # the networks' .grad stay untouched
             for p, g in zip(latents, grads):
                 p.grad = g
             opt.step()
             if t % every == 0 or t == self.steps - 1:
-                curve.append(float(loss.detach()))
+                curve.append((t, tau, float(loss.detach())))
         y = latents[0].detach()
         z = latents[1].detach() if z0 is not None else None
         return y, z, curve
+
+    def _write_curve(self, curve) -> None:
+        from pathlib import Path
+
+        path = Path(self.curves)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.is_file()
+        with path.open("a") as f:
+            if new:
+                f.write("image,step,tau,loss\n")
+            f.writelines(f"{self._calls - 1},{t},{tau:.6g},{loss:.6g}\n" for t, tau, loss in curve)
 
     def _steps(self):
         if not self.progress:
