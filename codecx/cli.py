@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = verb("report", cmd_report, "BD-rate table and RD plot of a Hydra multirun (train.py -m)",
              threads="idle")
-    s.add_argument("multirun_dir", help="the multirun folder (e.g. runs/sweep/DATE)")
+    s.add_argument("multirun_dir", help="the multirun folder (e.g. runs/sweep/NAME)")
     s.add_argument("--baseline", required=True, help="KEY=VALUE[,KEY=VALUE] picking the baseline group, e.g. reg=none")
     s.add_argument("--eval-dir", help="where per-run results.json are read / written (default: each run dir)")
     s.add_argument("--data-val-dir", help="evaluate every run on this image folder (full images) "

@@ -404,7 +404,7 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     and BD figure, unless `include_incomplete`."""
     root = Path(multirun_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"{multirun_dir}: no such directory (a Hydra multirun folder, e.g. runs/sweep/DATE)")
+        raise FileNotFoundError(f"{multirun_dir}: no such directory (a Hydra multirun folder, e.g. runs/sweep/NAME)")
     runs = find_runs(root)
     if not runs:
         raise ValueError(f"{multirun_dir}: no runs found (no */.hydra/overrides.yaml below it)")

@@ -73,7 +73,7 @@ class TrainEvalConfig:
     every_n_steps: int = 100          # 0: only the final evaluation at the end of training
     max_images: Optional[int] = 2     # periodic evaluations use the first N validation images
     final_max_images: Optional[int] = None  # the final evaluation (null: every validation image)
-    log_images: int = 2               # reconstructions logged to W&B per evaluation
+    log_images: int = 2               # reconstruction panels logged to W&B / TensorBoard per evaluation
     anchor: Optional[str] = None      # val/delta_rate, val/delta_psnr against: mbt2018-mean, a JSON, jpeg, webp
     fid_weights: Optional[str] = None  # torch-fidelity's InceptionV3 file: val/fid, val/kid
     fid_patch: int = 256              # FID/KID patch size (HiFiC's 256)
