@@ -46,6 +46,7 @@ class _Signal(LatentTransform):
     """A toy transform that signals a header option: the sign of the mean of y_hat."""
 
     in_training = False
+    signals = True
 
     def forward(self, y_hat, state):
         if state.encoder_side:

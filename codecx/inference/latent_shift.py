@@ -139,8 +139,9 @@ class LatentShift(LatentTransform):
             raise ValueError(f"shift fraction={fraction}: expected 0 < fraction <= 1")
         self.fraction, self.tile = float(fraction), int(tile)
 
-    #: an inference-time method: never applied in training
+    #: an inference-time method: never applied in training; the encoder signals its choice
     in_training = False
+    signals = True
 
     def forward(self, y_hat: Tensor, state: WalkState) -> Tensor:
         """The main shift: chosen by distortion where `x` is known, read from the options otherwise."""

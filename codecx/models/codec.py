@@ -192,6 +192,9 @@ class Codec(nn.Module):
         st.params = params
         if rate_only:
             return {"y": y_lik, **({"z": z_lik} if z_lik is not None else {})}
+        if mode == "encode":  # the encoder needs only what the signalling transforms choose
+            last = max((i for i, t in enumerate(transforms) if t.signals), default=-1)
+            transforms = transforms[: last + 1]
         for t in transforms:  # y_lik stays the rate of the coded (untransformed) symbols
             y_hat = t(y_hat, st)
         if mode == "encode":

@@ -59,6 +59,9 @@ class LatentTransform(nn.Module):
 
     #: False: the transform is skipped in training (an inference-time method such as latent shift)
     in_training: bool = True
+    #: True when the encoder chooses something and writes it to `state.options` (latent shift):
+    #: the encoder then runs the transforms up to this one; without any, it runs none
+    signals: bool = False
 
     def attach(self, codec) -> None:
         """Adapt to the codec's backbone (default: nothing)."""
