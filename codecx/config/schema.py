@@ -14,7 +14,10 @@ from codecx.models.backbones import SCALE_LEVELS
 
 @dataclass
 class ModelConfig:
-    _target_: str = "codecx.models.build_backbone"
+    """The keys every backbone takes (documentation; the `model` node itself is untyped so a
+    backbone adds its own keys, checked against its constructor by the pre-flight check)."""
+
+    _target_: str = "codecx.models.backbones.MbtMean"
     name: str = "mbt_mean"
     N: int = 128
     M: Optional[int] = 192
@@ -96,7 +99,7 @@ class TrainConfig:
     lmbda: float = 0.0067
     alpha: float = 0.0
     seed: int = 1
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Dict[str, Any] = field(default_factory=dict)  # a backbone node (see ModelConfig)
     quantizer: Dict[str, Any] = field(default_factory=dict)
     reg: Dict[str, Any] = field(default_factory=dict)
     schedule: Dict[str, Any] = field(default_factory=dict)
@@ -144,7 +147,7 @@ class EvalConfig:
     ckpt: Any = None                 # a checkpoint path, or a list of them (one RD curve)
     name: Optional[str] = None       # the results' name (default: the model name)
     description: str = ""
-    model: Optional[ModelConfig] = None
+    model: Optional[Dict[str, Any]] = None  # a backbone node (see ModelConfig)
     quantizer: Dict[str, Any] = field(default_factory=dict)  # empty: the checkpoint's own quantizer
     shift: Dict[str, Any] = field(default_factory=dict)      # empty: no latent shift (shift=latent, ...)
     transform: Dict[str, Any] = field(default_factory=dict)  # multi-select: {name: _target_ node}
