@@ -2,11 +2,11 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/hardening/kill_resume.py --trials 20
 
-Each trial starts a tiny `train.py` run (12 steps, last.ckpt every 2 steps, metrics flushed
-every step), kills its process group with SIGKILL at a random moment 0-10 s after its first
+Each trial starts a tiny `train.py` run (40 steps, last.ckpt every 4 steps, metrics flushed
+every step), kills its process group with SIGKILL at a random moment 0-8 s after its first
 training step (every 3rd trial: the moment a checkpoint temp file appears after last.ckpt
 exists, i.e. during the overwrite of a checkpoint), then runs the same
-command again and checks: it resumes (from last.ckpt or the kept previous one), ends at step 12
+command again and checks: it resumes (from last.ckpt or the kept previous one), ends at step 40
 with exit 0, leaves no temp file, no lock held and no best-v1.ckpt. Steps lost = the last step
 the killed run logged minus the first step the resumed run logged (the step in progress at the
 kill not counted; a run with no checkpoint yet loses every logged step + 1).
@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+MAX_STEPS = 40
 ARGS = ["model.N=8", "model.M=12", "data.crop_size=64", "data.batch_size=2",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "data.max_val_images=1",
-        "data.val_crop_size=64", "trainer.max_steps=12", "checkpoint.every_n_steps=2",
+        "data.val_crop_size=64", "trainer.max_steps=40", "checkpoint.every_n_steps=4",
         "eval.every_n_steps=0", "+logger.flush_logs_every_n_steps=1"]
 
 
@@ -69,7 +70,7 @@ def trial(i: int, rng: random.Random, base: Path) -> dict:
             time.sleep(0.002)
             continue
         if delay is None and max(logged_steps(run_dir) or [-1]) >= 0:
-            delay = time.time() + rng.uniform(0, 10)
+            delay = time.time() + rng.uniform(0, 8)
         if delay is not None and time.time() >= delay:
             break
         time.sleep(0.05)
@@ -126,9 +127,9 @@ def main() -> int:
         if t["last_err"]:
             print(f"    {t['last_err']}", flush=True)
     killed = [t for t in rows if t["killed"]]
-    ok = [t for t in killed if t["rc"] == 0 and t["final_step"] == 12 and t["clean_dir"]]
+    ok = [t for t in killed if t["rc"] == 0 and t["final_step"] == MAX_STEPS and t["clean_dir"]]
     print(f"\n{len(killed)} killed ({sum(t['during_write'] for t in killed)} during a checkpoint write), "
-          f"{sum(t['resumed'] for t in killed)} resumed, {len(ok)} completed at step 12 with a clean "
+          f"{sum(t['resumed'] for t in killed)} resumed, {len(ok)} completed at step {MAX_STEPS} with a clean "
           f"directory; steps lost: max {max((t['lost'] for t in killed), default=0)}, "
           f"mean {sum(t['lost'] for t in killed) / max(1, len(killed)):.1f}")
     return 0 if len(ok) == len(killed) else 1
