@@ -181,6 +181,8 @@ def _grouped_keys(runs: Sequence[Run], exclude: Sequence[str]) -> List[str]:
     for k in keys:
         if k in skip or (k in knobs and "." not in k) or any(k == p or k.startswith(p + ".") for p in NOT_GROUPED):
             continue
+        if any(isinstance(r.raw.get(k), str) and any("${" + x + "}" in r.raw[k] for x in skip) for r in runs):
+            continue  # follows lmbda or seed (data.seed, a base checkpoint per lambda): not a group key
         if len({_text(r.config.get(k, "<absent>")) for r in runs}) > 1:
             out.append(k)
     return out

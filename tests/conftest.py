@@ -59,6 +59,16 @@ def run_train(args, cwd=ROOT, timeout=600, env=None):
                           capture_output=True, text=True, timeout=timeout, env=e)
 
 
+def logged(run_dir, key: str = "train/loss"):
+    """(step, value) of `key` in every csv/version_*/metrics.csv of a run directory, in order."""
+    import csv
+
+    rows = []
+    for f in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
+        rows += [r for r in csv.DictReader(open(f)) if r.get(key)]
+    return [(int(r["step"]), float(r[key])) for r in rows]
+
+
 TINY = ["model.N=8", "model.M=12", "data.crop_size=64", "data.batch_size=2", "data.repeat=1",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
         "data.max_val_images=1", "data.val_crop_size=64"]

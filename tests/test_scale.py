@@ -12,16 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT, TINY, logged, run_train
 
 pytestmark = pytest.mark.slow
 
 
 def _losses(run_dir: Path):
-    rows = []
-    for f in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
-        rows += [r for r in csv.DictReader(open(f)) if r.get("train/loss")]
-    return [(int(r["step"]), float(r["train/loss"])) for r in rows]
+    return logged(run_dir)
 
 
 def test_issue_command_trains():

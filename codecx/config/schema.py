@@ -42,6 +42,7 @@ class DataConfig:
     augment: bool = True   # random crops and flips (false: centre crops, for exact comparisons)
     invert: bool = False   # inverse training (paper 000): every training image also as 1 - x
     pin_memory: Optional[bool] = None  # page-locked batches (null: when CUDA is available)
+    seed: Optional[int] = None  # data order, crops, flips from their own generators (null: the global RNG)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class TrainConfig:
     lmbda: float = 0.0067
     alpha: float = 0.0
     seed: int = 1
+    base_dir: Optional[str] = None  # experiment=finetune: the base zoo (one run dir lmbda=L per lambda)
     model: Dict[str, Any] = field(default_factory=dict)  # a backbone node (see ModelConfig)
     quantizer: Dict[str, Any] = field(default_factory=dict)
     reg: Dict[str, Any] = field(default_factory=dict)

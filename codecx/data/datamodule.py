@@ -111,7 +111,7 @@ class ImageFolderDataset(Dataset):
     """RGB images as float (3,H,W) in [0,1]: random crop + h-flip for training, center crop or full image otherwise."""
 
     def __init__(self, paths_or_dir: PathLike | Sequence[PathLike], crop_size: int | None = 256,
-                 train: bool = True, name: str = "data.dir"):
+                 train: bool = True, name: str = "data.dir", seed: int | None = None):
         if isinstance(paths_or_dir, (str, Path)):
             where, candidates = f"{name}={paths_or_dir}", list_images(paths_or_dir, name)
         else:
@@ -120,6 +120,9 @@ class ImageFolderDataset(Dataset):
         if train and crop_size is None:
             raise ValueError(f"{name}: training needs a crop_size")
         self.crop_size, self.train, self.name = crop_size, train, name
+        #: with a seed, the n-th draw of image i gets its crop and flip from its own generator
+        #: seeded by (seed, i, n): the data do not depend on what else draws random numbers
+        self.seed, self._draws = seed, {}
         reasons = {p: _check_image(p, crop_size) for p in candidates}
         self.paths = [p for p, r in reasons.items() if r is None]
         skipped = [f"{p} ({r})" for p, r in reasons.items() if r is not None]
@@ -140,15 +143,19 @@ class ImageFolderDataset(Dataset):
         with Image.open(self.paths[idx]) as im:
             arr = to_rgb8(im, str(self.paths[idx]))  # upright, 8-bit RGB
         c, (h, w) = self.crop_size, arr.shape[:2]
+        g = None
+        if self.train and self.seed is not None:
+            k = self._draws[idx] = self._draws.get(idx, -1) + 1
+            g = torch.Generator().manual_seed(hash((int(self.seed), int(idx), k)) & 0x7FFFFFFFFFFFFFFF)
         if c is not None:
             if self.train:
-                top, left = (int(torch.randint(0, n - c + 1, ())) for n in (h, w))
+                top, left = (int(torch.randint(0, n - c + 1, (), generator=g)) for n in (h, w))
             else:
                 top, left = (h - c) // 2, (w - c) // 2
             arr = arr[top : top + c, left : left + c]
         x = torch.from_numpy(np.ascontiguousarray(arr))
         x = x.permute(2, 0, 1).float().div_(255.0)
-        if self.train and bool(torch.rand(()) < 0.5):
+        if self.train and bool(torch.rand((), generator=g) < 0.5):
             x = x.flip(-1)
         return x.contiguous()
 
@@ -164,7 +171,7 @@ class ImageDataModule(pl.LightningDataModule):
                  crop_size: int = 256, val_crop_size: int | None = None, batch_size: int = 8,
                  val_batch_size: int = 1, num_workers: int = 0, max_val_images: int | None = None,
                  repeat: int = 1, shuffle: bool = True, augment: bool = True, invert: bool = False,
-                 pin_memory: bool | None = None):
+                 pin_memory: bool | None = None, seed: int | None = None):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"data.source={source!r}: unknown source; valid choices: {', '.join(SOURCES)}")
@@ -177,6 +184,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.crop_size, self.val_crop_size = crop_size, val_crop_size
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.max_val_images, self.repeat = max_val_images, repeat
+        self.seed = seed  # data order, crops and flips from their own generators (None: the global RNG)
         self.shuffle, self.augment = shuffle, augment
         self.invert = invert  # inverse training (paper 000): training images also as 1 - x
         # page-locked batches for faster host-to-GPU copies (None: when CUDA is available)
@@ -205,7 +213,7 @@ class ImageDataModule(pl.LightningDataModule):
         """Build the datasets needed for `stage` (checks every image file once)."""
         train, val, train_name, val_name = self._split()
         if stage in (None, "fit") and self.train_set is None:
-            ds = ImageFolderDataset(train, self.crop_size, train=self.augment, name=train_name)
+            ds = ImageFolderDataset(train, self.crop_size, train=self.augment, name=train_name, seed=self.seed)
             if self.invert:
                 from codecx.data.invert import InvertedDataset
 
@@ -223,8 +231,9 @@ class ImageDataModule(pl.LightningDataModule):
         if not self.shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
             # Lightning would insert a *shuffling* DistributedSampler; keep the order fixed
             sampler = DistributedSampler(self.train_set, shuffle=False, drop_last=True)
+        order = None if self.seed is None else torch.Generator().manual_seed(int(self.seed))
         return DataLoader(self.train_set, batch_size=self.batch_size, drop_last=True, sampler=sampler,
-                          shuffle=self.shuffle if sampler is None else None,
+                          shuffle=self.shuffle if sampler is None else None, generator=order,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=self.pin_memory)
 
