@@ -23,6 +23,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(3600))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """2 shared cores: intra-op threads contend (10x slower), so a module uses one
+    (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def root() -> Path:
     return ROOT

@@ -17,13 +17,7 @@ from conftest import tiny_codec
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 shared cores: intra-op threads contend (10x slower), so use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _codec(backbone="mbt_mean", quantizer="noise", shift=None, seed=0):

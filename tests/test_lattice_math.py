@@ -13,13 +13,7 @@ NAMES = ["hex", "oct", "d4"]
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI box has 2 shared cores: intra-op threads contend (10x slower), so use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def near_points(lat, mu, sigma, z=6.5):
