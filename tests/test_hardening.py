@@ -129,6 +129,18 @@ def test_forged_headers_are_refused_before_decoding():
         decode_image(codec, pack(ok, streams[:1]))
 
 
+def test_decode_needing_more_memory_than_free_is_refused(monkeypatch):
+    import codecx.coding.container as container
+
+    codec = _tiny()
+    header = Header(bytes(8), (4096, 4096), (256, 256), (64, 64), {})
+    need = container.decode_memory(codec.backbone, (4096, 4096))
+    assert need > 4096 * 4096 * 8 * 4 // 4  # N=8 channels at half resolution, at least once
+    monkeypatch.setattr(container, "_free_memory", lambda: need // 2)
+    with pytest.raises(BitstreamError, match=r"needs about .* GiB, more than the .* GiB of free memory"):
+        decode_image(codec, pack(header, [b"\1" * 8, b"\2" * 8]))
+
+
 def test_latent_sizes_follow_the_model_strides():
     from codecx.coding.container import expected_latent_shapes
 

@@ -239,6 +239,35 @@ def check_header(backbone, header: Header, n_streams: int, max_pixels: int = MAX
     expected = 1 if z_shape is None else 2
     if n_streams != expected:
         raise BitstreamError(f"this model decodes {expected} stream(s), the file has {n_streams}")
+    need, free = decode_memory(backbone, header.shape), _free_memory()
+    if free is not None and need > free:
+        raise BitstreamError(
+            f"decoding a {w}x{h} image with this model needs about {need / 2**30:.1f} GiB, more "
+            f"than the {free / 2**30:.1f} GiB of free memory; the file is forged, or decode it "
+            "on a larger machine")
+
+
+def decode_memory(backbone, shape: Tuple[int, int]) -> int:
+    """A rough lower bound of the bytes a decode needs: g_s's widest float32 activation (N
+    channels at half resolution) held twice, plus the image."""
+    h, w = shape
+    n = int(getattr(backbone, "N", 0) or getattr(backbone, "M", 0) or 3)
+    return int(2 * (h * w / 4) * n * 4 + 3 * h * w * 4)
+
+
+def _free_memory() -> Optional[int]:
+    """Available physical memory in bytes (None where the OS does not tell)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @contextlib.contextmanager
