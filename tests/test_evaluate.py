@@ -236,4 +236,6 @@ def test_callback_logs_real_bitstream_metrics():
     images = {k: (v, kw) for k, v, kw in rec.images}
     assert set(images) == {"val/rd_plot", "val/reconstructions"}
     recon, kw = images["val/reconstructions"]
-    assert recon[0].shape == (64, 128, 3) and "original | decoded" in kw["caption"][0]
+    # uint8 panels: original | decoded on top, their central crops enlarged below
+    assert recon[0].shape == (128, 128, 3) and recon[0].dtype.name == "uint8"
+    assert "original | decoded" in kw["caption"][0]
