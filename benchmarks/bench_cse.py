@@ -58,16 +58,10 @@ def run(args) -> List[Row]:
           f"Trainer.fit in its own process; {rounds} round(s) x ({warmup} warm-up + {steps} "
           f"measured) steps per variant, order none,cse / cse,none alternating", flush=True)
 
-    timing: Dict[str, List[dict]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="codecx-bench-cse-") as tmp:
         tmp = Path(tmp)
         spec.update(ts.prepare(tmp, spec, args.cse_data))
-        for r in range(rounds):
-            for v in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
-                res = ts.spawn("reg", dict(spec, variant=v, overrides=OVERRIDES[v]), tmp, r,
-                               module=__name__)[v]
-                timing[v].append(res)
-                ts._print_run(f"round {r + 1}", v, res)
+        timing = ts.alternating_rounds("reg", spec, tmp, rounds, VARIANTS, OVERRIDES, __name__)
     return summarize(timing)
 
 

@@ -57,7 +57,6 @@ def run(args) -> List[Row]:
           f"{spec['device']}, {spec['threads']} threads: stage 2 (g_s + discriminator) with reg=none, "
           f"patchgan, illm; {rounds} round(s) x ({warmup} warm-up + {steps} measured) steps per variant",
           flush=True)
-    timing: Dict[str, List[dict]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="codecx-bench-gan-") as tmp:
         tmp = Path(tmp)
         spec.update(ts.prepare(tmp, spec, args.gan_data))
@@ -72,12 +71,7 @@ def run(args) -> List[Row]:
                      "patchgan": ["reg=patchgan", _stage("g_s,discriminator")],
                      "illm": ["reg=illm", f"reg.labeler={tmp / 'labeler.pt'}", *d,
                               _stage("g_s,discriminator")]}
-        for r in range(rounds):
-            for v in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
-                res = ts.spawn("gan", dict(spec, variant=v, overrides=overrides[v]), tmp, r,
-                               module=__name__)[v]
-                timing[v].append(res)
-                ts._print_run(f"round {r + 1}", v, res)
+        timing = ts.alternating_rounds("gan", spec, tmp, rounds, VARIANTS, overrides, __name__)
     return summarize(timing)
 
 

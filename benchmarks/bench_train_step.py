@@ -302,6 +302,19 @@ def spawn(worker: str, spec: dict, tmp: Path, round_idx: int,
     return res
 
 
+def alternating_rounds(worker: str, spec: dict, tmp: Path, rounds: int, variants, overrides: dict,
+                       module: str) -> Dict[str, List[dict]]:
+    """Each variant's measurements over `rounds`, each run in its own process with its Hydra
+    `overrides`, the order of the variants reversed every other round (drift cancels)."""
+    timing: Dict[str, List[dict]] = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            res = spawn(worker, dict(spec, variant=v, overrides=overrides[v]), tmp, r, module=module)[v]
+            timing[v].append(res)
+            _print_run(f"round {r + 1}", v, res)
+    return timing
+
+
 # ---------------------------------------------------------------------------- worker side
 class Meter:
     """Per-step timestamps, CPU times, losses and the memory peak of one variant."""

@@ -289,13 +289,7 @@ def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, 
     if not run.ckpt.is_file():
         return None
     codec, config = load_codec(run.ckpt)
-    data = dict(config["data"], **(data_override or {}))
-    key = json.dumps(data_key(data), sort_keys=True)
-    if key not in cache:
-        dm = instantiate(data)
-        dm.setup("validate")
-        cache[key] = dataset_images(dm.val_set)
-    images = cache[key]
+    images = _val_images(dict(config["data"], **(data_override or {})), cache)
     points, rows = evaluate_codecs([(str(run.ckpt), codec, config)], images, progress=progress)
     res = results_dict(run.dir.name, points, f"{config['model']['name']}, lmbda={config['lmbda']}, "
                        f"{len(images)} image(s) ({data_label(data)})", checkpoints=[str(run.ckpt)],
@@ -527,13 +521,7 @@ def _anchor_cells(anchor: Any, rows: List[Dict[str, Any]], groups: Dict[str, Lis
         cfg = run.dir / ".hydra" / "config.yaml"
         node = OmegaConf.load(cfg).get("data") if cfg.is_file() else None  # other keys may need Hydra
         data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-        data = dict(data, **(data_override or {}))
-        key = json.dumps(data_key(data), sort_keys=True)
-        if key not in cache:
-            dm = instantiate(data)
-            dm.setup("validate")
-            cache[key] = dataset_images(dm.val_set)
-        images = cache[key]
+        images = _val_images(dict(data, **(data_override or {})), cache)
     ref = resolve_anchor(anchor, images)
     for row, (g, rs) in zip(rows, groups.items()):
         if not rs:  # every run of the group incomplete
@@ -623,3 +611,13 @@ def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
     if skipped:
         text += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
     return "\n".join(text)
+
+
+def _val_images(data: Dict[str, Any], cache: Dict[str, Any]):
+    """The validation images of a data config, loaded once per distinct data setting."""
+    key = json.dumps(data_key(data), sort_keys=True)
+    if key not in cache:
+        dm = instantiate(data)
+        dm.setup("validate")
+        cache[key] = dataset_images(dm.val_set)
+    return cache[key]
