@@ -139,7 +139,8 @@ def test_tiny_multirun_leaves_report_and_wandb_summary(tmp_path):
     anchor = wide_anchor(tmp_path / "anchor.json")
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_API_KEY": "",
            "NETRC": str(tmp_path / "no-netrc")}
-    r = run_train(["-m", *TINY, "trainer.max_steps=2", "eval.every_n_steps=0", "seed=1,2",
+    # two configurations (groups by what each run used; seeds would be pooled as replicates)
+    r = run_train(["-m", *TINY, "trainer.max_steps=2", "eval.every_n_steps=0", "quantizer=noise,ste",
                    f"eval.anchor={anchor}", "logger=wandb", f"hydra.sweep.dir={sweep}"], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "sweep report" in r.stdout and (sweep / "report.md").is_file(), r.stdout[-2000:] + r.stderr[-2000:]
@@ -150,7 +151,7 @@ def test_tiny_multirun_leaves_report_and_wandb_summary(tmp_path):
     for f in sweep.glob("*/.hydra/overrides.yaml"):
         res = json.loads((f.parent.parent / "results.json").read_text())
         assert res["step"] == 2  # the final evaluation of training, reused by the report
-        group = next(o.strip("- ") for o in f.read_text().splitlines() if "seed=" in o)
+        group = next(o.strip("- ") for o in f.read_text().splitlines() if "quantizer=" in o)
         label = next(g for g in rows if g.split(" ")[0] == group)
         expected[label] = one_point_delta(res["results"]["bpp"][0], res["results"]["psnr-rgb"][0])
         assert float(rows[label]["anchor_bd_rate"]) == pytest.approx(expected[label], abs=0.005)
