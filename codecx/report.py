@@ -289,7 +289,8 @@ def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, 
     if not run.ckpt.is_file():
         return None
     codec, config = load_codec(run.ckpt)
-    images = _val_images(dict(config["data"], **(data_override or {})), cache)
+    data = dict(config["data"], **(data_override or {}))
+    images = _val_images(data, cache)
     points, rows = evaluate_codecs([(str(run.ckpt), codec, config)], images, progress=progress)
     res = results_dict(run.dir.name, points, f"{config['model']['name']}, lmbda={config['lmbda']}, "
                        f"{len(images)} image(s) ({data_label(data)})", checkpoints=[str(run.ckpt)],
