@@ -50,9 +50,8 @@ def kmacs_per_pixel(backbone: nn.Module, height: int = 256, width: int = 256) ->
         macs = dict.fromkeys(STAGES, 0.0)
         y, macs["g_a"] = _macs(bb.g_a, x)
         hyper = None
-        if getattr(bb, "has_side", getattr(bb, "family", "") != "factorized"):
-            h_a_input = getattr(bb, "h_a_input", None) or bb._h_a_input
-            z, macs["h_a"] = _macs(bb.h_a, h_a_input(y))
+        if bb.has_side:
+            z, macs["h_a"] = _macs(bb.h_a, bb.h_a_input(y))
             hyper, macs["h_s"] = _macs(bb.h_s, z)
         if getattr(bb, "autoregressive", False):
             ctx, m_ctx = _macs(bb.context, y)

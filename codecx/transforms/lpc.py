@@ -55,7 +55,7 @@ class LPC(Compensation):
             self.mu_r = nn.Parameter(torch.zeros(1, M, 1, 1))
             self.log_sigma_r = nn.Parameter(torch.full((1, M, 1, 1), log_s))
         else:
-            if getattr(codec.backbone, "family", None) == "factorized":
+            if not codec.backbone.has_side:  # the factorized prior: no per-element scales
                 raise ValueError("transform.lpc.params=predicted reads the prior's scales: the "
                                  "factorized prior has none; use params=learned or a hyperprior "
                                  "backbone (mbt_mean, mbt, cheng_*)")
