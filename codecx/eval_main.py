@@ -13,10 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from codecx.config import ConfigError, check_targets, main_with_precheck, register_configs
-from codecx.evaluate import (DEFAULT_QUANTIZER, codec_from_config, data_key, data_label,
+from codecx.evaluate import (codec_from_config, data_key, data_label,
                              dataset_images, evaluate_codecs, load_codec, prepare, results_dict,
                              set_coding_threads, summary_table, write_results)
 from codecx.metrics.weights import MissingWeightsError
+from codecx.models.build import DEFAULT_QUANTIZER
 from codecx.models.codec import Codec
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")

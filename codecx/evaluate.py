@@ -28,7 +28,6 @@ METRICS = ("bpp", "bpp_streams", "bpp_est", "psnr-rgb", "ms-ssim", "lpips", "gra
 # per-point complexity in KMACs/pixel (codecx.metrics.complexity; decoder = h_s + context + g_s)
 COMPLEXITY = ("kmacs_g_a", "kmacs_h_a", "kmacs_h_s", "kmacs_context", "kmacs_g_s", "kmacs_decoder",
               "kmacs_encoder")
-DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer"}  # every scalar one codes alike
 
 Image = Tuple[str, Tensor]
 
@@ -129,7 +128,7 @@ def codec_from_config(model: Mapping, quantizer: Optional[Mapping] = None,
                       shift: Optional[Mapping] = None, **rest) -> Codec:
     """A codec from plain `model` / `quantizer` / `shift` config dicts (each one `_target_` node;
     no `shift`: no latent shift); `rest`: `transform`, `refine`, `lmbda` (codecx.models.build_codec)."""
-    return build_codec({"model": model, "quantizer": quantizer or DEFAULT_QUANTIZER, "shift": shift, **rest})
+    return build_codec({"model": model, "quantizer": quantizer, "shift": shift, **rest})
 
 
 def load_codec(ckpt_path: str | os.PathLike, quantizer_override: Optional[Mapping] = None,

@@ -9,6 +9,10 @@ import torch
 from codecx.models.backbones import BACKBONES, SCALE_LEVELS, Backbone
 
 
+#: the quantizer of a config without one (a bare CompressAI state dict): every scalar one codes alike
+DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer"}
+
+
 def build_backbone(name: str, N: int = 128, M: Optional[int] = 192,
                    weights: Optional[str] = None, scale_levels: int = SCALE_LEVELS) -> Backbone:
     """Instantiate backbone `name` (one of BACKBONES) and optionally load `weights`;
@@ -71,7 +75,7 @@ def build_codec(config: Mapping[str, Any]):
 
     from codecx.models.codec import Codec
 
-    quantizer = config.get("quantizer") or {"_target_": "codecx.quantizers.NoiseQuantizer"}
+    quantizer = config.get("quantizer") or DEFAULT_QUANTIZER
     transforms = instantiate_list(config.get("transform")) + instantiate_list(config.get("shift"))
     return Codec(instantiate(dict(config["model"])), instantiate(dict(quantizer)), transforms=transforms,
                  refiners=instantiate_list(config.get("refine")), lmbda=config.get("lmbda"))

@@ -190,8 +190,9 @@ class Codec(nn.Module):
                 if bb.has_side:
                     out_streams.append(z_str[0])
         st.params = params
+        likelihoods = {"y": y_lik, **({"z": z_lik} if z_lik is not None else {})}
         if rate_only:
-            return {"y": y_lik, **({"z": z_lik} if z_lik is not None else {})}
+            return likelihoods
         if mode == "encode":  # the encoder needs only what the signalling transforms choose
             last = max((i for i, t in enumerate(transforms) if t.signals), default=-1)
             transforms = transforms[: last + 1]
@@ -202,9 +203,6 @@ class Codec(nn.Module):
         x_hat = bb.g_s(y_hat)[..., :h, :w]
         if mode == "decode":
             return x_hat.clamp(0, 1)
-        likelihoods = {"y": y_lik}
-        if z_lik is not None:
-            likelihoods["z"] = z_lik
         return CodecOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=likelihoods, params=params,
                            z_hat=z_hat, metrics=st.metrics, losses=st.losses)
 
