@@ -89,7 +89,7 @@ def test_fid_matches_direct_frechet_and_kid_clamps():
 
 def test_too_few_patches_raises():
     m = FIDKID(feature_extractor=StandIn(), patch=64)
-    m.update(images(), images())
+    m.update(images(n=1), images(n=1))  # smaller than the patch: one whole-image sample per set
     with pytest.raises(ValueError, match="patch"):
         m.compute()
 

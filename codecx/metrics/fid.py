@@ -1,4 +1,8 @@
-"""Patch-based FID / KID as in HiFiC and MS-ILLM, on torch-fidelity's InceptionV3 and statistics."""
+"""Patch-based FID / KID as in HiFiC and MS-ILLM, on torch-fidelity's InceptionV3 and statistics.
+
+Samples of an image: 256-px tiles on a grid, plus a grid shifted by half a patch, which has
+full tiles only where both sides are >= 1.5 patches (384 px), as in the released MS-ILLM code;
+an image with a side below the patch size is one sample, whole."""
 from __future__ import annotations
 
 import os
@@ -71,13 +75,20 @@ class FIDKID:
 
     @torch.no_grad()
     def _features(self, imgs: Tensor) -> Tensor:
+        """Features of the patches of `imgs` (`extract_patches`), or of the whole images when a
+        side is below the patch size (one sample per image; Inception resizes it to 299 px)."""
         imgs = imgs.detach()
-        patches = torch.cat([extract_patches(im, self.patch) for im in (imgs[None] if imgs.dim() == 3 else imgs)])
+        imgs = imgs[None] if imgs.dim() == 3 else imgs
+        if min(imgs.shape[-2:]) < self.patch:
+            patches = imgs
+        else:
+            patches = torch.cat([extract_patches(im, self.patch) for im in imgs])
         feats = [self.extractor(to_uint8(b)) for b in patches.split(self.batch_size)] if len(patches) else []
         return torch.cat(feats).float().cpu() if feats else torch.empty(0, 0)
 
     def update(self, real: Tensor, fake: Tensor) -> None:
-        """Add a batch (B,3,H,W) or image (3,H,W) pair in [0,1]; both are patched and featurised."""
+        """Add a batch (B,3,H,W) or image (3,H,W) pair in [0,1]; both are patched (whole images
+        when a side is below the patch size) and featurised."""
         if real.shape != fake.shape:
             raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} shapes differ")
         self.real.append(self._features(real))
@@ -89,7 +100,8 @@ class FIDKID:
         fake = torch.cat([f for f in self.fake if len(f)] or [torch.empty(0, 0)])
         n = min(len(real), len(fake))
         if n < 2:
-            raise ValueError(f"FID/KID need >= 2 patches per set, got {n} (images smaller than patch={self.patch}?)")
+            raise ValueError(f"FID/KID need >= 2 samples (patches, or whole images smaller than patch={self.patch}) "
+                             f"per set, got {n}")
         fid = fid_statistics_to_metric(fid_features_to_statistics(real), fid_features_to_statistics(fake), False)
         kid = kid_features_to_metric(real, fake, kid_subsets=self.kid_subsets, verbose=False, rng_seed=self.seed,
                                      kid_subset_size=min(self.kid_subset_size, n))

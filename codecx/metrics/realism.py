@@ -10,7 +10,10 @@ to code, which removes high-frequency power (ratio well below 1); a working GAN 
 synthesises texture and pulls the ratio back towards 1 (HiFiC, MS-ILLM). What it cannot say:
 whether the synthesised detail is *right* (noise gives ratios >= 1 too), anything about
 colour, structure or semantics, or distributional realism as FID/KID measure it; compare
-codecs only at the same bitrate and on the same images.
+codecs only at the same bitrate and on the same images, and read it with PSNR / FID.
+
+It is `hf_ratio` in eval.py's results (per image in per_image.csv, the mean over the images in
+results.json), in `codecx report` and in the periodic validation (`val/hf_ratio`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from torch import Tensor
 
 __all__ = ["hf_power_ratio"]
 
-_LUMA = (0.299, 0.587, 0.114)
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights
+_NO_POWER = 1e-12  # band power of x at or below this: the ratio is undefined (NaN)
 
 
 def _band_power(img: Tensor, cutoff: float) -> Tensor:
@@ -37,7 +41,8 @@ def _band_power(img: Tensor, cutoff: float) -> Tensor:
 
 def hf_power_ratio(x: Tensor, x_hat: Tensor, cutoff: float = 0.5) -> Tensor:
     """Per-image ratio (B,) of the high-frequency power of `x_hat` to that of `x` (images in
-    [0, 1], (B,3,H,W) or (B,1,H,W)); frequencies above `cutoff` x Nyquist (0 < cutoff < 1.42)."""
+    [0, 1], (B,3,H,W) or (B,1,H,W)); frequencies above `cutoff` x Nyquist (0 < cutoff < 1.42).
+    NaN for an image `x` with (numerically) no power above the cut-off, e.g. a flat one."""
     if x.shape != x_hat.shape or x.dim() != 4:
         raise ValueError(f"hf_power_ratio: x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} must be "
                          "equal (B,C,H,W) shapes")
@@ -51,4 +56,5 @@ def hf_power_ratio(x: Tensor, x_hat: Tensor, cutoff: float = 0.5) -> Tensor:
         return t
 
     ref = _band_power(luma(x), cutoff)
-    return (_band_power(luma(x_hat), cutoff) / ref.clamp_min(1e-12)).float()
+    ratio = _band_power(luma(x_hat), cutoff) / ref.clamp_min(_NO_POWER)
+    return ratio.masked_fill(ref <= _NO_POWER, float("nan")).float()
