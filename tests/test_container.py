@@ -95,8 +95,11 @@ def test_layout_is_deterministic_and_compact():
     h = Header(b"\x01" * 8, (3, 65535), (1, 1), None, {"b": 1, "a": [2, 3]})
     same = Header(b"\x01" * 8, (3, 65535), (1, 1), None, {"a": [2, 3], "b": 1})
     data = pack(h, [b"xyz"])
-    assert data == pack(same, [b"xyz"]) and data[:5] == MAGIC + b"\x01"
-    assert len(data) == 4 + 1 + 8 + 12 + 2 + len(b'{"a":[2,3],"b":1}') + 1 + 4 + 3 + 4
+    assert data == pack(same, [b"xyz"]) and data[:5] == MAGIC + b"\x02"
+    # options (keys not in the registry): mask, count, then (key length, key, value length, JSON)
+    opts = b"\x40\x02" + b"\x01a\x00\x05[2,3]" + b"\x01b\x00\x011"
+    assert data[25:25 + len(opts)] == opts
+    assert len(data) == 4 + 1 + 8 + 12 + len(opts) + 1 + 4 + 3 + 4
     header, streams = unpack(data)
     assert header == Header(b"\x01" * 8, (3, 65535), (1, 1), None, {"a": [2, 3], "b": 1})
     assert streams == [b"xyz"]
@@ -114,7 +117,7 @@ def test_error_messages(real):
         b"": "not a codecx file",
         PNG: "not a codecx file",
         data[:2]: "truncated",
-        data[:4] + b"\x07" + data[5:]: "version 7; this codecx reads version(s) 1",
+        data[:4] + b"\x07" + data[5:]: "version 7; this codecx reads version(s) 1, 2",
         data[:-1]: f"expected at least {len(data)} bytes, got {len(data) - 1}",
         data[:40]: "truncated",
         data[:100] + bytes([data[100] ^ 4]) + data[101:]: "CRC32 mismatch",

@@ -4,13 +4,13 @@ Layout (big-endian integers)::
 
     offset  size  field
     0       4     magic b"CDCX"
-    4       1     format version (1)
+    4       1     format version (2)
     5       8     model fingerprint (see `fingerprint`)
     13      2+2   image height, width           (1..65535)
     17      2+2   y latent height, width        (1..65535)
     21      2+2   z latent height, width        (0, 0 when there is no z)
-    25      2     n = length of the options block (<= 4096)
-    27      n     options: sorted compact ASCII JSON object
+    25      1..   method options, compact binary (`codecx.coding.options`: a presence mask,
+                  then one value per option; none: 1 byte, a latent-shift index: 2 bytes)
     ...     1     number of streams              (1..64)
     ...     4+k   per stream: length k, then k bytes (stream 0 is y, stream 1 is z)
     end-4   4     CRC32 of every byte before it
@@ -20,6 +20,9 @@ Layout (big-endian integers)::
 work before it allocates anything: the image size against a pixel cap (`max_pixels`, default
 2**28), the latent sizes against the image size and the model's strides, the stream count;
 `check_method_names` checks the method names of the header against the known options.
+
+Version 1 files (options as a 2-byte length and sorted compact JSON at offset 25) still decode;
+`pack` writes version 2.
 """
 from __future__ import annotations
 
@@ -38,12 +41,15 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from codecx.coding.options import MAX_BLOCK, MalformedOptions, canonical_json, decode_options, encode_options
+
 MAGIC = b"CDCX"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # 1: options as JSON (2-byte length + text); 2: compact binary
 FINGERPRINT_SIZE = 8
 MAX_STREAMS = 64
-MAX_OPTIONS = 4096
+MAX_OPTIONS = MAX_BLOCK  # bytes of the options block
+OPTIONS_OFFSET = 25  # the options block follows magic, version, fingerprint and sizes
 _FIXED = struct.Struct(">6H")  # H, W, y_h, y_w, z_h, z_w
 MAX_PIXELS = 2**28  # decoding refuses larger images (a 16384 x 16384 photo; configurable)
 
@@ -70,15 +76,9 @@ class Header:
                    None if z is None else tuple(z), dict(options or {}))
 
 
-def _canonical(obj: Any) -> bytes:
-    """Deterministic compact JSON bytes (sorted keys, ASCII); plain dicts/lists/scalars only."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
 def fingerprint(config: Dict, state_tensors: Iterable[Tensor] = ()) -> bytes:
     """First 8 bytes of sha256 of canonical JSON `config` (a plain dict) and the tensors."""
-    h = hashlib.sha256(_canonical(config))
+    h = hashlib.sha256(canonical_json(config))
     for t in state_tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"|{t.dtype}{tuple(t.shape)}|".encode())
@@ -108,15 +108,11 @@ def pack(header: Header, streams: List[bytes]) -> bytes:
                          f"got {len(header.fingerprint)}")
     if not 1 <= len(streams) <= MAX_STREAMS:
         raise ValueError(f"expected 1..{MAX_STREAMS} streams, got {len(streams)}")
-    if not isinstance(header.options, dict):
-        raise ValueError(f"options must be a dict, got {type(header.options).__name__}")
-    opts = _canonical(header.options)
-    if len(opts) > MAX_OPTIONS:
-        raise ValueError(f"options take {len(opts)} bytes as JSON; at most {MAX_OPTIONS} fit")
+    opts = encode_options(header.options)
     sizes = (*_dims(header.shape, "shape"), *_dims(header.y_shape, "y_shape"),
              *_dims(header.z_shape, "z_shape", allow_none=True))
     parts = [MAGIC, bytes([FORMAT_VERSION]), bytes(header.fingerprint), _FIXED.pack(*sizes),
-             struct.pack(">H", len(opts)), opts, bytes([len(streams)])]
+             opts, bytes([len(streams)])]
     for s in streams:
         if len(s) >= 2**32:
             raise ValueError(f"stream of {len(s)} bytes is too long (max 2**32 - 1)")
@@ -147,6 +143,14 @@ class _Reader:
         return struct.unpack(">" + fmt, self.take(struct.calcsize(fmt), what))[0]
 
 
+def _check_crc(data: bytes, end: int) -> None:
+    """BitstreamError unless the 4 bytes at `end` are the CRC32 of the bytes before them."""
+    stored, computed = int.from_bytes(data[end : end + 4], "big"), zlib.crc32(data[:end])
+    if end < 0 or len(data) < end + 4 or stored != computed:
+        raise BitstreamError(f"corrupted codecx file: CRC32 mismatch (stored {stored:08x}, "
+                             f"computed {computed:08x}); the bytes were altered")
+
+
 def unpack(data: bytes, expected_fingerprint: Optional[bytes] = None) -> Tuple[Header, List[bytes]]:
     """Parse and verify a codecx file; raises `BitstreamError` on any problem."""
     data = bytes(data)
@@ -159,15 +163,23 @@ def unpack(data: bytes, expected_fingerprint: Optional[bytes] = None) -> Tuple[H
     if version not in SUPPORTED_VERSIONS:
         raise BitstreamError(
             f"unsupported codecx format version {version}; this codecx reads version(s) "
-            f"{', '.join(map(str, SUPPORTED_VERSIONS))} (a newer codecx wrote it, or it is "
-            "corrupted)")
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))} (a newer codecx wrote it: decode it with "
+            "that codecx; or the file is corrupted)")
     fp = r.take(FINGERPRINT_SIZE, "model fingerprint")
     h, w, yh, yw, zh, zw = _FIXED.unpack(r.take(_FIXED.size, "image and latent sizes"))
-    n_opts = r.uint("H", "options length")
-    if n_opts > MAX_OPTIONS:
-        raise BitstreamError(f"corrupted codecx header: options block of {n_opts} bytes "
-                             f"(at most {MAX_OPTIONS})")
-    opts = r.take(n_opts, "options block")
+    options: Any = None
+    if version == 1:  # a 2-byte length and JSON text, parsed once the CRC is known good
+        n_opts = r.uint("H", "options length")
+        if n_opts > MAX_OPTIONS:
+            raise BitstreamError(f"corrupted codecx header: options block of {n_opts} bytes "
+                                 f"(at most {MAX_OPTIONS})")
+        opts = r.take(n_opts, "options block")
+    else:
+        try:
+            options = decode_options(r.take)
+        except MalformedOptions as e:
+            _check_crc(data, len(data) - 4)  # damaged bytes are named as such first
+            raise BitstreamError(f"malformed codecx header: {e}") from None
     n_streams = r.uint("B", "stream count")
     if not 1 <= n_streams <= MAX_STREAMS:
         raise BitstreamError(f"corrupted codecx header: {n_streams} streams "
@@ -175,23 +187,21 @@ def unpack(data: bytes, expected_fingerprint: Optional[bytes] = None) -> Tuple[H
     streams = [r.take(r.uint("I", f"length of stream {i}"), f"stream {i}")
                for i in range(n_streams)]
     end = r.pos
-    stored = r.uint("I", "CRC32")
-    computed = zlib.crc32(data[:end])
-    if stored != computed:
-        raise BitstreamError(f"corrupted codecx file: CRC32 mismatch (stored {stored:08x}, "
-                             f"computed {computed:08x}); the bytes were altered")
+    r.take(4, "CRC32")
+    _check_crc(data, end)
     if r.pos != len(data):
         raise BitstreamError(f"trailing garbage: the codecx data ends at byte {r.pos} but the "
                              f"input has {len(data)} bytes ({len(data) - r.pos} extra)")
     if 0 in (h, w, yh, yw) or (zh == 0) != (zw == 0):
         raise BitstreamError(f"malformed codecx header: image {h}x{w}, y {yh}x{yw}, z {zh}x{zw}")
-    try:
-        options = json.loads(opts.decode("ascii"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise BitstreamError(f"malformed codecx header: options block is not JSON ({e})") from None
-    if not isinstance(options, dict):
-        raise BitstreamError("malformed codecx header: options must be a JSON object, "
-                             f"got {opts[:40]!r}")
+    if version == 1:
+        try:
+            options = json.loads(opts.decode("ascii"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise BitstreamError(f"malformed codecx header: options block is not JSON ({e})") from None
+        if not isinstance(options, dict):
+            raise BitstreamError("malformed codecx header: options must be a JSON object, "
+                                 f"got {opts[:40]!r}")
     if expected_fingerprint is not None and fp != bytes(expected_fingerprint):
         raise BitstreamError(
             f"encoded with a different model/configuration: file fingerprint {fp.hex()}, this "
@@ -340,11 +350,13 @@ def safe_decompress(codec, header: Header, streams: List[bytes], max_pixels: int
     return x_hat
 
 
-def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] = None) -> bytes:
-    """Compress one image (1, 3, H, W) into a codecx file."""
+def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] = None,
+                 compressed: Optional[Dict] = None) -> bytes:
+    """Compress one image (1, 3, H, W) into a codecx file (`compressed`: `codec.compress(x)`'s
+    output when the caller has it already, e.g. for its rate estimate)."""
     if x.dim() != 4 or x.size(0) != 1:
         raise ValueError(f"encode_image takes one image (1, 3, H, W), got {tuple(x.shape)}")
-    out = codec.compress(x)
+    out = codec.compress(x) if compressed is None else compressed
     opts = dict(options or {})
     opts.update(out.get("options", [{}])[0])  # what the codec itself must signal (e.g. shift_index)
     return pack(Header.from_output(out, fingerprint, opts), out["strings"][0])

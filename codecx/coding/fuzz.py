@@ -75,6 +75,14 @@ def build_setup(name: str, seed: int = 0, size: Tuple[int, int] = (64, 96)):
     return codec, fp, encode_image(codec, x, fp, options)
 
 
+def _options_span(data: bytes) -> Tuple[int, int]:
+    """(start, end) of the (valid) file's options block; the stream count byte follows."""
+    from codecx.coding.container import OPTIONS_OFFSET, unpack
+    from codecx.coding.options import encode_options
+
+    return OPTIONS_OFFSET, OPTIONS_OFFSET + len(encode_options(unpack(data)[0].options))
+
+
 def _fix_crc(body: bytes) -> bytes:
     return body + struct.pack(">I", zlib.crc32(body))
 
@@ -104,17 +112,16 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         ph, pw = -(-h // 64) * 64, -(-w // 64) * 64
         body[13:25] = struct.pack(">6H", h, w, ph // 16, pw // 16, ph // 64, pw // 64)
     elif kind == 6:  # stream bytes replaced by random ones
-        start = 27 + struct.unpack(">H", bytes(body[25:27]))[0] + 1
-        for i in range(start, len(body)):
+        for i in range(_options_span(data)[1] + 1, len(body)):
             if rng.random() < 0.5:
                 body[i] = rng.randrange(256)
-    else:  # options block replaced
-        n = struct.unpack(">H", bytes(body[25:27]))[0]
-        opts = rng.choice([b'{"quantizer":"../model/mbt_mean"}', b'{"shift":"latent","shift_index":99}',
-                           b'{"shift_index":-1}', b'{"quantizer":7}', b"[1,2]", b'{"a":' * 50,
-                           b'{"shift":"sign","shift_index":1e308}', bytes(rng.randrange(256) for _ in range(n))])
-        body[27 : 27 + n] = struct.pack(">H", len(opts))[0:0] + opts
-        body[25:27] = struct.pack(">H", len(opts))
+    else:  # options block replaced (format 2: presence mask, then values; see codecx.coding.options)
+        start, end = _options_span(data)
+        opts = rng.choice([b"\x04\xff\x11../model/mbt_mean", b"\x09\x63\x01", b"\x01\xff", b"\x04\x07",
+                           b"\x20\x00", b"\x80\x80\x80\x80", b"\x40\x01\x0bshift_index\x00\x011",
+                           b"\x40\x01\x01a\x00\x04[1,2", b"\x40\x01\x01a\xff\xff" + b"[" * 50,
+                           b"\x0a\xff\x03\x00\x01\x02\x01", bytes(rng.randrange(256) for _ in range(rng.randint(0, 8)))])
+        body[start:end] = opts
     return _fix_crc(bytes(body)) if rng.random() < 0.5 else bytes(body) + data[-4:]
 
 
