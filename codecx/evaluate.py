@@ -21,8 +21,9 @@ from codecx.models.build import build_codec
 from codecx.models.codec import Codec
 
 BPP_SOURCE = "codecx file: header, streams and CRC"
-# per-image columns, in CSV order; `lpips` only with an LPIPS model
-METRICS = ("bpp", "bpp_streams", "bpp_est", "psnr-rgb", "ms-ssim", "lpips", "grad_corr",
+# per-image columns, in CSV order; `lpips` only with an LPIPS model; `hf_ratio`:
+# codecx.metrics.realism.hf_power_ratio (weight-free)
+METRICS = ("bpp", "bpp_streams", "bpp_est", "psnr-rgb", "ms-ssim", "lpips", "hf_ratio", "grad_corr",
            "mse_t", "mse_a", "mse_q", "mse_a_ratio", "mse_q_ratio",  # metrics.decompose
            "encoding_time", "decoding_time", "bytes")
 # per-point complexity in KMACs/pixel (codecx.metrics.complexity; decoder = h_s + context + g_s)
@@ -212,6 +213,7 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
     fig. 6). `decompose` adds MSE_t / MSE_a / MSE_q and their ratios (paper 000, eq. 11)."""
     from codecx.inference.latent_shift import shift_gradient_correlation
     from codecx.metrics.decompose import decompose as decompose_error
+    from codecx.metrics.realism import hf_power_ratio
 
     from rich.console import Console
     from rich.progress import track
@@ -226,6 +228,7 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
         row, x_hat = code_image(codec, x, fingerprint)
         if lpips is not None:
             row["lpips"] = lpips(x, to_uint8(x_hat) / 255).mean().item()  # the 8-bit image, as PSNR
+        row["hf_ratio"] = hf_power_ratio(x, to_uint8(x_hat) / 255).item()  # needs no weights
         if grad_corr:
             row["grad_corr"] = shift_gradient_correlation(codec, x)
         if decompose:
@@ -333,6 +336,7 @@ def summary_table(results: Mapping[str, Any], labels: Sequence[str] = ()):
     res = results["results"]
     cols = [("bpp", "bpp", 4), ("bpp_streams", "bpp streams", 4), ("bpp_est", "bpp est.", 4),
             ("psnr-rgb", "PSNR dB", 2), ("ms-ssim", "MS-SSIM", 4), ("lpips", "LPIPS", 4),
+            ("hf_ratio", "HF ratio", 3),
             ("grad_corr", "grad corr", 3), ("mse_a_ratio", "MSE_a/t", 3), ("mse_q_ratio", "MSE_q/t", 3),
             ("fid", "FID", 2), ("kid", "KID", 4), ("encoding_time", "enc s", 3),
             ("decoding_time", "dec s", 3), ("kmacs_decoder", "dec KMACs/px", 1)]

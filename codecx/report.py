@@ -446,6 +446,9 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
         c = merge_results(g, [r.results for r in used[g]])["results"]
         row.update(bpp=f"{min(c['bpp']):.4f}-{max(c['bpp']):.4f}",
                    psnr=f"{min(c['psnr-rgb']):.2f}-{max(c['psnr-rgb']):.2f}")
+        hf = [v for v in c.get("hf_ratio", []) if v is not None]  # codecx.metrics.realism
+        if hf:
+            row["hf_ratio"] = f"{min(hf):.3f}-{max(hf):.3f}"
         seeds = sorted({r.value("seed") for r in used[g]}, key=_num)
         if replicates is None and len(seeds) > 1:
             row["notes"] = " / ".join([*filter(None, [row.get("notes")]), f"pooled over seed={','.join(seeds)} "
@@ -485,6 +488,8 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     if rdc is not None:
         paths["rdc"] = rdc
     columns = COLUMNS if replicates is None else _replicate_columns(replicates)
+    if any("hf_ratio" in r for r in rows):  # before `notes`
+        columns = [*columns[:-1], ("hf_ratio", "HF ratio"), columns[-1]]
     if ref is not None:  # before `notes`
         columns = [*columns[:-1], ("anchor_bd_rate", f"BD-rate % vs {ref['name']} (pchip)"),
                    ("anchor_bd_psnr", f"BD-PSNR dB vs {ref['name']} (pchip)"), columns[-1]]
@@ -575,14 +580,23 @@ def _num(s: str) -> float:
         return math.inf
 
 
+# per-run columns of report.md shown when some run has them (eval.py / final evaluation results)
+RUN_EXTRA = (("lpips", "LPIPS", 4), ("fid", "FID", 2), ("kid", "KID", 4), ("hf_ratio", "HF ratio", 3))
+HF_NOTE = ("HF ratio: power of the decoded images above half the Nyquist frequency over the originals' "
+           "(luma, mean over the images; codecx.metrics.realism, no pretrained network): below 1 = "
+           "detail smoothed away (MSE training), towards 1 = detail restored (a working GAN); noise "
+           "raises it too, so read it with PSNR / FID, not as a realism score.")
+
+
 def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
               groups: Dict[str, List[Run]], skipped: List[str], png: str,
               columns: Sequence[Tuple[str, str]] = COLUMNS, replicates: Optional[str] = None) -> str:
     """report.md: the BD table, how it was computed, the plot and the per-run RD points."""
     table = ["| " + " | ".join(t for _, t in columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
-    run_rows = ["| group | λ | bpp | bpp est. | PSNR dB | MS-SSIM | images | steps |",
-                "|---|---|---|---|---|---|---|---|"]
+    extra = [c for c in RUN_EXTRA if any(c[0] in r.results["results"] for rs in groups.values() for r in rs)]
+    run_rows = ["| group | λ | bpp | bpp est. | PSNR dB | MS-SSIM | " + "".join(f"{t} | " for _, t, _ in extra)
+                + "images | steps |", "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|"]
     for g, rs in groups.items():
         for r in sorted(rs, key=lambda r: (_num(r.value(replicates, "")) if replicates else 0,
                                            _num(r.value("lmbda", "")))):
@@ -594,7 +608,8 @@ def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
                 steps += " **incomplete**"
             run_rows.append(f"| {label} | {r.value('lmbda')} | {fmt('bpp', 4)} | "
                             f"{fmt('bpp_est', 4)} | {fmt('psnr-rgb', 2)} | {fmt('ms-ssim', 4)} | "
-                            f"{(r.results.get('images') or ['?'])[0]} | {steps} |")
+                            + "".join(f"{fmt(k, d)} | " for k, _, d in extra)
+                            + f"{(r.results.get('images') or ['?'])[0]} | {steps} |")
     text = [f"# Sweep report: {root}", "",
             f"Baseline: `{spec}` (group `{base}`). Runs are grouped by the configuration each run used "
             "(its .hydra/config.yaml, else its checkpoint's): the settings that differ between runs, "
@@ -608,7 +623,8 @@ def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
                f"{replicates} values, each against the baseline run with the same {replicates}; the baseline "
                f"row is the noise band (each other {replicates} of the baseline against its first)."]
               if replicates else []), "",
-            *table, "", f"![RD curves]({png})", "", "## Runs", "", *run_rows, ""]
+            *table, "", f"![RD curves]({png})", "", "## Runs", "", *run_rows, "",
+            *([HF_NOTE, ""] if any(k == "hf_ratio" for k, _, _ in extra) else [])]
     if skipped:
         text += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
     return "\n".join(text)

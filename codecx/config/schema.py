@@ -81,6 +81,7 @@ class TrainEvalConfig:
     anchor: Optional[str] = None      # val/delta_rate, val/delta_psnr against: mbt2018-mean, a JSON, jpeg, webp
     fid_weights: Optional[str] = None  # torch-fidelity's InceptionV3 file: val/fid, val/kid
     fid_patch: int = 256              # FID/KID patch size (HiFiC's 256)
+    lpips_weights: Optional[str] = None  # torchvision's alexnet-owt-7be5be79.pth: val/lpips
     write_results: bool = True        # the final evaluation as results.json in the run dir
 
 

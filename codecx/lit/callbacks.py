@@ -29,7 +29,9 @@ LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_st
           # against eval.anchor (RealBitstreamEval), and FID / KID with eval.fid_weights
           "delta_rate": "val/delta_rate", "delta_psnr": "val/delta_psnr",
           "delta_rate_msssim": "val/delta_rate_msssim", "delta_msssim_db": "val/delta_msssim_db",
-          "fid": "val/fid", "kid": "val/kid"}
+          "fid": "val/fid", "kid": "val/kid",
+          # LPIPS with eval.lpips_weights; the weight-free HF power ratio (codecx.metrics.realism)
+          "lpips": "val/lpips", "hf_ratio": "val/hf_ratio"}
 
 
 LOGGED.update({"mse_a_ratio": "val/mse_a_ratio", "mse_q_ratio": "val/mse_q_ratio"})  # paper 000 eq. 11
@@ -272,7 +274,9 @@ class RealBitstreamEval(Callback):
     one-point Bjøntegaard deltas val/delta_rate (%), val/delta_psnr (dB), val/delta_rate_msssim,
     val/delta_msssim_db (never extrapolated: outside the anchor's range they are not logged);
     with `fid_weights` (torch-fidelity's InceptionV3 file) val/fid and val/kid on patches of the
-    decoded images (Heusel et al. 2017; Bińkowski et al. 2018). With a WandbLogger also the RD
+    decoded images (Heusel et al. 2017; Bińkowski et al. 2018); with `lpips_weights` (the
+    torchvision AlexNet file) val/lpips; always val/hf_ratio (high-frequency power of the decoded
+    images over the originals', codecx.metrics.realism). With a WandbLogger also the RD
     points so far, an RD plot and `log_images` reconstructions. `final` holds the last result;
     with `write_results` the final one (when it covers every validation image) is also written
     as `results.json` / `per_image.csv` in the run directory, which `codecx report` reuses."""
@@ -280,12 +284,14 @@ class RealBitstreamEval(Callback):
     def __init__(self, every_n_steps: int = 100, max_images: Optional[int] = 2,
                  final_max_images: Optional[int] = None, log_images: int = 2,
                  anchor: Optional[str] = None, fid_weights: Optional[str] = None,
-                 fid_patch: int = 256, write_results: bool = False):
+                 fid_patch: int = 256, write_results: bool = False,
+                 lpips_weights: Optional[str] = None):
         if every_n_steps < 0:
             raise ValueError(f"eval.every_n_steps={every_n_steps}: must be >= 0 (0: only at the end)")
         self.every_n_steps, self.max_images = every_n_steps, max_images
         self.final_max_images, self.log_images, self.anchor = final_max_images, log_images, anchor
         self.fid_weights, self.fid_patch, self.write_results = fid_weights, fid_patch, write_results
+        self.lpips_weights, self._lpips = lpips_weights, None
         self.history: List[Dict[str, float]] = []
         self.final: Optional[Dict[str, float]] = None
         self._last_step = -1
@@ -346,8 +352,8 @@ class RealBitstreamEval(Callback):
                 pairs.append((name, x, x_hat))
 
         fid = self._fid_metric()
-        rows = evaluate(codec, images, fp, fid=fid, progress=False, on_image=keep,
-                        decompose=True)  # MSE_a / MSE_q shares (paper 000)
+        rows = evaluate(codec, images, fp, lpips=self._lpips_metric(), fid=fid, progress=False,
+                        on_image=keep, decompose=True)  # MSE_a / MSE_q shares (paper 000)
         with warnings.catch_warnings(record=True) as caught:  # FID/KID of too few patches
             warnings.simplefilter("always")
             point = summarize(rows, fid)
@@ -408,6 +414,20 @@ class RealBitstreamEval(Callback):
                 return None
         return self._fid
 
+    def _lpips_metric(self) -> Any:
+        """LPIPS-Alex (Zhang et al. 2018) when `lpips_weights` is set and loads; else None (one warning)."""
+        if self.lpips_weights is None or "lpips_off" in self._warned:
+            return None
+        if self._lpips is None:
+            try:
+                from codecx.metrics.lpips import LPIPSMetric
+
+                self._lpips = LPIPSMetric("alex", weights=self.lpips_weights)
+            except Exception as e:  # noqa: BLE001 - LPIPS must never block training
+                self._warn_once("lpips_off", f"val/lpips not logged: {e}")
+                return None
+        return self._lpips
+
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -443,6 +463,7 @@ class RealBitstreamEval(Callback):
             from codecx.metrics.rdplot import plot_rd
 
             cols = ["step", "bpp", "bpp_est", "psnr-rgb", "ms-ssim"]
+            cols += [k for k in ("lpips", "hf_ratio", "fid", "kid") if any(k in p for p in self.history)]
             cols += [k for k in ("mse_a_ratio", "mse_q_ratio") if any(k in p for p in self.history)]
             cols += [k for k in POINT_DELTAS if any(k in p for p in self.history)]
             data = [[p.get(c) for c in cols] for p in self.history]
