@@ -80,6 +80,8 @@ def test_every_option_kind_round_trips():
                      ({"n": "x" * 65}, "printable ASCII"), ({"": 1}, "printable ASCII")]:
         with pytest.raises(ValueError, match=re.escape(msg)):
             encode_options(bad, KEYS, 6)
+    with pytest.raises(ValueError, match="distinct"):  # a registry with a repeated id
+        encode_options({}, (*KEYS, OptionKey("j", 2, "index")), 6)
 
 
 def test_registry_names_every_quantizer_and_shift_option():

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Sequence, Tuple
 
-KINDS = ("index", "uint", "name")
+KINDS = ("index", "uint", "name")  # "uint": for counts / table ids of future keys
 NAME_ESCAPE = 0xFF
 MAX_NAME = 64
 MAX_MASK_BYTES = 3  # ids 0..20
@@ -74,10 +74,9 @@ _check_registry(OPTION_KEYS, EXTRA_ID)
 
 def _ascii(s: Any, what: str) -> bytes:
     """`s` as 1..MAX_NAME printable ASCII bytes, for `pack` (ValueError otherwise)."""
-    b = s.encode("ascii", "replace") if isinstance(s, str) else b""
-    if not isinstance(s, str) or not 1 <= len(b) <= MAX_NAME or not (s.isascii() and s.isprintable()):
+    if not (isinstance(s, str) and 1 <= len(s) <= MAX_NAME and s.isascii() and s.isprintable()):
         raise ValueError(f"{what}={str(s)[:80]!r}: expected 1..{MAX_NAME} printable ASCII characters")
-    return b
+    return s.encode("ascii")
 
 
 def _uint(v: Any, key: str, limit: int) -> int:
@@ -99,6 +98,8 @@ def encode_options(options: Dict[str, Any], keys: Sequence[OptionKey] = OPTION_K
     value its key cannot hold."""
     if not isinstance(options, dict):
         raise ValueError(f"options must be a dict, got {type(options).__name__}")
+    if keys is not OPTION_KEYS:
+        _check_registry(keys, extra_id)
     by_key = {k.key: k for k in keys}
     present, values = 0, {}
     for k in keys:
