@@ -226,6 +226,8 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
     for name, x in track(images, description=description, transient=True, console=console,
                          disable=not (progress and console.is_terminal)):
         row, x_hat = code_image(codec, x, fingerprint)
+        for r in codec.refiners:  # what each refiner did to this image (e.g. SGA's kept latents)
+            row.update(r.report())
         if lpips is not None:
             row["lpips"] = lpips(x, to_uint8(x_hat) / 255).mean().item()  # the 8-bit image, as PSNR
         row["hf_ratio"] = hf_power_ratio(x, to_uint8(x_hat) / 255).item()  # needs no weights

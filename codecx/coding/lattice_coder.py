@@ -7,12 +7,16 @@ first out, so serial context models can code position by position). Two models:
 
 * **joint** (the paper's PMF tables): a categorical over the lattice points whose Voronoi
   cell carries mass >= `tail` (1e-7, appendix D.3; `lattice_math.support` of a zero-mean group,
-  symbols = positions in its alphabet), plus one escape symbol. Tables are keyed
-  by the scales rounded up to CompressAI's default 64-level scale table (`KEY_SCALES`, as
-  CompressAI rounds scales for its scalar CDF tables; fixed here whatever the model's own
-  table, so that the number of distinct tables stays small), computed once in float64 and
-  cached per process.
-  Encoder and decoder build them from the same table scales, so they agree bit for bit.
+  symbols = positions in its alphabet), plus one escape symbol. Tables are keyed by the
+  scales rounded up to a scale table exactly as CompressAI keys its scalar CDF tables
+  (`build_indexes`: the first table scale >= the scale): by default the entropy model's own
+  `scale_table` (the backbone's `scale_levels`, the table the scalar coder uses, so lattice
+  and scalar coding differ only in the quantizer), or CompressAI's N-level table
+  (`key_table(N)`; 64: the tables of codecx's first lattice coder). Tables are computed once
+  in float64 and cached per process; encoder and decoder build them from the same table
+  scales, so they agree bit for bit. The table is not written into the stream: it follows
+  from the model's config and state and the quantizer's config, which the container's
+  fingerprint covers, so a decoder with another table refuses the file.
 * **box** (for groups whose table would exceed `max_joint` symbols: scales large against the
   cell): the lattice generators here are lower triangular, so the skewed boxes
   `prod_i [x_i - G_ii/2, x_i + G_ii/2]` centred on the lattice points tile space; their
@@ -43,7 +47,7 @@ from torch import Tensor
 
 from codecx.quantizers.lattice_math import Lattice, OffsetIndex, support, support_size
 
-__all__ = ["LatticeTables", "LatticeStreamEncoder", "LatticeStreamDecoder", "Z1_GENERATOR"]
+__all__ = ["LatticeTables", "LatticeStreamEncoder", "LatticeStreamDecoder", "Z1_GENERATOR", "key_table"]
 
 _queue = constriction.stream.queue
 _model = constriction.stream.model
@@ -51,10 +55,33 @@ _WORD = _model.Uniform(1 << 16)
 _BIAS = 1 << 31
 Z1_GENERATOR = torch.ones(1, 1, dtype=torch.float64)
 _ESCAPE_FLOOR = 2.0**-12  # escape probability floor: 12 bits per escape, 3.5e-4 bits per other symbol
-#: the scale table that keys the joint PMF tables: CompressAI's default (64 levels, 0.11 .. 256)
+#: CompressAI's default scale table (64 levels, 0.11 .. 256): the keys of the first lattice coder
 KEY_SCALES = get_scale_table()
-_KEY_SCALES_F64 = KEY_SCALES.double()  # the table scales the PMFs are computed at
 _TABLE_ORDER = 3  # Gauss-Legendre points per piece for the tables (KL to exact < 1e-5 bits/symbol)
+MAX_KEY_LEVELS = 1 << 15  # a group's key is one int64 in radix levels (v <= 4)
+
+
+def key_table(gaussian_conditional, scale_levels: Optional[int] = None) -> Tensor:
+    """The scale table (L,) float32 that keys the joint PMF tables: the entropy model's own
+    `scale_table` (None: the table of its scalar CDFs, built by `update()`), or CompressAI's
+    `get_scale_table(levels=scale_levels)` (0.11 .. 256, log-spaced; 64: CompressAI's default)."""
+    if scale_levels is None:
+        table = getattr(gaussian_conditional, "scale_table", None)
+        if table is None or table.numel() < 2:
+            raise ValueError("lattice coding keys its PMF tables on the entropy model's scale table, "
+                             "which is not built yet: call codec.update(force=True) before coding "
+                             "(or set the quantizer's scale_levels)")
+        table = table.detach().cpu().float()
+    else:
+        levels = int(scale_levels)
+        if not 2 <= levels <= MAX_KEY_LEVELS:
+            raise ValueError(f"quantizer.scale_levels={scale_levels}: choose 2..{MAX_KEY_LEVELS} levels "
+                             "(or null: the model's own scale table)")
+        table = get_scale_table(levels=levels).float()
+    if len(table) > MAX_KEY_LEVELS or not bool((table[1:] > table[:-1]).all()):
+        raise ValueError(f"the scale table must increase strictly and have at most {MAX_KEY_LEVELS} "
+                         f"levels, got {len(table)} levels")
+    return table.contiguous()
 
 
 # ---------------------------------------------------------------------------- escape payloads
@@ -88,6 +115,7 @@ class _Table:
         self.size = len(offsets)
         esc = max(1.0 - float(prob.sum()), _ESCAPE_FLOOR)
         pmf = np.append(prob.numpy().astype(np.float64), esc)
+        self.pmf = pmf  # float64 probabilities (escape last), as given to the coder
         self.model = _model.Categorical(pmf, perfect=False)
         self.lookup = OffsetIndex(self.offsets)
 
@@ -170,11 +198,14 @@ def _box_mean(k: Tensor, gen: Tensor, i: int) -> Tuple[Tensor, Tensor, Tensor]:
 
 # ---------------------------------------------------------------------------- streams
 class _Stream:
-    def __init__(self, gaussian_conditional, lattice: Lattice, tail: float, max_joint: int):
+    def __init__(self, gaussian_conditional, lattice: Lattice, tail: float, max_joint: int,
+                 scale_levels: Optional[int] = None):
         gen = lattice.generator.to(torch.float64)
         if not torch.equal(gen, gen.tril()):
             raise ValueError(f"{lattice!r}: the box model needs a lower-triangular generator")
         self.gc, self.lattice, self.gen = gaussian_conditional, lattice, gen
+        self.key_scales = key_table(gaussian_conditional, scale_levels)
+        self._key_scales_f64 = self.key_scales.double()  # the table scales the PMFs are computed at
         self.tables = LatticeTables(lattice, tail, max_joint)
         self.z = self.tables._z
 
@@ -186,24 +217,25 @@ class _Stream:
         are visited key by key (keys ascending, groups in order within a key): `order` split
         by `counts`.
         """
-        table = KEY_SCALES
+        table = self.key_scales
         s = sigma.to(table.dtype).clamp_min(float(self.gc.lower_bound_scale.bound))
         idx = torch.searchsorted(table[:-1].contiguous(), s.contiguous())
         radix = len(table) ** torch.arange(idx.size(1), dtype=torch.int64)
         flat, order = torch.sort((idx * radix).sum(-1), stable=True)
         uniq, counts = torch.unique_consecutive(flat, return_counts=True)
         keys = torch.div(uniq.unsqueeze(1), radix, rounding_mode="floor") % len(table)
-        return keys, order, counts.tolist(), self.tables.joint(_KEY_SCALES_F64[keys])
+        return keys, order, counts.tolist(), self.tables.joint(self._key_scales_f64[keys])
 
     def _table(self, key: Tensor) -> _Table:
-        return self.tables.get(tuple(_KEY_SCALES_F64[key].tolist()))
+        return self.tables.get(tuple(self._key_scales_f64[key].tolist()))
 
 
 class LatticeStreamEncoder(_Stream):
     """Accumulates lattice symbols of one latent tensor; `finish()` returns the bytes."""
 
-    def __init__(self, gaussian_conditional, lattice: Lattice, tail: float = 1e-7, max_joint: int = 2048):
-        super().__init__(gaussian_conditional, lattice, tail, max_joint)
+    def __init__(self, gaussian_conditional, lattice: Lattice, tail: float = 1e-7, max_joint: int = 2048,
+                 scale_levels: Optional[int] = None):
+        super().__init__(gaussian_conditional, lattice, tail, max_joint, scale_levels)
         self._enc = _queue.RangeEncoder()
 
     def put(self, k: Tensor, sigma: Tensor, k_rest: Tensor, sigma_rest: Tensor) -> None:
@@ -248,8 +280,8 @@ class LatticeStreamDecoder(_Stream):
     """Reads back what `LatticeStreamEncoder` wrote, in the same order."""
 
     def __init__(self, gaussian_conditional, lattice: Lattice, data: bytes, tail: float = 1e-7,
-                 max_joint: int = 2048):
-        super().__init__(gaussian_conditional, lattice, tail, max_joint)
+                 max_joint: int = 2048, scale_levels: Optional[int] = None):
+        super().__init__(gaussian_conditional, lattice, tail, max_joint, scale_levels)
         data = bytes(data)
         words = np.frombuffer(data[: len(data) // 4 * 4], dtype="<u4").astype(np.uint32)
         self._dec = _queue.RangeDecoder(words)

@@ -82,6 +82,7 @@ def _check_value_types(group: str, node: DictConfig, fn, target: str) -> None:
         if key not in node:
             continue
         ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        ann = ann[len("Optional["):-1] if ann.startswith("Optional[") else ann  # None passes below
         kind = names.get(ann) or (type(p.default) if type(p.default) in (bool, int, float) else None)
         if kind is None:
             continue

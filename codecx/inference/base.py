@@ -1,7 +1,7 @@
 """The encoder-side hook point: refiners of the latents before they are coded (DESIGN.md)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -22,3 +22,7 @@ class EncoderRefiner(nn.Module):
     def forward(self, x: Tensor, codec, y: Tensor, z: Optional[Tensor], lmbda: float
                 ) -> Tuple[Tensor, Optional[Tensor]]:
         return y, z
+
+    def report(self, i: int = 0) -> Dict[str, Any]:
+        """Per-image columns (per_image.csv) about image `i` of the last call; none by default."""
+        return {}

@@ -2,7 +2,9 @@
 image compression" (NeurIPS 2020), as used with the shallow decoders of Yang & Mandt (ICCV
 2023, section 7.3): per image, optimise the continuous latents `y` and `z` for
 `bpp + lmbda * 255^2 * MSE` through an annealed stochastic relaxation of rounding, then let the
-codec round and code them as usual (decoder and bitstream format unchanged).
+codec round and code them as usual (decoder and bitstream format unchanged). The encoder keeps
+the original latents of an image unless the refined ones give a lower R + lmbda D measured on
+the real bitstream (bytes of the coded y and z streams, distortion of the decoded image).
 
 Relaxation of rounding, per element v (the offset from the coding grid: `y - means` for
 Gaussian priors, `y - medians` / `z - medians` for factorized entropy models)::
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -80,23 +82,22 @@ class SGA(EncoderRefiner):
         lmbda: the trade-off; None: the codec's (the checkpoint's) lmbda.
         seed: seed of the Gumbel noise; every call starts from it, so the eval forward and
             `compress` of one image pick the same latents.
-        keep_best: keep the unrefined latents when the refined ones give a higher
-            `bpp + lmbda D` after hard rounding (the likelihoods of the coded symbols), so SGA
-            is never worse than no SGA.
+        keep_best: per image, code both the original and the refined latents with the
+            codec's real coder (`Codec.compress(x, latents=...)`, then `decompress`) and keep
+            the refined ones only when their `bpp + lmbda D` is lower (bpp: bytes of the y and
+            z streams; D: 255^2 MSE of the decoded image in 8 bits), so SGA is never worse than
+            no SGA on the real bitstream. `report()` / per_image.csv: `sga_kept`,
+            `sga_rd_original`, `sga_rd_refined`.
         progress: show a progress bar.
         curves: a CSV file to append every optimised image's loss curve to (columns image,
             step, tau, loss; image counts the refiner's calls), None: none.
-        cache: remember the last image's result: a second call with the same image, latents,
-            lmbda and unchanged weights (eval's rate estimate after `compress`) returns it
-            without optimising again (the result is the same: the noise is seeded).
     """
 
     def __init__(self, steps: int = 3000, lr: float = 5e-3, schedule: str = "shallow_ntc",
                  lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,
                  lmbda: Optional[float] = None, seed: int = 0, keep_best: bool = True,
                  progress: bool = False, tau_rate: Optional[float] = None,
-                 tau_offset: Optional[int] = None, cache: bool = True,
-                 curves: Optional[str] = None):
+                 tau_offset: Optional[int] = None, curves: Optional[str] = None):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"refine.sga.schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
@@ -116,12 +117,11 @@ class SGA(EncoderRefiner):
         self.lr_drop = float(lr_drop)
         self.lmbda = None if lmbda is None else float(lmbda)
         self.seed, self.keep_best, self.progress = int(seed), bool(keep_best), bool(progress)
-        #: what the last call did: relaxed-loss curve, hard losses before / after, kept or not
-        self.last: Dict[str, object] = {}
-        self.cache = bool(cache)
+        #: what the last call did: the relaxed-loss curve; per image, which latents were kept
+        #: ("refined" / "original") and, with keep_best, the real (loss, bpp, D) of both
+        self.last: Dict[str, Any] = {}
         self.curves = None if curves in (None, "") else str(curves)
         self._calls = 0
-        self._cached = None  # (inputs, weights' versions, lmbda, outputs) of the last call
 
     # ------------------------------------------------------------------ the loss
     def _medians(self, eb, like: Tensor) -> Tensor:
@@ -157,31 +157,23 @@ class SGA(EncoderRefiner):
         return bpp + lmbda * mse, bpp, mse
 
     @torch.no_grad()
-    def hard_loss(self, codec, x: Tensor, y: Tensor, z: Optional[Tensor], lmbda: float
-                  ) -> Tuple[float, float, float]:
-        """(loss, bpp, 255^2 MSE) after the codec's own rounding: the likelihoods of the coded
-        symbols (the bpp estimate) and the decoded image (without latent transforms)."""
-        bb, q = codec.backbone, codec.quantizer
-        h, w = x.shape[-2:]
-        bits = 0.0
-        hyper = None
-        if z is not None:
-            eb = bb.entropy_bottleneck
-            med = self._medians(eb, z)
-            z_hat = torch.round(z - med) + med
-            bits -= torch.log2(EntropyParams(med.expand_as(z_hat), None, eb).likelihood(z_hat)).sum().item()
-            hyper = bb.h_s(z_hat)
-        if getattr(bb, "autoregressive", False):
-            serial = getattr(bb, "serial", None) or codec._serial
-            y_hat, params = serial(hyper, lambda p, i: q.hard(y[i], p), y.shape)
-        else:
-            params = bb.params(hyper, like=y)
-            y_hat = q.hard(y, params)
-        bits -= torch.log2(q.likelihood(y_hat, params)).sum().item()
-        x_hat = bb.g_s(y_hat)[..., :h, :w]
-        bpp = bits / (x.size(0) * h * w)
-        mse = F.mse_loss(x_hat, x).item() * 255 ** 2
-        return bpp + lmbda * mse, bpp, mse
+    def real_loss(self, codec, x: Tensor, y: Tensor, z: Optional[Tensor], lmbda: float
+                  ) -> List[Tuple[float, float, float]]:
+        """Per image of `x`: (loss, bpp, D) of coding `(y, z)` for real: bpp from the bytes of
+        the y and z streams `Codec.compress` writes, D the 255^2 MSE of the image `decompress`
+        returns, both in 8 bits (what eval's PSNR measures); loss = bpp + lmbda D."""
+        from codecx.metrics.rd import to_uint8
+
+        enc = codec.compress(x, latents=(y, z))
+        x_hat = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"],
+                                 enc["options"])
+        pixels = x.shape[-2] * x.shape[-1]
+        out = []
+        for i, streams in enumerate(enc["strings"]):
+            bpp = 8 * sum(len(s) for s in streams) / pixels
+            mse = torch.mean((to_uint8(x[i]) - to_uint8(x_hat[i])) ** 2).item()
+            out.append((bpp + lmbda * mse, bpp, mse))
+        return out
 
     # ------------------------------------------------------------------ the refiner
     def forward(self, x: Tensor, codec, y: Tensor, z: Optional[Tensor], lmbda: Optional[float]
@@ -193,37 +185,48 @@ class SGA(EncoderRefiner):
         if int(getattr(codec.quantizer, "dim", 1)) != 1:
             raise ValueError(f"SGA relaxes scalar rounding; the {type(codec.quantizer).__name__} "
                              "quantizer codes vectors on a lattice: use a scalar quantizer with refine=sga")
+        self.last = {}
         if self.steps == 0:
             return y, z
-        versions = tuple((id(p), p._version) for p in codec.parameters())
-        if self.cache and self._cached is not None:
-            (cx, cy, cz), cv, cl, out = self._cached
-            if (cv == versions and cl == float(lmbda) and _same(cx, x) and _same(cy, y)
-                    and _same(cz, z)):
-                return out
-        out = self._refine(x, codec, y, z, float(lmbda))
-        if self.cache:
-            keep = lambda t: None if t is None else t.detach().clone()  # noqa: E731
-            self._cached = ((keep(x), keep(y), keep(z)), versions, float(lmbda), out)
-        return out
-
-    def _refine(self, x: Tensor, codec, y: Tensor, z: Optional[Tensor], lmbda: float
-                ) -> Tuple[Tensor, Optional[Tensor]]:
+        if self.keep_best:
+            try:
+                codec._check_updated()
+            except RuntimeError as e:
+                raise RuntimeError(f"SGA (keep_best) codes the original and refined latents: {e} "
+                                   "(or set refine.sga.keep_best=false)") from None
         y0, z0 = y.detach(), None if z is None else z.detach()
         with torch.enable_grad():
             y_opt, z_opt, curve = self._optimise(codec, x.detach(), y0, z0, float(lmbda))
-        self.last = {"curve": [c[2] for c in curve], "kept": "refined"}
+        n = y.size(0)
+        self.last = {"curve": [c[2] for c in curve], "kept": ["refined"] * n}
         self._calls += 1
         if self.curves:
             self._write_curve(curve)
-        if self.keep_best:
-            before = self.hard_loss(codec, x, y0, z0, float(lmbda))
-            after = self.hard_loss(codec, x, y_opt, z_opt, float(lmbda))
-            self.last.update(hard_before=before, hard_after=after)
-            if after[0] > before[0]:
-                self.last["kept"] = "original"
-                return y, z
-        return y_opt, z_opt
+        if not self.keep_best:
+            return y_opt, z_opt
+        before = self.real_loss(codec, x, y0, z0, float(lmbda))
+        after = self.real_loss(codec, x, y_opt, z_opt, float(lmbda))
+        refined = [a[0] < b[0] for a, b in zip(after, before)]  # a tie keeps the original stream
+        self.last.update(real_original=before, real_refined=after,
+                         kept=["refined" if r else "original" for r in refined])
+        if not any(refined):
+            return y, z
+        if all(refined):
+            return y_opt, z_opt
+        pick = torch.tensor(refined, device=y.device)
+        mix = lambda new, old: torch.where(pick.view(-1, *([1] * (old.dim() - 1))), new, old)  # noqa: E731
+        return mix(y_opt, y), None if z is None else mix(z_opt, z)
+
+    def report(self, i: int = 0) -> Dict[str, Any]:
+        """per_image.csv columns of image `i` of the last call: which latents were coded
+        (`sga_kept`) and, with keep_best, the real `bpp + lmbda D` of both candidates."""
+        if "kept" not in self.last:
+            return {}
+        row: Dict[str, Any] = {"sga_kept": self.last["kept"][i]}
+        if "real_original" in self.last:
+            row.update(sga_rd_original=self.last["real_original"][i][0],
+                       sga_rd_refined=self.last["real_refined"][i][0])
+        return row
 
     def _optimise(self, codec, x: Tensor, y0: Tensor, z0: Optional[Tensor], lmbda: float
                   ) -> Tuple[Tensor, Optional[Tensor], List[Tuple[int, float, float]]]:
@@ -271,8 +274,3 @@ class SGA(EncoderRefiner):
 
         return track(range(self.steps), description="SGA", transient=True)
 
-
-def _same(a: Optional[Tensor], b: Optional[Tensor]) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and a.device == b.device and torch.equal(a, b.detach())

@@ -11,7 +11,7 @@ come from (the encoder's latents, or a stream)::
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,31 +109,29 @@ class Codec(nn.Module):
             return self._walk("eval", x)
         return _cat_outputs([self._walk("eval", x[i : i + 1]) for i in range(x.size(0))])
 
-    @torch.no_grad()
-    def likelihoods(self, x: Tensor) -> Dict[str, Tensor]:
-        """The eval-mode likelihoods of the coded symbols of each image of `x` (the rate
-        estimate), without the latent transforms after `y_hat` and without `g_s`."""
-        outs = [self._walk("eval", x[i : i + 1], rate_only=True) for i in range(x.size(0))]
-        return {k: torch.cat([o[k] for o in outs], 0) for k in outs[0]}
-
     def _walk(self, mode: str, x: Optional[Tensor] = None, streams: Optional[List[bytes]] = None,
               shape=None, y_shape=None, z_shape=None, options: Optional[Dict] = None,
-              rate_only: bool = False):
+              latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None):
         """The stages for one batch ("train") or one image ("eval", "encode", "decode").
 
-        Returns a CodecOutput ("train", "eval"), `(streams, options)` ("encode") or the
-        clamped `x_hat` ("decode"); with `rate_only` ("eval") the likelihoods dict.
+        Returns a CodecOutput ("train", "eval"), `(streams, options, likelihoods)` ("encode":
+        the likelihoods of the coded symbols, the rate estimate) or the clamped `x_hat`
+        ("decode"). `latents` ("encode"): code these `(y, z)` instead of g_a / h_a's and the
+        refiners' (what a refiner measures its candidates with).
         """
         bb, q = self.backbone, self.quantizer
         st = WalkState(self, mode, x=x, options={} if options is None else dict(options))
         transforms = [t for t in self.transforms if t.in_training or mode != "train"]
         if x is not None:
             h, w = x.shape[-2:]
-            y = bb.g_a(pad_to(x, bb.stride))
-            z = bb.h_a(bb.h_a_input(y)) if bb.has_side else None
-            if mode in ("eval", "encode"):
-                for r in self.refiners:
-                    y, z = r(x, self, y, z, self.lmbda)
+            if latents is not None:
+                y, z = latents
+            else:
+                y = bb.g_a(pad_to(x, bb.stride))
+                z = bb.h_a(bb.h_a_input(y)) if bb.has_side else None
+                if mode in ("eval", "encode"):
+                    for r in self.refiners:
+                        y, z = r(x, self, y, z, self.lmbda)
             st.y = y
         else:
             h, w = shape
@@ -146,6 +144,7 @@ class Codec(nn.Module):
             if mode == "encode":
                 z_str = eb.compress(z)
                 z_hat = eb.decompress(z_str, tuple(z.shape[-2:]))
+                z_lik = eb(z)[1]  # the eval-mode likelihoods of the coded z_hat
             elif mode == "decode":
                 z_hat = eb.decompress([streams[1]], tuple(z_shape))
             else:
@@ -174,7 +173,7 @@ class Codec(nn.Module):
             if bb.autoregressive:
                 full = y.shape if y is not None else (1, int(bb.M), *y_shape)
                 y_hat, params = bb.serial(hyper, lambda p, i: symbols(None if y is None else y[i], p), full)
-                if mode == "eval":
+                if mode != "decode":
                     y_lik = q.likelihood(y_hat, params)
             elif mode == "eval":
                 params = bb.params(hyper, like=y)
@@ -185,21 +184,21 @@ class Codec(nn.Module):
                 like = y if y is not None else bb.y_like(hyper, (1, int(bb.M), *y_shape))
                 params = bb.params(hyper, like=like)
                 y_hat = symbols(y, params)
+                if mode == "encode":
+                    y_lik = q.likelihood(y_hat, params)
             if mode == "encode":
                 out_streams.append(stream.finish())
                 if bb.has_side:
                     out_streams.append(z_str[0])
         st.params = params
         likelihoods = {"y": y_lik, **({"z": z_lik} if z_lik is not None else {})}
-        if rate_only:
-            return likelihoods
         if mode == "encode":  # the encoder needs only what the signalling transforms choose
             last = max((i for i, t in enumerate(transforms) if t.signals), default=-1)
             transforms = transforms[: last + 1]
         for t in transforms:  # y_lik stays the rate of the coded (untransformed) symbols
             y_hat = t(y_hat, st)
         if mode == "encode":
-            return out_streams, st.options
+            return out_streams, st.options, likelihoods
         x_hat = bb.g_s(y_hat)[..., :h, :w]
         if mode == "decode":
             return x_hat.clamp(0, 1)
@@ -212,21 +211,27 @@ class Codec(nn.Module):
         return self.backbone.update(force=force)
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> Dict:
+    def compress(self, x: Tensor, latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> Dict:
         """Encode a batch image by image (entropy parameters never depend on the batch);
-        returns per-image lists of streams `[y, z]`, the shapes, and `options`: per image, the
-        header options the decoder needs (e.g. `{"shift_index": k}` with a latent shift)."""
+        returns per-image lists of streams `[y, z]`, the shapes, `options`: per image, the
+        header options the decoder needs (e.g. `{"shift_index": k}` with a latent shift), and
+        `likelihoods`: per image, the likelihoods of the coded symbols (the rate estimate).
+        `latents`: code these `(y, z)` (batched like `x`) instead of the encoder's (no g_a,
+        h_a or refiners; how a refiner measures a candidate on the real bitstream)."""
         self._check_updated()
         bb = self.backbone
         h, w = x.shape[-2:]
         y_shape, z_shape = bb.latent_shapes(h, w)
-        strings, options = [], []
+        strings, options, likelihoods = [], [], []
         for i in range(x.size(0)):
-            streams, opts = self._walk("encode", x[i : i + 1])
+            one = None if latents is None else tuple(None if t is None else t[i : i + 1] for t in latents)
+            streams, opts, lik = self._walk("encode", x[i : i + 1], latents=one)
             strings.append(streams)
             options.append(opts)
+            likelihoods.append(lik)
         return {"strings": strings, "shape": (h, w), "y_shape": y_shape,
-                "z_shape": z_shape if bb.has_side else None, "options": options}
+                "z_shape": z_shape if bb.has_side else None, "options": options,
+                "likelihoods": likelihoods}
 
     @torch.no_grad()
     def decompress(self, strings: List[List[bytes]], shape, y_shape, z_shape=None,

@@ -42,6 +42,9 @@ from codecx.types import EntropyParams, QuantizerOutput
 __all__ = ["LatticeQuantizer", "GROUPINGS"]
 
 GROUPINGS = ("scale", "channel")
+#: default `max_joint` per lattice: D4's box model is the least exact (boxes 1.68 x 0.84^3 against
+#: its 24-cell), so its joint tables reach larger scales (real bits within 0.5% of the estimate)
+MAX_JOINT = {"hex": 2048, "oct": 2048, "d4": 8192}
 _Z1 = IntegerLattice(1)
 _BOUND = 1e-9  # CompressAI's per-element likelihood lower bound (a group of v: _BOUND ** v)
 
@@ -63,11 +66,14 @@ class LatticeQuantizer(Quantizer):
             rate (default: the lattice's own, ~1e-5 relative accuracy).
         tail: coding drops symbols of probability below this (paper: 1e-7); the rest escape.
         max_joint: largest joint PMF table (symbols); groups with larger scales use the
-            factorized box model (see `codecx.coding.lattice_coder`).
+            factorized box model (see `codecx.coding.lattice_coder`); None: `MAX_JOINT`.
+        scale_levels: the scale table that keys the coder's PMF tables: None (default) the
+            entropy model's own (the backbone's `scale_levels`, as the scalar coder), or
+            CompressAI's N-level table (64: codecx's first lattice coder).
     """
 
     def __init__(self, lattice: str = "hex", grouping: str = "scale", order: Optional[int] = None,
-                 tail: float = 1e-7, max_joint: int = 2048):
+                 tail: float = 1e-7, max_joint: Optional[int] = None, scale_levels: Optional[int] = None):
         super().__init__()
         if grouping not in GROUPINGS:
             raise ValueError(f"grouping={grouping!r}: choose one of {', '.join(GROUPINGS)}")
@@ -77,10 +83,15 @@ class LatticeQuantizer(Quantizer):
         self.grouping = grouping
         self.order = order
         self.tail = float(tail)
-        self.max_joint = int(max_joint)
+        self.max_joint = MAX_JOINT.get(self.lattice_name, 2048) if max_joint is None else int(max_joint)
+        if scale_levels is not None and not 2 <= int(scale_levels) <= lattice_coder.MAX_KEY_LEVELS:
+            raise ValueError(f"quantizer.scale_levels={scale_levels}: choose 2..{lattice_coder.MAX_KEY_LEVELS} "
+                             "levels, or null for the model's own scale table")
+        self.scale_levels = None if scale_levels is None else int(scale_levels)
 
     def extra_repr(self) -> str:
-        return f"lattice={self.lattice_name!r}, grouping={self.grouping!r}, tail={self.tail:g}"
+        keys = "model" if self.scale_levels is None else self.scale_levels
+        return f"lattice={self.lattice_name!r}, grouping={self.grouping!r}, tail={self.tail:g}, scale_levels={keys}"
 
     # ------------------------------------------------------------------ grouping
     def permutation(self, scales: Tensor) -> Optional[Tensor]:
@@ -163,7 +174,8 @@ class LatticeQuantizer(Quantizer):
     def open_encoder(self, entropy_model) -> "lattice_coder.LatticeStreamEncoder":
         if not isinstance(entropy_model, GaussianConditional):
             raise _needs_gaussian(type(entropy_model).__name__)
-        return lattice_coder.LatticeStreamEncoder(entropy_model, self.lattice, self.tail, self.max_joint)
+        return lattice_coder.LatticeStreamEncoder(entropy_model, self.lattice, self.tail, self.max_joint,
+                                                  self.scale_levels)
 
     @torch.no_grad()
     def encode(self, stream, y: Tensor, params: EntropyParams) -> Tensor:
@@ -175,7 +187,8 @@ class LatticeQuantizer(Quantizer):
     def open_decoder(self, entropy_model, data: bytes) -> "lattice_coder.LatticeStreamDecoder":
         if not isinstance(entropy_model, GaussianConditional):
             raise _needs_gaussian(type(entropy_model).__name__)
-        return lattice_coder.LatticeStreamDecoder(entropy_model, self.lattice, data, self.tail, self.max_joint)
+        return lattice_coder.LatticeStreamDecoder(entropy_model, self.lattice, data, self.tail, self.max_joint,
+                                                  self.scale_levels)
 
     @torch.no_grad()
     def decode(self, stream, params: EntropyParams) -> Tensor:
