@@ -24,6 +24,7 @@ from codecx.lit.callbacks import (AtomicCheckpointIO, BestCheckpoint, CorruptChe
                                   RunDirLock, RunDirLockedError, remove_temp_files,
                                   resume_checkpoint)
 from codecx.lit.module import LitCodec
+from codecx.lit.progress import StepProgressBar, quiet_libraries
 from codecx.models.build import build_codec as _build_codec, instantiate_list
 from codecx.models.codec import Codec
 
@@ -89,12 +90,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
     last = LastCheckpoint(ckpt_dir, every_n_train_steps=cfg.checkpoint.every_n_steps)
     best = BestCheckpoint(ckpt_dir, monitor=cfg.checkpoint.monitor, mode="min")
     logger = instantiate(cfg.logger) if cfg.logger else False
+    bar = [StepProgressBar()] if t.get("enable_progress_bar", True) else []
     evaluation = RealBitstreamEval(**OmegaConf.to_container(cfg.eval, resolve=True))
     extra = build_callbacks(cfg)
     if logger:
         extra.append(ConfigHyperparams(cfg))
     return pl.Trainer(strategy=strategy, logger=logger, plugins=[AtomicCheckpointIO()],
-                      callbacks=[last, best, evaluation, *extra, *callbacks],
+                      callbacks=[*bar, last, best, evaluation, *extra, *callbacks],
                       default_root_dir=str(run_dir), **t)
 
 
@@ -243,13 +245,16 @@ def run(cfg: DictConfig) -> Dict[str, float]:
 
 
 def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
-    pl.seed_everything(cfg.seed, workers=True)
+    quiet_libraries()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = resume_checkpoint(ckpt_dir) if cfg.resume else None
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     trainer = build_trainer(cfg, run_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
+    if trainer.is_global_zero:
+        print(f"codecx: training {_describe(cfg, module)} -> {run_dir}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                 weights_only=True)
     if not trainer.is_global_zero:
@@ -266,7 +271,45 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
         print(f"  validation ({result['images']} images, real bitstreams): "
               f"bpp {result['bpp']:.4f} (estimate {result['bpp_est']:.4f}), "
               f"PSNR {result['psnr-rgb']:.2f} dB")
+        for line in classical_lines(trainer, cfg, result):
+            print(line)
     return result
+
+
+def _describe(cfg: DictConfig, module: LitCodec) -> str:
+    """One line for the console: the model, its size, the steps and the data."""
+    size = {k: cfg.model[k] for k in ("N", "M") if k in cfg.model}
+    params = sum(p.numel() for p in module.codec.parameters()) / 1e6
+    steps = cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else f"{cfg.trainer.max_epochs} epochs of"
+    return (f"{cfg.model.name} ({', '.join(f'{k}={v}' for k, v in size.items())}{', ' if size else ''}"
+            f"{params:.2f} M parameters), lmbda={cfg.lmbda}, {steps} steps on data={cfg.data.get('source', 'folder')}")
+
+
+def classical_lines(trainer: pl.Trainer, cfg: DictConfig, result: Dict[str, float]) -> List[str]:
+    """JPEG and WebP (Pillow) on the images of the final evaluation at the codec's own mean bpp
+    (codecx.metrics.anchors.classical_at), and the gap in dB: is this a codec yet?"""
+    from codecx.evaluate import dataset_images
+    from codecx.lit.callbacks import _val_dataset
+    from codecx.metrics.anchors import classical_at
+
+    dataset = _val_dataset(trainer)
+    if dataset is None or not result.get("bpp"):
+        return []
+    images = dataset_images(dataset, cfg.eval.final_max_images)
+    lines = []
+    for codec, label in (("jpeg", "JPEG"), ("webp", "WebP")):
+        try:
+            at = classical_at(images, result["bpp"], codec)
+        except Exception as e:  # noqa: BLE001 - a missing Pillow plugin must not fail the run
+            lines.append(f"  {label:4s} at the same bpp: not computed ({type(e).__name__}: {e})")
+            continue
+        if at is None:
+            lines.append(f"  {label:4s} at the same bpp: outside the rates {label} reaches on these images")
+            continue
+        gap = result["psnr-rgb"] - at["psnr"]
+        lines.append(f"  {label:4s} at the same bpp: PSNR {at['psnr']:.2f} dB (quality {at['quality'][0]}-"
+                     f"{at['quality'][1]}); codecx {'+' if gap >= 0 else '-'}{abs(gap):.2f} dB")
+    return lines
 
 
 def _non_finite_errors() -> tuple:

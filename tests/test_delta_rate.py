@@ -246,3 +246,22 @@ def test_fid_kid_logged_with_weights(tiny_images, inception_file):
     fid, kid = logger.values("val/fid"), logger.values("val/kid")
     assert len(fid) == 1 and len(kid) == 1
     assert math.isfinite(fid[0][1]) and fid[0][1] > 0 and math.isfinite(kid[0][1])
+
+
+def test_classical_at_matches_jpeg_at_the_codec_bpp(tiny_images):
+    """JPEG at a given mean bpp: on one of the sweep's own points it is that quality's PSNR;
+    between two points it is the log-bpp interpolation; outside the reachable rates None."""
+    from codecx.metrics.anchors import classical_at
+
+    dm = ImageDataModule(source="folder", train_dir=tiny_images, val_dir=tiny_images)
+    dm.setup("validate")
+    images = dataset_images(dm.val_set)
+    curve = classical_anchor(images, "jpeg", qualities=range(1, 101), msssim=False)["results"]
+    i = len(curve["bpp"]) // 2
+    at = classical_at(images, curve["bpp"][i], "jpeg")
+    assert at["psnr"] == pytest.approx(curve["psnr-rgb"][i]) and curve["quality"][i] in at["quality"]
+    mid = math.sqrt(curve["bpp"][i] * curve["bpp"][i + 1])  # halfway in log bpp
+    assert classical_at(images, mid, "jpeg")["psnr"] == pytest.approx(
+        (curve["psnr-rgb"][i] + curve["psnr-rgb"][i + 1]) / 2)
+    assert classical_at(images, curve["bpp"][0] / 2, "jpeg") is None
+    assert classical_at(images, curve["bpp"][-1] * 2, "jpeg") is None

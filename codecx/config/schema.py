@@ -61,7 +61,8 @@ class TrainerConfig:
     limit_val_batches: Optional[Any] = None
     num_sanity_val_steps: int = 0
     deterministic: bool = False
-    enable_progress_bar: bool = True
+    enable_progress_bar: bool = True  # codecx's bar: steps of max_steps, bpp, PSNR, s/it
+    enable_model_summary: bool = False  # Lightning's layer table (train.py prints one line instead)
 
 
 @dataclass

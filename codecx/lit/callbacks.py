@@ -173,7 +173,8 @@ class BestCheckpoint(_FiniteSave, ModelCheckpoint):
 
     def __init__(self, dirpath, monitor: str = "val/loss", mode: str = "min"):
         super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                         auto_insert_metric_name=False, enable_version_counter=False)
+                         auto_insert_metric_name=False, enable_version_counter=False,
+                         save_on_train_epoch_end=False)  # after validation only: it has val/loss
 
 
 class RunDirLock:

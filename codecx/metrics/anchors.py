@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List, Optional
 
 
 def _anchor_dir() -> Path:
@@ -39,7 +39,7 @@ CLASSICAL = {"jpeg": ("JPEG", (1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70
              "avif": ("AVIF", (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95))}
 
 
-def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
+def classical_anchor(images, codec: str = "jpeg", qualities=None, msssim: bool = True) -> dict:
     """An RD curve of JPEG or WebP (Pillow, its default settings, one file per image and quality)
     on `images` ((name, (1,3,H,W) tensor in [0,1]) pairs): per quality, the mean over the images
     of bpp (8 * file bytes / pixels), PSNR and MS-SSIM of the decoded 8-bit image (as codecx's
@@ -64,7 +64,7 @@ def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
         raise ValueError(f"the {codec} anchor needs at least one image")
     pts = []
     for q in qualities or default_q:
-        bpp, psnr, msssim = [], [], []
+        bpp, psnr, ms_ssim = [], [], []
         for _, x in images:
             x = x.detach().float().cpu()
             x = x if x.dim() == 4 else x.unsqueeze(0)
@@ -75,8 +75,8 @@ def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
             x_hat = torch.from_numpy(dec.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255
             bpp.append(8 * buf.tell() / (arr.shape[0] * arr.shape[1]))
             psnr.append(psnr_uint8(x, x_hat))
-            msssim.append(msssim_uint8(x, x_hat))
-        pts.append((int(q), float(np.mean(bpp)), float(np.mean(psnr)), float(np.mean(msssim))))
+            ms_ssim.append(msssim_uint8(x, x_hat) if msssim else float("nan"))
+        pts.append((int(q), float(np.mean(bpp)), float(np.mean(psnr)), float(np.mean(ms_ssim))))
     # a curve: settings that give no more rate and PSNR than a cheaper one are dropped (at the
     # lowest qualities small images often give the same file)
     pts.sort(key=lambda p: (p[1], -p[2]))
@@ -92,6 +92,25 @@ def classical_anchor(images, codec: str = "jpeg", qualities=None) -> dict:
             "results": {"quality": [p[0] for p in pts], "bpp": [p[1] for p in pts],
                         "psnr-rgb": [p[2] for p in pts],
                         "ms-ssim": [None if p[3] != p[3] else p[3] for p in pts]}}
+
+
+def classical_at(images, bpp: float, codec: str = "jpeg") -> Optional[Dict[str, Any]]:
+    """`codec` (Pillow JPEG / WebP) on `images` at the mean rate `bpp`: the PSNR interpolated
+    (linear in log bpp) between the two qualities of a dense sweep whose mean bpp bracket it, and
+    those qualities; None when `bpp` is outside the rates the codec reaches on these images."""
+    import math
+
+    grid = range(1, 101) if codec == "jpeg" else range(0, 101, 2)
+    r = classical_anchor(images, codec, qualities=grid, msssim=False)["results"]
+    rates, psnrs, qualities = r["bpp"], r["psnr-rgb"], r["quality"]
+    if not rates or not rates[0] <= bpp <= rates[-1]:
+        return None
+    i = max(j for j in range(len(rates)) if rates[j] <= bpp)
+    if i == len(rates) - 1:
+        return {"psnr": psnrs[i], "quality": (qualities[i], qualities[i]), "bpp": rates[i]}
+    t = (math.log(bpp) - math.log(rates[i])) / (math.log(rates[i + 1]) - math.log(rates[i]))
+    return {"psnr": psnrs[i] + t * (psnrs[i + 1] - psnrs[i]), "quality": (qualities[i], qualities[i + 1]),
+            "bpp": bpp}
 
 
 def resolve_anchor(spec, images=None) -> dict:
