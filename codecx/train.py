@@ -87,7 +87,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
     # (check_val_every_n_epoch=null: validate every val_check_interval steps across epochs)
     t = {k: v for k, v in t.items() if v is not None or k in NULL_IS_A_SETTING}
     ckpt_dir = run_dir / "checkpoints"
-    last = LastCheckpoint(ckpt_dir, every_n_train_steps=cfg.checkpoint.every_n_steps)
+    last = LastCheckpoint(ckpt_dir, every_n_train_steps=cfg.checkpoint.every_n_steps,
+                          keep_steps=cfg.checkpoint.get("keep_steps") or ())
     best = BestCheckpoint(ckpt_dir, monitor=cfg.checkpoint.monitor, mode="min")
     logger = instantiate(cfg.logger) if cfg.logger else False
     bar = [StepProgressBar()] if t.get("enable_progress_bar", True) else []

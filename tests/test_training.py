@@ -93,7 +93,7 @@ def _metrics(run_dir: Path):
 
 def test_train_py_runs_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*TINY, f"hydra.run.dir={run_dir}", "checkpoint.every_n_steps=1"]
+    args = [*TINY, f"hydra.run.dir={run_dir}", "checkpoint.every_n_steps=1", "checkpoint.keep_steps=[1,3]"]
     r = run_train([*args, "trainer.max_steps=2"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "checkpoint:" in r.stdout and "PSNR" in r.stdout
@@ -110,6 +110,10 @@ def test_train_py_runs_and_resumes(tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
     steps = [int(row["step"]) for row in _metrics(run_dir) if row.get("train/loss")]
     assert steps == [0, 1, 2, 3]
+    # checkpoint.keep_steps: those steps' checkpoints are kept beside last.ckpt
+    for k in (1, 3):
+        assert torch.load(run_dir / "checkpoints" / f"step={k}.ckpt", map_location="cpu",
+                          weights_only=False)["global_step"] == k
 
 
 def test_checkpoint_loads_for_inference(tmp_path):

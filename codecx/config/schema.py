@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -69,6 +69,7 @@ class TrainerConfig:
 class CheckpointConfig:
     every_n_steps: int = 100
     monitor: str = "val/loss"
+    keep_steps: List[int] = field(default_factory=list)  # also saved as checkpoints/step=K.ckpt
 
 
 @dataclass

@@ -7,7 +7,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -146,12 +146,17 @@ class LastCheckpoint(_FiniteSave, ModelCheckpoint):
     before, so a run whose max_steps is not a multiple of the interval would end with stale
     weights in last.ckpt, and resume or evaluate from them.)"""
 
-    def __init__(self, dirpath, every_n_train_steps: int):
+    def __init__(self, dirpath, every_n_train_steps: int, keep_steps: Sequence[int] = ()):
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
                          every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+        self.keep_steps = set(int(k) for k in keep_steps)  # also kept as step=K.ckpt (never overwritten)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step in self.keep_steps and not trainer.sanity_checking:
+            kept = Path(self.dirpath) / f"step={trainer.global_step}.ckpt"
+            if not kept.is_file():  # e.g. BD-rate of step T against step 0.8 T (studies)
+                self._save_checkpoint(trainer, str(kept))
         # the last step: saved from the same place as the periodic ones, so that resuming
         # restores the same loop state (the logged step numbers continue without a gap)
         if 0 < trainer.max_steps <= trainer.global_step:
