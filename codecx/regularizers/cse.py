@@ -1,28 +1,46 @@
 """Conditional source entropy regularizer −H(X|X̂) (002_…: Algorithm 1, eqs. 12–13)."""
 from __future__ import annotations
 
-from typing import List, Optional
+import math
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
 from torch.func import functional_call
 
 from codecx.regularizers.base import AuxPhase, Regularizer
-from codecx.regularizers.source_models import ALIGNED, SOURCE_MODELS, SourceModel, build_source_model
+from codecx.regularizers.source_models import (ALIGNED, SOURCE_MODELS, SourceModel, build_source_model,
+                                               check_bin_width)
 from codecx.types import CodecOutput, RegOutput
 
 SOURCE_MODEL_CHOICES = ("auto", *SOURCE_MODELS)
+#: reg.units: the factor that turns bits per pixel (3 channels summed) into each unit, per channel
+UNITS = {"bpp": lambda bpp, c: bpp,                             # bits per pixel (the default)
+         "bits_per_dim": lambda bpp, c: bpp / c,                # bits per sub-pixel
+         "nats_per_dim": lambda bpp, c: bpp * math.log(2) / c}  # nats per sub-pixel
+
+
+def in_units(bpp, units: str, channels: int = 3):
+    """A rate in bits per pixel (`channels` summed) expressed in `units` (a key of UNITS)."""
+    if units not in UNITS:
+        raise ValueError(f"reg.units={units!r}: choose one of {list(UNITS)} (bpp: bits per pixel, "
+                         "the 3 channels summed; *_per_dim: per sub-pixel)")
+    return UNITS[units](bpp, channels)
 
 
 class CSERegularizer(Regularizer):
-    """reg=cse: adds `alpha * E[log2 q_theta(X | X_hat)]` (bits per pixel) to the codec loss.
+    """reg=cse: adds `alpha * E[log q_theta(X | X_hat)]` (in `units`) to the codec loss.
 
     Sign and units. Eq. 12 minimises `R + lmbda D + alpha E[log q_theta(X|X_hat)]`, whose last
     term is `-alpha H(X|X_hat)` (the paper's underbrace): the codec is pushed to *raise* the
-    conditional source entropy. The paper fixes neither base nor normalisation; we measure it
-    like R, in bits per pixel (`-log2 q` summed over the 3 channels, averaged over pixels), so
-    the term is `-alpha * source_bpp` and alpha weighs bits against bits (alpha = 0.1
-    hyperprior, 1 autoregressive/attention, sec. 4.2).
+    conditional source entropy. The paper fixes neither the discretisation of X nor the base
+    and normalisation of E[log q]. `bin_width` (0..255 units; 1 = 8-bit, larger = coarser,
+    "continuous" = the density at one-level reference width) discretises X (source_models).
+    `units`: "bpp" (default) measures it like R, `-log2 q` summed over the 3 channels and
+    averaged over pixels, so the term is `-alpha * source_bpp` and alpha weighs bits against
+    bits; "bits_per_dim" divides by the 3 channels, "nats_per_dim" also multiplies by ln 2
+    (alpha = 0.1 hyperprior, 1 autoregressive/attention, sec. 4.2). `source_bpp` is logged in
+    bits per pixel whatever the units.
 
     Algorithm 1: in the codec phase theta is held fixed (its parameters enter detached, so
     gradients reach the codec only through X_hat; X is data); the auxiliary phase "source"
@@ -35,7 +53,8 @@ class CSERegularizer(Regularizer):
     """
 
     def __init__(self, alpha: float, source_model: str = "auto", lr: float = 1e-3,
-                 hidden: int = 32, betas=(0.9, 0.999)):
+                 hidden: int = 32, betas=(0.9, 0.999), units: str = "bpp",
+                 bin_width: Union[float, str, None] = None):
         super().__init__()
         alpha, lr = float(alpha), float(lr)
         if not alpha >= 0:
@@ -45,6 +64,10 @@ class CSERegularizer(Regularizer):
                              f"{list(SOURCE_MODEL_CHOICES)}")
         if not lr > 0:
             raise ValueError(f"reg.lr={lr}: the source model's learning rate must be positive")
+        in_units(0.0, units)  # ValueError naming the choices
+        self.units = units
+        self.bin_width = bin_width if bin_width is not None else 1.0
+        check_bin_width(self.bin_width)  # ValueError naming the choices
         self.alpha, self.source_model, self.lr = alpha, source_model, lr
         self.hidden, self.betas = int(hidden), tuple(float(b) for b in betas)
         self.q: Optional[SourceModel] = None
@@ -54,7 +77,7 @@ class CSERegularizer(Regularizer):
     def _build(self, kind: str) -> None:
         # fork the RNG: initialising theta leaves the codec's random stream (noise) untouched
         with torch.random.fork_rng(devices=[]):
-            self.q = build_source_model(kind, hidden=self.hidden)
+            self.q = build_source_model(kind, hidden=self.hidden, bin_width=self.bin_width)
 
     def attach(self, codec) -> None:
         """Pick the source model aligned with `codec.backbone.family` (when "auto")."""
@@ -74,11 +97,11 @@ class CSERegularizer(Regularizer):
         return self.q
 
     def forward(self, x: Tensor, out: CodecOutput) -> RegOutput:
-        """Codec-phase term of eq. 12: `-alpha * source_bpp`, theta held fixed."""
+        """Codec-phase term of eq. 12: `-alpha * source_bpp` (in `units`), theta held fixed."""
         q = self._model()
         frozen = {n: p.detach() for n, p in q.named_parameters()}
         bpp = functional_call(q, frozen, (x, out.x_hat))
-        loss = -self.alpha * bpp
+        loss = -self.alpha * in_units(bpp, self.units, x.shape[1])
         return RegOutput(loss=loss, metrics={"source_bpp": bpp.detach(),
                                              "reg_loss": loss.detach()})
 

@@ -1,15 +1,20 @@
 """Conditional source entropy models q_theta(X | X_hat) of the CSE regularizer (002_…, sec. 9).
 
-Pixels are 8-bit symbols: X in [0, 1] is coded as k = round(255 X) in {0..255}, and
-q_theta(k | X_hat) integrates a Gaussian N(mu, sigma^2) (in 0..255 units) over the bin
-[k - 1/2, k + 1/2], the edge bins 0 and 255 taking the tails (PixelCNN++ discretisation).
-Rates are in bits per pixel: -log2 q summed over the 3 colour channels of a pixel and
-averaged over pixels, the unit of the codec's rate term R.
+The paper leaves the discretisation of X open; `bin_width` w (in 0..255 units) chooses it.
+X in [0, 1] is first read as its 8-bit value v = round(255 X); with w = 1 (the default) the
+symbol is v itself and q_theta(v | X_hat) integrates a Gaussian N(mu, sigma^2) (0..255 units)
+over [v - 1/2, v + 1/2], the edge bins 0 and 255 taking the tails (PixelCNN++). A width w
+puts v in the bin j = floor(v / w + 1/2) of a grid of bins [j w - w/2, j w + w/2) (w > 1:
+coarser than 8 bits), the first and the last bin again taking the tails.
+`bin_width="continuous"` uses the Gaussian density at v in 0..255 units instead, i.e. the
+probability of a reference bin one 8-bit level wide under the density (the w -> 0 limit of
+the binned model plus log2 w). Rates are in bits per pixel: -log2 q summed over the 3 colour
+channels of a pixel and averaged over pixels, the unit of the codec's rate term R.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,20 +22,57 @@ from compressai.ops import LowerBound
 from torch import Tensor, nn
 
 LEVELS = 255  # the largest 8-bit symbol
+CONTINUOUS = "continuous"  # bin_width of the density model (reference width: one 8-bit level)
+LOG2_SQRT_2PI = 0.5 * math.log2(2 * math.pi)
 
 
-def discretized_gaussian_likelihood(k: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
-    """P(k) = Phi((k+1/2-mu)/sigma) - Phi((k-1/2-mu)/sigma), tails into bins 0 and 255 (eq. 29)."""
-    hi = ((k + 0.5 - mu) / sigma).masked_fill(k >= LEVELS, math.inf)
-    lo = ((k - 0.5 - mu) / sigma).masked_fill(k <= 0, -math.inf)
+def check_bin_width(bin_width: Union[float, str, None]) -> Optional[float]:
+    """The bin width as a positive float (None -> 1.0, 8-bit bins), or None for "continuous";
+    ValueError naming the valid choices otherwise."""
+    if bin_width is None:
+        return 1.0
+    if isinstance(bin_width, str) and bin_width.strip().lower() == CONTINUOUS:
+        return None
+    try:
+        w = float(bin_width)
+    except (TypeError, ValueError):
+        w = math.nan
+    if not (math.isfinite(w) and w > 0) or isinstance(bin_width, bool):
+        raise ValueError(f"reg.bin_width={bin_width!r}: give the width of X's bins in 8-bit levels "
+                         f"(a number > 0: 1 = 8-bit, larger = coarser) or '{CONTINUOUS}'")
+    return w
+
+
+def discretized_gaussian_likelihood(k: Tensor, mu: Tensor, sigma: Tensor, width: float = 1.0) -> Tensor:
+    """P(k) = Phi(((k+1/2) w - mu)/sigma) - Phi(((k-1/2) w - mu)/sigma) for bin k of width w
+    (8-bit levels); the first bin (k <= 0) and the last (the bin of 255) take the tails (eq. 29)."""
+    width = float(width)  # edges (k +- 1/2) w: neighbours share theirs exactly (bins tile the line)
+    hi = (((k + 0.5) * width - mu) / sigma).masked_fill(k >= last_bin(width), math.inf)
+    lo = (((k - 0.5) * width - mu) / sigma).masked_fill(k <= 0, -math.inf)
     # right of the mean, difference the upper tails: no cancellation near 1 (CompressAI's trick)
     s = torch.where(lo > 0, -1.0, 1.0)
     return s * (torch.special.ndtr(s * hi) - torch.special.ndtr(s * lo))
 
 
+def gaussian_density(v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """N(v; mu, sigma^2) in 0..255 units: the probability of a one-level reference bin at v."""
+    a = (v - mu) / sigma
+    return torch.exp(-0.5 * a * a) / (sigma * math.sqrt(2 * math.pi))
+
+
 def to_symbols(x: Tensor) -> Tensor:
     """8-bit symbols k = round(255 x) of an image in [0, 1], as floats."""
     return torch.round(x.clamp(0, 1) * LEVELS)
+
+
+def to_bins(x: Tensor, width: float = 1.0) -> Tensor:
+    """Bin indices j = floor(round(255 x) / w + 1/2) on the grid of width w (= to_symbols at w=1)."""
+    return torch.floor(to_symbols(x) / float(width) + 0.5)
+
+
+def last_bin(width: float) -> float:
+    """Index of the bin that holds the 8-bit value 255 (computed like to_bins, in float32)."""
+    return float(to_bins(torch.ones(()), width))
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -67,8 +109,9 @@ class SourceModel(nn.Module):
     block = 2  # space-to-depth factor of the X_hat path
 
     def __init__(self, hidden: int = 32, scale_bound: float = 0.11,
-                 likelihood_bound: float = 1e-9):
+                 likelihood_bound: float = 1e-9, bin_width: Union[float, str, None] = 1.0):
         super().__init__()
+        self.bin_width = check_bin_width(bin_width)  # None: the density ("continuous")
         self.hidden = int(hidden)
         if self.hidden < 1:
             raise ValueError(f"hidden={hidden}: the source model needs at least one channel")
@@ -110,13 +153,18 @@ class SourceModel(nn.Module):
         return LEVELS * x_hat + d_mu, self.scale_lower(F.softplus(s))
 
     def likelihood(self, x: Tensor, x_hat: Tensor) -> Tensor:
-        """q_theta(k | X_hat) per element, lower-bounded at 1e-9 (shape of x)."""
+        """q_theta(bin of X | X_hat) per element (the density at X in 0..255 units when
+        "continuous"), lower-bounded at 1e-9 (shape of x)."""
         mu, sigma = self.params(x, x_hat)
-        return self.likelihood_lower(discretized_gaussian_likelihood(to_symbols(x), mu, sigma))
+        if self.bin_width is None:
+            return self.likelihood_lower(gaussian_density(to_symbols(x), mu, sigma))
+        k = to_bins(x, self.bin_width)
+        return self.likelihood_lower(discretized_gaussian_likelihood(k, mu, sigma, self.bin_width))
 
     def bits_per_pixel(self, x: Tensor, x_hat: Tensor) -> Tensor:
         """-log2 q_theta(X | X_hat) summed over channels, averaged over pixels: the batch's
-        estimate of H(X | X_hat) in bits per pixel (the negative of eq. 12's regularizer)."""
+        estimate of H(X | X_hat) in bits per pixel (the negative of eq. 12's regularizer) for
+        X in bins of `bin_width` levels (a differential entropy when "continuous")."""
         n, _, h, w = x.shape
         return -torch.log2(self.likelihood(x, x_hat)).sum() / (n * h * w)
 
@@ -163,7 +211,8 @@ ALIGNED = {"factorized": "hyperprior", "hyperprior": "hyperprior", "context": "a
 
 
 def build_source_model(kind: str, **kwargs) -> SourceModel:
-    """A source model by name: "hyperprior" (Gaussian) or "autoregressive" (masked context)."""
+    """A source model by name: "hyperprior" (Gaussian) or "autoregressive" (masked context);
+    keyword arguments (hidden, bin_width, ...) go to its constructor."""
     if kind not in SOURCE_MODELS:
         raise ValueError(f"source_model={kind!r}: choose one of {list(SOURCE_MODELS)}")
     return SOURCE_MODELS[kind](**kwargs)
