@@ -14,7 +14,7 @@ from codecx.regularizers.source_models import (ALIGNED, SOURCE_MODELS, SourceMod
 from codecx.types import CodecOutput, RegOutput
 
 SOURCE_MODEL_CHOICES = ("auto", *SOURCE_MODELS)
-#: reg.units: the factor that turns bits per pixel (3 channels summed) into each unit, per channel
+#: reg.units: a rate in bits per pixel (its `c` channels summed) in each unit
 UNITS = {"bpp": lambda bpp, c: bpp,                             # bits per pixel (the default)
          "bits_per_dim": lambda bpp, c: bpp / c,                # bits per sub-pixel
          "nats_per_dim": lambda bpp, c: bpp * math.log(2) / c}  # nats per sub-pixel
@@ -66,6 +66,7 @@ class CSERegularizer(Regularizer):
             raise ValueError(f"reg.lr={lr}: the source model's learning rate must be positive")
         in_units(0.0, units)  # ValueError naming the choices
         self.units = units
+        # None = 1 (8-bit bins): a float default would make the config check refuse "continuous"
         self.bin_width = bin_width if bin_width is not None else 1.0
         check_bin_width(self.bin_width)  # ValueError naming the choices
         self.alpha, self.source_model, self.lr = alpha, source_model, lr
