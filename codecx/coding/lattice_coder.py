@@ -45,7 +45,7 @@ import torch
 from compressai.models.google import get_scale_table
 from torch import Tensor
 
-from codecx.quantizers.lattice_math import Lattice, OffsetIndex, support, support_size
+from codecx.quantizers.lattice_math import Lattice, support, support_size
 
 __all__ = ["LatticeTables", "LatticeStreamEncoder", "LatticeStreamDecoder", "Z1_GENERATOR", "key_table"]
 
@@ -106,23 +106,53 @@ def _get_ints(dec, n: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- joint tables
+_CODE_BOUND = 63  # index offsets within +-63 per coordinate have a lookup code (farther: escape)
+_CODE_RADIX = 2 * _CODE_BOUND + 1
+
+
+def _codes(index: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Mixed-radix codes (n,) of index offsets (n, v), and whether each is within the bound."""
+    inside = (np.abs(index) <= _CODE_BOUND).all(-1)
+    radix = _CODE_RADIX ** np.arange(index.shape[-1], dtype=np.int64)
+    return ((np.clip(index, -_CODE_BOUND, _CODE_BOUND) + _CODE_BOUND) * radix).sum(-1), inside
+
+
 class _Table:
     """The alphabet of one table key (`lattice_math.support` of one zero-mean group: candidates
     (K, v)) and its categorical model (K + 1 symbols: escape last)."""
 
     def __init__(self, offsets: Tensor, prob: Tensor, tail: float):
         self.offsets = offsets.to(torch.int64)
+        self.offsets_np = self.offsets.numpy()
         self.size = len(offsets)
         esc = max(1.0 - float(prob.sum()), _ESCAPE_FLOOR)
         pmf = np.append(prob.numpy().astype(np.float64), esc)
         self.pmf = pmf  # float64 probabilities (escape last), as given to the coder
         self.model = _model.Categorical(pmf, perfect=False)
-        self.lookup = OffsetIndex(self.offsets)
+        codes, inside = _codes(self.offsets_np)
+        codes = np.where(inside, codes, -1)  # an offset beyond the code bound is never found: it escapes
+        self.code_sym = np.argsort(codes, kind="stable")  # symbols by code
+        self.codes = codes[self.code_sym]
 
     def symbols(self, index: Tensor) -> Tuple[Tensor, Tensor]:
         """Symbol (n,) of each lattice index (n, v), escape = K, and the escape mask."""
-        k, found = self.lookup.find(index)
-        return torch.where(found, k, self.size), ~found
+        sym, esc = _symbols([self], np.array([len(index)]), index.numpy())
+        return torch.from_numpy(sym), torch.from_numpy(esc)
+
+
+def _symbols(tables, counts: np.ndarray, index: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Symbols (n,) int64 and escape mask (n,) of the indices (n, v) of consecutive blocks of
+    `counts` rows, block u looked up in `tables[u]`: one binary search for all blocks."""
+    span = _CODE_RADIX ** index.shape[-1]
+    sizes = np.array([t.size for t in tables], dtype=np.int64)
+    cat = np.concatenate([t.codes for t in tables]) + np.repeat(np.arange(len(tables), dtype=np.int64) * span, sizes)
+    cat_sym = np.concatenate([t.code_sym for t in tables])
+    block = np.repeat(np.arange(len(tables), dtype=np.int64), counts)
+    codes, inside = _codes(index)
+    q = block * span + codes
+    pos = np.minimum(np.searchsorted(cat, q), len(cat) - 1)
+    found = inside & (cat[pos] == q)
+    return np.where(found, cat_sym[pos], np.repeat(sizes, counts)), ~found
 
 
 class LatticeTables:
@@ -138,9 +168,7 @@ class LatticeTables:
 
     def joint(self, sigma: Tensor) -> Tensor:
         """Which table keys (n, v) float64 use the joint model (their table is small enough)."""
-        sizes = torch.tensor([support_size(self.lattice, s, self.tail) for s in sigma.max(-1).values.tolist()],
-                             dtype=torch.float64)
-        return sizes <= self.max_joint
+        return support_size(self.lattice, sigma.max(-1).values, self.tail) <= self.max_joint
 
     def get(self, sigma: Tuple[float, ...]) -> _Table:
         """The joint table for table scales `sigma` (computed once, in float64)."""
@@ -226,8 +254,10 @@ class _Stream:
         keys = torch.div(uniq.unsqueeze(1), radix, rounding_mode="floor") % len(table)
         return keys, order, counts.tolist(), self.tables.joint(self._key_scales_f64[keys])
 
-    def _table(self, key: Tensor) -> _Table:
-        return self.tables.get(tuple(self._key_scales_f64[key].tolist()))
+    def _tables(self, keys: Tensor, joint: Tensor) -> list:
+        """The joint table of each key (U, v), None where the box model codes the key."""
+        scales = self._key_scales_f64[keys].tolist()
+        return [self.tables.get(tuple(s)) if j else None for s, j in zip(scales, joint.tolist())]
 
 
 class LatticeStreamEncoder(_Stream):
@@ -244,15 +274,22 @@ class LatticeStreamEncoder(_Stream):
         k, k_rest, sigma, sigma_rest = k.cpu(), k_rest.cpu(), sigma.detach().cpu(), sigma_rest.detach().cpu()
         if k.numel():
             keys, order, counts, joint = self._keys(sigma)
-            box = torch.zeros(len(k), dtype=torch.bool)
-            for u, rows in enumerate(torch.split(order, counts)):
-                if not joint[u]:
-                    box[rows] = True
-                    continue
-                tab = self._table(keys[u])
-                sym, esc = tab.symbols(k[rows])
-                self._enc.encode(sym.to(torch.int32).numpy(), tab.model)
+            tables = self._tables(keys, joint)
+            order, counts = order.numpy(), np.array(counts, dtype=np.int64)
+            in_joint = np.repeat(joint.numpy(), counts)  # per group in `order`
+            rows = order[in_joint]  # the joint groups, key by key
+            box = np.zeros(len(k), dtype=bool)
+            box[order[~in_joint]] = True
+            if len(rows):
+                used = [t for t in tables if t is not None]
+                sym, esc = _symbols(used, counts[joint.numpy()], k.numpy()[rows])
+                sym = sym.astype(np.int32)
+                start = 0
+                for t, n in zip(used, counts[joint.numpy()].tolist()):
+                    self._enc.encode(sym[start : start + n], t.model)
+                    start += n
                 box[rows[esc]] = True  # escaped: coded again below with the box model
+            box = torch.from_numpy(box)
             if bool(box.any()):
                 self._put_box(k[box], sigma[box].detach().cpu().double(), self.gen)
         if k_rest.numel():
@@ -293,16 +330,18 @@ class LatticeStreamDecoder(_Stream):
         k = torch.zeros(g, v, dtype=torch.int64)
         if g:
             keys, order, counts, joint = self._keys(sigma)
-            box = torch.zeros(g, dtype=torch.bool)
-            for u, rows in enumerate(torch.split(order, counts)):
-                if not joint[u]:
+            out, box, order = k.numpy(), np.zeros(g, dtype=bool), order.numpy()
+            ends = np.cumsum(counts).tolist()
+            for t, start, end in zip(self._tables(keys, joint), [0] + ends[:-1], ends):
+                rows = order[start:end]
+                if t is None:
                     box[rows] = True
                     continue
-                tab = self._table(keys[u])
-                sym = torch.from_numpy(self._dec.decode(tab.model, len(rows)).astype(np.int64))
-                esc = sym >= tab.size
-                k[rows] = tab.offsets[sym.clamp(max=tab.size - 1)]
+                sym = self._dec.decode(t.model, len(rows))
+                esc = sym >= t.size
+                out[rows] = t.offsets_np[np.minimum(sym, t.size - 1)]
                 box[rows[esc]] = True
+            box = torch.from_numpy(box)
             if bool(box.any()):
                 k[box] = self._get_box(sigma[box].detach().cpu().double(), self.gen)
         r = sigma_rest.numel()

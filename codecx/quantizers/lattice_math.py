@@ -324,9 +324,11 @@ def support_radius(lattice: Lattice, max_scale, tail: float = 1e-7):
     return z * max_scale + 2 * lattice.covering_radius
 
 
-def support_size(lattice: Lattice, max_scale: float, tail: float = 1e-7) -> float:
-    """About how many candidates `support` examines for a largest scale `max_scale`."""
-    return _ball_size(lattice, float(support_radius(lattice, max_scale, tail)))
+def support_size(lattice: Lattice, max_scale, tail: float = 1e-7):
+    """About how many candidates `support` examines for a largest scale `max_scale` (a float,
+    or a tensor: one size per entry)."""
+    r = support_radius(lattice, max_scale, tail)
+    return _ball_size(lattice, r if isinstance(r, Tensor) else float(r))
 
 
 class OffsetIndex:
