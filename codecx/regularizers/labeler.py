@@ -184,11 +184,14 @@ class VQLabeler(nn.Module):
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         z = self.encode(x)
         z_q, idx, codebook, commitment = self.quantize(z)
-        return {"x_hat": self.decode(z_q), "indices": idx, "codebook": codebook, "commitment": commitment}
+        return {"x_hat": self.decode(z_q), "indices": idx, "codebook": codebook, "commitment": commitment,
+                "z": z}
 
-    def loss(self, x: Tensor, lpips: Optional[nn.Module] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Eq. 10 of MS-ILLM: `MSE + LPIPS-VGG + codebook + beta * commitment`."""
-        out = self(x)
+    def loss(self, x: Tensor, lpips: Optional[nn.Module] = None,
+             out: Optional[Dict[str, Tensor]] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Eq. 10 of MS-ILLM: `MSE + LPIPS-VGG + codebook + beta * commitment` (`out`: `self(x)`
+        when the caller already ran it)."""
+        out = self(x) if out is None else out
         mse = F.mse_loss(out["x_hat"], x)
         lp = lpips(x, out["x_hat"]) if lpips is not None else x.new_zeros(())
         total = mse + lp + out["codebook"] + self.beta * out["commitment"]
@@ -196,6 +199,23 @@ class VQLabeler(nn.Module):
         return total, {"loss": total.detach(), "mse": mse.detach(), "lpips": lp.detach(),
                        "codebook": out["codebook"].detach(), "commitment": out["commitment"].detach(),
                        "codes_used": torch.tensor(float(used))}
+
+    @torch.no_grad()
+    def restart_dead_codes(self, z: Tensor, indices: Tensor, idle: Tensor, after: int,
+                           generator: Optional[torch.Generator] = None) -> int:
+        """Dead-code restart (Dhariwal et al. 2020, Jukebox; not in MS-ILLM): `idle` counts, per
+        code, the steps since it was last used; codes idle for `after` steps are replaced by
+        latents `z` (B, code_dim, H, W) of the current batch drawn at random. Small CPU-scale
+        labelers otherwise collapse to a few codes. Returns the number of codes replaced."""
+        used = torch.bincount(indices.flatten(), minlength=self.codebook_size) > 0
+        idle.add_(1).masked_fill_(used, 0)
+        dead = (idle >= int(after)).nonzero().flatten()
+        if dead.numel():
+            flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.size(1))
+            pick = torch.randint(flat.size(0), (dead.numel(),), generator=generator)
+            self.codebook.data[dead] = flat[pick].to(self.codebook.dtype)
+            idle[dead] = 0
+        return int(dead.numel())
 
     @torch.no_grad()
     def labels(self, x: Tensor) -> Tensor:
@@ -236,12 +256,14 @@ def load_labeler(path, option: str = "reg.labeler") -> VQLabeler:
 def train_labeler(data: str, out: str, steps: int = 1000, batch_size: int = 8, crop_size: int = 256,
                   lr: float = 3e-4, weight_decay: float = 5e-5, warmup_steps: int = 100,
                   lpips_weights: Optional[str] = None, no_lpips: bool = False, seed: int = 1,
-                  log_every: int = 50, **arch) -> Dict[str, float]:
+                  log_every: int = 50, restart_dead: int = 0, **arch) -> Dict[str, float]:
     """Train a labeler on the images under `data` (random crops, flips) and save it to `out`.
 
     AdamW with a linear ramp then cosine decay (MS-ILLM's pretraining schedule), clip 1.0.
     LPIPS-VGG needs the torchvision VGG16 file (`lpips_weights`); `no_lpips` drops the term
-    (the paper found LPIPS critical: only for smoke tests). Returns the last step's metrics.
+    (the paper found LPIPS critical: only for smoke tests). `restart_dead` > 0: codes unused for
+    that many steps restart at latents of the batch (`VQLabeler.restart_dead_codes`; 0: off, as
+    in MS-ILLM). Returns the last step's metrics.
     """
     from torch.utils.data import DataLoader
 
@@ -264,16 +286,21 @@ def train_labeler(data: str, out: str, steps: int = 1000, batch_size: int = 8, c
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     step, metrics = 0, {}
+    idle = torch.zeros(model.codebook_size, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
     model.train()
     while step < steps:
         for x in loader:
-            loss, m = model.loss(x, lpips)
+            fwd = model(x)
+            loss, m = model.loss(x, lpips, out=fwd)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             step += 1
+            if restart_dead > 0:
+                model.restart_dead_codes(fwd["z"], fwd["indices"], idle, restart_dead, gen)
             metrics = {k: float(v) for k, v in m.items()}
             if log_every and (step % log_every == 0 or step == steps):
                 print(f"labeler step {step}/{steps}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
@@ -308,11 +335,14 @@ def main(argv=None) -> int:
     ap.add_argument("--codebook-size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=50, help="print the losses every N steps")
+    ap.add_argument("--restart-dead", type=int, default=0,
+                    help="restart codes unused for N steps at latents of the batch (0: off, as in MS-ILLM)")
     a = ap.parse_args(argv)
     try:
         train_labeler(a.data, a.out, steps=a.steps, batch_size=a.batch_size, crop_size=a.crop_size,
                       lr=a.lr, warmup_steps=a.warmup_steps, lpips_weights=a.lpips_weights,
-                      no_lpips=a.no_lpips, seed=a.seed, log_every=a.log_every, ch=a.ch, ch_mult=a.ch_mult,
+                      no_lpips=a.no_lpips, seed=a.seed, log_every=a.log_every, restart_dead=a.restart_dead,
+                      ch=a.ch, ch_mult=a.ch_mult,
                       num_res_blocks=a.num_res_blocks, embed_dim=a.embed_dim, code_dim=a.code_dim,
                       codebook_size=a.codebook_size)
     except (FileNotFoundError, ValueError) as e:
