@@ -122,17 +122,19 @@ class _Table:
     (K, v)) and its categorical model (K + 1 symbols: escape last)."""
 
     def __init__(self, offsets: Tensor, prob: Tensor, tail: float):
-        self.offsets = offsets.to(torch.int64)
-        self.offsets_np = self.offsets.numpy()
+        self.offsets_np = offsets.numpy().astype(np.int32)  # compact: the cache holds millions
         self.size = len(offsets)
         esc = max(1.0 - float(prob.sum()), _ESCAPE_FLOOR)
-        pmf = np.append(prob.numpy().astype(np.float64), esc)
-        self.pmf = pmf  # float64 probabilities (escape last), as given to the coder
-        self.model = _model.Categorical(pmf, perfect=False)
-        codes, inside = _codes(self.offsets_np)
+        self.model = _model.Categorical(np.append(prob.numpy().astype(np.float64), esc), perfect=False)
+        codes, inside = _codes(self.offsets_np.astype(np.int64))
         codes = np.where(inside, codes, -1)  # an offset beyond the code bound is never found: it escapes
-        self.code_sym = np.argsort(codes, kind="stable")  # symbols by code
+        self.code_sym = np.argsort(codes, kind="stable").astype(np.int32)  # symbols by code
         self.codes = codes[self.code_sym]
+
+    @property
+    def offsets(self) -> Tensor:
+        """The alphabet: index offsets (K, v) int64, symbol = row."""
+        return torch.from_numpy(self.offsets_np).to(torch.int64)
 
     def symbols(self, index: Tensor) -> Tuple[Tensor, Tensor]:
         """Symbol (n,) of each lattice index (n, v), escape = K, and the escape mask."""
@@ -160,7 +162,7 @@ class LatticeTables:
 
     _cache: "OrderedDict[tuple, _Table]" = OrderedDict()
     _cached_symbols = 0
-    MAX_CACHED_SYMBOLS = 4_000_000
+    MAX_CACHED_SYMBOLS = 8_000_000  # ~40 bytes each; D4 on the 24 Kodak images needs ~6M
 
     def __init__(self, lattice: Lattice, tail: float = 1e-7, max_joint: int = 2048):
         self.lattice, self.tail, self.max_joint = lattice, float(tail), int(max_joint)
