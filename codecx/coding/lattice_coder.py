@@ -162,7 +162,7 @@ class LatticeTables:
 
     _cache: "OrderedDict[tuple, _Table]" = OrderedDict()
     _cached_symbols = 0
-    MAX_CACHED_SYMBOLS = 8_000_000  # ~40 bytes each; D4 on the 24 Kodak images needs ~6M
+    MAX_CACHED_SYMBOLS = 8_000_000  # ~40 bytes each; D4 on the 24 Kodak images builds 6.6M
 
     def __init__(self, lattice: Lattice, tail: float = 1e-7, max_joint: int = 2048):
         self.lattice, self.tail, self.max_joint = lattice, float(tail), int(max_joint)
