@@ -12,7 +12,7 @@ first out, so serial context models can code position by position). Two models:
   (`build_indexes`: the first table scale >= the scale): by default the entropy model's own
   `scale_table` (the backbone's `scale_levels`, the table the scalar coder uses, so lattice
   and scalar coding differ only in the quantizer), or CompressAI's N-level table
-  (`key_table(N)`; 64: the tables of codecx's first lattice coder). Tables are computed once
+  (`key_table(gc, N)`; 64: the tables of codecx's first lattice coder). Tables are computed once
   in float64 and cached per process; encoder and decoder build them from the same table
   scales, so they agree bit for bit. The table is not written into the stream: it follows
   from the model's config and state and the quantizer's config, which the container's
