@@ -85,12 +85,18 @@ def test_kill_then_same_command_resumes(tmp_path):
 
 def test_main_job(tmp_path):
     """`python train.py` with no arguments (the README's first command; only the run dir moved):
-    mbt_mean on the embedded sample photos for 100 steps, then the final real-bitstream report."""
+    the main job's recipe on the embedded sample photos, a clean console, then the final
+    real-bitstream report next to JPEG and WebP at the same bpp."""
     r = run_train([f"hydra.run.dir={tmp_path}"], timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
-    assert "codecx: trained mbt_mean for 100 steps (lmbda=0.0067)" in out
+    assert "codecx: trained mbt_mean for 700 steps (lmbda=0.0018)" in out
+    assert "mbt_mean (N=64, M=96" in out and "train: 700/700 steps" in out
     assert f"checkpoint: {tmp_path}/checkpoints/last.ckpt" in out
     assert "validation (2 images, real bitstreams): bpp" in out and "PSNR" in out
+    assert "JPEG at the same bpp:" in out and "WebP at the same bpp:" in out
+    for noise in ("💡", "LeafSpec", "def training_step", "v_num", "Epoch "):
+        assert noise not in out + r.stderr, noise
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=False)["global_step"] == 100
+                      weights_only=False)["global_step"] == 700

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+from pathlib import Path
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -254,6 +255,11 @@ def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str,
     `before(overrides)` runs next (e.g. the run-directory lock check) with the same handling."""
     import sys
 
+    # GROUP=null drops a group's default (e.g. experiment=null: no main-job recipe); Hydra
+    # spells that ~GROUP and fails on GROUP=null when the dropped option overrides other groups
+    groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
+    sys.argv[1:] = [f"~{a.split('=', 1)[0]}" if "=" in a and a.split("=", 1)[1] == "null"
+                    and a.split("=", 1)[0] in groups else a for a in sys.argv[1:]]
     args = sys.argv[1:]
     if not any(a.startswith("--") and a not in ("--multirun",) for a in args):
         overrides = [a for a in args if not a.startswith("-")]

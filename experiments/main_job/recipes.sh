@@ -13,6 +13,7 @@ R[n64_cos2e3_700_mixed]="model.N=64 model.M=96 schedule=cosine schedule.lr=2e-3 
 R[n64_cos2e3_700_mixed_l013]="model.N=64 model.M=96 schedule=cosine schedule.lr=2e-3 trainer.max_steps=700 quantizer=mixed lmbda=0.013"
 R[n64_cos2e3_1000_mixed_c96b8]="model.N=64 model.M=96 schedule=cosine schedule.lr=2e-3 trainer.max_steps=1000 quantizer=mixed data.crop_size=96"
 R[n128_cos1e3_300_mixed]="model.N=128 model.M=192 schedule=cosine schedule.lr=1e-3 trainer.max_steps=300 quantizer=mixed"
+R[n64_cos2e3_700_mixed_l0018]="model.N=64 model.M=96 schedule=cosine schedule.lr=2e-3 trainer.max_steps=700 quantizer=mixed lmbda=0.0018"
 R[hyper_n64_cos2e3_700_mixed]="model=bmshj_hyperprior model.N=64 model.M=96 schedule=cosine schedule.lr=2e-3 trainer.max_steps=700 quantizer=mixed"
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(old_default n64_cos2e3_700 n64_cos2e3_700_mixed n64_cos2e3_700_mixed_l013)
