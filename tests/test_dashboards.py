@@ -227,7 +227,7 @@ def test_tensorboard_config_images_lr_and_extra_callback(tmp_path):
                     scalars.add(v.tag)
     assert hparams["lmbda"] == pytest.approx(0.013) and hparams["model.N"] == 8
     assert hparams["model._target_"] == "codecx.models.backbones.MbtMean"
-    assert hparams["quantizer._target_"].endswith("NoiseQuantizer") and hparams["seed"] == 1
+    assert hparams["quantizer._target_"].endswith("MixedQuantizer") and hparams["seed"] == 1  # main job
     assert hparams["data.crop_size"] == 64 and hparams["trainer.max_steps"] == 2
     assert {"train/lr_codec", "train/lr_aux"} <= scalars
     assert len(images) == 2  # step 1 and the final evaluation

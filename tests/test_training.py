@@ -140,7 +140,7 @@ def test_cse_run_logs_source_entropy_and_resumes_every_state(tmp_path):
     command resumes the step, all three Adam states (codec, quantiles, q_theta) and the LR
     schedule."""
     run_dir = tmp_path / "run"
-    args = [*TINY, "model=mbt_mean", "reg=cse", "alpha=1", f"hydra.run.dir={run_dir}",
+    args = [*TINY, "experiment=null", "model=mbt_mean", "reg=cse", "alpha=1", f"hydra.run.dir={run_dir}",
             "checkpoint.every_n_steps=2", "schedule.scheduler=multistep", "schedule.milestones=[4]",
             "eval.every_n_steps=0"]
     r = run_train([*args, "trainer.max_steps=3"])
