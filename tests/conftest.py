@@ -108,3 +108,36 @@ def tiny_images(tmp_path_factory) -> Path:
             im = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
         im.save(d / f"img{i}.png")
     return d
+
+
+from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment  # noqa: E402
+
+
+class MemoryLogger(Logger):
+    """A Lightning logger that keeps what it is given (to read the logged values back)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    @property
+    def name(self):
+        return "memory"
+
+    @property
+    def version(self):
+        return 0
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        return None
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def values(self, key):
+        return [(s, m[key]) for s, m in self.rows if key in m]

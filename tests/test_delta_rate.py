@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 
 from codecx.data.datamodule import ImageDataModule
 from codecx.evaluate import dataset_images
@@ -20,7 +19,7 @@ from codecx.lit.callbacks import RealBitstreamEval
 from codecx.metrics.anchors import classical_anchor, resolve_anchor
 from codecx.metrics.bdrate import delta_quality_at, delta_rate_at, point_deltas
 from codecx.regularizers import NoRegularizer
-from conftest import tiny_codec
+from conftest import MemoryLogger, tiny_codec
 
 
 def log_linear(q_lo=20.0, q_hi=40.0, n=5, r0=0.1, slope=10.0):
@@ -112,41 +111,13 @@ def test_jpeg_anchor_counts_real_file_bytes(tiny_images):
 
 
 # ---------------------------------------------------------------- RealBitstreamEval in training
-class Memory(Logger):
-    """A Lightning logger that keeps what it is given (to read the logged values back)."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows = []
-
-    @property
-    def name(self):
-        return "memory"
-
-    @property
-    def version(self):
-        return 0
-
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        return None
-
-    def log_metrics(self, metrics, step=None):
-        self.rows.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def values(self, key):
-        return [(s, m[key]) for s, m in self.rows if key in m]
 
 
 def _fit(tiny_images, callback, steps=2):
     pl.seed_everything(0)
     dm = ImageDataModule(source="folder", train_dir=tiny_images, val_dir=tiny_images, crop_size=64,
                          batch_size=2)
-    logger = Memory()
+    logger = MemoryLogger()
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          callbacks=[callback])

@@ -14,11 +14,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from torch.utils.data import DataLoader
 
 from codecx.metrics.realism import hf_power_ratio
-from conftest import ROOT, tiny_codec
+from conftest import ROOT, MemoryLogger, tiny_codec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -190,26 +189,6 @@ def test_report_shows_hf_ratio(tmp_path):
 
 
 # ---------------------------------------------------------------------- periodic validation
-class Memory(Logger):
-    """A Lightning logger that keeps the logged metrics."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows = []
-
-    name = "memory"
-    version = 0
-
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        return None
-
-    def log_metrics(self, metrics, step=None):
-        self.rows.append((step, dict(metrics)))
-
-    def log_hyperparams(self, *args, **kwargs):
-        pass
 
 
 def _fit(callback):
@@ -217,7 +196,7 @@ def _fit(callback):
 
     pl.seed_everything(0)
     imgs = [texture(i)[0] for i in range(3)]
-    logger = Memory()
+    logger = MemoryLogger()
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=logger, callbacks=[callback],
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0)
