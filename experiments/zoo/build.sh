@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The base zoo of the paired fine-tuning protocol (issue 16 item 1; README "Studies"): mbt_mean
+# N=64/M=96 (experiment=base_zoo: cpu_study's recipe, 4000 steps, Adam 5e-4 x0.1 at step 3200),
+# one run per lambda in runs/zoo/mbt_mean/lmbda=L/ (checkpoints: ~21 MB each, a build product,
+# not in git), then its Kodak results from real bitstreams and the convergence check: the
+# BD-rate of step T=4000 against step 0.8T=3200 (step=3200.ckpt is kept by checkpoint.keep_steps).
+#   experiments/zoo/build.sh                 # train (two sweeps side by side, 1 thread each) + Kodak
+#   STAGE=kodak experiments/zoo/build.sh     # only the Kodak evaluation and the check
+# Re-running resumes each run from its last.ckpt; ~25 min per lambda per core on 2 idle cores.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+CODECX=${CODECX:-.venv/bin/codecx}
+ZOO=${ZOO:-runs/zoo/mbt_mean}
+OUT=${OUT:-experiments/zoo/kodak}
+KODAK=${KODAK:-../shared/data/kodak}
+STAGE=${STAGE:-all}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+if [[ "$STAGE" == all || "$STAGE" == train ]]; then
+  "$PY" train.py -m experiment=base_zoo lmbda=0.0018,0.0067 "hydra.sweep.dir=$ZOO" &
+  "$PY" train.py -m experiment=base_zoo lmbda=0.0035,0.013 "hydra.sweep.dir=$ZOO" &
+  wait
+fi
+
+if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
+  list() { local s=""; for l in 0.0018 0.0035 0.0067 0.013; do s+="${s:+,}'$ZOO/lmbda=$l/checkpoints/$1'"; done; echo "[$s]"; }
+  # two evaluations side by side: step T and step 0.8T, each a 4-lambda RD curve on Kodak
+  "$PY" eval.py "ckpt=$(list last.ckpt)" data=folder "data.val_dir=$KODAK" name=zoo_T4000 \
+    progress=false threads=1 "hydra.run.dir=$OUT/T4000" &
+  "$PY" eval.py "ckpt=$(list step=3200.ckpt)" data=folder "data.val_dir=$KODAK" name=zoo_T3200 \
+    progress=false threads=1 "hydra.run.dir=$OUT/T3200" &
+  wait
+  "$CODECX" bdrate "$OUT/T3200/results.json" "$OUT/T4000/results.json" | tee "$OUT/convergence.txt"
+fi
