@@ -291,7 +291,7 @@ def classical_lines(trainer: pl.Trainer, cfg: DictConfig, result: Dict[str, floa
     (codecx.metrics.anchors.classical_at), and the gap in dB: is this a codec yet?"""
     from codecx.evaluate import dataset_images
     from codecx.lit.callbacks import _val_dataset
-    from codecx.metrics.anchors import classical_anchor, classical_at
+    from codecx.metrics.anchors import classical_at
 
     dataset = _val_dataset(trainer)
     if dataset is None or not result.get("bpp"):
@@ -304,13 +304,13 @@ def classical_lines(trainer: pl.Trainer, cfg: DictConfig, result: Dict[str, floa
         except Exception as e:  # noqa: BLE001 - a missing Pillow plugin must not fail the run
             lines.append(f"  {label:4s} at the same bpp: not computed ({type(e).__name__}: {e})")
             continue
-        if at is None:
-            lo = classical_anchor(images, codec, qualities=[1 if codec == "jpeg" else 0], msssim=False)
-            lo_bpp, lo_psnr = lo["results"]["bpp"][0], lo["results"]["psnr-rgb"][0]
-            where = "below" if result["bpp"] < lo_bpp else "above"
-            lines.append(f"  {label:4s} at the same bpp: {where} the rates {label} reaches on these images "
-                         f"(its lowest quality: {lo_bpp:.3f} bpp, {lo_psnr:.2f} dB)" if where == "below" else
-                         f"  {label:4s} at the same bpp: above the rates {label} reaches on these images")
+        if at["psnr"] is None:
+            if at["below"]:
+                lo_bpp, lo_psnr = at["lowest"]
+                lines.append(f"  {label:4s} at the same bpp: below the rates {label} reaches on these images "
+                             f"(its lowest quality: {lo_bpp:.3f} bpp, {lo_psnr:.2f} dB)")
+            else:
+                lines.append(f"  {label:4s} at the same bpp: above the rates {label} reaches on these images")
             continue
         gap = result["psnr-rgb"] - at["psnr"]
         lines.append(f"  {label:4s} at the same bpp: PSNR {at['psnr']:.2f} dB (quality {at['quality'][0]}-"

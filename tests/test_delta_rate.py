@@ -221,7 +221,8 @@ def test_fid_kid_logged_with_weights(tiny_images, inception_file):
 
 def test_classical_at_matches_jpeg_at_the_codec_bpp(tiny_images):
     """JPEG at a given mean bpp: on one of the sweep's own points it is that quality's PSNR;
-    between two points it is the log-bpp interpolation; outside the reachable rates None."""
+    between two points it is the log-bpp interpolation; outside the reachable rates no PSNR,
+    the side and JPEG's lowest point."""
     from codecx.metrics.anchors import classical_at
 
     dm = ImageDataModule(source="folder", train_dir=tiny_images, val_dir=tiny_images)
@@ -234,5 +235,7 @@ def test_classical_at_matches_jpeg_at_the_codec_bpp(tiny_images):
     mid = math.sqrt(curve["bpp"][i] * curve["bpp"][i + 1])  # halfway in log bpp
     assert classical_at(images, mid, "jpeg")["psnr"] == pytest.approx(
         (curve["psnr-rgb"][i] + curve["psnr-rgb"][i + 1]) / 2)
-    assert classical_at(images, curve["bpp"][0] / 2, "jpeg") is None
-    assert classical_at(images, curve["bpp"][-1] * 2, "jpeg") is None
+    below = classical_at(images, curve["bpp"][0] / 2, "jpeg")
+    assert below["psnr"] is None and below["below"] and below["lowest"] == (curve["bpp"][0], curve["psnr-rgb"][0])
+    above = classical_at(images, curve["bpp"][-1] * 2, "jpeg")
+    assert above["psnr"] is None and not above["below"]

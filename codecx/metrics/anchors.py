@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 
 def _anchor_dir() -> Path:
@@ -94,23 +94,25 @@ def classical_anchor(images, codec: str = "jpeg", qualities=None, msssim: bool =
                         "ms-ssim": [None if p[3] != p[3] else p[3] for p in pts]}}
 
 
-def classical_at(images, bpp: float, codec: str = "jpeg") -> Optional[Dict[str, Any]]:
+def classical_at(images, bpp: float, codec: str = "jpeg") -> Dict[str, Any]:
     """`codec` (Pillow JPEG / WebP) on `images` at the mean rate `bpp`: the PSNR interpolated
     (linear in log bpp) between the two qualities of a dense sweep whose mean bpp bracket it, and
-    those qualities; None when `bpp` is outside the rates the codec reaches on these images."""
+    those qualities. Always `lowest` = (bpp, PSNR) of the codec's lowest quality; when `bpp` is
+    outside the rates the codec reaches on these images, `psnr` is None and `below` says which side."""
     import math
 
     grid = range(1, 101) if codec == "jpeg" else range(0, 101, 2)
     r = classical_anchor(images, codec, qualities=grid, msssim=False)["results"]
     rates, psnrs, qualities = r["bpp"], r["psnr-rgb"], r["quality"]
-    if not rates or not rates[0] <= bpp <= rates[-1]:
-        return None
+    lowest = (rates[0], psnrs[0])
+    if not rates[0] <= bpp <= rates[-1]:
+        return {"psnr": None, "quality": None, "bpp": bpp, "below": bpp < rates[0], "lowest": lowest}
     i = max(j for j in range(len(rates)) if rates[j] <= bpp)
     if i == len(rates) - 1:
-        return {"psnr": psnrs[i], "quality": (qualities[i], qualities[i]), "bpp": rates[i]}
+        return {"psnr": psnrs[i], "quality": (qualities[i], qualities[i]), "bpp": rates[i], "lowest": lowest}
     t = (math.log(bpp) - math.log(rates[i])) / (math.log(rates[i + 1]) - math.log(rates[i]))
     return {"psnr": psnrs[i] + t * (psnrs[i + 1] - psnrs[i]), "quality": (qualities[i], qualities[i + 1]),
-            "bpp": bpp}
+            "bpp": bpp, "lowest": lowest}
 
 
 def resolve_anchor(spec, images=None) -> dict:

@@ -10,6 +10,7 @@
 #   DRY_RUN=1 experiments/cse/ablation.sh    # print the commands only
 #   UNITS=bits_per_dim BIN_WIDTHS=1,16,64 experiments/cse/ablation.sh   # a bin-width ablation
 #   STAGE=report experiments/cse/ablation.sh # only the report (train | report | all)
+#   ARMS=$'alpha=0.1 reg.units=bpp\nalpha=1 reg.units=bpp' experiments/cse/ablation.sh  # chosen arms
 #
 # Runs: 4 lambdas x |SEEDS| for the control, x |ALPHAS| x |UNITS| x |BIN_WIDTHS| for CSE (default
 # 8 + 48 fine-tunes). Per the README's derivation, units rescale the term's gradient exactly
@@ -23,10 +24,12 @@ BASE_DIR=${BASE_DIR:-runs/zoo/mbt_mean}
 SWEEP=${SWEEP:-runs/finetune/cse_ablation}
 OUT=${OUT:-experiments/cse/ablation}
 LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
-SEEDS=${SEEDS:-1,2}
+SEEDS=${SEEDS:-1,2}          # the control arm (its seed 2 vs seed 1 is the noise band)
+CSE_SEEDS=${CSE_SEEDS:-$SEEDS}  # the CSE arms (each paired with the control of the same seed)
 ALPHAS=${ALPHAS:-0.1,1}
 UNITS=${UNITS:-bpp,bits_per_dim,nats_per_dim}
 BIN_WIDTHS=${BIN_WIDTHS:-1}
+ARMS=${ARMS:-}           # one CSE arm per line (e.g. "alpha=1 reg.units=bits_per_dim"); else the product below
 STAGE=${STAGE:-all}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
@@ -35,19 +38,41 @@ run() {
   if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
 }
 
-common=(experiment=finetune "base_dir=$BASE_DIR" "seed=$SEEDS" "lmbda=$LMBDAS" "hydra.sweep.dir=$SWEEP")
+common=(experiment=finetune "base_dir=$BASE_DIR" "hydra.sweep.dir=$SWEEP")
 
 if [[ "$STAGE" == all || "$STAGE" == train ]]; then
   if [[ -z "${DRY_RUN:-}" ]]; then
     for l in ${LMBDAS//,/ }; do
       ckpt="$BASE_DIR/lmbda=$l/checkpoints/last.ckpt"
       [[ -f "$ckpt" ]] || { echo "ablation.sh: no base checkpoint $ckpt; train the base zoo first:" \
-        "python train.py -m experiment=base_zoo lmbda=$LMBDAS (README, Studies)" >&2; exit 1; }
+        "experiments/zoo/build.sh (README, Studies)" >&2; exit 1; }
     done
   fi
-  # the control: reg=none takes no reg.* keys, so it is its own multirun into the same sweep dir
-  run "$PY" train.py -m "${common[@]}" reg=none
-  run "$PY" train.py -m "${common[@]}" reg=cse "alpha=$ALPHAS" "reg.units=$UNITS" "reg.bin_width=$BIN_WIDTHS"
+  # Two lanes side by side (one thread each, 2 cores), each a Hydra multirun over half the
+  # lambdas; within a lane the control (reg=none takes no reg.* keys, so it is its own multirun)
+  # then one multirun per CSE arm, all into the same sweep dir.
+  lane() {
+    local lmbdas=$1
+    run "$PY" train.py -m "${common[@]}" "lmbda=$lmbdas" "seed=$SEEDS" reg=none
+    if [[ -n "$ARMS" ]]; then
+      local arm
+      while IFS= read -r arm; do
+        [[ -z "$arm" ]] && continue
+        # shellcheck disable=SC2086  # an arm is a few overrides separated by spaces
+        run "$PY" train.py -m "${common[@]}" "lmbda=$lmbdas" "seed=$CSE_SEEDS" reg=cse $arm
+      done <<< "$ARMS"
+    else
+      run "$PY" train.py -m "${common[@]}" "lmbda=$lmbdas" "seed=$CSE_SEEDS" reg=cse "alpha=$ALPHAS" "reg.units=$UNITS" \
+        "reg.bin_width=$BIN_WIDTHS"
+    fi
+  }
+  IFS=, read -ra ls <<< "$LMBDAS"
+  half=$(( (${#ls[@]} + 1) / 2 ))
+  lane_a=$(IFS=,; echo "${ls[*]:0:$half}")
+  lane_b=$(IFS=,; echo "${ls[*]:$half}")
+  lane "$lane_a" &
+  [[ -n "$lane_b" ]] && lane "$lane_b" &
+  wait
 fi
 
 if [[ "$STAGE" == all || "$STAGE" == report ]]; then

@@ -33,7 +33,7 @@ def main(runs=ROOT / "runs" / "recipes") -> None:
         cells = [d.name, f"{float(wall.group(1)):.0f}" if wall else "?", f"{bpp:.3f}", f"{psnr:.2f}"]
         for codec in ("jpeg", "webp"):
             at = classical_at(images, bpp, codec)
-            cells += [f"{at['psnr']:.2f}", f"{psnr - at['psnr']:+.2f}"] if at else ["n/a", "n/a"]
+            cells += [f"{at['psnr']:.2f}", f"{psnr - at['psnr']:+.2f}"] if at["psnr"] is not None else ["n/a", "n/a"]
         print("| " + " | ".join(cells) + " |")
 
 
