@@ -156,3 +156,13 @@ def test_model_defaults_are_the_zoo_sizes():
     for name, zoo_name in zoo.items():
         m = _compose([f"model={name}"]).model
         assert (m.N, m.M)[: len(cfgs[zoo_name][1])] == cfgs[zoo_name][1], name
+
+
+def test_group_null_becomes_hydra_delete_only_for_groups():
+    """GROUP=null drops a config group's default (Hydra's ~GROUP); a plain key set to null, an
+    already-prefixed override and a value merely containing 'null' stay as written."""
+    from codecx.config.check import drop_null_groups
+
+    args = ["experiment=null", "model.weights=null", "+foo=null", "reg=cse", "name=nullish", "--multirun"]
+    assert drop_null_groups(args, CONF_DIR) == [
+        "~experiment", "model.weights=null", "+foo=null", "reg=cse", "name=nullish", "--multirun"]

@@ -247,6 +247,22 @@ def group_options(group: str, config_dir: str) -> List[str]:
     return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml"))
 
 
+def drop_null_groups(args: Sequence[str], config_dir) -> List[str]:
+    """`GROUP=null` -> Hydra's `~GROUP` (drop the group's default, e.g. experiment=null: no
+    main-job recipe): Hydra fails on GROUP=null when the dropped option overrides other groups."""
+    groups = None
+    out = []
+    for a in args:
+        key, eq, value = a.partition("=")
+        if eq and value == "null" and not key.startswith(("-", "+", "~")):
+            if groups is None:
+                groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
+            if key in groups:
+                a = f"~{key}"
+        out.append(a)
+    return out
+
+
 def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str,
                        validate: Optional[Callable[[DictConfig], None]] = None,
                        before: Optional[Callable[[List[str]], None]] = None) -> None:
@@ -255,11 +271,7 @@ def main_with_precheck(hydra_main, config_dir: str, config_name: str, prog: str,
     `before(overrides)` runs next (e.g. the run-directory lock check) with the same handling."""
     import sys
 
-    # GROUP=null drops a group's default (e.g. experiment=null: no main-job recipe); Hydra
-    # spells that ~GROUP and fails on GROUP=null when the dropped option overrides other groups
-    groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
-    sys.argv[1:] = [f"~{a.split('=', 1)[0]}" if "=" in a and a.split("=", 1)[1] == "null"
-                    and a.split("=", 1)[0] in groups else a for a in sys.argv[1:]]
+    sys.argv[1:] = drop_null_groups(sys.argv[1:], config_dir)
     args = sys.argv[1:]
     if not any(a.startswith("--") and a not in ("--multirun",) for a in args):
         overrides = [a for a in args if not a.startswith("-")]
