@@ -8,7 +8,8 @@ scalar quantization next to the paper's table 1 / 4 / 5 figures for mbt2018-mean
     .venv/bin/python experiments/latent_properties/study.py --table    # the table from existing results
 
 Checkpoints (default): the `reg=none, seed=1` runs of experiments/cse (experiment=cpu_study at
-the 4 lambdas); `--runs GLOB` takes others. Results: experiments/latent_properties/results/<variant>/.
+the 4 lambdas); `--runs GLOB` takes others (the base zoo: `--runs 'runs/zoo/mbt_mean/lmbda=*'
+--steps 4000 --out experiments/latent_properties/zoo`). Results: `--out`/<variant>/.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RUNS = "experiments/cse/runs/*reg=none,seed=1"
 KODAK = "../shared/data/kodak"
+OUT = HERE / "results"   # --out: where each variant's results go
 # variant: (quantizer, shift); None = the checkpoint's own (scalar) quantizer / no shift
 VARIANTS = {
     "scalar": (None, None), "hex": ("hex", None), "oct": ("oct", None), "d4": ("d4", None),
@@ -40,7 +42,7 @@ PAPER = {"hex": ("-0.88 (t.1), -0.748 (t.5)", "+0.0374"), "oct": ("-0.957 (t.5)"
 
 def folder(variant: str) -> Path:
     name = variant.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
-    return HERE / "results" / name
+    return OUT / name
 
 
 def evaluate(variant: str, ckpts, threads: int, data: str = KODAK) -> None:
@@ -90,6 +92,7 @@ def table() -> str:
 
 
 def main() -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default=RUNS, help=f"glob of train.py run dirs (default {RUNS})")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="V")
@@ -97,7 +100,9 @@ def main() -> None:
     ap.add_argument("--data", default=KODAK, help=f"image folder (default {KODAK})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="only print the table of existing results")
+    ap.add_argument("--out", default=str(OUT.relative_to(ROOT)), help="results folder (default %(default)s)")
     a = ap.parse_args()
+    OUT = (ROOT / a.out).resolve()
     if not a.table:
         sys.path.insert(0, str(ROOT))
         from codecx.evaluate import checkpoint_step
@@ -110,7 +115,7 @@ def main() -> None:
         for v in a.variants:
             evaluate(v, ckpts, a.threads, a.data)
     text = table()
-    (HERE / "results" / "table.md").write_text(text + "\n")
+    (OUT / "table.md").write_text(text + "\n")
     print(text)
 
 

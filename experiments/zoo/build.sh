@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The base zoo of the paired fine-tuning protocol (issue 16 item 1; README "Studies"): mbt_mean
 # N=64/M=96 (experiment=base_zoo: cpu_study's recipe, 4000 steps, Adam 5e-4 x0.1 at step 3200),
-# one run per lambda in runs/zoo/mbt_mean/lmbda=L/ (checkpoints: ~21 MB each, a build product,
+# one run per lambda in runs/zoo/mbt_mean/lmbda=L/ (checkpoints: ~24 MB each, a build product,
 # not in git), then its Kodak results from real bitstreams and the convergence check: the
 # BD-rate of step T=4000 against step 0.8T=3200 (step=3200.ckpt is kept by checkpoint.keep_steps).
 #   experiments/zoo/build.sh                 # train (two sweeps side by side, 1 thread each) + Kodak
