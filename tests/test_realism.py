@@ -80,8 +80,9 @@ def test_undefined_and_bad_input():
     assert math.isnan(hf_power_ratio(flat, texture()).item())  # no reference power: NaN, not 1e12
     with pytest.raises(ValueError, match="shapes"):
         hf_power_ratio(texture(), texture()[..., :32])
-    with pytest.raises(ValueError, match="cutoff"):
-        hf_power_ratio(texture(), texture(), cutoff=1.5)
+    for cutoff in (0, 1.5):
+        with pytest.raises(ValueError, match="cutoff"):
+            hf_power_ratio(texture(), texture(), cutoff=cutoff)
 
 
 # ---------------------------------------------------------------------- FID / KID samples
