@@ -9,7 +9,6 @@
 # Re-running resumes each run from its last.ckpt; ~25 min per lambda per core on 2 idle cores.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-CODECX=${CODECX:-.venv/bin/codecx}
 ZOO=${ZOO:-runs/zoo/mbt_mean}
 OUT=${OUT:-experiments/zoo/kodak}
 KODAK=${KODAK:-../shared/data/kodak}
@@ -30,5 +29,5 @@ if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
   "$PY" eval.py "ckpt=$(list step=3200.ckpt)" data=folder "data.val_dir=$KODAK" name=zoo_T3200 \
     progress=false threads=1 "hydra.run.dir=$OUT/T3200" &
   wait
-  "$CODECX" bdrate "$OUT/T3200/results.json" "$OUT/T4000/results.json" | tee "$OUT/convergence.txt"
+  "$PY" experiments/zoo/convergence.py "$OUT/T3200" "$OUT/T4000" | tee "$OUT/convergence.md"
 fi
