@@ -38,7 +38,7 @@ run() {
   if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
 }
 
-common=(experiment=finetune "base_dir=$BASE_DIR" "hydra.sweep.dir=$SWEEP")
+common=(experiment=finetune "base_dir=$BASE_DIR" "hydra.sweep.dir=$SWEEP" sweep_report.enabled=false)  # its own report below
 
 if [[ "$STAGE" == all || "$STAGE" == train ]]; then
   if [[ -z "${DRY_RUN:-}" ]]; then
