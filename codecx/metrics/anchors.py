@@ -104,9 +104,10 @@ def classical_at(images, bpp: float, codec: str = "jpeg") -> Dict[str, Any]:
     grid = range(1, 101) if codec == "jpeg" else range(0, 101, 2)
     r = classical_anchor(images, codec, qualities=grid, msssim=False)["results"]
     rates, psnrs, qualities = r["bpp"], r["psnr-rgb"], r["quality"]
-    lowest = (rates[0], psnrs[0])
-    if not rates[0] <= bpp <= rates[-1]:
-        return {"psnr": None, "quality": None, "bpp": bpp, "below": bpp < rates[0], "lowest": lowest}
+    lowest = (rates[0], psnrs[0]) if rates else None
+    if not rates or not rates[0] <= bpp <= rates[-1]:
+        return {"psnr": None, "quality": None, "bpp": bpp, "below": bool(rates) and bpp < rates[0],
+                "lowest": lowest}
     i = max(j for j in range(len(rates)) if rates[j] <= bpp)
     if i == len(rates) - 1:
         return {"psnr": psnrs[i], "quality": (qualities[i], qualities[i]), "bpp": rates[i], "lowest": lowest}
