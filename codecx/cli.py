@@ -128,7 +128,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     set_coding_threads(a.threads)
     paths = build_report(a.multirun_dir, a.baseline, a.out, a.eval_dir, a.data_val_dir,
                          progress=not a.no_progress, replicates=a.replicates, anchor=a.anchor,
-                         include_incomplete=a.include_incomplete)
+                         include_incomplete=a.include_incomplete, decompose=a.decompose)
     print(paths["md"].read_text())
     print(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}")
     return 0
@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "computed on the evaluation images")
     s.add_argument("--include-incomplete", action="store_true", help="use runs whose last.ckpt stopped "
                    "before trainer.max_steps in the curves and BD figures (default: flagged and left out)")
+    s.add_argument("--decompose", action="store_true", help="evaluate with the MSE_t / MSE_a / MSE_q "
+                   "decomposition (eval.py metrics.decompose=true; paper 000 eq. 11): its section and plot")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     s = verb("anchors", cmd_anchors, "classical RD curves (Pillow JPEG / WebP / AVIF, bpp from the "

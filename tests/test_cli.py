@@ -221,3 +221,11 @@ def test_report_on_a_real_multirun(tmp_path, tiny_images, capsys):
     assert all(json.loads(p.read_text())["data"]["val_dir"] == str(tiny_images) for p in runs)
     assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress"]) == 0
     assert all(json.loads(p.read_text())["data"]["max_val_images"] == 1 for p in runs)
+    # --decompose re-evaluates results without the decomposition, then reuses them
+    assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress", "--decompose"]) == 0
+    res = [json.loads(p.read_text())["results"] for p in runs]
+    assert all(r["mse_a_ratio"][0] > 0 and r["mse_q_ratio"][0] > 0 for r in res)
+    assert (sweep / "decomposition.png").is_file() and "MSE_a" in (sweep / "report.md").read_text()
+    before = [p.stat().st_mtime_ns for p in runs]
+    assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress", "--decompose"]) == 0
+    assert [p.stat().st_mtime_ns for p in runs] == before

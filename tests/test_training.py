@@ -60,6 +60,32 @@ def test_loss_decreases(quantizer):
     assert last < 0.7 * first
 
 
+def test_group_lr_gives_a_group_its_own_rate_under_the_schedule():
+    """schedule.group_lr: the named codec group gets its own lr, scaled by the codec schedule."""
+    module = LitCodec(tiny_codec(), NoRegularizer(), lmbda=0.01,
+                      schedule=Schedule(lr=1e-4, scheduler="multistep", milestones=[1], gamma=0.5,
+                                        group_lr={"g_s": 1e-2}))
+    module.trainer = type("T", (), {"max_steps": 3})()  # configure_optimizers reads max_steps
+    opts, schs = module.configure_optimizers()
+    codec_opt = opts[0]
+    by_name = {g["name"]: g for g in codec_opt.param_groups}
+    g_s = {id(p) for p in module.codec.parameter_groups()["g_s"]}
+    assert {id(p) for p in by_name["g_s"]["params"]} == g_s
+    assert not g_s & {id(p) for p in by_name["codec"]["params"]}
+    quantiles = {id(p) for ph in module.phases for p in ph.params}
+    assert not quantiles & {id(p) for g in codec_opt.param_groups for p in g["params"]}
+    assert (by_name["codec"]["lr"], by_name["g_s"]["lr"]) == (1e-4, 1e-2)
+    codec_opt.step()
+    schs[0]["scheduler"].step()  # the milestone halves every group
+    assert (by_name["codec"]["lr"], by_name["g_s"]["lr"]) == (5e-5, 5e-3)
+    from codecx.lit.loggers import learning_rates
+    assert learning_rates([codec_opt], ["codec"]) == {"train/lr_codec": 5e-5, "train/lr_codec_g_s": 5e-3}
+    with pytest.raises(ValueError, match="group_lr: unknown parameter group.*'gs'"):
+        Schedule(group_lr={"gs": 1e-3}).codec_optimizer([], module.codec.parameter_groups())
+    with pytest.raises(ValueError, match="group_lr.g_s=0.0"):
+        Schedule(group_lr={"g_s": 0})
+
+
 def test_aux_phase_fits_quantiles():
     pl.seed_everything(0)
     module = LitCodec(tiny_codec(), lmbda=0.01, schedule=Schedule(aux_lr=1e-2))

@@ -150,7 +150,8 @@ def learning_rates(optimizers: Sequence[Any], names: Sequence[str]) -> Dict[str,
         opt = getattr(opt, "optimizer", opt)  # LightningOptimizer
         groups = opt.param_groups
         for i, g in enumerate(groups):
-            out[f"train/lr_{name}" + (f"_pg{i}" if len(groups) > 1 else "")] = float(g["lr"])
+            gname = g.get("name", f"pg{i}")  # schedule.group_lr names its groups; the rest is "codec"
+            out[f"train/lr_{name}" + ("" if len(groups) == 1 or gname == name else f"_{gname}")] = float(g["lr"])
     return out
 
 

@@ -132,7 +132,7 @@ class LitCodec(pl.LightningModule):
     def configure_optimizers(self):
         aux = {id(p) for ph in self.phases for p in ph.params}
         codec_params = [p for p in self.codec.parameters() if id(p) not in aux]
-        opts = [self.schedule.codec_optimizer(codec_params)]
+        opts = [self.schedule.codec_optimizer(codec_params, self.codec.parameter_groups())]
         max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else 10**6
         schedulers = [self.schedule.lr_scheduler(opts[0], max_steps)]
         for ph in self.phases:

@@ -63,6 +63,9 @@ class Schedule:
     `phases`: per auxiliary phase name, optimizer settings that replace the phase's defaults
     (`optimizer`, `lr`, `betas`, `weight_decay`, and a per-step `scheduler`: constant |
     cosine | multistep with `milestones`, `gamma`, `warmup_steps`, `min_lr`).
+    `group_lr`: per codec parameter group, a learning rate that replaces `lr` for that group
+    (e.g. `{transforms: 1e-3}`: a module new to a fine-tuned codec learns faster than the
+    codec moves; None: `lr`); the codec's schedule scales every group by the same factor.
     """
 
     def __init__(self, name: str = "compressai", optimizer: str = "adam", lr: float = 1e-4,
@@ -72,7 +75,8 @@ class Schedule:
                  plateau_patience: int = 10, milestones: Sequence[int] = (), gamma: float = 0.1,
                  warmup_steps: int = 0, min_lr: float = 0.0,
                  stages: Optional[Sequence[Mapping[str, Any]]] = None,
-                 phases: Optional[Mapping[str, Mapping[str, Any]]] = None):
+                 phases: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                 group_lr: Optional[Mapping[str, float]] = None):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"schedule.optimizer={optimizer!r}: choose one of {list(OPTIMIZERS)}")
         if scheduler not in SCHEDULERS:
@@ -87,6 +91,10 @@ class Schedule:
         self.plateau_patience, self.milestones = int(plateau_patience), list(milestones)
         self.gamma, self.warmup_steps, self.min_lr = float(gamma), int(warmup_steps), float(min_lr)
         self.stages = self._check_stages(stages)
+        self.group_lr = {str(k): float(v) for k, v in (group_lr or {}).items() if v is not None}
+        for key, v in self.group_lr.items():
+            if not v > 0:
+                raise ValueError(f"schedule.group_lr.{key}={v}: must be a positive learning rate")
         self.phases = {str(k): dict(v or {}) for k, v in (phases or {}).items()}
         for phase, spec in self.phases.items():
             unknown = sorted(set(spec) - set(PHASE_KEYS))
@@ -130,8 +138,27 @@ class Schedule:
                 return st
         return self.stages[-1]
 
-    def codec_optimizer(self, params: Iterable) -> Optimizer:
-        return make_optimizer(self.optimizer, params, self.lr, self.betas, self.weight_decay)
+    def codec_optimizer(self, params: Iterable,
+                        groups: Optional[Mapping[str, Sequence[torch.nn.Parameter]]] = None) -> Optimizer:
+        """The codec's optimizer over `params`; those in a `groups[name]` with a `group_lr[name]`
+        form their own parameter group at that learning rate."""
+        params = list(params)
+        if not self.group_lr:
+            return make_optimizer(self.optimizer, params, self.lr, self.betas, self.weight_decay)
+        groups = groups or {}
+        unknown = sorted(set(self.group_lr) - set(groups))
+        if unknown:
+            raise ValueError(f"schedule.group_lr: unknown parameter group(s) {unknown}; valid: {sorted(groups)}")
+        keep = {id(p) for p in params}
+        special, taken = [], set()
+        for name, lr in self.group_lr.items():
+            ps = [p for p in groups[name] if id(p) in keep and id(p) not in taken]
+            taken.update(id(p) for p in ps)
+            if ps:
+                special.append({"params": ps, "lr": lr, "name": name})
+        rest = [p for p in params if id(p) not in taken]
+        return make_optimizer(self.optimizer, [{"params": rest, "name": "codec"}] + special, self.lr,
+                              self.betas, self.weight_decay)
 
     def phase_optimizer(self, phase, max_steps: int):
         """(optimizer, scheduler dict or None) of an auxiliary phase, with `phases` overrides."""

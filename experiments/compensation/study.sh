@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The compensation study (issue 13, item 7) with the paired fine-tuning protocol (README
+# "Studies"): every arm starts from the base zoo's checkpoint of its lambda (runs/zoo/mbt_mean,
+# experiments/zoo/build.sh), sees the same data order, crops and steps; only the latent
+# transform differs. The control (no transform) with two seeds gives the protocol's noise band.
+#
+#   experiments/compensation/study.sh            # every arm, then the Kodak report
+#   DRY_RUN=1 experiments/compensation/study.sh  # print the commands only
+#   STAGE=report experiments/compensation/study.sh
+#   ARMS=$'transform=lpc\ntransform=lrp' experiments/compensation/study.sh   # chosen arms
+#
+# What every arm shares (PROTOCOL): quantizer=mixed (the transforms learn the rounding
+# residual: g_s must see the rounded y_hat, README "Latent compensation"); 256-px crops, batch 4
+# (LRP's and the LPC predictor's 5x5/3x3 convolutions need latents larger than their receptive
+# field; the same pixels per step as the CSE protocol's 128-px x 8); 500 steps at the protocol's
+# 5e-5 for the codec and schedule.group_lr.transforms=5e-4 (the zoo's own training rate) for the
+# transform, which starts at zero (LRP's last layer, LPC's mu_r) so that every arm starts from
+# the base checkpoint's exact output. The control passes transform=[] so the report can pick it.
+# Run from the repository root; re-running resumes each run from its last.ckpt.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+CODECX=${CODECX:-.venv/bin/codecx}
+BASE_DIR=${BASE_DIR:-runs/zoo/mbt_mean}
+SWEEP=${SWEEP:-runs/finetune/compensation}
+OUT=${OUT:-experiments/compensation}
+LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
+SEEDS=${SEEDS:-1,2}           # the control (its seed 2 vs seed 1 is the noise band)
+ARM_SEEDS=${ARM_SEEDS:-1}     # the method arms (each paired with the control of the same seed)
+DEFAULT_ARMS='transform=lpc
+transform=lrp
+transform=fpc
+transform=lpc transform.lpc.params=predicted
+transform=lpc transform.lpc.latent_mse=1
+transform=lpc data.invert=true'
+ARMS=${ARMS:-$DEFAULT_ARMS}   # one arm per line, in the order they run
+STAGE=${STAGE:-all}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+PROTOCOL=(experiment=finetune "base_dir=$BASE_DIR" "hydra.sweep.dir=$SWEEP" sweep_report.enabled=false
+          quantizer=mixed data.crop_size=256 data.batch_size=4 trainer.max_steps=500
+          schedule.group_lr.transforms=5e-4)
+
+run() {
+  echo "+ $*"
+  if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
+}
+
+if [[ "$STAGE" == all || "$STAGE" == train ]]; then
+  if [[ -z "${DRY_RUN:-}" ]]; then
+    for l in ${LMBDAS//,/ }; do
+      ckpt="$BASE_DIR/lmbda=$l/checkpoints/last.ckpt"
+      [[ -f "$ckpt" ]] || { echo "study.sh: no base checkpoint $ckpt; train the base zoo first:" \
+        "experiments/zoo/build.sh (README, Studies)" >&2; exit 1; }
+    done
+  fi
+  # Two lanes side by side (one thread each, 2 cores), each a multirun over half the lambdas.
+  lane() {
+    local lmbdas=$1 arm
+    run "$PY" train.py -m "${PROTOCOL[@]}" "lmbda=$lmbdas" "seed=$SEEDS" 'transform=[]'
+    while IFS= read -r arm; do
+      [[ -z "$arm" ]] && continue
+      # shellcheck disable=SC2086  # an arm is a few overrides separated by spaces
+      run "$PY" train.py -m "${PROTOCOL[@]}" "lmbda=$lmbdas" "seed=$ARM_SEEDS" $arm
+    done <<< "$ARMS"
+  }
+  IFS=, read -ra ls <<< "$LMBDAS"
+  half=$(( (${#ls[@]} + 1) / 2 ))
+  lane "$(IFS=,; echo "${ls[*]:0:$half}")" &
+  [[ $half -lt ${#ls[@]} ]] && lane "$(IFS=,; echo "${ls[*]:$half}")" &
+  wait
+fi
+
+if [[ "$STAGE" == all || "$STAGE" == report ]]; then
+  # BD-rate of each arm per seed against the control of the same seed (the control's seed 2
+  # against seed 1 is the noise band), with the MSE_t / MSE_a / MSE_q decomposition.
+  run "$CODECX" report "$SWEEP" --baseline 'transform=[]' --replicates seed --decompose \
+    --data-val-dir ../shared/data/kodak --eval-dir "$OUT/kodak" -o "$OUT/results" --no-progress
+fi
