@@ -39,19 +39,10 @@ PROTOCOL=(experiment=finetune "base_dir=$BASE_DIR" "hydra.sweep.dir=$SWEEP" swee
           quantizer=mixed data.crop_size=256 data.batch_size=4 trainer.max_steps=500
           schedule.group_lr.transforms=5e-4)
 
-run() {
-  echo "+ $*"
-  if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
-}
+source "$(dirname "$0")/../protocol.sh"  # run, require_bases, two_lanes
 
 if [[ "$STAGE" == all || "$STAGE" == train ]]; then
-  if [[ -z "${DRY_RUN:-}" ]]; then
-    for l in ${LMBDAS//,/ }; do
-      ckpt="$BASE_DIR/lmbda=$l/checkpoints/last.ckpt"
-      [[ -f "$ckpt" ]] || { echo "study.sh: no base checkpoint $ckpt; train the base zoo first:" \
-        "experiments/zoo/build.sh (README, Studies)" >&2; exit 1; }
-    done
-  fi
+  require_bases "$BASE_DIR" "$LMBDAS" study.sh
   # Two lanes side by side (one thread each, 2 cores), each a multirun over half the lambdas.
   lane() {
     local lmbdas=$1 arm
@@ -62,11 +53,7 @@ if [[ "$STAGE" == all || "$STAGE" == train ]]; then
       run "$PY" train.py -m "${PROTOCOL[@]}" "lmbda=$lmbdas" "seed=$ARM_SEEDS" $arm
     done <<< "$ARMS"
   }
-  IFS=, read -ra ls <<< "$LMBDAS"
-  half=$(( (${#ls[@]} + 1) / 2 ))
-  lane "$(IFS=,; echo "${ls[*]:0:$half}")" &
-  [[ $half -lt ${#ls[@]} ]] && lane "$(IFS=,; echo "${ls[*]:$half}")" &
-  wait
+  two_lanes lane "$LMBDAS"
 fi
 
 if [[ "$STAGE" == all || "$STAGE" == report ]]; then

@@ -33,21 +33,12 @@ ARMS=${ARMS:-}           # one CSE arm per line (e.g. "alpha=1 reg.units=bits_pe
 STAGE=${STAGE:-all}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-run() {
-  echo "+ $*"
-  if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
-}
+source "$(dirname "$0")/../protocol.sh"  # run, require_bases, two_lanes
 
 common=(experiment=finetune "base_dir=$BASE_DIR" "hydra.sweep.dir=$SWEEP" sweep_report.enabled=false)  # its own report below
 
 if [[ "$STAGE" == all || "$STAGE" == train ]]; then
-  if [[ -z "${DRY_RUN:-}" ]]; then
-    for l in ${LMBDAS//,/ }; do
-      ckpt="$BASE_DIR/lmbda=$l/checkpoints/last.ckpt"
-      [[ -f "$ckpt" ]] || { echo "ablation.sh: no base checkpoint $ckpt; train the base zoo first:" \
-        "experiments/zoo/build.sh (README, Studies)" >&2; exit 1; }
-    done
-  fi
+  require_bases "$BASE_DIR" "$LMBDAS" ablation.sh
   # Two lanes side by side (one thread each, 2 cores), each a Hydra multirun over half the
   # lambdas; within a lane the control (reg=none takes no reg.* keys, so it is its own multirun)
   # then one multirun per CSE arm, all into the same sweep dir.
@@ -66,13 +57,7 @@ if [[ "$STAGE" == all || "$STAGE" == train ]]; then
         "reg.bin_width=$BIN_WIDTHS"
     fi
   }
-  IFS=, read -ra ls <<< "$LMBDAS"
-  half=$(( (${#ls[@]} + 1) / 2 ))
-  lane_a=$(IFS=,; echo "${ls[*]:0:$half}")
-  lane_b=$(IFS=,; echo "${ls[*]:$half}")
-  lane "$lane_a" &
-  [[ -n "$lane_b" ]] && lane "$lane_b" &
-  wait
+  two_lanes lane "$LMBDAS"
 fi
 
 if [[ "$STAGE" == all || "$STAGE" == report ]]; then
