@@ -18,7 +18,7 @@ from codecx.evaluate import (data_key, data_label, dataset_images, evaluate_code
                              results_dict, write_results)
 from codecx.metrics.bdrate import bd_methods, get_metric
 from codecx.metrics.complexity import plot_rdc
-from codecx.metrics.decompose import decomposition_section
+from codecx.metrics.decompose import DECOMPOSE_KEYS, decomposition_section
 from codecx.metrics.rdplot import plot_rd
 
 GROUP_EXCLUDE = {"lmbda", "seed"}
@@ -285,7 +285,7 @@ def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, 
         stored = res.get("data")
         want = data_key(data_override) if data_override is not None else _own_data(run)
         if (stored is None or want is None or stored == want) and \
-                (not decompose or "mse_a_ratio" in res.get("results", {})):
+                (not decompose or set(DECOMPOSE_KEYS) <= set(res.get("results", {}))):
             return res
     if not run.ckpt.is_file():
         return None
