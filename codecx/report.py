@@ -208,6 +208,18 @@ def _label_tokens(runs: Sequence[Run], keys: Sequence[str]) -> Dict[str, str]:
     return out
 
 
+def _written(r: Run, key: str) -> str:
+    """`key`'s setting in a run's label as the user wrote it: the override of `key` itself, else
+    the override of its nearest enclosing group (`transform=lpc` for `transform.lpc.hidden`), else
+    key=value from the used configuration."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        k = ".".join(parts[:i])
+        if k in r.overrides:
+            return f"{k}={r.overrides[k]}"
+    return f"{key}={_text(r.config[key])}"
+
+
 def group_runs(runs: Sequence[Run], exclude: Sequence[str] = ()) -> Dict[str, List[Run]]:
     """Runs grouped by the configuration each one used (`Run.config`: .hydra/config.yaml or the
     checkpoint's): the settings that differ between runs, except lmbda, seed and `exclude`;
@@ -217,17 +229,27 @@ def group_runs(runs: Sequence[Run], exclude: Sequence[str] = ()) -> Dict[str, Li
         keys = _grouped_keys(runs, exclude)
         how = _label_tokens(runs, keys)
         groups: Dict[str, List[Run]] = {}
+        written: Dict[str, set] = {}  # group -> its runs' labels from the overrides as written
         for r in runs:
             tokens: List[str] = []
+            short: List[str] = []
             for k in keys:
                 if k not in r.config:
                     continue  # e.g. reg.cse.alpha of a reg=none run
                 kind, _, name = how[k].partition(":")
                 tok = (f"{name}={r.choices[name]}" if kind == "choice" else
                        f"{name}={_text(r.config[k])}" if kind == "knob" else f"{k}={_text(r.config[k])}")
-                if tok not in tokens:
-                    tokens.append(tok)
-            groups.setdefault(",".join(tokens) or "all", []).append(r)
+                for t, ts in ((tok, tokens), (_written(r, k) if kind == "key" else tok, short)):
+                    if t not in ts:
+                        ts.append(t)
+            label = ",".join(tokens) or "all"
+            groups.setdefault(label, []).append(r)
+            written.setdefault(label, set()).add(",".join(short) or "all")
+        # name each group by its overrides as written (transform=lpc,transform.lpc.params=predicted
+        # rather than every transform.lpc.* value) where that names every group alike and apart
+        names = {g: next(iter(w)) for g, w in written.items() if len(w) == 1}
+        if len(names) == len(groups) and len(set(names.values())) == len(names):
+            return {names[g]: rs for g, rs in groups.items()}
         return groups
     keys = sorted({k for r in runs for k in r.overrides} - {"lmbda"} - set(exclude))
     varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]

@@ -51,3 +51,29 @@ def test_report_groups_arms_not_lambdas_or_seeds(tmp_path):
                                 raw={"data.seed": "${seed}", "model.weights": "${base_dir}/lmbda=${lmbda}/last.ckpt"}))
     groups = group_runs(runs)
     assert sorted(len(v) for v in groups.values()) == [4, 4] and len(groups) == 2
+
+
+def test_report_names_groups_by_the_overrides_as_written(tmp_path):
+    """Arms that differ inside a config group (transform=lpc with and without
+    transform.lpc.params=predicted, against transform=[]) are named by what the user wrote, not
+    by every transform.lpc.* value; the groups themselves still follow the used configuration."""
+    from codecx.report import Run, group_runs
+
+    arms = {"none": ({"transform": "[]"}, {}, {"transform": {}}),
+            "lpc": ({"transform": "lpc"}, {"transform": "lpc"}, {"params": "learned"}),
+            "pred": ({"transform": "lpc", "transform.lpc.params": "predicted"}, {"transform": "lpc"},
+                     {"params": "predicted"})}
+    runs = []
+    for name, (overrides, choices, lpc) in arms.items():
+        for seed in (1, 2):
+            config = {"lmbda": 0.01, "seed": seed}
+            if name == "none":
+                config["transform"] = {}
+            else:
+                config.update({"transform.lpc._target_": "codecx.transforms.lpc.LPC", "transform.lpc.hidden": 128,
+                               "transform.lpc.params": lpc["params"]})
+            runs.append(Run(dir=tmp_path / f"{name}{seed}", overrides=dict(overrides, seed=str(seed)),
+                            choices=choices, config=config))
+    groups = group_runs(runs, exclude=["seed"])
+    assert sorted(groups) == ["transform=[]", "transform=lpc", "transform=lpc,transform.lpc.params=predicted"]
+    assert [r.dir.name for r in groups["transform=lpc"]] == ["lpc1", "lpc2"]
