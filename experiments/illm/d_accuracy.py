@@ -32,6 +32,8 @@ from codecx.evaluate import load_checkpoint, load_codec
 
 ARMS = {"stage1": "stage1", "none": "stage2/none", "patchgan": "stage2/patchgan", "illm": "stage2/illm"}
 D_ARMS = ("patchgan", "illm")
+# the none arm again with seed 2 (study.sh noise): its difference to none is the protocol's noise band
+NOISE_ARM = ("none_seed2", "stage2/none_seed2")
 
 
 def load_discriminator(ckpt_path: Path, codec):
@@ -111,22 +113,25 @@ def main(argv=None) -> int:
     names = [p.name for p in ds.paths]
     crops = [ds[i] for i in range(len(ds))]
     recon, y_hats, codecs = {}, {}, {}
-    for arm, sub in ARMS.items():
+    arms = dict(ARMS)
+    if (runs / NOISE_ARM[1] / "checkpoints" / "last.ckpt").is_file():
+        arms[NOISE_ARM[0]] = NOISE_ARM[1]
+    for arm, sub in arms.items():
         codec, _ = load_codec(runs / sub / "checkpoints" / "last.ckpt")
         codecs[arm] = codec
         with torch.no_grad():
             outs = [codec(x[None]) for x in crops]
         recon[arm] = [o.x_hat[0].clamp(0, 1).mul(255).round().div(255) for o in outs]  # 8-bit, as decoded
         y_hats[arm] = [o.y_hat for o in outs]
-    same_y = all(torch.equal(y_hats["stage1"][i], y_hats[arm][i]) for arm in ARMS for i in range(len(crops)))
+    same_y = all(torch.equal(y_hats["stage1"][i], y_hats[arm][i]) for arm in arms for i in range(len(crops)))
 
     d_stats, cross = {}, {}
     for darm in D_ARMS:
-        reg = load_discriminator(runs / ARMS[darm] / "checkpoints" / "last.ckpt", codecs[darm])
+        reg = load_discriminator(runs / arms[darm] / "checkpoints" / "last.ckpt", codecs[darm])
         y = y_hats[darm]
         real_fake = sum(fake_rate(reg, crops[i][None], y[i]) for i in range(len(crops))) / len(crops)
         cross[darm] = {arm: sum(fake_rate(reg, recon[arm][i][None], y[i]) for i in range(len(crops))) / len(crops)
-                       for arm in ARMS}
+                       for arm in arms}
         st = {"real_called_real": 1 - real_fake, "own_fakes_called_fake": cross[darm][darm],
               "accuracy": 0.5 * ((1 - real_fake) + cross[darm][darm])}
         if darm == "illm":
@@ -135,10 +140,10 @@ def main(argv=None) -> int:
         d_stats[darm] = st
 
     rows, per = {}, {}
-    for arm in ARMS:
-        rows[arm], per[arm] = eval_row(runs / "eval" / ARMS[arm].replace("/", "_"))
+    for arm in arms:
+        rows[arm], per[arm] = eval_row(runs / "eval" / arms[arm].replace("/", "_"))
     deltas = {arm: {k: paired(per[arm], per["none"], k) for k in ("psnr-rgb", "ms-ssim", "hf_ratio")}
-              for arm in ("patchgan", "illm", "stage1")}
+              for arm in ("patchgan", "illm", "stage1", NOISE_ARM[0]) if arm in arms}
     shown = figure(crops, recon, names, out / "recon.png", picks=[(12, (64, 64)), (22, (64, 0))])
 
     result = {"images": f"{len(crops)} Kodak images, {a.crop}-px center crops", "same_y_hat_in_every_arm": same_y,
@@ -148,7 +153,7 @@ def main(argv=None) -> int:
 
     L = ["| arm | bpp | PSNR dB | MS-SSIM | hf_ratio | D accuracy (held-out) | FID | LPIPS |",
          "|---|---|---|---|---|---|---|---|"]
-    for arm in ARMS:
+    for arm in arms:
         r = rows[arm]
         acc = f"{d_stats[arm]['accuracy']:.3f}" if arm in d_stats else "n/a (no D)"
         L.append(f"| {arm} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | {r['ms-ssim']:.4f} | {r['hf_ratio']:.3f} | "
@@ -166,9 +171,9 @@ def main(argv=None) -> int:
         L.append(f"| {darm} | {st['real_called_real']:.3f} | {st['own_fakes_called_fake']:.3f} | "
                  f"{st['accuracy']:.3f} | {extra} |")
     L += ["", "Fraction of each arm's reconstructions a discriminator calls fake (lower: more realistic to it):", "",
-          "| D \\ reconstructions of | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
+          "| D \\ reconstructions of | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
     for darm, c in cross.items():
-        L.append(f"| {darm} | " + " | ".join(f"{c[arm]:.3f}" for arm in ARMS) + " |")
+        L.append(f"| {darm} | " + " | ".join(f"{c[arm]:.3f}" for arm in arms) + " |")
     L += ["", f"y_hat identical in every arm (frozen encoder): {same_y}"]
     (out / "results.md").write_text("\n".join(L) + "\n")
     print("\n".join(L))

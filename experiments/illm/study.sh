@@ -8,7 +8,7 @@
 #      wd 0, constant LR, clip 1.0), arms reg=none | patchgan | illm (narrow discriminators)
 #   4. eval.py on the 24 Kodak images, 256-px center crops (real bitstreams), then
 #      experiments/illm/d_accuracy.py (held-out D accuracy, figure, table)
-# Usage (repository root): bash experiments/illm/study.sh [labeler|stage1|stage2|eval|report ...]
+# Usage (repository root): bash experiments/illm/study.sh [labeler|stage1|stage2|noise|evaluate|report ...]
 # Every process runs alone, one thread, nice 5; CPU seconds of each step go to runs/illm/cpu_time.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -57,8 +57,11 @@ stage2() {
   arm patchgan patchgan "[g_s,discriminator]" $PATCH_D
   arm illm illm "[g_s,discriminator]" $ILLM_D
 }
+noise() {  # the protocol's noise band between runs: the none arm again with seed 2 (its data order)
+  arm none_seed2 none "[g_s]" seed=2
+}
 evaluate() {
-  for d in stage1 stage2/none stage2/patchgan stage2/illm; do
+  for d in stage1 stage2/none stage2/patchgan stage2/illm stage2/none_seed2; do
     T "eval_${d//\//_}" $PY eval.py ckpt=$R/$d/checkpoints/last.ckpt data=folder data.val_dir=$KODAK \
       data.val_crop_size=256 progress=false threads=1 hydra.run.dir=$R/eval/${d//\//_} > $R/eval_${d//\//_}.log 2>&1
   done
@@ -66,5 +69,5 @@ evaluate() {
 report() {
   T report $PY experiments/illm/d_accuracy.py --runs $R --kodak $KODAK --out experiments/illm
 }
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(labeler stage1 stage2 evaluate report)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(labeler stage1 stage2 noise evaluate report)
 for s in "${steps[@]}"; do "$s"; done
