@@ -180,6 +180,27 @@ def test_codec_round_trip_equals_eval_reconstruction(name, backbone, grouping):
     assert out.likelihoods["y"].shape == out.y.shape
 
 
+@pytest.mark.parametrize("backbone", ["mbt_mean", "mbt"])
+def test_coding_skips_the_rate_estimate(backbone, monkeypatch):
+    """`compress(x, estimate=False)` (what `codecx compress` and SGA's real-bytes check use)
+    writes the same streams without the lattice cell integrals of the rate estimate."""
+    from codecx.coding.container import encode_image, unpack
+
+    torch.manual_seed(0)
+    codec = tiny_codec(backbone)
+    codec.quantizer = LatticeQuantizer("oct")
+    codec.eval().update(force=True)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = codec.compress(x)
+        assert full["likelihoods"][0]["y"] is not None
+        monkeypatch.setattr(LatticeQuantizer, "likelihood", lambda *a, **k: pytest.fail("rate estimate computed"))
+        fast = codec.compress(x, estimate=False)
+        data = encode_image(codec, x, bytes(8))
+    assert fast["strings"] == full["strings"] and fast["likelihoods"] == [None]
+    assert unpack(data)[1] == full["strings"][0]
+
+
 def test_real_bits_close_to_estimate_on_kodak(kodak_image):
     """A random mbt_mean on a real photo: the y stream is within a few percent of -log2 p."""
     torch.manual_seed(0)

@@ -356,7 +356,7 @@ def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] =
     output when the caller has it already, e.g. for its rate estimate)."""
     if x.dim() != 4 or x.size(0) != 1:
         raise ValueError(f"encode_image takes one image (1, 3, H, W), got {tuple(x.shape)}")
-    out = codec.compress(x) if compressed is None else compressed
+    out = codec.compress(x, estimate=False) if compressed is None else compressed
     opts = dict(options or {})
     opts.update(out.get("options", [{}])[0])  # what the codec itself must signal (e.g. shift_index)
     return pack(Header.from_output(out, fingerprint, opts), out["strings"][0])

@@ -164,7 +164,7 @@ class SGA(EncoderRefiner):
         returns, both in 8 bits (what eval's PSNR measures); loss = bpp + lmbda D."""
         from codecx.metrics.rd import to_uint8
 
-        enc = codec.compress(x, latents=(y, z))
+        enc = codec.compress(x, latents=(y, z), estimate=False)
         x_hat = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"],
                                  enc["options"])
         pixels = x.shape[-2] * x.shape[-1]

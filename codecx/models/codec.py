@@ -111,13 +111,14 @@ class Codec(nn.Module):
 
     def _walk(self, mode: str, x: Optional[Tensor] = None, streams: Optional[List[bytes]] = None,
               shape=None, y_shape=None, z_shape=None, options: Optional[Dict] = None,
-              latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None):
+              latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None, estimate: bool = True):
         """The stages for one batch ("train") or one image ("eval", "encode", "decode").
 
         Returns a CodecOutput ("train", "eval"), `(streams, options, likelihoods)` ("encode":
         the likelihoods of the coded symbols, the rate estimate) or the clamped `x_hat`
         ("decode"). `latents` ("encode"): code these `(y, z)` instead of g_a / h_a's and the
-        refiners' (what a refiner measures its candidates with).
+        refiners' (what a refiner measures its candidates with). `estimate` ("encode"): also compute
+        the likelihoods; False leaves them None (lattice quantizers integrate over cells for them).
         """
         bb, q = self.backbone, self.quantizer
         st = WalkState(self, mode, x=x, options={} if options is None else dict(options))
@@ -144,7 +145,7 @@ class Codec(nn.Module):
             if mode == "encode":
                 z_str = eb.compress(z)
                 z_hat = eb.decompress(z_str, tuple(z.shape[-2:]))
-                z_lik = eb(z)[1]  # the eval-mode likelihoods of the coded z_hat
+                z_lik = eb(z)[1] if estimate else None  # the eval-mode likelihoods of the coded z_hat
             elif mode == "decode":
                 z_hat = eb.decompress([streams[1]], tuple(z_shape))
             else:
@@ -173,7 +174,7 @@ class Codec(nn.Module):
             if bb.autoregressive:
                 full = y.shape if y is not None else (1, int(bb.M), *y_shape)
                 y_hat, params = bb.serial(hyper, lambda p, i: symbols(None if y is None else y[i], p), full)
-                if mode != "decode":
+                if mode == "eval" or (mode == "encode" and estimate):
                     y_lik = q.likelihood(y_hat, params)
             elif mode == "eval":
                 params = bb.params(hyper, like=y)
@@ -184,7 +185,7 @@ class Codec(nn.Module):
                 like = y if y is not None else bb.y_like(hyper, (1, int(bb.M), *y_shape))
                 params = bb.params(hyper, like=like)
                 y_hat = symbols(y, params)
-                if mode == "encode":
+                if mode == "encode" and estimate:
                     y_lik = q.likelihood(y_hat, params)
             if mode == "encode":
                 out_streams.append(stream.finish())
@@ -211,13 +212,15 @@ class Codec(nn.Module):
         return self.backbone.update(force=force)
 
     @torch.no_grad()
-    def compress(self, x: Tensor, latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> Dict:
+    def compress(self, x: Tensor, latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None,
+                 estimate: bool = True) -> Dict:
         """Encode a batch image by image (entropy parameters never depend on the batch);
         returns per-image lists of streams `[y, z]`, the shapes, `options`: per image, the
         header options the decoder needs (e.g. `{"shift_index": k}` with a latent shift), and
         `likelihoods`: per image, the likelihoods of the coded symbols (the rate estimate).
         `latents`: code these `(y, z)` (batched like `x`) instead of the encoder's (no g_a,
-        h_a or refiners; how a refiner measures a candidate on the real bitstream)."""
+        h_a or refiners; how a refiner measures a candidate on the real bitstream). `estimate`
+        False: skip the rate estimate (`likelihoods` None per image), what only coding needs."""
         self._check_updated()
         bb = self.backbone
         h, w = x.shape[-2:]
@@ -225,10 +228,10 @@ class Codec(nn.Module):
         strings, options, likelihoods = [], [], []
         for i in range(x.size(0)):
             one = None if latents is None else tuple(None if t is None else t[i : i + 1] for t in latents)
-            streams, opts, lik = self._walk("encode", x[i : i + 1], latents=one)
+            streams, opts, lik = self._walk("encode", x[i : i + 1], latents=one, estimate=estimate)
             strings.append(streams)
             options.append(opts)
-            likelihoods.append(lik)
+            likelihoods.append(lik if estimate else None)
         return {"strings": strings, "shape": (h, w), "y_shape": y_shape,
                 "z_shape": z_shape if bb.has_side else None, "options": options,
                 "likelihoods": likelihoods}
