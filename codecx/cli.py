@@ -126,9 +126,18 @@ def cmd_report(a: argparse.Namespace) -> int:
     from codecx.report import build_report
 
     set_coding_threads(a.threads)
+    lpips = fid = None
+    if a.lpips_weights:  # the files are asked for: a missing one is an error, not a skipped column
+        from codecx.metrics.lpips import LPIPSMetric
+
+        lpips = LPIPSMetric(net="alex", weights=a.lpips_weights, option="--lpips-weights")
+    if a.fid_weights:
+        from codecx.metrics.fid import FIDKID
+
+        fid = FIDKID(weights=a.fid_weights, option="--fid-weights")
     paths = build_report(a.multirun_dir, a.baseline, a.out, a.eval_dir, a.data_val_dir,
                          progress=not a.no_progress, replicates=a.replicates, anchor=a.anchor,
-                         include_incomplete=a.include_incomplete, decompose=a.decompose)
+                         include_incomplete=a.include_incomplete, decompose=a.decompose, lpips=lpips, fid=fid)
     print(paths["md"].read_text())
     print(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}")
     return 0
@@ -318,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "before trainer.max_steps in the curves and BD figures (default: flagged and left out)")
     s.add_argument("--decompose", action="store_true", help="evaluate with the MSE_t / MSE_a / MSE_q "
                    "decomposition (eval.py metrics.decompose=true; paper 000 eq. 11): its section and plot")
+    s.add_argument("--lpips-weights", metavar="PATH", help="evaluate LPIPS (AlexNet) with this torchvision "
+                   "alexnet file or folder (eval.py metrics.lpips.weights); nothing is downloaded")
+    s.add_argument("--fid-weights", metavar="PATH", help="evaluate FID / KID on 256-px patches with this "
+                   "torch-fidelity Inception file or folder (eval.py metrics.fid.weights)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     s = verb("anchors", cmd_anchors, "classical RD curves (Pillow JPEG / WebP / AVIF, bpp from the "

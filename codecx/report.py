@@ -296,26 +296,29 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def run_results(run: Run, results_path: Path, data_override: Optional[Dict[str, Any]],
-                progress: bool, cache: Dict[str, Any], decompose: bool = False) -> Optional[Dict[str, Any]]:
+                progress: bool, cache: Dict[str, Any], decompose: bool = False,
+                lpips=None, fid=None) -> Optional[Dict[str, Any]]:
     """A run's results: `results_path` when it is newer than the checkpoint and for the same
-    images (and has the decomposition when `decompose`), else evaluated from the run's
-    last.ckpt on its own validation data (or `data_override`) and written there."""
+    images (and has the decomposition when `decompose`, LPIPS / FID when those metrics are
+    given), else evaluated from the run's last.ckpt on its own validation data (or
+    `data_override`) and written there."""
     fresh = results_path.is_file() and (not run.ckpt.is_file()
                                         or results_path.stat().st_mtime >= run.ckpt.stat().st_mtime)
     if fresh:  # written after the checkpoint, for the same images
         res = json.loads(results_path.read_text())
         stored = res.get("data")
         want = data_key(data_override) if data_override is not None else _own_data(run)
-        if (stored is None or want is None or stored == want) and \
-                (not decompose or set(DECOMPOSE_KEYS) <= set(res.get("results", {}))):
+        need = [*(DECOMPOSE_KEYS if decompose else ()), *(["lpips"] if lpips is not None else []),
+                *(["fid", "kid"] if fid is not None else [])]
+        if (stored is None or want is None or stored == want) and set(need) <= set(res.get("results", {})):
             return res
     if not run.ckpt.is_file():
         return None
     codec, config = load_codec(run.ckpt)
     data = dict(config["data"], **(data_override or {}))
     images = _val_images(data, cache)
-    points, rows = evaluate_codecs([(str(run.ckpt), codec, config)], images, progress=progress,
-                                   decompose=decompose)
+    points, rows = evaluate_codecs([(str(run.ckpt), codec, config)], images, lpips=lpips, fid=fid,
+                                   progress=progress, decompose=decompose)
     res = results_dict(run.dir.name, points, f"{config['model']['name']}, lmbda={config['lmbda']}, "
                        f"{len(images)} image(s) ({data_label(data)})", checkpoints=[str(run.ckpt)],
                        lmbda=[config["lmbda"]], images=[len(images)], data=data_key(data))
@@ -409,7 +412,7 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
                  eval_dir: Optional[str | Path] = None, data_val_dir: Optional[str | Path] = None,
                  progress: bool = True, replicates: Optional[str] = None,
                  anchor: Any = None, include_incomplete: bool = False,
-                 decompose: bool = False) -> Dict[str, Path]:
+                 decompose: bool = False, lpips=None, fid=None) -> Dict[str, Path]:
     """Write report.md, report.csv and rd.png for a multirun; returns their paths.
 
     `baseline` None: the first group (sorted by label). `anchor`: a curve every group is also
@@ -424,7 +427,9 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     Groups follow the configuration each run used (`group_runs`). A run whose last.ckpt stopped
     before its trainer.max_steps (killed) is flagged in the tables and left out of every curve
     and BD figure, unless `include_incomplete`. `decompose`: evaluate with the MSE_t / MSE_a /
-    MSE_q decomposition (a section and decomposition.png)."""
+    MSE_q decomposition (a section and decomposition.png). `lpips` / `fid`: an LPIPSMetric /
+    FIDKID to evaluate the runs with (their columns in the runs table; stored results without
+    them are re-evaluated)."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{multirun_dir}: no such directory (a Hydra multirun folder, e.g. runs/sweep/NAME)")
@@ -437,7 +442,7 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     skipped, cache = [], {}
     for r in runs:
         where = (Path(eval_dir) / r.dir.relative_to(root) if eval_dir else r.dir) / "results.json"
-        r.results = run_results(r, where, data_override, progress, cache, decompose)
+        r.results = run_results(r, where, data_override, progress, cache, decompose, lpips, fid)
         if r.results is None:
             skipped.append(f"{r.dir.relative_to(root)}: no checkpoints/last.ckpt and no results.json")
     runs = [r for r in runs if r.results is not None]

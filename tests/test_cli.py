@@ -229,3 +229,34 @@ def test_report_on_a_real_multirun(tmp_path, tiny_images, capsys):
     before = [p.stat().st_mtime_ns for p in runs]
     assert main(["report", str(sweep), "--baseline", "quantizer=noise", "--no-progress", "--decompose"]) == 0
     assert [p.stat().st_mtime_ns for p in runs] == before
+
+
+def test_report_evaluates_lpips_with_a_local_weights_file(tiny_ckpt, tiny_images, tmp_path, monkeypatch, capsys):
+    """`codecx report --lpips-weights FILE`: LPIPS of every run on the evaluation images (in its
+    results.json and the runs table); stored results without LPIPS are evaluated again, and a
+    missing file is one error naming the flag (nothing is downloaded)."""
+    import shutil
+
+    import torchvision.models as tvm
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    torch.manual_seed(0)
+    alex = tmp_path / "alexnet-owt-7be5be79.pth"  # random weights standing in for the ImageNet file
+    torch.save({k: v for k, v in tvm.alexnet().state_dict().items() if k.startswith("features.")}, alex)
+    run = tmp_path / "sweep" / "lmbda=0.01"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- lmbda=0.01\n")
+    (run / "checkpoints").mkdir()
+    shutil.copy(tiny_ckpt, run / "checkpoints" / "last.ckpt")
+    args = ["report", str(run.parent), "--baseline", "lmbda=0.01", "--data-val-dir", str(tiny_images),
+            "--no-progress", "--threads", "1"]
+    assert main(args) == 0
+    assert "lpips" not in json.loads((run / "results.json").read_text())["results"]
+    assert main([*args, "--lpips-weights", str(alex)]) == 0
+    lpips = json.loads((run / "results.json").read_text())["results"]["lpips"][0]
+    assert 0 < lpips < 1.5
+    assert "LPIPS" in (run.parent / "report.md").read_text()
+    capsys.readouterr()
+    assert main([*args, "--lpips-weights", str(tmp_path / "missing.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "--lpips-weights=" in err and "No download is attempted" in err

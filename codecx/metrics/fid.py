@@ -42,11 +42,11 @@ def to_uint8(x: Tensor) -> Tensor:
 class InceptionFeatures(torch.nn.Module):
     """torch-fidelity 'inception-v3-compat' 2048-d pool features from a local weights file (Heusel et al. 2017, FID)."""
 
-    def __init__(self, weights: str | os.PathLike | None = None):
+    def __init__(self, weights: str | os.PathLike | None = None, option: str = "metrics.fid.weights"):
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
-        path = resolve_weights(URL_INCEPTION_V3.rsplit("/", 1)[-1], weights, option="metrics.fid.weights",
+        path = resolve_weights(URL_INCEPTION_V3.rsplit("/", 1)[-1], weights, option=option,
                                url=URL_INCEPTION_V3, what="FID/KID InceptionV3")
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                                feature_extractor_weights_path=str(path))
@@ -61,9 +61,9 @@ class FIDKID:
     def __init__(self, feature_extractor: Callable[[Tensor], Tensor] | None = None,
                  weights: str | os.PathLike | None = None, patch: int = 256, kid_subsets: int = 100,
                  kid_subset_size: int = 1000, batch_size: int = 64, device: str | torch.device | None = None,
-                 seed: int = 2020):
-        if feature_extractor is None:
-            feature_extractor = InceptionFeatures(weights).to(device or "cpu")
+                 seed: int = 2020, option: str = "metrics.fid.weights"):
+        if feature_extractor is None:  # `option`: how the weights setting is named in a missing-file error
+            feature_extractor = InceptionFeatures(weights, option).to(device or "cpu")
         self.extractor = feature_extractor
         self.patch, self.kid_subsets, self.kid_subset_size = patch, kid_subsets, kid_subset_size
         self.batch_size, self.seed = batch_size, seed

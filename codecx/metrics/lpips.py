@@ -22,12 +22,13 @@ BACKBONE_WEIGHTS = {  # lpips net -> torchvision ImageNet weights whose file the
 class LPIPSMetric(torch.nn.Module):
     """Per-image LPIPS distance of [0,1] images (Zhang et al. 2018); frozen, always in eval mode."""
 
-    def __init__(self, net: str = "alex", weights: str | os.PathLike | None = None, version: str = "0.1"):
+    def __init__(self, net: str = "alex", weights: str | os.PathLike | None = None, version: str = "0.1",
+                 option: str = "metrics.lpips.weights"):
         super().__init__()
         if net not in BACKBONE_WEIGHTS:
             raise ValueError(f"net must be one of {sorted(BACKBONE_WEIGHTS)}, got {net!r}")
         url = BACKBONE_WEIGHTS[net].url
-        path = resolve_weights(url.rsplit("/", 1)[-1], weights, option="metrics.lpips.weights", url=url,
+        path = resolve_weights(url.rsplit("/", 1)[-1], weights, option=option, url=url,
                                what=f"LPIPS {net} backbone (torchvision ImageNet)")
         with warnings.catch_warnings():  # lpips calls torchvision with the deprecated `pretrained=` argument
             warnings.simplefilter("ignore", UserWarning)
