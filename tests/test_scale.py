@@ -21,10 +21,12 @@ def _losses(run_dir: Path):
     return logged(run_dir)
 
 
-def test_issue_command_trains():
-    """The issue's command, as written (default model size)."""
+def test_issue_command_trains(tmp_path):
+    """The issue's command, as written (default model size), in a fresh run folder (the default
+    runs/train/<overrides> of a checkout may hold this command's finished run already)."""
     r = run_train(["model=mbt_mean", "reg=none", "lmbda=0.0067", "trainer.max_steps=20",
-                   "trainer.enable_progress_bar=false", "data.max_val_images=1"], timeout=900)
+                   "trainer.enable_progress_bar=false", "data.max_val_images=1",
+                   f"hydra.run.dir={tmp_path / 'run'}"], timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "trained mbt_mean for 20 steps" in r.stdout
 
