@@ -26,12 +26,28 @@ OUT=${OUT:-experiments/compensation}
 LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
 SEEDS=${SEEDS:-1,2}           # the control (its seed 2 vs seed 1 is the noise band)
 ARM_SEEDS=${ARM_SEEDS:-1}     # the method arms (each paired with the control of the same seed)
+# Each transform (none, lpc both readings, lrp, fpc) plain, with the latent-MSE term, and with
+# inverse training; then the two together. The none arms (transform=latent_mse: only the term;
+# transform=[] data.invert=true) are the controls of the other arms of their row (README).
 DEFAULT_ARMS='transform=lpc
 transform=lrp
 transform=fpc
 transform=lpc transform.lpc.params=predicted
 transform=lpc transform.lpc.latent_mse=1
-transform=lpc data.invert=true'
+transform=lpc data.invert=true
+transform=[] data.invert=true
+transform=latent_mse
+transform=lrp transform.lrp.latent_mse=1
+transform=fpc transform.fpc.latent_mse=1
+transform=lpc transform.lpc.params=predicted transform.lpc.latent_mse=1
+transform=lrp data.invert=true
+transform=fpc data.invert=true
+transform=lpc transform.lpc.params=predicted data.invert=true
+transform=latent_mse data.invert=true
+transform=lpc transform.lpc.latent_mse=1 data.invert=true
+transform=lrp transform.lrp.latent_mse=1 data.invert=true
+transform=fpc transform.fpc.latent_mse=1 data.invert=true
+transform=lpc transform.lpc.params=predicted transform.lpc.latent_mse=1 data.invert=true'
 ARMS=${ARMS:-$DEFAULT_ARMS}   # one arm per line, in the order they run
 STAGE=${STAGE:-all}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -59,6 +75,10 @@ fi
 if [[ "$STAGE" == all || "$STAGE" == report ]]; then
   # BD-rate of each arm per seed against the control of the same seed (the control's seed 2
   # against seed 1 is the noise band), with the MSE_t / MSE_a / MSE_q decomposition.
-  run "$CODECX" report "$SWEEP" --baseline 'transform=[]' --replicates seed --decompose \
+  run "$CODECX" report "$SWEEP" --baseline 'transform=[],data.invert=False' --replicates seed --decompose \
     --data-val-dir ../shared/data/kodak --eval-dir "$OUT/kodak" -o "$OUT/results" --no-progress
+  # The same runs against the inverse-training control (transform=[] data.invert=true): each
+  # method's effect under inverse training, on the same (doubled) data stream.
+  run "$CODECX" report "$SWEEP" --baseline 'transform=[],data.invert=True' --replicates seed --decompose \
+    --data-val-dir ../shared/data/kodak --eval-dir "$OUT/kodak" -o "$OUT/results/invert" --no-progress
 fi
