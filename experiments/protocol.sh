@@ -1,5 +1,5 @@
-# Shell helpers of the paired-protocol study scripts (cse/ablation.sh, compensation/study.sh);
-# source it. DRY_RUN=1 prints the commands only.
+# Shell helpers of the study scripts (zoo/build.sh, cse/ablation.sh, compensation/study.sh,
+# shallow_sga/study.sh); source it. DRY_RUN=1 prints the commands only.
 
 run() {  # print a command, then run it unless DRY_RUN
   echo "+ $*"
@@ -23,4 +23,11 @@ two_lanes() {  # FUNCTION LMBDAS: FUNCTION on each half of the lambdas, side by 
   "$1" "$(IFS=,; echo "${ls[*]:0:$half}")" &
   if [[ $half -lt ${#ls[@]} ]]; then "$1" "$(IFS=,; echo "${ls[*]:$half}")" & fi
   wait
+}
+
+ckpt_list() {  # DIR FILE LMBDA...: eval.py's ckpt=[...] list of DIR/lmbda=L/checkpoints/FILE
+  local dir=$1 file=$2 s="" l
+  shift 2
+  for l in "$@"; do s+="${s:+,}'$dir/lmbda=$l/checkpoints/$file'"; done
+  echo "[$s]"
 }

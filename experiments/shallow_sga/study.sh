@@ -28,10 +28,9 @@ STEPS_2020=${STEPS_2020:-$(( STEPS * 2 / 3 ))}   # the 2020 original (lr 1e-3, t
 STAGE=${STAGE:-all}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-source "$(dirname "$0")/../protocol.sh"  # run, require_bases, two_lanes
+source "$(dirname "$0")/../protocol.sh"  # run, require_bases, two_lanes, ckpt_list
 
-ckpts() { local s="" l; for l in ${LMBDAS//,/ }; do s+="${s:+,}'$ZOO/lmbda=$l/checkpoints/last.ckpt'"; done; echo "[$s]"; }
-COMMON=("ckpt=$(ckpts)" data=folder "data.val_dir=$KODAK" "data.max_val_images=$IMAGES"
+COMMON=("ckpt=$(ckpt_list "$ZOO" last.ckpt ${LMBDAS//,/ })" data=folder "data.val_dir=$KODAK" "data.max_val_images=$IMAGES"
         progress=false threads=1)
 [[ -n "$CROP" ]] && COMMON+=("data.val_crop_size=$CROP")
 
