@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -256,8 +257,17 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
         log.info("resuming from %s", ckpt_path)
     if trainer.is_global_zero:
         print(f"codecx: training {_describe(cfg, module)} -> {run_dir}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
-                weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                    weights_only=True)
+    except Exception as e:
+        if ckpt_path and _raised_restoring(e):
+            raise CorruptCheckpointError(
+                f"cannot resume from {ckpt_path}: its training state does not fit this run "
+                f"({type(e).__name__}: {one_line(e)}); it was written by another codecx version or "
+                "configuration. Train in another folder (hydra.run.dir=DIR), start over here with "
+                f"resume=false, or start from its weights only with model.weights={ckpt_path}") from e
+        raise
     if not trainer.is_global_zero:
         return {}
     result = final_report(trainer, module)
@@ -275,6 +285,11 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
         for line in classical_lines(trainer, cfg, result):
             print(line)
     return result
+
+
+def _raised_restoring(e: BaseException) -> bool:
+    """True when `e` came from Lightning restoring a checkpoint (optimizer, scheduler, loops)."""
+    return any("checkpoint_connector" in f.filename for f in traceback.extract_tb(e.__traceback__))
 
 
 def _describe(cfg: DictConfig, module: LitCodec) -> str:

@@ -142,6 +142,26 @@ def test_train_py_runs_and_resumes(tmp_path):
                           weights_only=False)["global_step"] == k
 
 
+def test_resume_with_mismatched_training_state_names_the_way_out(tmp_path):
+    """A last.ckpt whose optimizer state does not fit this run (another codecx version) stops
+    with one line naming the checkpoint and the ways out, and leaves the checkpoint as it was."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"hydra.run.dir={run_dir}"]
+    r = run_train([*args, "trainer.max_steps=1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt["optimizer_states"][0]["param_groups"] = []  # not the optimizer this run builds
+    torch.save(ckpt, last)
+    before = last.read_bytes()
+    r = run_train([*args, "trainer.max_steps=2"])
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("codecx: error: cannot resume from") and str(last) in err
+    assert "resume=false" in err and f"model.weights={last}" in err and "Traceback" not in r.stderr
+    assert last.read_bytes() == before
+
+
 def test_checkpoint_loads_for_inference(tmp_path):
     """A training checkpoint rebuilds a codec that codes exactly (CDF buffers resized)."""
     from codecx.lit.module import resize_cdf_buffers
