@@ -8,13 +8,17 @@
 #   experiments/shallow_sga/study.sh              # three evaluations in two lanes, then the table
 #   DRY_RUN=1 experiments/shallow_sga/study.sh    # print the commands only
 #   STAGE=table experiments/shallow_sga/study.sh  # only the table (reuses the results)
+#   SGA_2020=0 ZOO=runs/zoo/shallow OUT=... STAGE=eval experiments/shallow_sga/study.sh  # plain + sga only
 #   STEPS=3000 IMAGES=24 CROP= experiments/shallow_sga/study.sh   # the papers' setting (days on a CPU)
 #
 # Cost on a CPU: one SGA step of mbt_mean N=64/M=96 on a 256-px crop takes ~0.17 s on one thread,
 # so the default (4 lambdas x 4 images x 1000 steps) is ~45 min per SGA arm; the papers' 3000
 # steps on full Kodak images would be ~6 CPU-hours per lambda. Hence a fixed subset: the first
-# IMAGES Kodak images (kodim01...), CROP-px center crops, and STEPS steps (the tau schedule keeps
-# its shape: shallow-ntc's decay starts at step 200, the 2020 original's at 700).
+# IMAGES Kodak images (kodim01...), CROP-px center crops, and STEPS steps. The tau schedule is
+# stretched to the steps so that it keeps its shape: shallow-ntc's decay starts at 200/3000 of the
+# run with rate 5e-4 x 3000/STEPS (tau ends at 0.12 as in 3000 steps), the 2020 original's at
+# 700/2000 with rate 1e-3 x 2000/STEPS_2020 (ends at 0.14); unstretched, 1000 steps would stop at
+# tau 0.34 and the 2020 schedule would never leave 0.5. The lr drop at 90% is a fraction already.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 ZOO=${ZOO:-runs/zoo/mbt_mean}
@@ -26,6 +30,10 @@ CROP=${CROP-256}              # empty: full images
 STEPS=${STEPS:-1000}          # shallow-ntc schedule (lr 5e-3, x0.1 at 90%)
 STEPS_2020=${STEPS_2020:-$(( STEPS * 2 / 3 ))}   # the 2020 original (lr 1e-3, tau decay from 700)
 STAGE=${STAGE:-all}
+stretch() {  # OFFSET RATE STEPS_OF_THE_SCHEDULE STEPS: tau_offset and tau_rate overrides for STEPS
+  awk -v o="$1" -v r="$2" -v n="$3" -v s="$4" \
+    'BEGIN { printf "refine.sga.tau_offset=%d refine.sga.tau_rate=%.6g", o * s / n + 0.5, r * n / s }'
+}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 source "$(dirname "$0")/../protocol.sh"  # run, require_bases, two_lanes, ckpt_list
@@ -43,17 +51,21 @@ if [[ "$STAGE" == all || "$STAGE" == eval ]]; then
   require_bases "$ZOO" "$LMBDAS" shallow_sga/study.sh
   lane() {
     if [[ $1 == 1 ]]; then
-      arm sga refine=sga "refine.sga.steps=$STEPS" "refine.sga.curves=$OUT/sga_curves.csv"
+      # shellcheck disable=SC2046  # stretch prints two overrides
+      arm sga refine=sga "refine.sga.steps=$STEPS" $(stretch 200 5e-4 3000 "$STEPS") \
+        "refine.sga.curves=$OUT/sga_curves.csv"
     else
       arm plain
+      [[ "${SGA_2020:-1}" == 1 ]] || return 0
+      # shellcheck disable=SC2046
       arm sga_2020 refine=sga refine.sga.schedule=original "refine.sga.steps=$STEPS_2020" refine.sga.lr=1e-3 \
-        refine.sga.lr_drop_at=null "refine.sga.curves=$OUT/sga_2020_curves.csv"
+        refine.sga.lr_drop_at=null $(stretch 700 1e-3 2000 "$STEPS_2020") "refine.sga.curves=$OUT/sga_2020_curves.csv"
     fi
   }
   two_lanes lane 1,2
 fi
 
 if [[ "$STAGE" == all || "$STAGE" == table ]]; then
-  mkdir -p "$OUT"
-  run "$PY" "$(dirname "$0")/table.py" "$OUT" plain sga sga_2020 | tee "$OUT/table.md"
+  TABLE=("$PY" "$(dirname "$0")/table.py" "$OUT" plain sga sga_2020)
+  if [[ -n "${DRY_RUN:-}" ]]; then run "${TABLE[@]}"; else mkdir -p "$OUT"; "${TABLE[@]}" | tee "$OUT/table.md"; fi
 fi

@@ -1,46 +1,93 @@
-"""The SGA study's table: BD-rate / BD-PSNR of each arm's RD curve against the first (plain),
-mean bpp, PSNR and encode / decode seconds per image, from each arm's eval.py results.json.
+"""The shallow-decoder / SGA study's tables (issue 12 item 4), from eval.py results.json files.
+
+(a) SGA against plain encoding: BD-rate / BD-PSNR of each arm's RD curve against the first
+(plain), mean bpp, PSNR, encode / decode seconds per image:
 
     .venv/bin/python experiments/shallow_sga/table.py experiments/shallow_sga/sga plain sga sga_2020
+
+(b) backbones against mbt_mean (same recipe): BD-rate on Kodak, decoder KMACs/px, decode seconds,
+and with SGA on the subset of (a) against mbt_mean's plain curve there:
+
+    .venv/bin/python experiments/shallow_sga/table.py backbones experiments/shallow_sga/backbones \\
+        experiments/zoo/kodak/T4000 experiments/shallow_sga/sga shallow shallow_nores jpeg_like
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import List, Optional
 
 from codecx.metrics.bdrate import bd_methods
 
 PAPER = {"sga": "-8.8 (000 tab. 7, hyperprior); ~-15 (mean-scale, Kodak)",
          "sga_2020": "-8.8 (000 tab. 7, hyperprior)"}
+# paper 004 (Kodak, against its mbt2018-mean baseline; indicative: other sizes and training)
+PAPER_BACKBONES = {"shallow": ("+7.4", "-3.3"), "shallow_nores": ("-", "-"), "jpeg_like": ("+23.6", "-")}
+
+
+def load(folder: Path) -> Optional[dict]:
+    """An eval.py results.json, None when that evaluation has not run."""
+    p = Path(folder) / "results.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def mean(res: dict, key: str) -> float:
+    r = res["results"][key]
+    return sum(r) / len(r)
+
+
+def bd_cells(anchor: dict, res: dict) -> List[str]:
+    """BD-rate % (pchip), BD-rate % (cubic), BD-PSNR dB (pchip) of `res` against `anchor`, or
+    why it is undefined (e.g. a non-monotonic curve)."""
+    try:
+        bd, _ = bd_methods(anchor, res, "psnr-rgb", "both")
+    except ValueError as e:
+        return [f"undefined ({e})", "-", "-"]
+    return [f"{bd['pchip'].bd_rate:+.2f}", f"{bd['cubic'].bd_rate:+.2f}" if "cubic" in bd else "-",
+            f"{bd['pchip'].bd_psnr:+.3f}"]
 
 
 def main(out: str, base: str, *arms: str) -> None:
-    load = lambda a: json.loads((Path(out) / a / "results.json").read_text())  # noqa: E731
-    anchor = load(base)
+    anchor = load(Path(out) / base)
     print("| arm | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB (pchip) | paper BD-rate % | mean bpp | "
           "mean PSNR dB | enc s / img | dec s / img |")
     print("|---|---|---|---|---|---|---|---|---|")
     for arm in (base, *arms):
-        p = Path(out) / arm / "results.json"
-        if not p.is_file():
+        res = load(Path(out) / arm)
+        if res is None:
             print(f"| {arm} | not run | | | | | | | |")
             continue
-        res = load(arm)
-        r = res["results"]
-        mean = lambda k: sum(r[k]) / len(r[k])  # noqa: E731
-        if arm == base:
-            cells = ["0 (baseline)", "0", "0"]
-        else:
-            try:
-                bd, _ = bd_methods(anchor, res, "psnr-rgb", "both")
-                cells = [f"{bd['pchip'].bd_rate:+.2f}", f"{bd['cubic'].bd_rate:+.2f}" if "cubic" in bd else "-",
-                         f"{bd['pchip'].bd_psnr:+.3f}"]
-            except ValueError as e:  # e.g. a non-monotonic curve: say why, keep the other columns
-                cells = [f"undefined ({e})", "-", "-"]
-        print(f"| {arm} | " + " | ".join(cells) + f" | {PAPER.get(arm, '-')} | {mean('bpp'):.4f} | "
-              f"{mean('psnr-rgb'):.2f} | {mean('encoding_time'):.2f} | {mean('decoding_time'):.2f} |")
+        cells = ["0 (baseline)", "0", "0"] if arm == base else bd_cells(anchor, res)
+        print(f"| {arm} | " + " | ".join(cells) + f" | {PAPER.get(arm, '-')} | {mean(res, 'bpp'):.4f} | "
+              f"{mean(res, 'psnr-rgb'):.2f} | {mean(res, 'encoding_time'):.2f} | {mean(res, 'decoding_time'):.2f} |")
+
+
+def backbones(out: str, zoo_kodak: str, zoo_sga: str, *names: str) -> None:
+    """Each backbone against mbt_mean: plain on Kodak, and plain / SGA on the SGA subset."""
+    kodak_anchor, subset_anchor = load(Path(zoo_kodak)), load(Path(zoo_sga) / "plain")
+    print("| backbone | dec KMACs/px | g_s KMACs/px | BD-rate % Kodak (pchip) | BD-PSNR dB | paper % | "
+          "dec s / img | subset: plain BD-rate % | subset: + SGA BD-rate % | paper + SGA % | SGA gain % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [("mbt_mean", Path(zoo_kodak), Path(zoo_sga))] + [(n, Path(out) / n / "kodak", Path(out) / n / "sga")
+                                                               for n in names]
+    for name, kodak, sga in rows:
+        res = load(kodak)
+        if res is None:
+            print(f"| {name} | not run | | | | | | | | | |")
+            continue
+        cells = ["0 (baseline)", "0"] if name == "mbt_mean" else [bd_cells(kodak_anchor, res)[i] for i in (0, 2)]
+        plain, refined = load(sga / "plain"), load(sga / "sga")
+        sub = [bd_cells(subset_anchor, r)[0] if r is not None and subset_anchor is not None else "not run"
+               for r in (plain, refined)]
+        gain = bd_cells(plain, refined)[0] if plain is not None and refined is not None else "not run"
+        paper = PAPER_BACKBONES.get(name, ("0", "-8.8 ... -15"))
+        print(f"| {name} | {mean(res, 'kmacs_decoder'):.2f} | {mean(res, 'kmacs_g_s'):.2f} | {cells[0]} | "
+              f"{cells[1]} | {paper[0]} | {mean(res, 'decoding_time'):.3f} | {sub[0]} | {sub[1]} | {paper[1]} | {gain} |")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1:2] == ["backbones"]:
+        backbones(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

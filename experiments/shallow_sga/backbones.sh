@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Shallow decoders against mbt_mean with one recipe (issue 12 item 4b): model=shallow, shallow
+# with model.residual=false, and jpeg_like trained exactly as the base zoo's mbt_mean
+# (experiment=base_zoo: N=64, M=96, 4000 steps of BSDS500 128-px crops, Adam 5e-4 x0.1 at 3200;
+# experiments/zoo/build.sh), one run per lambda in runs/zoo/NAME/lmbda=L; then each on Kodak
+# (BD-rate against the zoo's experiments/zoo/kodak/T4000, decoder KMACs/px, decode seconds), and
+# plain / SGA on the SGA subset of study.sh (against mbt_mean's curves there, study.sh's OUT).
+#
+#   experiments/shallow_sga/backbones.sh               # train, Kodak, SGA, table
+#   STAGE=train|kodak|sga|table experiments/shallow_sga/backbones.sh
+#   ANALYSIS=cnn experiments/shallow_sga/backbones.sh  # the plain CNN analysis (cheaper to train)
+#   DRY_RUN=1 experiments/shallow_sga/backbones.sh     # print the commands only
+#
+# The analysis is the paper's ELIC one by default (29 KMACs/px at N=64, M=96 against mbt_mean's
+# 11): training costs more than the zoo's ~25 min per lambda per core. Re-running resumes.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+RUNS=${RUNS:-runs/zoo}
+OUT=${OUT:-experiments/shallow_sga/backbones}
+ZOO_KODAK=${ZOO_KODAK:-experiments/zoo/kodak/T4000}   # mbt_mean on Kodak (experiments/zoo/build.sh)
+ZOO_SGA=${ZOO_SGA:-experiments/shallow_sga/sga}       # mbt_mean plain / sga on the subset (study.sh)
+KODAK=${KODAK:-../shared/data/kodak}
+LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
+ANALYSIS=${ANALYSIS:-elic}
+STAGE=${STAGE:-all}
+BACKBONES='shallow model=shallow
+shallow_nores model=shallow model.residual=false
+jpeg_like model=jpeg_like'    # NAME overrides..., one per line
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+source "$(dirname "$0")/../protocol.sh"  # run, two_lanes, ckpt_list
+
+names() { cut -d' ' -f1 <<< "$BACKBONES"; }
+
+if [[ "$STAGE" == all || "$STAGE" == train ]]; then
+  lane() {
+    local name overrides
+    while read -r name overrides; do
+      # shellcheck disable=SC2086  # a backbone's overrides are separated by spaces
+      run "$PY" train.py -m experiment=base_zoo $overrides "model.analysis=$ANALYSIS" "lmbda=$1" \
+        "hydra.sweep.dir=$RUNS/$name"
+    done <<< "$BACKBONES"
+  }
+  two_lanes lane "$LMBDAS"
+fi
+
+if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
+  kodak() {  # NAME: the backbone's 4-lambda RD curve on all of Kodak
+    run "$PY" eval.py "ckpt=$(ckpt_list "$RUNS/$1" last.ckpt ${LMBDAS//,/ })" data=folder "data.val_dir=$KODAK" \
+      "name=$1" progress=false threads=1 "hydra.run.dir=$OUT/$1/kodak"
+  }
+  mapfile -t ns < <(names)
+  for ((i = 0; i < ${#ns[@]}; i += 2)); do
+    kodak "${ns[i]}" &
+    if (( i + 1 < ${#ns[@]} )); then kodak "${ns[i+1]}" & fi
+    wait
+  done
+fi
+
+if [[ "$STAGE" == all || "$STAGE" == sga ]]; then
+  for name in $(names); do  # study.sh's plain and sga arms on the same subset, for this backbone
+    ZOO="$RUNS/$name" OUT="$OUT/$name/sga" SGA_2020=0 STAGE=eval LMBDAS="$LMBDAS" \
+      bash "$(dirname "$0")/study.sh"
+  done
+fi
+
+if [[ "$STAGE" == all || "$STAGE" == table ]]; then
+  # shellcheck disable=SC2046
+  TABLE=("$PY" "$(dirname "$0")/table.py" backbones "$OUT" "$ZOO_KODAK" "$ZOO_SGA" $(names))
+  if [[ -n "${DRY_RUN:-}" ]]; then run "${TABLE[@]}"; else mkdir -p "$OUT"; "${TABLE[@]}" | tee "$OUT/table.md"; fi
+fi
