@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import hydra
 import pytorch_lightning as pl
@@ -261,12 +261,20 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                     weights_only=True)
     except Exception as e:
-        if ckpt_path and _raised_restoring(e):
+        part = _restoring(e) if ckpt_path else None
+        if part == "training state":
             raise CorruptCheckpointError(
                 f"cannot resume from {ckpt_path}: its training state does not fit this run "
                 f"({type(e).__name__}: {one_line(e)}); it was written by another codecx version or "
-                "configuration. Train in another folder (hydra.run.dir=DIR), start over here with "
-                f"resume=false, or start from its weights only with model.weights={ckpt_path}") from e
+                "configuration. Train in another folder (hydra.run.dir=DIR; hydra.sweep.dir=DIR with -m), "
+                f"start over here with resume=false, or start from its weights only with model.weights={ckpt_path}"
+            ) from e
+        if part == "model":
+            raise CorruptCheckpointError(
+                f"cannot resume from {ckpt_path}: its model does not fit this run "
+                f"({type(e).__name__}: {one_line(e)}); it was trained with another backbone or size. "
+                "Train in another folder (hydra.run.dir=DIR; hydra.sweep.dir=DIR with -m), or start over "
+                "here with resume=false") from e
         raise
     if not trainer.is_global_zero:
         return {}
@@ -287,9 +295,18 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
     return result
 
 
-def _raised_restoring(e: BaseException) -> bool:
-    """True when `e` came from Lightning restoring a checkpoint (optimizer, scheduler, loops)."""
-    return any("checkpoint_connector" in f.filename for f in traceback.extract_tb(e.__traceback__))
+# Lightning's checkpoint_connector methods that restore each part of a checkpoint on resume
+_RESTORING = {"training state": {"restore_training_state", "restore_optimizers_and_schedulers",
+                                 "restore_optimizers", "restore_lr_schedulers", "restore_loops",
+                                 "restore_callbacks", "restore_precision_plugin_state"},
+              "model": {"restore_model"}}
+
+
+def _restoring(e: BaseException) -> Optional[str]:
+    """Which part of a checkpoint Lightning was restoring when `e` was raised ("training state"
+    or "model"), None when `e` came from elsewhere (saving a checkpoint, a training step)."""
+    frames = {f.name for f in traceback.extract_tb(e.__traceback__) if "checkpoint_connector" in f.filename}
+    return next((part for part, names in _RESTORING.items() if frames & names), None)
 
 
 def _describe(cfg: DictConfig, module: LitCodec) -> str:

@@ -17,12 +17,18 @@ require_bases() {  # BASE_DIR LMBDAS(comma-separated) WHO: stop unless every bas
 }
 
 two_lanes() {  # FUNCTION LMBDAS: FUNCTION on each half of the lambdas, side by side (2 cores)
-  local -a ls
+  local -a ls pids=()
   IFS=, read -ra ls <<< "$2"
   local half=$(( (${#ls[@]} + 1) / 2 ))
-  "$1" "$(IFS=,; echo "${ls[*]:0:$half}")" &
-  if [[ $half -lt ${#ls[@]} ]]; then "$1" "$(IFS=,; echo "${ls[*]:$half}")" & fi
-  wait
+  "$1" "$(IFS=,; echo "${ls[*]:0:$half}")" & pids+=($!)
+  if [[ $half -lt ${#ls[@]} ]]; then "$1" "$(IFS=,; echo "${ls[*]:$half}")" & pids+=($!); fi
+  wait_all "${pids[@]}"
+}
+
+wait_all() {  # PID...: wait for every job; fail (after all have ended) when any of them failed
+  local pid rc=0
+  for pid in "$@"; do wait "$pid" || rc=$?; done
+  return "$rc"
 }
 
 ckpt_list() {  # DIR FILE LMBDA...: eval.py's ckpt=[...] list of DIR/lmbda=L/checkpoints/FILE

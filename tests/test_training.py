@@ -162,6 +162,27 @@ def test_resume_with_mismatched_training_state_names_the_way_out(tmp_path):
     assert last.read_bytes() == before
 
 
+def test_resume_with_another_model_names_the_way_out(tmp_path):
+    """A last.ckpt of another backbone size stops with one line saying the model does not fit
+    (and not advising model.weights=, which would fail the same way); the file is kept."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"hydra.run.dir={run_dir}"]
+    r = run_train([*args, "trainer.max_steps=1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("g_a.0.weight"))
+    ckpt["state_dict"][key] = torch.zeros(1, *ckpt["state_dict"][key].shape[1:])  # another N
+    torch.save(ckpt, last)
+    before = last.read_bytes()
+    r = run_train([*args, "trainer.max_steps=2"])
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("codecx: error: cannot resume from") and "its model does not fit" in err
+    assert "resume=false" in err and "model.weights=" not in err and "Traceback" not in r.stderr
+    assert last.read_bytes() == before
+
+
 def test_checkpoint_loads_for_inference(tmp_path):
     """A training checkpoint rebuilds a codec that codes exactly (CDF buffers resized)."""
     from codecx.lit.module import resize_cdf_buffers

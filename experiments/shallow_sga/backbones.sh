@@ -22,13 +22,14 @@ ZOO_SGA=${ZOO_SGA:-experiments/shallow_sga/sga}       # mbt_mean plain / sga on 
 KODAK=${KODAK:-../shared/data/kodak}
 LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
 ANALYSIS=${ANALYSIS:-elic}
+[[ "$ANALYSIS" == elic ]] || { RUNS="${RUNS}_$ANALYSIS"; OUT="${OUT}_$ANALYSIS"; }  # never resume the other analysis
 STAGE=${STAGE:-all}
 BACKBONES='shallow model=shallow
 shallow_nores model=shallow model.residual=false
 jpeg_like model=jpeg_like'    # NAME overrides..., one per line
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-source "$(dirname "$0")/../protocol.sh"  # run, two_lanes, ckpt_list
+source "$(dirname "$0")/../protocol.sh"  # run, two_lanes, wait_all, ckpt_list
 
 names() { cut -d' ' -f1 <<< "$BACKBONES"; }
 
@@ -51,9 +52,10 @@ if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
   }
   mapfile -t ns < <(names)
   for ((i = 0; i < ${#ns[@]}; i += 2)); do
-    kodak "${ns[i]}" &
-    if (( i + 1 < ${#ns[@]} )); then kodak "${ns[i+1]}" & fi
-    wait
+    pids=()
+    kodak "${ns[i]}" & pids+=($!)
+    if (( i + 1 < ${#ns[@]} )); then kodak "${ns[i+1]}" & pids+=($!); fi
+    wait_all "${pids[@]}"
   done
 fi
 

@@ -13,7 +13,9 @@ and with SGA on the subset of (a) against mbt_mean's plain curve there:
 """
 from __future__ import annotations
 
+import csv
 import json
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -33,13 +35,32 @@ def load(folder: Path) -> Optional[dict]:
 
 
 def mean(res: dict, key: str) -> float:
-    r = res["results"][key]
-    return sum(r) / len(r)
+    r = [v for v in res["results"].get(key, []) if v is not None]
+    return sum(r) / len(r) if r else float("nan")
 
 
-def bd_cells(anchor: dict, res: dict) -> List[str]:
+def rd_change(folder: Path) -> str:
+    """Per image and lambda, the real `bpp + lmbda D` of the kept latents against plain coding
+    (eval's `sga_rd_original` / `sga_rd_refined`): mean change % +- 2 standard errors over the
+    image x lambda pairs, and how many kept the refined latents. The paired spread over images
+    is this study's noise band (the checkpoints and the decoder are the same in every arm)."""
+    p = Path(folder) / "per_image.csv"
+    rows = [r for r in csv.DictReader(p.open()) if r.get("sga_rd_original")] if p.is_file() else []
+    if not rows:
+        return "-"
+    d = [100 * (min(float(r["sga_rd_refined"]), float(r["sga_rd_original"])) / float(r["sga_rd_original"]) - 1)
+         for r in rows]
+    m = sum(d) / len(d)
+    se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+    kept = sum(r["sga_kept"] == "refined" for r in rows)
+    return f"{m:+.2f} ± {2 * se:.2f} ({kept}/{len(rows)} refined)"
+
+
+def bd_cells(anchor: Optional[dict], res: dict) -> List[str]:
     """BD-rate % (pchip), BD-rate % (cubic), BD-PSNR dB (pchip) of `res` against `anchor`, or
-    why it is undefined (e.g. a non-monotonic curve)."""
+    why it is undefined (e.g. a non-monotonic curve, or the anchor not evaluated yet)."""
+    if anchor is None:
+        return ["no anchor (not run)", "-", "-"]
     try:
         bd, _ = bd_methods(anchor, res, "psnr-rgb", "both")
     except ValueError as e:
@@ -50,16 +71,17 @@ def bd_cells(anchor: dict, res: dict) -> List[str]:
 
 def main(out: str, base: str, *arms: str) -> None:
     anchor = load(Path(out) / base)
-    print("| arm | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB (pchip) | paper BD-rate % | mean bpp | "
-          "mean PSNR dB | enc s / img | dec s / img |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| arm | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB (pchip) | paper BD-rate % | "
+          "R + λD % per image (± 2 SE) | mean bpp | mean PSNR dB | enc s / img | dec s / img |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for arm in (base, *arms):
         res = load(Path(out) / arm)
         if res is None:
-            print(f"| {arm} | not run | | | | | | | |")
+            print(f"| {arm} | not run | | | | | | | | |")
             continue
         cells = ["0 (baseline)", "0", "0"] if arm == base else bd_cells(anchor, res)
-        print(f"| {arm} | " + " | ".join(cells) + f" | {PAPER.get(arm, '-')} | {mean(res, 'bpp'):.4f} | "
+        print(f"| {arm} | " + " | ".join(cells) + f" | {PAPER.get(arm, '-')} | {rd_change(Path(out) / arm)} | "
+              f"{mean(res, 'bpp'):.4f} | "
               f"{mean(res, 'psnr-rgb'):.2f} | {mean(res, 'encoding_time'):.2f} | {mean(res, 'decoding_time'):.2f} |")
 
 
