@@ -81,6 +81,9 @@ def test_top_level_knobs_interpolate():
     (["reg=cse", "reg.alpha=abc"], r"wrong type for reg.alpha: 'abc' is not a number"),
     (["quantizer=hex", "quantizer.max_joint=1.5"], r"quantizer.max_joint: 1.5 is not an integer"),
     (["reg=cse", "alpha=1,x"], r"wrong type for alpha"),
+    # an unquoted path with '=' (run dirs are named lmbda=L): the parse error says to quote it
+    (["model.weights=runs/zoo/lmbda=0.0067/last.ckpt"],
+     r"cannot parse the overrides: .*The value of model.weights contains '=': quote it"),
 ])
 def test_bad_config_fails_before_training(overrides, expected):
     with pytest.raises(ConfigError, match=expected):

@@ -146,6 +146,17 @@ def torch_module_init():
     return torch.nn.Module.__init__
 
 
+def _equals_hint(overrides: Sequence[str]) -> str:
+    """The likely cause of a parse error: an unquoted value containing '=' (a path such as
+    runs/zoo/lmbda=0.0067/...), which Hydra's grammar reads as a second assignment."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if "=" in value and value[:1] not in "'\"[":
+            return (f". The value of {key} contains '=': quote it for Hydra, e.g. {key}=\"'{value}'\" "
+                    f"or {key}=\"['{value}']\"")
+    return ""
+
+
 def sweep_trials(overrides: Sequence[str]) -> List[List[str]]:
     """The override lists a sweep runs: every combination of the sweep values when there are at
     most MAX_SWEEP_COMBINATIONS of them, else the fixed overrides with each value on its own."""
@@ -154,7 +165,7 @@ def sweep_trials(overrides: Sequence[str]) -> List[List[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as e:  # noqa: BLE001 - hydra's grammar errors
-        raise ConfigError(f"cannot parse the overrides: {one_line(e)}") from None
+        raise ConfigError(f"cannot parse the overrides: {one_line(e)}{_equals_hint(overrides)}") from None
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     sweeps = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
               for o in parsed if o.is_sweep_override()]
