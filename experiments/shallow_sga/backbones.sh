@@ -9,37 +9,52 @@
 #   experiments/shallow_sga/backbones.sh               # train, Kodak, SGA, table
 #   STAGE=train|kodak|sga|table experiments/shallow_sga/backbones.sh
 #   ANALYSIS=cnn experiments/shallow_sga/backbones.sh  # the plain CNN analysis (cheaper to train)
+#   STEPS=2000 ANALYSIS=cnn experiments/shallow_sga/backbones.sh   # another budget: mbt_mean too
+#   SGA_NAMES=shallow experiments/shallow_sga/backbones.sh   # SGA only for these (paper: two-layer)
 #   DRY_RUN=1 experiments/shallow_sga/backbones.sh     # print the commands only
 #
-# The analysis is the paper's ELIC one by default (29 KMACs/px at N=64, M=96 against mbt_mean's
-# 11): training costs more than the zoo's ~25 min per lambda per core. Re-running resumes.
+# Training cost per step against mbt_mean's (measured, N=64/M=96, 128-px x 8, one thread): shallow
+# with the ELIC analysis 1.33x (29 KMACs/px of g_a against mbt_mean's 11), with ANALYSIS=cnn 0.52x,
+# jpeg_like (cnn) 0.49x; mbt_mean ~0.4 s per step with two runs on 2 cores. So the zoo's budget
+# (4000 steps) is ~85 min in two lanes with cnn and ~3.5 h with elic, on top of the zoo's 55 min;
+# STEPS=2000 ANALYSIS=cnn retrains mbt_mean too (the same recipe and budget for all four) in
+# ~70 min. A budget other than the zoo's goes to runs/zoo_<STEPS>, OUT_<STEPS>; re-running resumes.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 RUNS=${RUNS:-runs/zoo}
 OUT=${OUT:-experiments/shallow_sga/backbones}
-ZOO_KODAK=${ZOO_KODAK:-experiments/zoo/kodak/T4000}   # mbt_mean on Kodak (experiments/zoo/build.sh)
-ZOO_SGA=${ZOO_SGA:-experiments/shallow_sga/sga}       # mbt_mean plain / sga on the subset (study.sh)
 KODAK=${KODAK:-../shared/data/kodak}
 LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
 ANALYSIS=${ANALYSIS:-elic}
-[[ "$ANALYSIS" == elic ]] || { RUNS="${RUNS}_$ANALYSIS"; OUT="${OUT}_$ANALYSIS"; }  # never resume the other analysis
+STEPS=${STEPS:-4000}          # experiment=base_zoo's budget (its lr drop at 0.8 STEPS)
 STAGE=${STAGE:-all}
-BACKBONES='shallow model=shallow
-shallow_nores model=shallow model.residual=false
-jpeg_like model=jpeg_like'    # NAME overrides..., one per line
+BACKBONES="shallow model=shallow model.analysis=$ANALYSIS
+shallow_nores model=shallow model.residual=false model.analysis=$ANALYSIS
+jpeg_like model=jpeg_like model.analysis=$ANALYSIS"    # NAME overrides..., one per line
+[[ "$ANALYSIS" == elic ]] || { RUNS="${RUNS}_$ANALYSIS"; OUT="${OUT}_$ANALYSIS"; }  # never resume the other analysis
+BUDGET=()
+if [[ "$STEPS" != 4000 ]]; then  # not the zoo's budget: mbt_mean is trained here too, and is the anchor
+  BUDGET=("trainer.max_steps=$STEPS" "schedule.milestones=[$(( STEPS * 4 / 5 ))]" "checkpoint.keep_steps=[]")
+  RUNS="${RUNS}_$STEPS"; OUT="${OUT}_$STEPS"
+  BACKBONES="mbt_mean model=mbt_mean
+$BACKBONES"
+  ZOO_KODAK=${ZOO_KODAK:-$OUT/mbt_mean/kodak}; ZOO_SGA=${ZOO_SGA:-$OUT/mbt_mean/sga}
+fi
+ZOO_KODAK=${ZOO_KODAK:-experiments/zoo/kodak/T4000}   # mbt_mean on Kodak (experiments/zoo/build.sh)
+ZOO_SGA=${ZOO_SGA:-experiments/shallow_sga/sga}       # mbt_mean plain / sga on the subset (study.sh)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 source "$(dirname "$0")/../protocol.sh"  # run, two_lanes, wait_all, ckpt_list
 
 names() { cut -d' ' -f1 <<< "$BACKBONES"; }
+SGA_NAMES=${SGA_NAMES:-$(names | tr '\n' ' ')}
 
 if [[ "$STAGE" == all || "$STAGE" == train ]]; then
   lane() {
     local name overrides
     while read -r name overrides; do
       # shellcheck disable=SC2086  # a backbone's overrides are separated by spaces
-      run "$PY" train.py -m experiment=base_zoo $overrides "model.analysis=$ANALYSIS" "lmbda=$1" \
-        "hydra.sweep.dir=$RUNS/$name"
+      run "$PY" train.py -m experiment=base_zoo $overrides "${BUDGET[@]}" "lmbda=$1" "hydra.sweep.dir=$RUNS/$name"
     done <<< "$BACKBONES"
   }
   two_lanes lane "$LMBDAS"
@@ -60,7 +75,7 @@ if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
 fi
 
 if [[ "$STAGE" == all || "$STAGE" == sga ]]; then
-  for name in $(names); do  # study.sh's plain and sga arms on the same subset, for this backbone
+  for name in $SGA_NAMES; do  # study.sh's plain and sga arms on the same subset, for this backbone
     ZOO="$RUNS/$name" OUT="$OUT/$name/sga" SGA_2020=0 STAGE=eval LMBDAS="$LMBDAS" \
       bash "$(dirname "$0")/study.sh"
   done

@@ -92,7 +92,7 @@ def backbones(out: str, zoo_kodak: str, zoo_sga: str, *names: str) -> None:
           "dec s / img | subset: plain BD-rate % | subset: + SGA BD-rate % | paper + SGA % | SGA gain % |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [("mbt_mean", Path(zoo_kodak), Path(zoo_sga))] + [(n, Path(out) / n / "kodak", Path(out) / n / "sga")
-                                                               for n in names]
+                                                               for n in names if n != "mbt_mean"]
     for name, kodak, sga in rows:
         res = load(kodak)
         if res is None:
