@@ -94,3 +94,11 @@ def test_eval_tiny_end_to_end():
         assert float(row(metric).split(metric)[1].split()[0]) > 0, row(metric)
     same = row("same work: decoded images differ")
     assert same.split()[-1] == "ok", same
+
+
+def test_compensation_bench_quick():
+    """Every transform decodes the same streams; the rows are printed and cost no bits."""
+    _, row = _bench("compensation")
+    for metric in ("lrp_decode_time", "lpc_learned_decode_time", "lpc_predicted_decode_time", "fpc_decode_time"):
+        assert float(row(metric).split()[2]) > 0, row(metric)
+    assert row("stream_bytes_vs_none").split()[-1] == "ok", row("stream_bytes_vs_none")
