@@ -18,7 +18,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from codecx.metrics.bdrate import bd_methods
 
@@ -56,6 +56,34 @@ def rd_change(folder: Path) -> str:
     return f"{m:+.2f} ± {2 * se:.2f} ({kept}/{len(rows)} refined)"
 
 
+def per_image_curves(folder: Path) -> Dict[str, dict]:
+    """Each image's own RD curve over the checkpoints (lambdas) of an arm's per_image.csv."""
+    curves: Dict[str, dict] = {}
+    p = Path(folder) / "per_image.csv"
+    for r in (csv.DictReader(p.open()) if p.is_file() else []):
+        c = curves.setdefault(r["image"], {"results": {"bpp": [], "psnr-rgb": []}})["results"]
+        c["bpp"].append(float(r["bpp"]))
+        c["psnr-rgb"].append(float(r["psnr-rgb"]))
+    return curves
+
+
+def bd_per_image(anchor: Path, arm: Path) -> str:
+    """BD-rate % (pchip) of `arm` against `anchor` image by image (each image's RD curve over
+    the lambdas): mean +- 2 standard errors over the images, the spread of the BD-rate itself."""
+    a, b = per_image_curves(anchor), per_image_curves(arm)
+    d = []
+    for image in sorted(set(a) & set(b)):
+        try:
+            d.append(bd_methods(a[image], b[image], "psnr-rgb", "pchip")[0]["pchip"].bd_rate)
+        except ValueError:
+            continue  # a non-monotonic curve of one image
+    if len(d) < 2:
+        return "-"
+    m = sum(d) / len(d)
+    se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return f"{m:+.2f} ± {2 * se:.2f} ({len(d)} images)"
+
+
 def bd_cells(anchor: Optional[dict], res: dict) -> List[str]:
     """BD-rate % (pchip), BD-rate % (cubic), BD-PSNR dB (pchip) of `res` against `anchor`, or
     why it is undefined (e.g. a non-monotonic curve, or the anchor not evaluated yet)."""
@@ -72,15 +100,17 @@ def bd_cells(anchor: Optional[dict], res: dict) -> List[str]:
 def main(out: str, base: str, *arms: str) -> None:
     anchor = load(Path(out) / base)
     print("| arm | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB (pchip) | paper BD-rate % | "
-          "R + λD % per image (± 2 SE) | mean bpp | mean PSNR dB | enc s / img | dec s / img |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "BD-rate % per image (± 2 SE) | R + λD % per image (± 2 SE) | mean bpp | mean PSNR dB | "
+          "enc s / img | dec s / img |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arm in (base, *arms):
         res = load(Path(out) / arm)
         if res is None:
-            print(f"| {arm} | not run | | | | | | | | |")
+            print(f"| {arm} | not run | | | | | | | | | |")
             continue
         cells = ["0 (baseline)", "0", "0"] if arm == base else bd_cells(anchor, res)
-        print(f"| {arm} | " + " | ".join(cells) + f" | {PAPER.get(arm, '-')} | {rd_change(Path(out) / arm)} | "
+        per_image = "-" if arm == base else bd_per_image(Path(out) / base, Path(out) / arm)
+        print(f"| {arm} | " + " | ".join(cells) + f" | {PAPER.get(arm, '-')} | {per_image} | {rd_change(Path(out) / arm)} | "
               f"{mean(res, 'bpp'):.4f} | "
               f"{mean(res, 'psnr-rgb'):.2f} | {mean(res, 'encoding_time'):.2f} | {mean(res, 'decoding_time'):.2f} |")
 
