@@ -11,8 +11,9 @@
 #   SGA_2020=0 ZOO=runs/zoo/shallow OUT=... STAGE=eval experiments/shallow_sga/study.sh  # plain + sga only
 #   STEPS=3000 IMAGES=24 CROP= experiments/shallow_sga/study.sh   # the papers' setting (days on a CPU)
 #
-# Cost on a CPU: one SGA step of mbt_mean N=64/M=96 on a 256-px crop takes ~0.17 s on one thread,
-# so the default (4 lambdas x 4 images x 1000 steps) is ~45 min per SGA arm; the papers' 3000
+# Cost on a CPU: one SGA step of mbt_mean N=64/M=96 on a 256-px crop takes ~0.1 s on one thread,
+# so the default (4 lambdas x 4 images x 1000 steps) is ~30-40 min per SGA arm (measured: 99 s
+# per image, 40 min wall with other work beside it; README.md here has the results); the papers' 3000
 # steps on full Kodak images would be ~6 CPU-hours per lambda. Hence a fixed subset: the first
 # IMAGES Kodak images (kodim01...), CROP-px center crops, and STEPS steps. The tau schedule is
 # stretched to the steps so that it keeps its shape: shallow-ntc's decay starts at 200/3000 of the
