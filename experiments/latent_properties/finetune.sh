@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Lattice fine-tuning with the paired protocol (issue 16 item 4): from the base zoo, two arms
+# fine-tuned alike (experiment=finetune: 1000 steps, Adam 5e-5, same data order, seed 1), the
+# control with the zoo's own quantizer=noise and the arm with quantizer=hex; then on Kodak:
+# the control coded scalar and hex (decode-time lattice), the hex arm coded hex, and the BD-rates
+# of each pair with the per-image band (experiments/shallow_sga/table.py's bd_per_image).
+#
+#   experiments/latent_properties/finetune.sh                # train (two lanes), Kodak, table
+#   STAGE=kodak|table experiments/latent_properties/finetune.sh
+#   DRY_RUN=1 experiments/latent_properties/finetune.sh
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+BASE_DIR=${BASE_DIR:-runs/zoo/mbt_mean}
+SWEEP=${SWEEP:-runs/finetune/lattice}
+OUT=${OUT:-experiments/latent_properties/finetune}
+KODAK=${KODAK:-../shared/data/kodak}
+LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
+STAGE=${STAGE:-all}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+source "$(dirname "$0")/../protocol.sh"  # run, require_bases, two_lanes, wait_all, ckpt_list
+
+runs() {  # QUANTIZER: eval.py's ckpt list of that arm's runs, one per lambda
+  local s="" l
+  for l in ${LMBDAS//,/ }; do
+    s+="${s:+,}'$SWEEP/base_dir=${BASE_DIR//\//_},experiment=finetune,lmbda=$l,quantizer=$1,seed=1/checkpoints/last.ckpt'"
+  done
+  echo "[$s]"
+}
+
+if [[ "$STAGE" == all || "$STAGE" == train ]]; then
+  require_bases "$BASE_DIR" "$LMBDAS" latent_properties/finetune.sh
+  lane() {
+    run "$PY" train.py -m experiment=finetune "base_dir=$BASE_DIR" "hydra.sweep.dir=$SWEEP" \
+      sweep_report.enabled=false seed=1 "lmbda=$1" quantizer=noise,hex
+  }
+  two_lanes lane "$LMBDAS"
+fi
+
+if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
+  arm() {  # NAME CKPTS [overrides...]: one 4-lambda curve on Kodak in $OUT/NAME
+    local name=$1 ckpts=$2; shift 2
+    run "$PY" eval.py "ckpt=$ckpts" data=folder "data.val_dir=$KODAK" "name=$name" progress=false threads=1 \
+      "hydra.run.dir=$OUT/$name" "$@"
+  }
+  arm control_scalar "$(runs noise)" & p1=$!
+  arm control_hex "$(runs noise)" quantizer=hex & p2=$!
+  wait_all "$p1" "$p2"
+  arm hex_finetuned "$(runs hex)"
+fi
+
+if [[ "$STAGE" == all || "$STAGE" == table ]]; then
+  run "$PY" "$(dirname "$0")/finetune_table.py" "$OUT"
+fi
