@@ -114,3 +114,31 @@ def format_markdown(rows: Iterable[Row]) -> str:
 
 
 __all__ = ["Row", "discover", "load", "describe", "format_table", "format_markdown", "PREFIX"]
+
+
+def torch_device(args) -> str:
+    """The device of `--device` (auto: cuda when available) after applying `--threads`."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    """Seconds `fn()` takes on `device`, synchronised before and after."""
+    import time
+
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t

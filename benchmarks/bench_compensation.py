@@ -13,10 +13,9 @@ writes has exactly the no-transform length (target 1.0).
 from __future__ import annotations
 
 import statistics
-import time
 from typing import List
 
-from benchmarks import Row
+from benchmarks import Row, timed, torch_device
 from benchmarks._images import kodak_images
 
 DEFAULTS = {"rounds": 7, "crop": None}
@@ -38,9 +37,7 @@ def run(args) -> List[Row]:
 
     defaults = QUICK if args.quick else DEFAULTS
     rounds = args.rounds or defaults["rounds"]
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = torch_device(args)
     torch.manual_seed(args.seed)
     bb = build_backbone("mbt_mean", 128, 192)
     codecs = {}
@@ -55,10 +52,6 @@ def run(args) -> List[Row]:
     print(f"compensation: {rounds} round(s), device={device}, threads={torch.get_num_threads()}, "
           f"image {tuple(x.shape[-2:])}", flush=True)
 
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     with torch.no_grad():
         encoded = {k: c.compress(x) for k, c in codecs.items()}
         size = {k: sum(len(s) for streams in e["strings"] for s in streams) for k, e in encoded.items()}
@@ -70,11 +63,7 @@ def run(args) -> List[Row]:
         names = list(codecs)
         for r in range(rounds):
             for k in (names if r % 2 == 0 else names[::-1]):
-                sync()
-                t = time.perf_counter()
-                codecs[k].decompress(*args_)
-                sync()
-                times[k].append(time.perf_counter() - t)
+                times[k].append(timed(lambda: codecs[k].decompress(*args_), device))
     rows = [Row("none_decode_s", statistics.median(times["none"]), None, "s",
                 f"mbt_mean 128/192 decompress, {x.shape[-2]}x{x.shape[-1]}")]
     for k in names[1:]:

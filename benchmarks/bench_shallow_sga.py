@@ -19,10 +19,9 @@ What is compared (issue 12):
 from __future__ import annotations
 
 import statistics
-import time
 from typing import List
 
-from benchmarks import Row
+from benchmarks import Row, timed, torch_device
 from benchmarks._images import kodak_images
 from benchmarks._trained import trained_checkpoint
 
@@ -38,21 +37,6 @@ def add_arguments(group) -> None:
                        "timing ('trained': benchmarks/_trained.py's mbt_mean 64/96; 'random')")
     group.add_argument("--sga-crop", type=int, default=None, help="shallow_sga: Kodak crop of the SGA "
                        "timing (default 256; --quick 64)")
-
-
-def _sync(device):
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
 
 
 def _synthesis_rows(args, device, rounds) -> List[Row]:
@@ -75,7 +59,7 @@ def _synthesis_rows(args, device, rounds) -> List[Row]:
         names = list(variants)
         for r in range(rounds):
             for k in (names if r % 2 == 0 else names[::-1]):
-                times[k].append(_timed(lambda: variants[k](y), device))
+                times[k].append(timed(lambda: variants[k](y), device))
     kmacs = {"mbt_mean": 93.696,  # Minnen 2018 g_s at N=192, M=320 (codecx complexity mbt_mean)
              "shallow": kmacs_per_pixel(Shallow(N=8, M=320, analysis="cnn"), 64, 64)["g_s"],
              "jpeg_like": kmacs_per_pixel(JpegLike(N=8, M=320, analysis="cnn"), 64, 64)["g_s"]}
@@ -113,8 +97,8 @@ def _sga_rows(args, device, rounds, steps) -> List[Row]:
     with torch.no_grad():
         plain.compress(x)  # warm-up
         for _ in range(rounds):
-            t_plain.append(_timed(lambda: plain.compress(x), device))
-            t_sga.append(_timed(lambda: refined.compress(x), device))
+            t_plain.append(timed(lambda: plain.compress(x), device))
+            t_sga.append(timed(lambda: refined.compress(x), device))
     per100 = [s * 100 / steps for s in t_sga]
     return [Row("plain_encode_s", statistics.median(t_plain), None, "s", f"{crop}-px Kodak crop"),
             Row("sga_encode_s_per_100_steps", statistics.median(per100), None, "s",
@@ -128,9 +112,7 @@ def run(args) -> List[Row]:
 
     defaults = QUICK if args.quick else DEFAULTS
     rounds = args.rounds or defaults["rounds"]
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = torch_device(args)
     print(f"shallow_sga: {rounds} round(s), device={device}, threads={torch.get_num_threads()}", flush=True)
     rows = _synthesis_rows(args, device, rounds)
     rows += _sga_rows(args, device, max(1, rounds // 2), args.steps or defaults["sga_steps"])
