@@ -16,20 +16,20 @@ STAGE=${STAGE:-all}
 LMBDAS=(0.0018 0.0035 0.0067 0.013)   # the zoo's rate points; each lane trains every other one
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-source "$(dirname "$0")/../protocol.sh"  # ckpt_list
+source "$(dirname "$0")/../protocol.sh"  # ckpt_list, wait_all
 
 if [[ "$STAGE" == all || "$STAGE" == train ]]; then
-  "$PY" train.py -m experiment=base_zoo "lmbda=${LMBDAS[0]},${LMBDAS[2]}" "hydra.sweep.dir=$ZOO" &
-  "$PY" train.py -m experiment=base_zoo "lmbda=${LMBDAS[1]},${LMBDAS[3]}" "hydra.sweep.dir=$ZOO" &
-  wait
+  "$PY" train.py -m experiment=base_zoo "lmbda=${LMBDAS[0]},${LMBDAS[2]}" "hydra.sweep.dir=$ZOO" & p1=$!
+  "$PY" train.py -m experiment=base_zoo "lmbda=${LMBDAS[1]},${LMBDAS[3]}" "hydra.sweep.dir=$ZOO" & p2=$!
+  wait_all "$p1" "$p2"
 fi
 
 if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
   # two evaluations side by side: step T and step 0.8T, each a 4-lambda RD curve on Kodak
   "$PY" eval.py "ckpt=$(ckpt_list "$ZOO" last.ckpt "${LMBDAS[@]}")" data=folder "data.val_dir=$KODAK" name=zoo_T4000 \
-    progress=false threads=1 "hydra.run.dir=$OUT/T4000" &
+    progress=false threads=1 "hydra.run.dir=$OUT/T4000" & p1=$!
   "$PY" eval.py "ckpt=$(ckpt_list "$ZOO" step=3200.ckpt "${LMBDAS[@]}")" data=folder "data.val_dir=$KODAK" name=zoo_T3200 \
-    progress=false threads=1 "hydra.run.dir=$OUT/T3200" &
-  wait
+    progress=false threads=1 "hydra.run.dir=$OUT/T3200" & p2=$!
+  wait_all "$p1" "$p2"
   "$PY" experiments/zoo/convergence.py "$OUT/T3200" "$OUT/T4000" | tee "$OUT/convergence.md"
 fi
