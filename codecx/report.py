@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from codecx.evaluate import (data_key, data_label, dataset_images, evaluate_codecs, load_codec,
                              results_dict, write_results)
-from codecx.metrics.bdrate import bd_methods, get_metric
+from codecx.metrics.bdrate import PerImageBD, bd_methods, bd_rate_per_image, get_metric, read_per_image
 from codecx.metrics.complexity import plot_rdc
 from codecx.metrics.decompose import DECOMPOSE_KEYS, decomposition_section
 from codecx.metrics.rdplot import plot_rd
@@ -41,6 +41,7 @@ class Run:
     raw: Dict[str, Any] = field(default_factory=dict)
     step: int = -1        # last.ckpt's global step (-1: unknown)
     max_steps: int = -1   # trainer.max_steps it was run with (-1: unknown or unlimited)
+    per_image: List[Dict[str, str]] = field(default_factory=list)  # its per_image.csv rows
 
     @property
     def ckpt(self) -> Path:
@@ -386,6 +387,17 @@ def _bd_cells(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, s
     return {k: _fmt(k, v) for k, v in values.items()}, notes
 
 
+def _per_image_bd(pairs: Sequence[Tuple[Sequence[Run], Sequence[Run]]]) -> str:
+    """BD-rate % (pchip) image by image of each (anchor runs, test runs) pair, pooled over the
+    pairs: mean +- 2 standard errors, the paired spread over the images ('-' without per_image.csv)."""
+    values: List[float] = []
+    for anchor, test in pairs:
+        values += bd_rate_per_image([row for r in anchor for row in r.per_image],
+                                    [row for r in test for row in r.per_image]).values
+    text = str(PerImageBD(tuple(values), ()))
+    return text.replace(" images)", " image-pairs)") if len(pairs) > 1 else text
+
+
 def _replicate_cells(pairs: Sequence[Tuple[str, Dict[str, Any], Dict[str, Any]]]
                      ) -> Tuple[Dict[str, str], List[str]]:
     """BD cells over replicate pairs (label, anchor curve, test curve): the mean over the pairs,
@@ -405,7 +417,8 @@ def _replicate_cells(pairs: Sequence[Tuple[str, Dict[str, Any], Dict[str, Any]]]
 COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp"), ("psnr", "PSNR dB"),
            ("bd_rate_pchip", "BD-rate % (pchip)"), ("bd_psnr_pchip", "BD-PSNR dB (pchip)"),
            ("bd_rate_cubic", "BD-rate % (cubic)"), ("bd_psnr_cubic", "BD-PSNR dB (cubic)"),
-           ("bd_rate_msssim", "BD-rate % MS-SSIM (pchip)"), ("notes", "notes")]
+           ("bd_rate_msssim", "BD-rate % MS-SSIM (pchip)"),
+           ("image_bd_rate", "BD-rate % per image (pchip, ± 2 SE)"), ("notes", "notes")]
 
 
 def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Optional[str | Path] = None,
@@ -443,6 +456,7 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     for r in runs:
         where = (Path(eval_dir) / r.dir.relative_to(root) if eval_dir else r.dir) / "results.json"
         r.results = run_results(r, where, data_override, progress, cache, decompose, lpips, fid)
+        r.per_image = read_per_image(where.parent / "per_image.csv")
         if r.results is None:
             skipped.append(f"{r.dir.relative_to(root)}: no checkpoints/last.ckpt and no results.json")
     runs = [r for r in runs if r.results is not None]
@@ -487,6 +501,7 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
         if replicates is None:
             if g != base and (base, None) in curves:
                 cells, notes = _bd_cells(curves[base, None], curves[g, None])
+                cells["image_bd_rate"] = _per_image_bd([(used[base], used[g])])
                 row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *notes]))
             elif g != base:
                 row["notes"] = " / ".join([*filter(None, [row.get("notes")]), "no BD figures: the baseline has no complete run"])
@@ -498,13 +513,16 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
                 continue
             if g == base:  # the noise band: the baseline's replicates against its first one
                 pairs = [(f"{replicates}={v} vs {reps[0]}", curves[g, reps[0]], curves[g, v]) for v in reps[1:]]
+                run_pairs = [(split[g][reps[0]], split[g][v]) for v in reps[1:]]
             else:
                 pairs = [(f"{replicates}={v}", curves[base, v], curves[g, v]) for v in reps if v in split[base]]
+                run_pairs = [(split[base][v], split[g][v]) for v in reps if v in split[base]]
                 if len(pairs) < len(reps):
                     row["notes"] = " / ".join([*filter(None, [row.get("notes")]), f"no baseline run for {replicates}=" + ",".join(
                         v for v in reps if v not in split[base])])
             if pairs:
                 cells, notes = _replicate_cells(pairs)
+                cells["image_bd_rate"] = _per_image_bd(run_pairs)
                 row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *notes]))
         rows.append(row)
     ref = None if anchor is None else _anchor_cells(anchor, rows, used, data_override, cache)
@@ -650,6 +668,9 @@ def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
             "BD-rate: Bjøntegaard delta with log rate over the overlapping PSNR range (negative = fewer "
             "bits than the baseline at equal quality); BD-PSNR over the overlapping log-rate range. "
             "pchip always; cubic (VCEG-M33) only when both curves have at least 4 points.",
+            "BD-rate per image: each evaluation image's own RD curve over the lambdas against the baseline's "
+            "on the same image (pchip), mean ± 2 standard errors over the images (pooled over the pairs with "
+            "replicates): the paired spread, i.e. whether a difference is more than image-to-image scatter.",
             *([f"Replicates: `{replicates}`. Groups ignore it; a group's BD figures are the mean over its "
                f"{replicates} values, each against the baseline run with the same {replicates}; the baseline "
                f"row is the noise band (each other {replicates} of the baseline against its first)."]

@@ -122,3 +122,31 @@ def test_load_results_legacy_keys(tmp_path):
         load_results(tmp_path / "missing.json")
     with pytest.raises(KeyError, match="lpips"):
         bd_from_results(f, f, metric="lpips")
+
+
+def test_bd_rate_per_image(tmp_path):
+    """Each image's own curve: a test codec 10% cheaper on image a and 20% on image b at the
+    same PSNR gives -10 and -20 (mean -15, 2 SE = 10); an image only the anchor has and one
+    whose curve is not monotonic are left out, by name; per_image.csv read back as written."""
+    import csv
+
+    from codecx.metrics.bdrate import bd_rate_per_image, read_per_image
+
+    psnr = [26.0, 28.0, 30.0, 32.0]
+    bpp = [0.1, 0.2, 0.4, 0.8]
+    anchor = [{"image": im, "bpp": b, "psnr-rgb": p} for im in ("a", "b", "c", "flat") for b, p in zip(bpp, psnr)]
+    scale = {"a": 0.9, "b": 0.8, "flat": 1.0}
+    test = [{"image": im, "bpp": b * scale[im], "psnr-rgb": 27.0 if im == "flat" else p}
+            for im in ("a", "b", "flat") for b, p in zip(bpp, psnr)]
+    path = tmp_path / "per_image.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "bpp", "psnr-rgb"])
+        w.writeheader()
+        w.writerows(test)
+    r = bd_rate_per_image(anchor, read_per_image(path))
+    assert r.values == pytest.approx((-10.0, -20.0), abs=1e-6)
+    assert r.skipped == ("flat",)
+    assert (r.mean, r.two_se) == pytest.approx((-15.0, 10.0), abs=1e-6)
+    assert str(r) == "-15.00 ± 10.00 (2 images)"
+    assert read_per_image(tmp_path / "missing.csv") == []
+    assert str(bd_rate_per_image(anchor, [])) == "-"

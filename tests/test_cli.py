@@ -143,13 +143,17 @@ def test_plot(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- report
-def _fake_run(root: Path, name: str, overrides, bpp, psnr):
-    """A run folder as Hydra writes it, with a results.json (no checkpoint needed)."""
+def _fake_run(root: Path, name: str, overrides, bpp, psnr, images=None):
+    """A run folder as Hydra writes it, with a results.json (no checkpoint needed) and, given
+    `images` ({image: (bpp, psnr)}), its per_image.csv."""
     d = root / name
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (d / "results.json").write_text(json.dumps(
         {"name": name, "results": {"bpp": [bpp], "psnr-rgb": [psnr], "ms-ssim": [None]}}))
+    if images:
+        (d / "per_image.csv").write_text("image,bpp,psnr-rgb\n" + "".join(
+            f"{im},{b},{p}\n" for im, (b, p) in images.items()))
 
 
 def test_report_bd_rate_against_baseline(tmp_path, capsys):
@@ -196,6 +200,26 @@ def test_report_with_seed_replicates(tmp_path, capsys):
     assert "seed=2 vs 1" in rows["reg=none (baseline)"]["bd_rate_pchip_each"]
     md = (root / "report.md").read_text()
     assert "Replicates: `seed`" in md and "| reg=cse, seed=2 |" in md
+
+
+def test_report_bd_rate_per_image(tmp_path):
+    """The per-image column: each image's own curve over the lambdas against the baseline's on
+    that image (image a 10% cheaper, b 20%: -15 +- 10); with seeds, pooled over the pairs."""
+    scale = {"none": {"a": 1.0, "b": 1.0}, "cse": {"a": 0.9, "b": 0.8}}
+    for root, seeds in ((tmp_path / "one", (1,)), (tmp_path / "sweep", (1, 2))):
+        for group in scale:
+            for seed in seeds:
+                for i, (b, p) in enumerate(zip([0.1, 0.2, 0.4, 0.8], [26.0, 28.0, 30.0, 32.0])):
+                    _fake_run(root, f"{group}{seed}_{i}", [f"reg={group}", f"seed={seed}", f"lmbda={i}"], b, p,
+                              images={im: (b * k, p) for im, k in scale[group].items()})
+    assert main(["report", str(tmp_path / "one"), "--baseline", "reg=none"]) == 0
+    rows = {r["group"]: r for r in csv.DictReader(open(tmp_path / "one" / "report.csv"))}
+    assert rows["reg=cse"]["image_bd_rate"] == "-15.00 ± 10.00 (2 images)"
+    assert main(["report", str(root), "--baseline", "reg=none", "--replicates", "seed"]) == 0
+    rows = {r["group"]: r for r in csv.DictReader(open(root / "report.csv"))}
+    assert rows["reg=cse"]["image_bd_rate"] == "-15.00 ± 5.77 (4 image-pairs)"  # 2 seeds x 2 images
+    assert rows["reg=none (baseline)"]["image_bd_rate"] == "+0.00 ± 0.00 (2 images)"  # seed 2 vs 1
+    assert "BD-rate per image" in (root / "report.md").read_text()
 
 
 def test_report_on_a_real_multirun(tmp_path, tiny_images, capsys):

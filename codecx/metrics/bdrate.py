@@ -244,3 +244,72 @@ def point_deltas(anchor: ResultsLike, point: Mapping[str, Any], method: str = "p
         fn = delta_rate_at if kind == "rate" else delta_quality_at
         out[key] = fn(ra, qa, rate, q, method)
     return out
+
+
+# ---------------------------------------------------------------- image by image
+# A paired noise band: when two codecs are evaluated on the same images, each image's own RD
+# curve (one point per checkpoint / lambda) gives one BD-rate, and the spread of those over the
+# images says whether the curves' difference is more than image-to-image scatter.
+
+@dataclass(frozen=True)
+class PerImageBD:
+    """BD-rate % of test against anchor on each image's own RD curve (VCEG-M33 per image)."""
+
+    values: Tuple[float, ...]  # one per image that both curves cover with a monotonic curve
+    skipped: Tuple[str, ...]  # images without a defined BD-rate (too few points, not monotonic)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+    @property
+    def two_se(self) -> float:
+        """Two standard errors of the mean over the images (NaN with fewer than 2)."""
+        n = len(self.values)
+        return float(2 * np.std(self.values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+    def __str__(self) -> str:
+        if len(self.values) < 2:
+            return "-"
+        return f"{self.mean:+.2f} ± {self.two_se:.2f} ({len(self.values)} images)"
+
+
+def per_image_curves(rows, metric: str = "psnr-rgb") -> dict:
+    """{image: results dict} from per-image rows (eval's per_image.csv as dicts): each image's RD
+    curve over the rows (checkpoints) it appears in."""
+    curves: dict = {}
+    for r in rows:
+        c = curves.setdefault(r["image"], {"results": {"bpp": [], metric: []}})["results"]
+        c["bpp"].append(float(r["bpp"]))
+        c[metric].append(float(r[metric]))
+    return curves
+
+
+def read_per_image(path: Union[str, Path]) -> list:
+    """The rows of a per_image.csv (eval.py, codecx report); [] when the file does not exist."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        return []
+    with p.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def bd_rate_per_image(anchor_rows, test_rows, metric: str = "psnr-rgb", method: str = "pchip") -> PerImageBD:
+    """BD-rate of `test_rows` against `anchor_rows` (per-image rows of the same images at several
+    lambdas) image by image: the paired spread of the BD-rate itself (Bjøntegaard VCEG-M33)."""
+    a, t = per_image_curves(anchor_rows, metric), per_image_curves(test_rows, metric)
+    values, skipped = [], []
+    for image in sorted(set(a) & set(t)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an image's short range: its value still counts
+                v = bd_from_results(a[image], t[image], metric, method).bd_rate
+        except ValueError:  # e.g. one image's curve not monotonic
+            v = float("nan")
+        if math.isfinite(v):
+            values.append(v)
+        else:  # NaN: the two curves of this image do not overlap
+            skipped.append(image)
+    return PerImageBD(tuple(values), tuple(skipped))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shallow_sga"))
-from table import bd_cells, bd_per_image, load, mean  # noqa: E402  (the SGA study's helpers)
+from table import bd_cells, bd_per_image, load, mean  # noqa: E402  (the SGA study's table helpers)
 
 PAIRS = [("control_hex", "control_scalar", "decode-time Hex on the fine-tuned control",
           "-0.88 (t.1), -0.748 (t.5); pretrained, no retraining"),

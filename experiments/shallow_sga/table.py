@@ -18,9 +18,9 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
-from codecx.metrics.bdrate import bd_methods
+from codecx.metrics.bdrate import bd_methods, bd_rate_per_image, read_per_image
 
 PAPER = {"sga": "-8.8 (000 tab. 7, hyperprior); ~-15 (mean-scale, Kodak)",
          "sga_2020": "-8.8 (000 tab. 7, hyperprior)"}
@@ -56,32 +56,10 @@ def rd_change(folder: Path) -> str:
     return f"{m:+.2f} ± {2 * se:.2f} ({kept}/{len(rows)} refined)"
 
 
-def per_image_curves(folder: Path) -> Dict[str, dict]:
-    """Each image's own RD curve over the checkpoints (lambdas) of an arm's per_image.csv."""
-    curves: Dict[str, dict] = {}
-    p = Path(folder) / "per_image.csv"
-    for r in (csv.DictReader(p.open()) if p.is_file() else []):
-        c = curves.setdefault(r["image"], {"results": {"bpp": [], "psnr-rgb": []}})["results"]
-        c["bpp"].append(float(r["bpp"]))
-        c["psnr-rgb"].append(float(r["psnr-rgb"]))
-    return curves
-
-
 def bd_per_image(anchor: Path, arm: Path) -> str:
-    """BD-rate % (pchip) of `arm` against `anchor` image by image (each image's RD curve over
-    the lambdas): mean +- 2 standard errors over the images, the spread of the BD-rate itself."""
-    a, b = per_image_curves(anchor), per_image_curves(arm)
-    d = []
-    for image in sorted(set(a) & set(b)):
-        try:
-            d.append(bd_methods(a[image], b[image], "psnr-rgb", "pchip")[0]["pchip"].bd_rate)
-        except ValueError:
-            continue  # a non-monotonic curve of one image
-    if len(d) < 2:
-        return "-"
-    m = sum(d) / len(d)
-    se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
-    return f"{m:+.2f} ± {2 * se:.2f} ({len(d)} images)"
+    """BD-rate % (pchip) of `arm` against `anchor` image by image, mean +- 2 standard errors."""
+    return str(bd_rate_per_image(read_per_image(Path(anchor) / "per_image.csv"),
+                                 read_per_image(Path(arm) / "per_image.csv")))
 
 
 def bd_cells(anchor: Optional[dict], res: dict) -> List[str]:
