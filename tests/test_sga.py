@@ -243,7 +243,7 @@ def test_evaluate_runs_the_refiner_once_per_image(codec):
 
 
 def test_loss_curves_side_file(codec, tmp_path):
-    """`curves=PATH` appends each image's relaxed-loss curve (image, step, tau, loss)."""
+    """`curves=PATH` appends each image's relaxed-loss curve (image, step, tau, loss, lmbda)."""
     import csv
 
     x = _image()
@@ -254,5 +254,5 @@ def test_loss_curves_side_file(codec, tmp_path):
     sga(x, codec, y, z, LMBDA)
     rows = list(csv.DictReader(open(path)))
     assert [(r["image"], r["step"]) for r in rows] == [(str(i), str(t)) for i in range(2) for t in range(4)]
-    assert float(rows[0]["tau"]) == 0.5
+    assert float(rows[0]["tau"]) == 0.5 and float(rows[0]["lmbda"]) == LMBDA
     assert [float(r["loss"]) for r in rows[4:]] == pytest.approx(sga.last["curve"], rel=1e-5)

@@ -90,7 +90,8 @@ class SGA(EncoderRefiner):
             `sga_rd_original`, `sga_rd_refined`.
         progress: show a progress bar.
         curves: a CSV file to append every optimised image's loss curve to (columns image,
-            step, tau, loss; image counts the refiner's calls), None: none.
+            step, tau, loss, lmbda; image counts the refiner's calls, lmbda tells the
+            checkpoints of one evaluation apart), None: none.
     """
 
     def __init__(self, steps: int = 3000, lr: float = 5e-3, schedule: str = "shallow_ntc",
@@ -201,7 +202,7 @@ class SGA(EncoderRefiner):
         self.last = {"curve": [c[2] for c in curve], "kept": ["refined"] * n}
         self._calls += 1
         if self.curves:
-            self._write_curve(curve)
+            self._write_curve(curve, float(lmbda))
         if not self.keep_best:
             return y_opt, z_opt
         before = self.real_loss(codec, x, y0, z0, float(lmbda))
@@ -256,7 +257,7 @@ class SGA(EncoderRefiner):
         z = latents[1].detach() if z0 is not None else None
         return y, z, curve
 
-    def _write_curve(self, curve) -> None:
+    def _write_curve(self, curve, lmbda: float) -> None:
         from pathlib import Path
 
         path = Path(self.curves)
@@ -264,8 +265,8 @@ class SGA(EncoderRefiner):
         new = not path.is_file()
         with path.open("a") as f:
             if new:
-                f.write("image,step,tau,loss\n")
-            f.writelines(f"{self._calls - 1},{t},{tau:.6g},{loss:.6g}\n" for t, tau, loss in curve)
+                f.write("image,step,tau,loss,lmbda\n")
+            f.writelines(f"{self._calls - 1},{t},{tau:.6g},{loss:.6g},{lmbda:g}\n" for t, tau, loss in curve)
 
     def _steps(self):
         if not self.progress:
