@@ -16,7 +16,8 @@
 # Training cost per step against mbt_mean's (measured, N=64/M=96, 128-px x 8, one thread): shallow
 # with the ELIC analysis 1.33x (29 KMACs/px of g_a against mbt_mean's 11), with ANALYSIS=cnn 0.52x,
 # jpeg_like (cnn) 0.49x; mbt_mean ~0.4 s per step with two runs on 2 cores. So the zoo's budget
-# (4000 steps) is ~85 min in two lanes with cnn and ~3.5 h with elic, on top of the zoo's 55 min;
+# (4000 steps) is ~85 min in two lanes with cnn (measured: 2 h with SGA and CI beside it) and
+# ~3.5 h with elic, on top of the zoo's 55 min;
 # STEPS=2000 ANALYSIS=cnn retrains mbt_mean too (the same recipe and budget for all four) in
 # ~70 min. A budget other than the zoo's goes to runs/zoo_<STEPS>, OUT_<STEPS>; re-running resumes.
 set -euo pipefail
