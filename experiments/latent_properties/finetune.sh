@@ -3,7 +3,7 @@
 # fine-tuned alike (experiment=finetune: 1000 steps, Adam 5e-5, same data order, seed 1), the
 # control with the zoo's own quantizer=noise and the arm with quantizer=hex; then on Kodak:
 # the control coded scalar and hex (decode-time lattice), the hex arm coded hex, and the BD-rates
-# of each pair with the per-image band (experiments/shallow_sga/table.py's bd_per_image).
+# of each pair with the per-image band (codecx.metrics.bdrate.bd_rate_per_image).
 #
 #   experiments/latent_properties/finetune.sh                # train (two lanes), Kodak, table
 #   STAGE=kodak|table experiments/latent_properties/finetune.sh
