@@ -31,9 +31,15 @@ wait_all() {  # PID...: wait for every job; fail (after all have ended) when any
   return "$rc"
 }
 
-ckpt_list() {  # DIR FILE LMBDA...: eval.py's ckpt=[...] list of DIR/lmbda=L/checkpoints/FILE
-  local dir=$1 file=$2 s="" l
-  shift 2
-  for l in "$@"; do s+="${s:+,}'$dir/lmbda=$l/checkpoints/$file'"; done
+ckpt_template() {  # TEMPLATE LMBDA...: eval.py's ckpt=[...] list, TEMPLATE's {L} replaced by each lambda
+  local template=$1 s="" l
+  shift
+  for l in "$@"; do s+="${s:+,}'${template//"{L}"/$l}'"; done
   echo "[$s]"
+}
+
+ckpt_list() {  # DIR FILE LMBDA...: eval.py's ckpt=[...] list of DIR/lmbda=L/checkpoints/FILE
+  local dir=$1 file=$2
+  shift 2
+  ckpt_template "$dir/lmbda={L}/checkpoints/$file" "$@"
 }

@@ -18,14 +18,11 @@ LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
 STAGE=${STAGE:-all}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-source "$(dirname "$0")/../protocol.sh"  # run, require_bases, two_lanes, wait_all, ckpt_list
+source "$(dirname "$0")/../protocol.sh"  # run, require_bases, two_lanes, wait_all, ckpt_template
 
 runs() {  # QUANTIZER: eval.py's ckpt list of that arm's runs, one per lambda
-  local s="" l
-  for l in ${LMBDAS//,/ }; do
-    s+="${s:+,}'$SWEEP/base_dir=${BASE_DIR//\//_},experiment=finetune,lmbda=$l,quantizer=$1,seed=1/checkpoints/last.ckpt'"
-  done
-  echo "[$s]"
+  # shellcheck disable=SC2086  # the lambdas, one word each
+  ckpt_template "$SWEEP/base_dir=${BASE_DIR//\//_},experiment=finetune,lmbda={L},quantizer=$1,seed=1/checkpoints/last.ckpt" ${LMBDAS//,/ }
 }
 
 if [[ "$STAGE" == all || "$STAGE" == train ]]; then
