@@ -394,8 +394,7 @@ def _per_image_bd(pairs: Sequence[Tuple[Sequence[Run], Sequence[Run]]]) -> str:
     for anchor, test in pairs:
         values += bd_rate_per_image([row for r in anchor for row in r.per_image],
                                     [row for r in test for row in r.per_image]).values
-    text = str(PerImageBD(tuple(values), ()))
-    return text.replace(" images)", " image-pairs)") if len(pairs) > 1 else text
+    return PerImageBD(tuple(values), ()).text("image-pairs" if len(pairs) > 1 else "images")
 
 
 def _replicate_cells(pairs: Sequence[Tuple[str, Dict[str, Any], Dict[str, Any]]]

@@ -268,10 +268,14 @@ class PerImageBD:
         n = len(self.values)
         return float(2 * np.std(self.values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
-    def __str__(self) -> str:
+    def text(self, unit: str = "images") -> str:
+        """'mean ± 2 SE (n unit)', or '-' with fewer than 2 values."""
         if len(self.values) < 2:
             return "-"
-        return f"{self.mean:+.2f} ± {self.two_se:.2f} ({len(self.values)} images)"
+        return f"{self.mean:+.2f} ± {self.two_se:.2f} ({len(self.values)} {unit})"
+
+    def __str__(self) -> str:
+        return self.text()
 
 
 def per_image_curves(rows, metric: str = "psnr-rgb") -> dict:
