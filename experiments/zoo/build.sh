@@ -6,6 +6,7 @@
 # BD-rate of step T=4000 against step 0.8T=3200 (step=3200.ckpt is kept by checkpoint.keep_steps).
 #   experiments/zoo/build.sh                 # train (two sweeps side by side, 1 thread each) + Kodak
 #   STAGE=kodak experiments/zoo/build.sh     # only the Kodak evaluation and the check
+#   DRY_RUN=1 experiments/zoo/build.sh       # print the commands only
 # Re-running resumes each run from its last.ckpt; ~25 min per lambda per core on 2 idle cores.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -16,20 +17,21 @@ STAGE=${STAGE:-all}
 LMBDAS=(0.0018 0.0035 0.0067 0.013)   # the zoo's rate points; each lane trains every other one
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-source "$(dirname "$0")/../protocol.sh"  # ckpt_list, wait_all
+source "$(dirname "$0")/../protocol.sh"  # run, ckpt_list, wait_all
 
 if [[ "$STAGE" == all || "$STAGE" == train ]]; then
-  "$PY" train.py -m experiment=base_zoo "lmbda=${LMBDAS[0]},${LMBDAS[2]}" "hydra.sweep.dir=$ZOO" & p1=$!
-  "$PY" train.py -m experiment=base_zoo "lmbda=${LMBDAS[1]},${LMBDAS[3]}" "hydra.sweep.dir=$ZOO" & p2=$!
+  run "$PY" train.py -m experiment=base_zoo "lmbda=${LMBDAS[0]},${LMBDAS[2]}" "hydra.sweep.dir=$ZOO" & p1=$!
+  run "$PY" train.py -m experiment=base_zoo "lmbda=${LMBDAS[1]},${LMBDAS[3]}" "hydra.sweep.dir=$ZOO" & p2=$!
   wait_all "$p1" "$p2"
 fi
 
 if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
   # two evaluations side by side: step T and step 0.8T, each a 4-lambda RD curve on Kodak
-  "$PY" eval.py "ckpt=$(ckpt_list "$ZOO" last.ckpt "${LMBDAS[@]}")" data=folder "data.val_dir=$KODAK" name=zoo_T4000 \
+  run "$PY" eval.py "ckpt=$(ckpt_list "$ZOO" last.ckpt "${LMBDAS[@]}")" data=folder "data.val_dir=$KODAK" name=zoo_T4000 \
     progress=false threads=1 "hydra.run.dir=$OUT/T4000" & p1=$!
-  "$PY" eval.py "ckpt=$(ckpt_list "$ZOO" step=3200.ckpt "${LMBDAS[@]}")" data=folder "data.val_dir=$KODAK" name=zoo_T3200 \
+  run "$PY" eval.py "ckpt=$(ckpt_list "$ZOO" step=3200.ckpt "${LMBDAS[@]}")" data=folder "data.val_dir=$KODAK" name=zoo_T3200 \
     progress=false threads=1 "hydra.run.dir=$OUT/T3200" & p2=$!
   wait_all "$p1" "$p2"
-  "$PY" experiments/zoo/convergence.py "$OUT/T3200" "$OUT/T4000" | tee "$OUT/convergence.md"
+  CHECK=("$PY" experiments/zoo/convergence.py "$OUT/T3200" "$OUT/T4000")
+  if [[ -n "${DRY_RUN:-}" ]]; then run "${CHECK[@]}"; else "${CHECK[@]}" | tee "$OUT/convergence.md"; fi
 fi
