@@ -147,6 +147,17 @@ def test_cpu_study_recipe_validates_by_steps(tmp_path):
     assert trainer.check_val_every_n_epoch is None and trainer.val_check_interval == 200
 
 
+def test_long_zoo_continues_the_base_zoo():
+    """experiment=base_zoo_long is base_zoo with a later T: the same recipe and learning-rate
+    schedule through base_zoo's T (so build.sh may start it from base_zoo's last.ckpt), no drop
+    after it, and step 0.8T kept for the convergence check."""
+    base, long = _compose(["experiment=base_zoo"]), _compose(["experiment=base_zoo_long"])
+    T = long.trainer.max_steps
+    assert T > base.trainer.max_steps and 0.8 * T in long.checkpoint.keep_steps
+    assert long.schedule == base.schedule and max(long.schedule.milestones) < base.trainer.max_steps
+    assert (long.model, long.data, long.seed) == (base.model, base.data, base.seed)
+
+
 def test_model_defaults_are_the_zoo_sizes():
     """Each model's default N, M are CompressAI's zoo architecture at quality 1, so a zoo state
     dict loads with `model.weights=PATH` and no size overrides."""

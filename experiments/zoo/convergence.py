@@ -4,7 +4,8 @@
 
 Prints, per lambda, bpp and PSNR at both steps and the PSNR gained at the same rate (the T point
 against the 0.8T curve's upper envelope, pchip in log rate), then BD-rate / BD-PSNR of T against
-0.8T on PSNR and on MS-SSIM (dB), or why one is undefined (e.g. a non-monotonic curve).
+0.8T on PSNR and on MS-SSIM (dB), or why one is undefined (e.g. a non-monotonic curve), and the
+BD-rate image by image (mean +- 2 SE over the images of both per_image.csv files).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from codecx.metrics.bdrate import bd_methods, delta_quality_at
+from codecx.metrics.bdrate import bd_methods, bd_rate_per_image, delta_quality_at, read_per_image
 
 
 def main(early: str, late: str) -> None:
@@ -33,6 +34,9 @@ def main(early: str, late: str) -> None:
                   f"BD-quality {bd['pchip'].bd_psnr:+.3f} dB")
         except ValueError as e:
             print(f"BD-rate T vs 0.8T on {metric}: undefined ({e})")
+        per_image = bd_rate_per_image(read_per_image(Path(early) / "per_image.csv"),
+                                      read_per_image(Path(late) / "per_image.csv"), metric)
+        print(f"BD-rate T vs 0.8T on {metric} per image (pchip, +- 2 SE): {per_image}")
 
 
 if __name__ == "__main__":
