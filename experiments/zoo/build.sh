@@ -53,6 +53,9 @@ if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
   done
   kodak last.ckpt "$T" & pids+=($!)
   wait_all "${pids[@]}"
-  CHECK=("$PY" experiments/zoo/convergence.py "$OUT/T${KEPT[-1]}" "$OUT/T$T")
+  curve=()  # the training curve on Kodak: the shorter zoo's T (when continued from it), the kept steps, T
+  [[ -n "$FROM" ]] && curve+=("$OUT/T4000")
+  for k in "${KEPT[@]}"; do curve+=("$OUT/T$k"); done
+  CHECK=("$PY" experiments/zoo/convergence.py "${curve[@]}" "$OUT/T$T")
   if [[ -n "${DRY_RUN:-}" ]]; then run "${CHECK[@]}"; else "${CHECK[@]}" | tee "$OUT/convergence_T$T.md"; fi
 fi

@@ -1,11 +1,14 @@
 """The base zoo's convergence check (issue 16 item 1): Kodak RD of step T against step 0.8T.
 
     .venv/bin/python experiments/zoo/convergence.py experiments/zoo/kodak/T3200 experiments/zoo/kodak/T4000
+    .venv/bin/python experiments/zoo/convergence.py experiments/zoo/kodak/T{4000,6000,8000,10000}
 
-Prints, per lambda, bpp and PSNR at both steps and the PSNR gained at the same rate (the T point
-against the 0.8T curve's upper envelope, pchip in log rate), then BD-rate / BD-PSNR of T against
-0.8T on PSNR and on MS-SSIM (dB), or why one is undefined (e.g. a non-monotonic curve), and the
-BD-rate image by image (mean +- 2 SE over the images of both per_image.csv files).
+Prints, per lambda, bpp and PSNR at the last two steps given (0.8T, T) and the PSNR gained at the
+same rate (the T point against the 0.8T curve's upper envelope, pchip in log rate), then BD-rate /
+BD-PSNR of T against 0.8T on PSNR and on MS-SSIM (dB), or why one is undefined (e.g. a
+non-monotonic curve), and the BD-rate image by image (mean +- 2 SE over the images of both
+per_image.csv files). With more than two folders (a training curve), also a table of each step
+against the one before it.
 """
 from __future__ import annotations
 
@@ -15,29 +18,49 @@ from pathlib import Path
 
 from codecx.metrics.bdrate import bd_methods, bd_rate_per_image, delta_quality_at, read_per_image
 
+METRICS = ("psnr-rgb", "ms-ssim")
 
-def main(early: str, late: str) -> None:
-    a = json.loads((Path(early) / "results.json").read_text())
-    b = json.loads((Path(late) / "results.json").read_text())
-    ra, rb = a["results"], b["results"]
+
+def load(folder: str) -> dict:
+    return json.loads((Path(folder) / "results.json").read_text())
+
+
+def bd_cells(early: str, late: str, metric: str) -> tuple:
+    """(pooled BD-rate text, BD-quality text, per-image text) of folder `late` against `early`."""
+    try:
+        bd, _ = bd_methods(load(early), load(late), metric, "pchip")
+        pooled, quality = f"{bd['pchip'].bd_rate:+.2f}%", f"{bd['pchip'].bd_psnr:+.3f} dB"
+    except ValueError as e:
+        pooled, quality = f"undefined ({e})", "undefined"
+    per_image = bd_rate_per_image(read_per_image(Path(early) / "per_image.csv"),
+                                  read_per_image(Path(late) / "per_image.csv"), metric)
+    return pooled, quality, str(per_image)
+
+
+def main(*folders: str) -> None:
+    early, late = folders[-2:]
+    ra, rb = load(early)["results"], load(late)
     print("| lmbda | bpp 0.8T | PSNR 0.8T | bpp T | PSNR T | PSNR T - PSNR 0.8T | dB at the same rate |")
     print("|---|---|---|---|---|---|---|")
-    for i, lmbda in enumerate(b.get("lmbda", [None] * len(rb["bpp"]))):
-        same = delta_quality_at(ra["bpp"], ra["psnr-rgb"], rb["bpp"][i], rb["psnr-rgb"][i])
-        print(f"| {lmbda} | {ra['bpp'][i]:.4f} | {ra['psnr-rgb'][i]:.2f} | {rb['bpp'][i]:.4f} | "
-              f"{rb['psnr-rgb'][i]:.2f} | {rb['psnr-rgb'][i] - ra['psnr-rgb'][i]:+.2f} | "
+    for i, lmbda in enumerate(rb.get("lmbda", [None] * len(rb["results"]["bpp"]))):
+        b = {k: v[i] for k, v in rb["results"].items() if isinstance(v, list)}
+        same = delta_quality_at(ra["bpp"], ra["psnr-rgb"], b["bpp"], b["psnr-rgb"])
+        print(f"| {lmbda} | {ra['bpp'][i]:.4f} | {ra['psnr-rgb'][i]:.2f} | {b['bpp']:.4f} | "
+              f"{b['psnr-rgb']:.2f} | {b['psnr-rgb'] - ra['psnr-rgb'][i]:+.2f} | "
               f"{'outside' if same != same else f'{same:+.2f}'} |")
-    for metric in ("psnr-rgb", "ms-ssim"):
-        try:
-            bd, _ = bd_methods(a, b, metric, "pchip")
-            print(f"BD-rate T vs 0.8T on {metric} (pchip): {bd['pchip'].bd_rate:+.2f}%, "
-                  f"BD-quality {bd['pchip'].bd_psnr:+.3f} dB")
-        except ValueError as e:
-            print(f"BD-rate T vs 0.8T on {metric}: undefined ({e})")
-        per_image = bd_rate_per_image(read_per_image(Path(early) / "per_image.csv"),
-                                      read_per_image(Path(late) / "per_image.csv"), metric)
+    for metric in METRICS:
+        pooled, quality, per_image = bd_cells(early, late, metric)
+        print(f"BD-rate T vs 0.8T on {metric} (pchip): {pooled}, BD-quality {quality}")
         print(f"BD-rate T vs 0.8T on {metric} per image (pchip, +- 2 SE): {per_image}")
+    if len(folders) > 2:
+        print("\n| from | to | BD-rate PSNR (pchip) | per image (± 2 SE) | BD-rate MS-SSIM (pchip) | per image (± 2 SE) |")
+        print("|---|---|---|---|---|---|")
+        for a, b in zip(folders, folders[1:]):
+            cells = [c for m in METRICS for c in bd_cells(a, b, m)[::2]]
+            print(f"| {Path(a).name} | {Path(b).name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
     main(*sys.argv[1:])
