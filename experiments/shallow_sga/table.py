@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from codecx.metrics.bdrate import bd_methods, bd_rate_per_image, read_per_image
+from codecx.metrics.bdrate import PerImageBD, bd_methods, bd_rate_per_image, read_per_image
 
 PAPER = {"sga": "-8.8 (000 tab. 7, hyperprior); ~-15 (mean-scale, Kodak)",
          "sga_2020": "-8.8 (000 tab. 7, hyperprior)"}
@@ -50,10 +49,9 @@ def rd_change(folder: Path) -> str:
         return "-"
     d = [100 * (min(float(r["sga_rd_refined"]), float(r["sga_rd_original"])) / float(r["sga_rd_original"]) - 1)
          for r in rows]
-    m = sum(d) / len(d)
-    se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+    band = PerImageBD(tuple(d), ())  # the same paired mean +- 2 SE, over image x lambda pairs
     kept = sum(r["sga_kept"] == "refined" for r in rows)
-    return f"{m:+.2f} ± {2 * se:.2f} ({kept}/{len(rows)} refined)"
+    return f"{band.mean:+.2f} ± {band.two_se:.2f} ({kept}/{len(rows)} refined)"
 
 
 def bd_per_image(anchor: Path, arm: Path) -> str:
