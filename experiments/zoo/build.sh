@@ -9,15 +9,19 @@
 #   DRY_RUN=1 experiments/zoo/build.sh       # print the commands only
 #   EXPERIMENT=base_zoo_long experiments/zoo/build.sh   # the zoo continued to T=10000 (its first
 #       4000 steps are base_zoo's: each run starts from runs/zoo's last.ckpt) in runs/zoo_long/
+#   T=20000 EXPERIMENT=base_zoo_long experiments/zoo/build.sh   # further: resumes at the last T,
+#       keeps steps 0.6T and 0.8T; the check prints the whole Kodak curve from step 4000 on
 # Re-running resumes each run from its last.ckpt; ~25 min per lambda per core on 2 idle cores
 # (base_zoo; base_zoo_long: ~40 min more per lambda).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 EXPERIMENT=${EXPERIMENT:-base_zoo}
 case "$EXPERIMENT" in   # T, the steps kept for the check (0.8T last), where the runs and results go
-  base_zoo) T=4000; KEPT=(3200); ZOO=${ZOO:-runs/zoo/mbt_mean}; OUT=${OUT:-experiments/zoo/kodak}; FROM="";;
-  base_zoo_long) T=10000; KEPT=(6000 8000); ZOO=${ZOO:-runs/zoo_long/mbt_mean}; OUT=${OUT:-experiments/zoo/kodak}
-    FROM=${FROM:-runs/zoo/mbt_mean};;   # the base zoo: the first 4000 steps of every run
+  base_zoo) T=4000; KEPT=(3200); ZOO=${ZOO:-runs/zoo/mbt_mean}; OUT=${OUT:-experiments/zoo/kodak}; FROM=""
+    STEPS=();;
+  base_zoo_long) T=${T:-10000}; KEPT=($((T * 6 / 10)) $((T * 8 / 10))); ZOO=${ZOO:-runs/zoo_long/mbt_mean}
+    OUT=${OUT:-experiments/zoo/kodak}; FROM=${FROM:-runs/zoo/mbt_mean}  # the base zoo: every run's first 4000 steps
+    STEPS=("trainer.max_steps=$T" "checkpoint.keep_steps=[${KEPT[0]},${KEPT[1]}]");;
   *) echo "build.sh: EXPERIMENT=$EXPERIMENT is not a zoo recipe; use base_zoo or base_zoo_long" >&2; exit 2;;
 esac
 KODAK=${KODAK:-../shared/data/kodak}
@@ -35,8 +39,8 @@ if [[ "$STAGE" == all || "$STAGE" == train ]]; then
       [[ -f "$dst/last.ckpt" ]] || { run mkdir -p "$dst"; run cp "$FROM/lmbda=$l/checkpoints/last.ckpt" "$dst/"; }
     done
   fi
-  run "$PY" train.py -m "experiment=$EXPERIMENT" "lmbda=${LMBDAS[0]},${LMBDAS[2]}" "hydra.sweep.dir=$ZOO" & p1=$!
-  run "$PY" train.py -m "experiment=$EXPERIMENT" "lmbda=${LMBDAS[1]},${LMBDAS[3]}" "hydra.sweep.dir=$ZOO" & p2=$!
+  run "$PY" train.py -m "experiment=$EXPERIMENT" "lmbda=${LMBDAS[0]},${LMBDAS[2]}" "hydra.sweep.dir=$ZOO" "${STEPS[@]}" & p1=$!
+  run "$PY" train.py -m "experiment=$EXPERIMENT" "lmbda=${LMBDAS[1]},${LMBDAS[3]}" "hydra.sweep.dir=$ZOO" "${STEPS[@]}" & p2=$!
   wait_all "$p1" "$p2"
 fi
 
@@ -53,9 +57,17 @@ if [[ "$STAGE" == all || "$STAGE" == kodak ]]; then
   done
   kodak last.ckpt "$T" & pids+=($!)
   wait_all "${pids[@]}"
-  curve=()  # the training curve on Kodak: the shorter zoo's T (when continued from it), the kept steps, T
-  [[ -n "$FROM" ]] && curve+=("$OUT/T4000")
-  for k in "${KEPT[@]}"; do curve+=("$OUT/T$k"); done
-  CHECK=("$PY" experiments/zoo/convergence.py "${curve[@]}" "$OUT/T$T")
+  # the training curve on Kodak: the kept steps and T, and for a continued zoo every step from the
+  # base zoo's T (4000) on that an earlier build evaluated
+  steps=("${KEPT[@]}" "$T")
+  if [[ -n "$FROM" ]]; then
+    for d in "$OUT"/T*/results.json; do
+      [[ -f "$d" ]] || continue
+      k=${d#"$OUT"/T}; k=${k%/results.json}
+      [[ "$k" =~ ^[0-9]+$ && "$k" -ge 4000 && "$k" -lt "$T" ]] && steps+=("$k")
+    done
+  fi
+  mapfile -t steps < <(printf '%s\n' "${steps[@]}" | sort -n -u)
+  CHECK=("$PY" experiments/zoo/convergence.py "${steps[@]/#/$OUT/T}")
   if [[ -n "${DRY_RUN:-}" ]]; then run "${CHECK[@]}"; else "${CHECK[@]}" | tee "$OUT/convergence_T$T.md"; fi
 fi
