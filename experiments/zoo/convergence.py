@@ -39,14 +39,14 @@ def bd_cells(early: str, late: str, metric: str) -> tuple:
 
 def main(*folders: str) -> None:
     early, late = folders[-2:]
-    ra, rb = load(early)["results"], load(late)
+    b = load(late)
+    ra, rb = load(early)["results"], b["results"]
     print("| lmbda | bpp 0.8T | PSNR 0.8T | bpp T | PSNR T | PSNR T - PSNR 0.8T | dB at the same rate |")
     print("|---|---|---|---|---|---|---|")
-    for i, lmbda in enumerate(rb.get("lmbda", [None] * len(rb["results"]["bpp"]))):
-        b = {k: v[i] for k, v in rb["results"].items() if isinstance(v, list)}
-        same = delta_quality_at(ra["bpp"], ra["psnr-rgb"], b["bpp"], b["psnr-rgb"])
-        print(f"| {lmbda} | {ra['bpp'][i]:.4f} | {ra['psnr-rgb'][i]:.2f} | {b['bpp']:.4f} | "
-              f"{b['psnr-rgb']:.2f} | {b['psnr-rgb'] - ra['psnr-rgb'][i]:+.2f} | "
+    for i, lmbda in enumerate(b.get("lmbda", [None] * len(rb["bpp"]))):
+        same = delta_quality_at(ra["bpp"], ra["psnr-rgb"], rb["bpp"][i], rb["psnr-rgb"][i])
+        print(f"| {lmbda} | {ra['bpp'][i]:.4f} | {ra['psnr-rgb'][i]:.2f} | {rb['bpp'][i]:.4f} | "
+              f"{rb['psnr-rgb'][i]:.2f} | {rb['psnr-rgb'][i] - ra['psnr-rgb'][i]:+.2f} | "
               f"{'outside' if same != same else f'{same:+.2f}'} |")
     for metric in METRICS:
         pooled, quality, per_image = bd_cells(early, late, metric)
