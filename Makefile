@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[test]'
+# test oracle: NeuralCompression (released MS-ILLM/HiFiC code); its pins predate torch 2.14, the
+# modules tests/test_reference_nc.py uses need only fvcore beyond codecx's own dependencies
+	$(PY) -m pip install --quiet --no-deps neuralcompression==0.3.1
+	$(PY) -m pip install --quiet fvcore
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install codecx with its dependencies

@@ -31,31 +31,40 @@ def _lrelu() -> nn.LeakyReLU:
 
 
 class _DownBlock(nn.Module):
-    """Pre-activation residual block, average-pool down (OASIS / MS-ILLM, no normalisation)."""
+    """Pre-activation residual block, average-pool down (OASIS / MS-ILLM, no normalisation):
+    `body(a) + skip(a)` with `a = LeakyReLU_0.2(x)` (the first block: `a = x`).
+
+    The shortcut sees the *activated* input, as in the released net, whose in-place LeakyReLU
+    (after an identity norm) rewrites the block's input before its shortcut reads it."""
 
     def __init__(self, cin: int, cout: int, first: bool = False):
         super().__init__()
-        self.body = nn.Sequential(*([] if first else [_lrelu()]), nn.Conv2d(cin, cout, 3, padding=1),
-                                  _lrelu(), nn.Conv2d(cout, cout, 3, padding=1), nn.AvgPool2d(2))
+        self.act = nn.Identity() if first else _lrelu()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), _lrelu(),
+                                  nn.Conv2d(cout, cout, 3, padding=1), nn.AvgPool2d(2))
         self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity(), nn.AvgPool2d(2))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x) + self.skip(x)
+        a = self.act(x)
+        return self.body(a) + self.skip(a)
 
 
 class _UpBlock(nn.Module):
-    """Pre-activation residual block, nearest-neighbour up."""
+    """Pre-activation residual block, nearest-neighbour up: `body(a) + skip(a)`, `a =
+    LeakyReLU_0.2(x)` (the shortcut sees the activated input, as in the released net)."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.body = nn.Sequential(_lrelu(), nn.Upsample(scale_factor=2, mode="nearest"),
+        self.act = _lrelu()
+        self.body = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                   nn.Conv2d(cin, cout, 3, padding=1), _lrelu(),
                                   nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity(),
                                   nn.Upsample(scale_factor=2, mode="nearest"))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x) + self.skip(x)
+        a = self.act(x)
+        return self.body(a) + self.skip(a)
 
 
 class UNetDiscriminator(nn.Module):
@@ -67,7 +76,10 @@ class UNetDiscriminator(nn.Module):
     concatenated with the RGB image. Down path: one residual block per entry of `channels`
     (each halves the resolution: 256 -> 4 for the six defaults); up path back to
     `out_factor` (1/8) ending at `head_channels` (64); a 1x1 conv gives `num_classes` logits
-    (C + 1 = 1025: index 0 = fake). Inputs must be multiples of 2^len(channels).
+    (C + 1 = 1025: index 0 = fake). Inputs must be multiples of 2^len(channels). Every block
+    but the first feeds its body and its shortcut the same LeakyReLU-activated input (the
+    released net's in-place activation); `tests/test_reference_nc.py` proves it equal to
+    NeuralCompression's with the same weights.
     """
 
     def __init__(self, latent_channels: int, num_classes: int = 1025,
@@ -189,14 +201,23 @@ class ILLMRegularizer(_GANRegularizer):
     batch, reals: the second half). `labeler`: the file `codecx train-labeler` wrote; u(x) are
     its code indices of the *original* images at 1/8, frozen, eval mode, no grad. `channels`:
     D's widths (the released ~18M-parameter D by default; a CPU study may narrow them).
+    `condition=False` (diagnostic, not MS-ILLM): D gets a zero latent, so its context branch is
+    a constant and it sees only the image. `warmup_steps` (not in MS-ILLM's recipe): the
+    generator term is 0 until D has taken that many steps (D trains alone first; counted in
+    this process).
     """
 
     def __init__(self, labeler: str, weight: float = 0.008, channels: Sequence[int] = ILLM_CHANNELS,
                  context_channels: int = 16, out_factor: int = 8, head_channels: int = 64,
                  lr: float = 4e-4, betas: Sequence[float] = (0.5, 0.9), weight_decay: float = 0.0,
-                 optimizer: str = "adamw"):
+                 optimizer: str = "adamw", condition: bool = True, warmup_steps: int = 0):
         super().__init__(weight, lr, betas, weight_decay, optimizer)
         from codecx.regularizers.labeler import load_labeler
+
+        if int(warmup_steps) < 0:
+            raise ValueError(f"reg.warmup_steps={warmup_steps}: must be >= 0 (D steps before the generator term)")
+        self.condition, self.warmup_steps = bool(condition), int(warmup_steps)
+        self.d_steps = 0  # discriminator steps taken in this process (the warm-up counter)
 
         if not labeler:
             raise ValueError("reg.labeler is not set: give the labeler file written by "
@@ -221,11 +242,16 @@ class ILLMRegularizer(_GANRegularizer):
         lab = self.labeler.to(x.device)
         return lab.labels(x)
 
+    def discriminate(self, x: Tensor, y_hat: Tensor) -> Tensor:
+        """D's C+1 logits at 1/8 for images `x` (a zero latent when `condition` is off)."""
+        return self._d()(x, y_hat if self.condition else torch.zeros_like(y_hat))
+
     def forward(self, x: Tensor, out: CodecOutput) -> RegOutput:
         d = self._d()
         x, x_hat, y_hat = _crop(x, out.x_hat, out.y_hat.detach(), d.multiple, self.latent_stride)
-        g = oasis_g_loss(d(x_hat, y_hat), self.labels(x))
-        loss = self.weight * g
+        g = oasis_g_loss(self.discriminate(x_hat, y_hat), self.labels(x))
+        on = float(self.d_steps >= self.warmup_steps)  # D warm-up: no generator term yet
+        loss = self.weight * on * g
         return RegOutput(loss=loss, metrics={"g_loss": g.detach(), "gan_loss": loss.detach()})
 
     def d_loss(self, x: Tensor, out: CodecOutput):
@@ -233,13 +259,17 @@ class ILLMRegularizer(_GANRegularizer):
         x, x_hat, y_hat = _crop(x, out.x_hat.detach(), out.y_hat.detach(), d.multiple, self.latent_stride)
         fake, real = _halves(x.size(0))
         labels = self.labels(x[real])
-        real_logits = d(x[real], y_hat[real])
-        fake_logits = d(x_hat[fake], y_hat[fake])
+        real_logits = self.discriminate(x[real], y_hat[real])
+        fake_logits = self.discriminate(x_hat[fake], y_hat[fake])
         loss = oasis_d_loss(real_logits, fake_logits, labels)
+        self.d_steps += 1
         with torch.no_grad():
             real_acc = (real_logits.argmax(1) == labels + 1).float().mean()
             fake_acc = (fake_logits.argmax(1) == 0).float().mean()
-        return loss, {"d_real_acc": real_acc, "d_fake_acc": fake_acc}
+            # real vs fake as a binary decision: P(fake) = softmax(logits)[0] above 1/2 or not
+            rf_acc = 0.5 * ((real_logits.softmax(1)[:, 0] < 0.5).float().mean()
+                            + (fake_logits.softmax(1)[:, 0] > 0.5).float().mean())
+        return loss, {"d_real_acc": real_acc, "d_fake_acc": fake_acc, "d_rf_acc": rf_acc}
 
 
 class PatchGANDiscriminator(nn.Module):
