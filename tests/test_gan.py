@@ -329,3 +329,32 @@ def test_gan_regularizers_work_with_every_backbone(backbone, labeler_file):
         r = reg(x, out)
         d, _ = reg.d_loss(x, _out(codec, x))
         assert math.isfinite(r.loss.item()) and math.isfinite(d.item())
+
+
+def test_illm_condition_off_and_discriminator_warmup(labeler_file):
+    """reg.condition=false: D's logits do not depend on y_hat; reg.warmup_steps=N: the generator
+    term is 0 until D has taken N steps, then weight * CE(D(x_hat), u(x)+1)."""
+    torch.manual_seed(0)
+    codec = tiny_codec("mbt_mean")
+    x = _images(2)
+    with torch.no_grad():
+        out = _out(codec, x)
+    for condition in (True, False):
+        reg = ILLMRegularizer(str(labeler_file), condition=condition, **TINY_D)
+        reg.attach(codec)
+        with torch.no_grad():
+            a = reg.discriminate(out.x_hat, out.y_hat)
+            b = reg.discriminate(out.x_hat, out.y_hat + torch.randn_like(out.y_hat))
+        assert torch.equal(a, b) is (not condition)
+    reg = ILLMRegularizer(str(labeler_file), warmup_steps=2, weight=0.5, **TINY_D)
+    reg.attach(codec)
+    (phase,) = reg.aux_phases()
+    for step in range(3):
+        r = reg(x, out)
+        assert (r.loss.item() == 0) is (step < 2) and r.metrics["g_loss"].item() > 0
+        if step < 2:
+            loss, m = phase.loss(x, out)
+            assert 0 <= m["d_rf_acc"].item() <= 1
+    assert r.loss.item() == pytest.approx(0.5 * r.metrics["g_loss"].item())
+    with pytest.raises(ValueError, match="reg.warmup_steps"):
+        ILLMRegularizer(str(labeler_file), warmup_steps=-1, **TINY_D)
