@@ -139,6 +139,83 @@ def test_gradient_reaches_transform_and_encoder(make):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def _codec_grads(transforms, seed=0):
+    """{parameter name: gradient} of the codec loss (rate + lmbda D + the transforms' terms) of
+    one training step of a tiny mbt_mean with quantizer=mixed, and the latent-MSE term's own
+    gradients (None without one); the same noise for every call with the same seed."""
+    from codecx.lit import LitCodec
+    from codecx.models import Codec, build_backbone
+    from codecx.quantizers import MixedQuantizer
+
+    torch.manual_seed(0)
+    codec = Codec(build_backbone("mbt_mean", N=8, M=M), MixedQuantizer(), transforms=transforms)
+    module = LitCodec(codec, lmbda=0.01).train()
+    x = torch.cat([_image(1), _image(2)])
+    torch.manual_seed(seed)
+    out = codec(x)
+    names, params = zip(*[(n, p) for n, p in codec.named_parameters() if p.requires_grad])
+    term = out.losses.get("latent_mse")
+    own = None if term is None else dict(zip(names, torch.autograd.grad(term, params, retain_graph=True,
+                                                                        allow_unused=True)))
+    loss = module.codec_loss(x, out, 0)[0]
+    return dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True))), own
+
+
+@pytest.mark.parametrize("make, trained", [
+    (lambda w: LRP(hidden=8, hidden2=8, latent_mse=w), "transforms.0.f.4."),
+    (lambda w: LPC("learned", latent_mse=w), "transforms.0."),
+    (lambda w: LPC("predicted", hidden=8, latent_mse=w), "transforms.0.predictor.2."),
+], ids=["lrp", "lpc_learned", "lpc_predicted"])
+def test_latent_mse_trains_the_compensation(make, trained):
+    """Paper 000's term trains the compensation: its own gradient on the compensation's
+    parameters is nonzero, and the codec loss's gradient there differs from the control's (the
+    same transform without the term, same noise); elsewhere it is the control's up to what the
+    compensation's inputs carry back."""
+    with_term, own = _codec_grads([make(1.0)])
+    control, _ = _codec_grads([make(0.0)])
+    comp = [n for n in with_term if n.startswith(trained)]
+    assert comp
+    for n in comp:
+        assert own[n] is not None and own[n].abs().sum() > 0, n
+        assert not torch.allclose(with_term[n], control[n]), n
+    # zero-initialised last layers: nothing reaches the encoder yet, so g_a's gradient is the control's
+    for n in (n for n in with_term if n.startswith("backbone.g_a")):
+        assert torch.allclose(with_term[n], control[n], rtol=1e-5, atol=1e-8), n
+
+
+@pytest.mark.parametrize("transforms", [lambda: [LatentMSE(1.0)], lambda: [FPC(latent_mse=1.0)],
+                                        lambda: [FPC(), LatentMSE(1.0)]],
+                         ids=["latent_mse_alone", "fpc_latent_mse", "fpc_then_latent_mse"])
+def test_latent_mse_without_compensation_trains_nothing(transforms):
+    """Without a learned compensation the term is a constant of every parameter (y - y_hat is
+    detached under STE / mixed rounding; FPC's noise is fixed): the null arm of issue 29,
+    refused by the pre-flight check (test below)."""
+    _, own = _codec_grads(transforms())
+    assert all(g is None or not g.any() for g in own.values())
+    assert not any(t.learned for t in transforms())
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["transform=latent_mse"], "transform.latent_mse"),
+    (["transform=fpc", "transform.fpc.latent_mse=1"], "transform.fpc"),
+    (["transform=[latent_mse,lrp]"], "transform.latent_mse"),  # measured before the compensation
+    (["transform=[fpc,latent_mse]"], "transform.latent_mse"),
+    (["transform=[lrp,latent_mse]"], None),
+    (["transform=lpc", "transform.lpc.latent_mse=1"], None),
+    (["transform=latent_mse", "transform.latent_mse.weight=0"], None),  # logged only, no term
+])
+def test_precheck_refuses_a_latent_mse_that_trains_nothing(overrides, refused):
+    from codecx.config import ConfigError, precheck
+    from codecx.train import CONF_DIR
+
+    if refused is None:
+        precheck(overrides, CONF_DIR)
+        return
+    with pytest.raises(ConfigError, match=f"^{refused}: its latent-MSE term trains nothing") as e:
+        precheck(overrides, CONF_DIR)
+    assert "\n" not in str(e.value)
+
+
 def test_bad_options_and_backbones():
     with pytest.raises(ValueError, match="learned, predicted"):
         LPC("per_channel")

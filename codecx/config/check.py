@@ -119,6 +119,33 @@ def _safe(target: str):
     return _locate(target)
 
 
+def check_latent_mse(cfg: DictConfig) -> None:
+    """Paper 000's latent-MSE term `w * mean((y - y_hat')^2)` trains only a learned compensation
+    before it (`LatentTransform.learned`: LRP, LPC): `y - y_hat` is a constant of the parameters
+    under every training quantizer (codecx.transforms.latent_mse). A weighted term with none
+    before it (transform=latent_mse alone, fpc.latent_mse, [latent_mse,lrp]) adds a constant to
+    the loss, trains nothing, and is refused."""
+    from codecx.models.build import instantiate_list
+
+    node = cfg.get("transform")
+    if not isinstance(node, DictConfig) or not node:
+        return
+    names = ["transform"] if "_target_" in node else [f"transform.{k}" for k in node.keys() if node.get(k)]
+    try:
+        transforms = instantiate_list(OmegaConf.to_container(node, resolve=True))
+    except Exception:  # noqa: BLE001 - a bad transform option: building the model reports it
+        return
+    learned = False
+    for name, t in zip(names, transforms):
+        learned = learned or (bool(getattr(t, "learned", True)) and bool(getattr(t, "in_training", True)))
+        if float(getattr(t, "latent_mse", 0.0) or 0.0) > 0 and not learned:
+            raise ConfigError(
+                f"{name}: its latent-MSE term trains nothing: y - y_hat is a constant of the parameters "
+                "under every training quantizer, so the term (paper 000) trains only a learned "
+                "compensation before it (lrp, lpc); use e.g. transform.lrp.latent_mse=1 or "
+                "'transform=[lpc,latent_mse]', or drop the term")
+
+
 STORED_KEYS = ("lmbda", "alpha", "seed", "model", "quantizer", "reg", "schedule", "data",
                "transform", "refine", "distortion", "rate")
 
@@ -201,6 +228,7 @@ def precheck(overrides: List[str], config_dir: str, config_name: str = "train",
                 where = f" (sweep job {' '.join(trial)})" if len(trials) > 1 else ""
                 try:
                     check_targets(cfg, TARGET_GROUPS)
+                    check_latent_mse(cfg)
                     if validate is not None:
                         validate(cfg)
                 except ConfigError as e:

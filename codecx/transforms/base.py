@@ -62,6 +62,10 @@ class LatentTransform(nn.Module):
     #: True when the encoder chooses something and writes it to `state.options` (latent shift):
     #: the encoder then runs the transforms up to this one; without any, it runs none
     signals: bool = False
+    #: True when the output depends on trained parameters (LRP's f, LPC's mu_r / sigma_r):
+    #: what a latent-MSE term measured after it can train (paper 000); False for a fixed
+    #: transform (FPC, the latent-MSE term itself), after which the term trains nothing
+    learned: bool = True
 
     def attach(self, codec) -> None:
         """Adapt to the codec's backbone (default: nothing)."""

@@ -1,4 +1,12 @@
-"""The latent-MSE term `w * mean((y - y_hat')^2)` (paper 000, supplement B.1 and Fig. 8)."""
+"""The latent-MSE term `w * mean((y - y_hat')^2)` (paper 000, supplement B.1 and Fig. 8).
+
+What it trains: in training `y - y_hat` is a constant of the parameters under every quantizer
+(STE and mixed: `y_hat = y + (round(y - means) + means - y).detach()`; noise and the lattices:
+`y` plus noise independent of `y`), so the term's gradient flows only through the
+compensation in `y_hat' = y_hat + r`: LRP's f, LPC's mu_r / sigma_r or its predictor, and
+through their inputs (`y_hat`, the means) the layers that feed them. Without a learned
+compensation before it (the term alone, or after FPC) it adds a constant to the loss and
+trains nothing: the pre-flight check refuses that (`codecx.config.check.check_latent_mse`)."""
 from __future__ import annotations
 
 import warnings
@@ -77,7 +85,10 @@ class Compensation(LatentTransform):
 
 class LatentMSE(Compensation):
     """Identity transform that only adds `weight * mean((y - y_hat)^2)` (paper 000, B.1);
-    placed after a compensation in the list, it measures the compensated `y_hat'`."""
+    placed after a learned compensation in the list, it measures (and trains) the compensated
+    `y_hat'`; on its own it trains nothing (see the module docstring)."""
+
+    learned = False
 
     def __init__(self, weight: float = 1.0):
         super().__init__(weight)

@@ -101,7 +101,10 @@ class LPC(Compensation):
 class FPC(LPC):
     """Fixed parameter compensation (paper 000, C.4, Tab. 7): r ~ N(mu, sigma) with fixed
     mu = 0, sigma = 1/6, clamped to +-0.5, added to `y_hat` in training only (at decode the
-    mean, 0: FPC changes training, not the decoder)."""
+    mean, 0: FPC changes training, not the decoder). Nothing is learned: a latent-MSE term on
+    FPC's output trains nothing."""
+
+    learned = False
 
     def __init__(self, mu: float = 0.0, sigma: float = SIGMA0, clamp: float | None = 0.5,
                  latent_mse: float = 0.0):

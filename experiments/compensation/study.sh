@@ -27,8 +27,10 @@ LMBDAS=${LMBDAS:-0.0018,0.0035,0.0067,0.013}
 SEEDS=${SEEDS:-1,2}           # the control (its seed 2 vs seed 1 is the noise band)
 ARM_SEEDS=${ARM_SEEDS:-1}     # the method arms (each paired with the control of the same seed)
 # Each transform (none, lpc both readings, lrp, fpc) plain, with the latent-MSE term, and with
-# inverse training; then the two together. The none arms (transform=latent_mse: only the term;
-# transform=[] data.invert=true) are the controls of the other arms of their row (README).
+# inverse training; then the two together. transform=[] data.invert=true is the control of the
+# inverse-training arms (README). The term without a learned compensation (transform=latent_mse,
+# fpc + latent_mse) trains nothing and is refused since issue 29: the first run's four such
+# cells were null arms, gradient-identical to their controls (README, "The latent-MSE term").
 DEFAULT_ARMS='transform=lpc
 transform=lrp
 transform=fpc
@@ -36,17 +38,13 @@ transform=lpc transform.lpc.params=predicted
 transform=lpc transform.lpc.latent_mse=1
 transform=lpc data.invert=true
 transform=[] data.invert=true
-transform=latent_mse
 transform=lrp transform.lrp.latent_mse=1
-transform=fpc transform.fpc.latent_mse=1
 transform=lpc transform.lpc.params=predicted transform.lpc.latent_mse=1
 transform=lrp data.invert=true
 transform=fpc data.invert=true
 transform=lpc transform.lpc.params=predicted data.invert=true
-transform=latent_mse data.invert=true
 transform=lpc transform.lpc.latent_mse=1 data.invert=true
 transform=lrp transform.lrp.latent_mse=1 data.invert=true
-transform=fpc transform.fpc.latent_mse=1 data.invert=true
 transform=lpc transform.lpc.params=predicted transform.lpc.latent_mse=1 data.invert=true'
 ARMS=${ARMS:-$DEFAULT_ARMS}   # one arm per line, in the order they run
 STAGE=${STAGE:-all}
