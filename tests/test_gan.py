@@ -358,3 +358,9 @@ def test_illm_condition_off_and_discriminator_warmup(labeler_file):
     assert r.loss.item() == pytest.approx(0.5 * r.metrics["g_loss"].item())
     with pytest.raises(ValueError, match="reg.warmup_steps"):
         ILLMRegularizer(str(labeler_file), warmup_steps=-1, **TINY_D)
+    pg = PatchGANRegularizer(weight=0.3, channels=[8, 8, 8, 8], context_channels=4, warmup_steps=1)
+    pg.attach(codec)
+    assert pg(x, out).loss.item() == 0
+    pg.aux_phases()[0].loss(x, out)
+    r = pg(x, out)
+    assert r.loss.item() == pytest.approx(0.3 * r.metrics["g_loss"].item()) and r.loss.item() > 0

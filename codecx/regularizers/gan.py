@@ -155,11 +155,15 @@ class _GANRegularizer(Regularizer):
     name = "gan"
 
     def __init__(self, weight: float, lr: float, betas: Sequence[float], weight_decay: float,
-                 optimizer: str):
+                 optimizer: str, warmup_steps: int = 0):
         super().__init__()
         self.weight = float(weight)
         if not self.weight >= 0:
             raise ValueError(f"reg.weight={weight}: the generator weight must be >= 0")
+        if int(warmup_steps) < 0:
+            raise ValueError(f"reg.warmup_steps={warmup_steps}: must be >= 0 (D steps before the generator term)")
+        # D warm-up (not in the released recipes): the generator term is 0 until D took this many steps
+        self.warmup_steps, self.d_steps = int(warmup_steps), 0  # d_steps: counted in this process
         self.lr, self.betas = float(lr), tuple(float(b) for b in betas)
         self.weight_decay, self.optimizer = float(weight_decay), str(optimizer)
         self.discriminator: Optional[nn.Module] = None
@@ -176,6 +180,10 @@ class _GANRegularizer(Regularizer):
             with torch.random.fork_rng(devices=[]):  # leave the codec's random stream untouched
                 self.discriminator = self.build(int(bb.M))
 
+    def g_weight(self) -> float:
+        """The generator term's weight now: 0 during the discriminator warm-up, then `weight`."""
+        return self.weight if self.d_steps >= self.warmup_steps else 0.0
+
     def _d(self) -> nn.Module:
         if self.discriminator is None:
             raise RuntimeError(f"{type(self).__name__} must be attached to a codec (attach(codec)) before use")
@@ -183,6 +191,7 @@ class _GANRegularizer(Regularizer):
 
     def aux_phases(self) -> List[AuxPhase]:
         def loss(x: Tensor, out: CodecOutput):
+            self.d_steps += 1
             return self.d_loss(x, out)
 
         return [AuxPhase("discriminator", list(self._d().parameters()), loss, lr=self.lr,
@@ -211,13 +220,10 @@ class ILLMRegularizer(_GANRegularizer):
                  context_channels: int = 16, out_factor: int = 8, head_channels: int = 64,
                  lr: float = 4e-4, betas: Sequence[float] = (0.5, 0.9), weight_decay: float = 0.0,
                  optimizer: str = "adamw", condition: bool = True, warmup_steps: int = 0):
-        super().__init__(weight, lr, betas, weight_decay, optimizer)
+        super().__init__(weight, lr, betas, weight_decay, optimizer, warmup_steps)
         from codecx.regularizers.labeler import load_labeler
 
-        if int(warmup_steps) < 0:
-            raise ValueError(f"reg.warmup_steps={warmup_steps}: must be >= 0 (D steps before the generator term)")
-        self.condition, self.warmup_steps = bool(condition), int(warmup_steps)
-        self.d_steps = 0  # discriminator steps taken in this process (the warm-up counter)
+        self.condition = bool(condition)
 
         if not labeler:
             raise ValueError("reg.labeler is not set: give the labeler file written by "
@@ -250,8 +256,7 @@ class ILLMRegularizer(_GANRegularizer):
         d = self._d()
         x, x_hat, y_hat = _crop(x, out.x_hat, out.y_hat.detach(), d.multiple, self.latent_stride)
         g = oasis_g_loss(self.discriminate(x_hat, y_hat), self.labels(x))
-        on = float(self.d_steps >= self.warmup_steps)  # D warm-up: no generator term yet
-        loss = self.weight * on * g
+        loss = self.g_weight() * g
         return RegOutput(loss=loss, metrics={"g_loss": g.detach(), "gan_loss": loss.detach()})
 
     def d_loss(self, x: Tensor, out: CodecOutput):
@@ -262,7 +267,6 @@ class ILLMRegularizer(_GANRegularizer):
         real_logits = self.discriminate(x[real], y_hat[real])
         fake_logits = self.discriminate(x_hat[fake], y_hat[fake])
         loss = oasis_d_loss(real_logits, fake_logits, labels)
-        self.d_steps += 1
         with torch.no_grad():
             real_acc = (real_logits.argmax(1) == labels + 1).float().mean()
             fake_acc = (fake_logits.argmax(1) == 0).float().mean()
@@ -315,12 +319,13 @@ class PatchGANRegularizer(_GANRegularizer):
     Codec loss term: `weight * softplus(-D(x_hat, y_hat))` (HiFiC's beta = 0.15), D frozen.
     Phase "discriminator" (lr 1e-4): `softplus(-D(x, y_hat)) + softplus(D(x_hat, y_hat))`,
     real and fake conditioned on the same detached latent (HiFiC's D(x, y) vs D(x', y)).
+    `warmup_steps`: D trains alone that many steps before the generator term is on (not HiFiC's).
     """
 
     def __init__(self, weight: float = 0.15, channels: Sequence[int] = (64, 128, 256, 512),
                  context_channels: int = 12, lr: float = 1e-4, betas: Sequence[float] = (0.5, 0.9),
-                 weight_decay: float = 0.0, optimizer: str = "adamw"):
-        super().__init__(weight, lr, betas, weight_decay, optimizer)
+                 weight_decay: float = 0.0, optimizer: str = "adamw", warmup_steps: int = 0):
+        super().__init__(weight, lr, betas, weight_decay, optimizer, warmup_steps)
         self.channels, self.context_channels = [int(c) for c in channels], int(context_channels)
 
     def build(self, latent_channels: int) -> nn.Module:
@@ -330,7 +335,7 @@ class PatchGANRegularizer(_GANRegularizer):
         d = self._d()
         x, x_hat, y_hat = _crop(x, out.x_hat, out.y_hat.detach(), self.latent_stride, self.latent_stride)
         g = F.softplus(-d(x_hat, y_hat)).mean()
-        loss = self.weight * g
+        loss = self.g_weight() * g
         return RegOutput(loss=loss, metrics={"g_loss": g.detach(), "gan_loss": loss.detach()})
 
     def d_loss(self, x: Tensor, out: CodecOutput):
