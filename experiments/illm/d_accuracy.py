@@ -1,19 +1,22 @@
-"""Held-out discriminator accuracy, the results table and the reconstruction figure of the CPU-scale
-GAN study (experiments/illm/README.md; MS-ILLM, Muckley et al. ICML 2023; HiFiC, Mentzer et al. 2020).
+"""Labeler statistics, held-out discriminator accuracy, the results tables and the figure of the
+CPU-scale GAN study (experiments/illm/README.md; MS-ILLM, Muckley et al. ICML 2023, arXiv
+2308.01566; HiFiC, Mentzer et al. 2020, arXiv 2006.09965).
 
-For every arm (stage 1 and the stage-2 arms none / patchgan / illm) the codec decodes the same
-Kodak center crops in eval mode (the decoder's exact pipeline); the stage-2 encoders are the
+Every arm's codec decodes the same Kodak center crops in eval mode; the stage-2 encoders are the
 stage-1 encoder (frozen), so `y_hat` is the same in every arm and only `x_hat` differs. Each trained
-discriminator (loaded from its arm's checkpoint, eval mode) classifies the real crops and the
-reconstructions of every arm:
+discriminator (loaded from its arm's checkpoint, eval mode, conditioned as in training) classifies
+the real crops and its own arm's reconstructions:
   - patchgan: per patch, real if the logit > 0;
-  - illm: per 1/8 position, "fake" if the argmax of the C+1 logits is class 0, "real" otherwise
-    (any of the C real classes; the label accuracy on real crops, argmax == u(x)+1, is also given).
-Accuracy = 0.5 (real crops called real + reconstructions called fake), on the arm's own
-reconstructions; the cross table gives the fraction of each arm's reconstructions called fake.
-The rate/fidelity columns come from eval.py's results.json / per_image.csv (real bitstreams).
+  - illm: per 1/8 position, P(fake) = softmax(logits)[0]; "fake" if P(fake) > 1/2 (the binary
+    real/fake decision); the OASIS argmax rule ("fake" if class 0 is the argmax of the C+1
+    logits) is given beside it: with C uncertain label classes it says "fake" whenever no label
+    is confident, even at P(fake) < 1/2. Label accuracy on real crops: argmax over the C real
+    classes == u(x)+1, against the label-frequency baseline (always the most frequent label).
+Accuracy = 0.5 (real crops called real + own reconstructions called fake).
 
-  python experiments/illm/d_accuracy.py --runs runs/illm --kodak ../shared/data/kodak --out experiments/illm
+  python experiments/illm/d_accuracy.py labeler runs/illm2/labeler.pt   # code usage, perplexity, MSE
+  python experiments/illm/d_accuracy.py diag runs/illm2/diag/*          # D accuracy of runs (few steps)
+  python experiments/illm/d_accuracy.py report --runs runs/illm2 --out experiments/illm
 """
 from __future__ import annotations
 
@@ -21,22 +24,54 @@ import argparse
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image, ImageDraw
 
 from codecx.data.datamodule import ImageFolderDataset
 from codecx.evaluate import load_checkpoint, load_codec
+from codecx.regularizers.labeler import load_labeler
 
-ARMS = {"stage1": "stage1", "none": "stage2/none", "patchgan": "stage2/patchgan", "illm": "stage2/illm"}
-D_ARMS = ("patchgan", "illm")
-# the none arm again with seed 2 (study.sh noise): its difference to none is the protocol's noise band
-NOISE_ARM = ("none_seed2", "stage2/none_seed2")
+# arm -> run folder under --runs (eval.py's output: eval/<arm>)
+SEEDS = (1, 2)
+ARMS = {"stage1": "stage1", **{f"{g}_s{s}": f"stage2/{g}_s{s}" for g in ("none", "patchgan", "illm") for s in SEEDS},
+        "illm_noy_s1": "stage2/illm_noy_s1"}
+GROUPS = {"patchgan": ("patchgan_s1", "patchgan_s2"), "illm": ("illm_s1", "illm_s2")}
+D_ARMS = ("patchgan_s1", "patchgan_s2", "illm_s1", "illm_s2", "illm_noy_s1")
+KEYS = ("psnr-rgb", "ms-ssim", "hf_ratio")
 
 
-def load_discriminator(ckpt_path: Path, codec):
+def crops_of(kodak: str, crop: int, n: int = 0):
+    ds = ImageFolderDataset(kodak, crop_size=crop, train=False, name="--kodak")
+    idx = range(len(ds) if n <= 0 else min(n, len(ds)))
+    return [ds.paths[i].name for i in idx], [ds[i] for i in idx]
+
+
+# ------------------------------------------------------------------------------------ labeler
+@torch.no_grad()
+def labeler_stats(lab, crops) -> dict:
+    """Code usage, perplexity exp(H(u)), the most frequent label's share (the label-frequency
+    baseline) and the reconstruction MSE against the crops' own pixel variance."""
+    labels, mse, var = [], [], []
+    for x in crops:
+        out = lab(x[None])
+        labels.append(out["indices"].flatten())
+        mse.append(float(F.mse_loss(out["x_hat"].clamp(0, 1), x[None])))
+        var.append(float(x.var(dim=(1, 2)).mean()))
+    u = torch.cat(labels)
+    p = torch.bincount(u, minlength=lab.codebook_size).double() / u.numel()
+    nz = p[p > 0]
+    return {"codebook_size": lab.codebook_size, "codes_used": int((p > 0).sum()),
+            "perplexity": float(torch.exp(-(nz * nz.log()).sum())), "top_label_share": float(p.max()),
+            "mse": sum(mse) / len(mse), "crop_variance": sum(var) / len(var), "positions": int(u.numel())}
+
+
+# ------------------------------------------------------------------------------ discriminators
+def load_regularizer(ckpt_path: Path, codec):
     """The regularizer of a stage-2 checkpoint with its trained discriminator (eval mode)."""
     ckpt = load_checkpoint(ckpt_path)
     reg = instantiate(dict(ckpt["codecx_config"]["reg"]))
@@ -51,21 +86,68 @@ def load_discriminator(ckpt_path: Path, codec):
     return reg
 
 
+def is_illm(reg) -> bool:
+    return hasattr(reg, "labeler")
+
+
 @torch.no_grad()
-def fake_rate(reg, x, y_hat) -> float:
-    """Fraction of D's decisions on images `x` that say "fake"."""
+def d_maps(reg, x, y_hat) -> dict:
+    """Per-position decisions of D on images `x`: P(fake) and the fake/real calls."""
+    if is_illm(reg):
+        logits = reg.discriminate(x, y_hat)
+        p_fake = logits.softmax(1)[:, 0]
+        return {"p_fake": p_fake, "fake": p_fake > 0.5, "fake_argmax": logits.argmax(1) == 0,
+                "label": logits[:, 1:].argmax(1)}
     logits = reg.discriminator(x, y_hat)
-    if hasattr(reg, "labeler"):
-        return float((logits.argmax(1) == 0).float().mean())
-    return float((logits <= 0).float().mean())
+    return {"p_fake": torch.sigmoid(-logits), "fake": logits <= 0}
+
+
+def mean(v):
+    v = list(v)
+    return sum(v) / len(v)
 
 
 @torch.no_grad()
-def illm_label_acc(reg, x, y_hat) -> float:
-    """ILLM D on real crops: fraction of positions whose argmax is the labeler's class u(x)+1."""
-    return float((reg.discriminator(x, y_hat).argmax(1) == reg.labels(x) + 1).float().mean())
+def d_stats(reg, crops, y_hats, fakes) -> dict:
+    """Held-out real/fake accuracy of D (real crops vs `fakes`, the reconstructions of its own arm)."""
+    real = [d_maps(reg, x[None], y) for x, y in zip(crops, y_hats)]
+    fake = [d_maps(reg, x[None], y) for x, y in zip(fakes, y_hats)]
+    rr = mean(float((~m["fake"]).float().mean()) for m in real)
+    ff = mean(float(m["fake"].float().mean()) for m in fake)
+    st = {"real_called_real": rr, "fakes_called_fake": ff, "accuracy": 0.5 * (rr + ff),
+          "p_fake_real": mean(float(m["p_fake"].mean()) for m in real),
+          "p_fake_fake": mean(float(m["p_fake"].mean()) for m in fake)}
+    if is_illm(reg):
+        rr_a = mean(float((~m["fake_argmax"]).float().mean()) for m in real)
+        ff_a = mean(float(m["fake_argmax"].float().mean()) for m in fake)
+        u = [reg.labels(x[None]) for x in crops]
+        st.update({"argmax_real_called_real": rr_a, "argmax_fakes_called_fake": ff_a,
+                   "argmax_accuracy": 0.5 * (rr_a + ff_a),
+                   "label_acc_real": mean(float((m["label"] == l).float().mean()) for m, l in zip(real, u)),
+                   "label_baseline": float(torch.bincount(torch.cat([l.flatten() for l in u])).max())
+                   / sum(l.numel() for l in u),
+                   "condition": bool(getattr(reg, "condition", True))})
+    return st
 
 
+@torch.no_grad()
+def reconstruct(ckpt: Path, crops):
+    """(codec, 8-bit reconstructions, y_hats) of the crops by the checkpoint's codec (eval mode)."""
+    codec, _ = load_codec(ckpt)
+    outs = [codec(x[None]) for x in crops]
+    return codec, [o.x_hat[0].clamp(0, 1).mul(255).round().div(255) for o in outs], [o.y_hat for o in outs]
+
+
+def d_line(name, st) -> str:
+    s = (f"{name}: real->real {st['real_called_real']:.3f} fake->fake {st['fakes_called_fake']:.3f} "
+         f"acc {st['accuracy']:.3f} (P(fake) real {st['p_fake_real']:.3f} fake {st['p_fake_fake']:.3f})")
+    if "label_acc_real" in st:
+        s += (f"; argmax rule acc {st['argmax_accuracy']:.3f}; label acc {st['label_acc_real']:.3f} "
+              f"(baseline {st['label_baseline']:.3f})")
+    return s
+
+
+# ------------------------------------------------------------------------------------- report
 def eval_row(run_dir: Path):
     """Means and per-image values (dict image -> row) of an eval.py run."""
     res = json.loads((run_dir / "results.json").read_text())["results"]
@@ -74,18 +156,33 @@ def eval_row(run_dir: Path):
     return {k: v[0] for k, v in res.items() if isinstance(v, list) and v}, per
 
 
-def paired(per_a, per_b, key):
-    """Mean and standard error of the per-image difference a - b."""
-    d = [float(per_a[i][key]) - float(per_b[i][key]) for i in per_a if i in per_b]
+def band(d) -> tuple:
+    """(mean, half-width of the band, n): mean ± 2 SE (t_{0.975,n-1} SE below 10 values)."""
     d = [v for v in d if math.isfinite(v)]
-    m = sum(d) / len(d)
-    se = math.sqrt(sum((v - m) ** 2 for v in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
-    return m, se
+    n = len(d)
+    m = sum(d) / n
+    if n < 2:
+        return m, float("nan"), n
+    se = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1) / n)
+    if n < 10:
+        from scipy.stats import t
+
+        return m, float(t.ppf(0.975, n - 1)) * se, n
+    return m, 2 * se, n
 
 
-def figure(crops, recon, names, out: Path, picks, size=128):
+def diffs(per, a, b, key):
+    """Per-image differences a - b (a and b: one arm or a tuple of arms averaged per image)."""
+    def val(arms, i):
+        arms = (arms,) if isinstance(arms, str) else arms
+        return mean(float(per[x][i][key]) for x in arms)
+    first = a if isinstance(a, str) else a[0]
+    return [val(a, i) - val(b, i) for i in per[first]]
+
+
+def figure(crops, recon, names, out: Path, cols, picks, size=128):
     """Side by side: original and each arm's reconstruction of `size`-px crops of `picks`."""
-    cols = ["original", *ARMS]
+    cols = ["original", *cols]
     W, H, top = size * len(cols), (size + 2) * len(picks), 14
     img = Image.new("RGB", (W, H + top), "white")
     draw = ImageDraw.Draw(img)
@@ -100,76 +197,85 @@ def figure(crops, recon, names, out: Path, picks, size=128):
     return [names[i] for i, _ in picks]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", default="runs/illm")
-    ap.add_argument("--kodak", default="../shared/data/kodak")
-    ap.add_argument("--out", default="experiments/illm")
-    ap.add_argument("--crop", type=int, default=256, help="center crop of each Kodak image (as eval.py's)")
-    a = ap.parse_args(argv)
-    runs, out = Path(a.runs), Path(a.out)
-    torch.set_num_threads(1)
-    ds = ImageFolderDataset(a.kodak, crop_size=a.crop, train=False, name="--kodak")
-    names = [p.name for p in ds.paths]
-    crops = [ds[i] for i in range(len(ds))]
-    recon, y_hats, codecs = {}, {}, {}
-    arms = dict(ARMS)
-    if (runs / NOISE_ARM[1] / "checkpoints" / "last.ckpt").is_file():
-        arms[NOISE_ARM[0]] = NOISE_ARM[1]
-    for arm, sub in arms.items():
-        codec, _ = load_codec(runs / sub / "checkpoints" / "last.ckpt")
-        codecs[arm] = codec
-        with torch.no_grad():
-            outs = [codec(x[None]) for x in crops]
-        recon[arm] = [o.x_hat[0].clamp(0, 1).mul(255).round().div(255) for o in outs]  # 8-bit, as decoded
-        y_hats[arm] = [o.y_hat for o in outs]
-    same_y = all(torch.equal(y_hats["stage1"][i], y_hats[arm][i]) for arm in arms for i in range(len(crops)))
+def fmt(m, h, key):
+    return f"{m:+.4f} ± {h:.4f}" if key == "ms-ssim" else f"{m:+.3f} ± {h:.3f}"
 
-    d_stats, cross = {}, {}
-    for darm in D_ARMS:
-        reg = load_discriminator(runs / arms[darm] / "checkpoints" / "last.ckpt", codecs[darm])
+
+def report(a) -> int:
+    runs, out = Path(a.runs), Path(a.out)
+    names, crops = crops_of(a.kodak, a.crop)
+    arms = {k: v for k, v in ARMS.items() if (runs / v / "checkpoints" / "last.ckpt").is_file()}
+    recon, y_hats, codecs = {}, {}, {}
+    for arm, sub in arms.items():
+        codecs[arm], recon[arm], y_hats[arm] = reconstruct(runs / sub / "checkpoints" / "last.ckpt", crops)
+    same_y = all(torch.equal(y_hats["stage1"][i], y_hats[arm][i]) for arm in arms for i in range(len(crops)))
+    lab = labeler_stats(load_labeler(runs / "labeler.pt"), crops)
+
+    d_st, cross = {}, {}
+    for darm in (d for d in D_ARMS if d in arms):
+        reg = load_regularizer(runs / arms[darm] / "checkpoints" / "last.ckpt", codecs[darm])
         y = y_hats[darm]
-        real_fake = sum(fake_rate(reg, crops[i][None], y[i]) for i in range(len(crops))) / len(crops)
-        cross[darm] = {arm: sum(fake_rate(reg, recon[arm][i][None], y[i]) for i in range(len(crops))) / len(crops)
-                       for arm in arms}
-        st = {"real_called_real": 1 - real_fake, "own_fakes_called_fake": cross[darm][darm],
-              "accuracy": 0.5 * ((1 - real_fake) + cross[darm][darm])}
-        if darm == "illm":
-            st["real_label_acc"] = sum(illm_label_acc(reg, crops[i][None], y[i]) for i in range(len(crops))) / len(crops)
-            st["chance_label_acc"] = 1.0 / reg.labeler.codebook_size
-        d_stats[darm] = st
+        d_st[darm] = d_stats(reg, crops, y, recon[darm])
+        cross[darm] = {arm: mean(float(d_maps(reg, recon[arm][i][None], y[i])["fake"].float().mean())
+                                 for i in range(len(crops))) for arm in arms}
+        print(d_line(darm, d_st[darm]), flush=True)
 
     rows, per = {}, {}
     for arm in arms:
-        rows[arm], per[arm] = eval_row(runs / "eval" / arms[arm].replace("/", "_"))
-    deltas = {arm: {k: paired(per[arm], per["none"], k) for k in ("psnr-rgb", "ms-ssim", "hf_ratio")}
-              for arm in ("patchgan", "illm", "stage1", NOISE_ARM[0]) if arm in arms}
-    shown = figure(crops, recon, names, out / "recon.png", picks=[(12, (64, 64)), (22, (64, 0))])
+        src = runs / "eval" / arm
+        rows[arm], per[arm] = eval_row(src)
+        dst = out / "results" / arm
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("per_image.csv", "results.json"):
+            shutil.copyfile(src / f, dst / f)
 
+    comps = {}  # name -> (a, b)
+    for g, seeds in GROUPS.items():
+        if all(s in arms for s in seeds):
+            for s, n in zip(seeds, ("none_s1", "none_s2")):
+                comps[f"{s} - {n}"] = (s, n)
+            comps[f"{g} - none (both seeds, per-image mean)"] = (seeds, ("none_s1", "none_s2"))
+    for a_, b_ in (("illm_noy_s1", "none_s1"), ("none_s2", "none_s1"), ("stage1", "none_s1")):
+        if a_ in arms and b_ in arms:
+            comps[f"{a_} - {b_}" + (" (noise band: seed 2 vs seed 1)" if a_ == "none_s2" else "")] = (a_, b_)
+    paired = {name: {k: band(diffs(per, x, y, k)) for k in KEYS} for name, (x, y) in comps.items()}
+
+    cols = [c for c in ("stage1", "none_s1", "patchgan_s1", "illm_s1", "illm_noy_s1") if c in arms]
+    shown = figure(crops, recon, names, out / "recon.png", cols, picks=[(12, (64, 64)), (22, (64, 0))])
     result = {"images": f"{len(crops)} Kodak images, {a.crop}-px center crops", "same_y_hat_in_every_arm": same_y,
-              "eval": rows, "discriminator": d_stats, "fake_rate_cross": cross, "paired_vs_none": deltas,
-              "figure": {"file": "recon.png", "crops": shown}}
+              "labeler": lab, "eval": rows, "discriminator": d_st, "fake_rate_cross": cross,
+              "paired": {n: {k: {"mean": m, "band": h, "n": c} for k, (m, h, c) in v.items()}
+                         for n, v in paired.items()},
+              "figure": {"file": "recon.png", "columns": ["original", *cols], "crops": shown}}
     (out / "results.json").write_text(json.dumps(result, indent=2))
 
-    L = ["| arm | bpp | PSNR dB | MS-SSIM | hf_ratio | D accuracy (held-out) | FID | LPIPS |",
+    L = [f"Labeler on the {len(crops)} Kodak crops: {lab['codes_used']}/{lab['codebook_size']} codes used, "
+         f"perplexity {lab['perplexity']:.1f}, most frequent label {lab['top_label_share']:.3f} of "
+         f"{lab['positions']} positions; reconstruction MSE {lab['mse']:.4f} (crop pixel variance "
+         f"{lab['crop_variance']:.4f})", "",
+         "| arm | bpp | PSNR dB | MS-SSIM | hf_ratio | D accuracy (held-out) | FID | LPIPS |",
          "|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         r = rows[arm]
-        acc = f"{d_stats[arm]['accuracy']:.3f}" if arm in d_stats else "n/a (no D)"
-        L.append(f"| {arm} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | {r['ms-ssim']:.4f} | {r['hf_ratio']:.3f} | "
+        acc = f"{d_st[arm]['accuracy']:.3f}" if arm in d_st else "n/a (no D)"
+        L.append(f"| {arm} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | {r['ms-ssim']:.4f} | {r['hf_ratio']:.4f} | "
                  f"{acc} | n/a: no weights | n/a: no weights |")
-    L += ["", "Paired differences against `none` (mean over images ± standard error):", "",
-          "| arm | ΔPSNR dB | ΔMS-SSIM | Δhf_ratio |", "|---|---|---|---|"]
-    for arm, d in deltas.items():
-        L.append(f"| {arm} | " + " | ".join(f"{m:+.3f} ± {se:.3f}" if k != "ms-ssim" else f"{m:+.4f} ± {se:.4f}"
-                                             for k, (m, se) in d.items()) + " |")
-    L += ["", "Discriminators on held-out Kodak crops (fraction of decisions; patchgan per patch, illm per 1/8 "
-          "position):", "", "| D | real called real | own fakes called fake | accuracy | extra |", "|---|---|---|---|---|"]
-    for darm, st in d_stats.items():
-        extra = (f"label acc on real {st['real_label_acc']:.3f} (chance {st['chance_label_acc']:.3f})"
-                 if "real_label_acc" in st else "")
-        L.append(f"| {darm} | {st['real_called_real']:.3f} | {st['own_fakes_called_fake']:.3f} | "
-                 f"{st['accuracy']:.3f} | {extra} |")
+    L += ["| *paper, CLIC2020 0.12 bpp, no GAN (released results)* | | *31.99* | | | | *6.56* | |",
+          "| *paper, CLIC2020 0.12 bpp, MS-ILLM (released; Table 1: 30.9 / 2.65)* | | *30.87* | | | | *2.65* | |",
+          "", f"Paired differences (per image, mean ± 2 SE over {len(crops)} images; t-based below 10):", "",
+          "| comparison | ΔPSNR dB | ΔMS-SSIM | Δhf_ratio |", "|---|---|---|---|"]
+    for name, v in paired.items():
+        L.append(f"| {name} | " + " | ".join(fmt(*v[k][:2], k) for k in KEYS) + " |")
+    L += ["", "Discriminators on the held-out Kodak crops (fractions of decisions; patchgan per patch, illm per "
+          "1/8 position, fake if P(fake) > 1/2; the argmax rule beside it):", "",
+          "| D | real called real | own fakes called fake | accuracy | mean P(fake) real / fake | "
+          "argmax-rule accuracy | label acc on real | label-frequency baseline |",
+          "|---|---|---|---|---|---|---|---|"]
+    for darm, st in d_st.items():
+        ex = (f"{st['argmax_accuracy']:.3f} | {st['label_acc_real']:.3f} | {st['label_baseline']:.3f}"
+              if "label_acc_real" in st else "n/a | n/a | n/a")
+        L.append(f"| {darm} | {st['real_called_real']:.3f} | {st['fakes_called_fake']:.3f} | {st['accuracy']:.3f} | "
+                 f"{st['p_fake_real']:.3f} / {st['p_fake_fake']:.3f} | {ex} |")
     L += ["", "Fraction of each arm's reconstructions a discriminator calls fake (lower: more realistic to it):", "",
           "| D \\ reconstructions of | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
     for darm, c in cross.items():
@@ -177,6 +283,41 @@ def main(argv=None) -> int:
     L += ["", f"y_hat identical in every arm (frozen encoder): {same_y}"]
     (out / "results.md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p_lab = sub.add_parser("labeler", help="code usage, perplexity and MSE of a labeler on Kodak crops")
+    p_lab.add_argument("path")
+    p_diag = sub.add_parser("diag", help="held-out D accuracy of stage-2 run folders")
+    p_diag.add_argument("runs", nargs="+")
+    p_diag.add_argument("--json", default=None, help="append the results to this JSON-lines file")
+    p_rep = sub.add_parser("report", help="the study's tables, per-image CSVs and figure")
+    p_rep.add_argument("--runs", default="runs/illm2")
+    p_rep.add_argument("--out", default="experiments/illm")
+    for p in (p_lab, p_diag, p_rep):
+        p.add_argument("--kodak", default="../shared/data/kodak")
+        p.add_argument("--crop", type=int, default=256, help="center crop of each Kodak image (as eval.py's)")
+        p.add_argument("--n", type=int, default=0, help="first N Kodak images only (0: all)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.cmd == "report":
+        return report(a)
+    names, crops = crops_of(a.kodak, a.crop, a.n)
+    if a.cmd == "labeler":
+        st = labeler_stats(load_labeler(a.path), crops)
+        print(json.dumps(st))
+        return 0
+    for run in a.runs:
+        ckpt = Path(run) / "checkpoints" / "last.ckpt"
+        codec, rec, ys = reconstruct(ckpt, crops)
+        st = d_stats(load_regularizer(ckpt, codec), crops, ys, rec)
+        print(d_line(run, st), flush=True)
+        if a.json:
+            with open(a.json, "a") as f:
+                f.write(json.dumps({"run": run, "crops": f"{len(crops)} x {a.crop} px", **st}) + "\n")
     return 0
 
 

@@ -1,73 +1,97 @@
 #!/usr/bin/env bash
-# CPU-scale GAN study (issue 11 item 9; README "Generative compression (MS-ILLM, HiFiC)"):
-#   1. a small VQ-VAE labeler (codecx train-labeler, MSE + VQ terms: no VGG weights here)
-#   2. ONE shared stage-1 checkpoint: mbt_mean N=64/M=96, quantizer=mixed, MSE (no LPIPS weights
-#      here), 128-px crops of BSDS500 train
-#   3. stage 2 from that checkpoint, paired protocol (same seed -> same data order, same steps):
-#      only g_s trains (+ D in its phase), MS-ILLM's stage-2 optimiser (AdamW 1e-4, betas (0.5, 0.9),
-#      wd 0, constant LR, clip 1.0), arms reg=none | patchgan | illm (narrow discriminators)
-#   4. eval.py on the 24 Kodak images, 256-px center crops (real bitstreams), then
-#      experiments/illm/d_accuracy.py (held-out D accuracy, figure, table)
-# Usage (repository root): bash experiments/illm/study.sh [labeler|stage1|stage2|noise|evaluate|report ...]
-# Every process runs alone, one thread, nice 5; CPU seconds of each step go to runs/illm/cpu_time.txt.
+# CPU-scale GAN study, second round (issue 28 item 4; README "Generative compression (MS-ILLM, HiFiC)"):
+#   1. labeler: a small VQ-VAE labeler trained until its codes are used and informative (MSE + VQ
+#      terms: no VGG weights here); labeler_old: the first round's 300-step labeler (the diagnosis)
+#   2. ONE shared stage-1 checkpoint: mbt_mean N=64/M=96, quantizer=mixed, MSE, 128-px BSDS500 crops
+#   3. diag: D-only runs (generator term off for all their steps) that measure whether the ILLM D
+#      separates held-out real crops from reconstructions: conditioned / no y_hat, old / new labeler
+#   4. stage 2 from the stage-1 checkpoint, paired protocol (same steps; the seed sets the data
+#      order): only g_s trains (+ D in its phase), MS-ILLM's stage-2 optimiser (AdamW 1e-4, betas
+#      (0.5, 0.9), wd 0, constant LR, clip 1.0); arms none | patchgan | illm with seeds 1 and 2, and
+#      illm_noy (D without y_hat) with seed 1; both GAN arms: D warm-up of $WARM steps
+#   5. eval.py on the 24 Kodak images, 256-px center crops (real bitstreams), then
+#      experiments/illm/d_accuracy.py report (held-out D accuracy, tables, per-image CSVs, figure)
+# Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|stage2|evaluate|report ...]
+# Every process runs alone, one thread, nice 5; CPU seconds of each step go to $R/cpu_time.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=${PY:-.venv/bin/python}
-R=${R:-runs/illm}
+R=${R:-runs/illm2}
 TRAIN=../shared/data/train/bsds500/train
 KODAK=../shared/data/kodak
 LMBDA=${LMBDA:-0.0035}
-LAB_STEPS=${LAB_STEPS:-300}
+LAB_STEPS=${LAB_STEPS:-2000}
 S1_STEPS=${S1_STEPS:-1500}
 S2_STEPS=${S2_STEPS:-400}
-SEED=${SEED:-1}
+WARM=${WARM:-100}          # D-only steps at the start of every GAN arm (generator term off)
+DIAG_STEPS=${DIAG_STEPS:-150}
 # MS-ILLM weighs the GAN against 150 * MSE([0,1]) (lambda_d 0.008; HiFiC's beta 0.15); here the
 # distortion is lmbda * 255^2 * MSE = 227.6 * MSE at lmbda=0.0035, so the same MSE:GAN ratio is x1.517:
 W_ILLM=${W_ILLM:-0.0121}
 W_PATCH=${W_PATCH:-0.228}
-ILLM_D="reg.channels=[32,32,64,64,128,128] reg.head_channels=32 reg.weight=$W_ILLM reg.labeler=$R/labeler.pt"
+ILLM_D="reg.channels=[32,32,64,64,128,128] reg.head_channels=32 reg.weight=$W_ILLM"
 PATCH_D="reg.channels=[32,64,128,256] reg.weight=$W_PATCH"
 mkdir -p "$R"
 T() { local name=$1; shift; /usr/bin/time -f "$name cpu_s=%U+%S wall_s=%e" -a -o "$R/cpu_time.txt" nice -n 5 "$@"; }
 
-COMMON="experiment=cpu_study quantizer=mixed lmbda=$LMBDA seed=$SEED data.max_val_images=2 trainer.enable_progress_bar=false"
+COMMON="experiment=cpu_study quantizer=mixed lmbda=$LMBDA data.max_val_images=2 trainer.enable_progress_bar=false"
 S2="model.weights=$R/stage1/checkpoints/last.ckpt schedule.optimizer=adamw schedule.lr=1e-4 +schedule.betas=[0.5,0.9]
-    +schedule.weight_decay=0.0 schedule.scheduler=constant schedule.clip_max_norm=1.0 trainer.max_steps=$S2_STEPS
-    trainer.val_check_interval=$S2_STEPS checkpoint.every_n_steps=$S2_STEPS"
+    +schedule.weight_decay=0.0 schedule.scheduler=constant schedule.clip_max_norm=1.0"
 
-labeler() {
-  T labeler $PY -m codecx.regularizers.labeler --data $TRAIN --out $R/labeler.pt --no-lpips \
+lab() {  # lab OUT STEPS LR [extra]: the CPU labeler (64 codes, 0.84 M parameters), 64-px crops
+  local out=$1 steps=$2 lr=$3; shift 3
+  T "labeler_$(basename "$out" .pt)" $PY -m codecx.regularizers.labeler --data $TRAIN --out "$out" --no-lpips \
     --ch 16 --ch-mult 1 2 2 4 --num-res-blocks 1 --embed-dim 32 --code-dim 8 --codebook-size 64 \
-    --crop-size 64 --batch-size 8 --steps $LAB_STEPS --warmup-steps 30 --seed $SEED --log-every 50 \
-    --restart-dead 10 \
-    2>&1 | tee $R/labeler.log
+    --crop-size 64 --batch-size 8 --steps "$steps" --lr "$lr" --seed 1 --log-every 100 "$@" \
+    2>&1 | tee "${out%.pt}.log"
+  $PY experiments/illm/d_accuracy.py labeler "$out" --kodak $KODAK | tee "${out%.pt}_kodak.json"
 }
+labeler() { lab $R/labeler.pt $LAB_STEPS 5e-4 --warmup-steps 100 --restart-dead 20; }
+labeler_old() { lab $R/labeler_old.pt 300 3e-4 --warmup-steps 30 --restart-dead 10; }  # the first round's
 stage1() {
-  T stage1 $PY train.py $COMMON trainer.max_steps=$S1_STEPS "schedule.milestones=[$((S1_STEPS * 5 / 6))]" \
+  T stage1 $PY train.py $COMMON seed=1 trainer.max_steps=$S1_STEPS "schedule.milestones=[$((S1_STEPS * 5 / 6))]" \
     trainer.val_check_interval=500 checkpoint.every_n_steps=500 hydra.run.dir=$R/stage1 > $R/stage1.log 2>&1
 }
-arm() {  # arm NAME REG TRAINABLE [overrides...]
-  local name=$1 reg=$2 trainable=$3; shift 3
-  T "stage2_$name" $PY train.py $COMMON $S2 reg=$reg "+schedule.stages=[{name:gan,steps:null,trainable:$trainable}]" \
-    "$@" hydra.run.dir=$R/stage2/$name > $R/stage2_$name.log 2>&1
+run2() {  # run2 DIR STEPS SEED REG TRAINABLE [overrides...]: one stage-2 run from the stage-1 checkpoint
+  local dir=$1 steps=$2 seed=$3 reg=$4 trainable=$5; shift 5
+  T "${dir//\//_}" $PY train.py $COMMON $S2 seed=$seed reg=$reg trainer.max_steps=$steps \
+    trainer.val_check_interval=$steps checkpoint.every_n_steps=$steps \
+    "+schedule.stages=[{name:gan,steps:null,trainable:$trainable}]" "$@" hydra.run.dir=$R/$dir > $R/${dir//\//_}.log 2>&1
+}
+diag() {  # D alone (warm-up over all steps: the generator term never switches on), then held-out accuracy
+  local n=$DIAG_STEPS
+  run2 diag/cond_old $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_old.pt reg.warmup_steps=$n
+  run2 diag/cond $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt reg.warmup_steps=$n
+  run2 diag/noy $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt reg.warmup_steps=$n reg.condition=false
+  run2 diag/patchgan $n 1 patchgan "[g_s,discriminator]" $PATCH_D reg.warmup_steps=$n
+  T diag_report $PY experiments/illm/d_accuracy.py diag $R/diag/cond_old $R/diag/cond $R/diag/noy $R/diag/patchgan \
+    --kodak $KODAK --json $R/diag/d_accuracy.jsonl
+}
+arm() {  # arm GROUP SEED [overrides...]
+  local g=$1 s=$2; shift 2
+  case $g in
+    none) run2 stage2/none_s$s $S2_STEPS $s none "[g_s]" "$@" ;;
+    patchgan) run2 stage2/patchgan_s$s $S2_STEPS $s patchgan "[g_s,discriminator]" $PATCH_D reg.warmup_steps=$WARM "$@" ;;
+    illm) run2 stage2/illm_s$s $S2_STEPS $s illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt \
+      reg.warmup_steps=$WARM "$@" ;;
+    illm_noy) run2 stage2/illm_noy_s$s $S2_STEPS $s illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt \
+      reg.warmup_steps=$WARM reg.condition=false "$@" ;;
+  esac
 }
 stage2() {
-  arm none none "[g_s]"
-  arm patchgan patchgan "[g_s,discriminator]" $PATCH_D
-  arm illm illm "[g_s,discriminator]" $ILLM_D
-}
-noise() {  # the protocol's noise band between runs: the none arm again with seed 2 (its data order)
-  arm none_seed2 none "[g_s]" seed=2
+  for s in 1 2; do arm none $s; arm illm $s; arm patchgan $s; done
+  arm illm_noy 1
 }
 evaluate() {
-  for d in stage1 stage2/none stage2/patchgan stage2/illm stage2/none_seed2; do
-    T "eval_${d//\//_}" $PY eval.py ckpt=$R/$d/checkpoints/last.ckpt data=folder data.val_dir=$KODAK \
-      data.val_crop_size=256 progress=false threads=1 hydra.run.dir=$R/eval/${d//\//_} > $R/eval_${d//\//_}.log 2>&1
+  for d in stage1 stage2/{none,patchgan,illm}_s{1,2} stage2/illm_noy_s1; do
+    local name=${d#stage2/}
+    T "eval_$name" $PY eval.py ckpt=$R/$d/checkpoints/last.ckpt data=folder data.val_dir=$KODAK \
+      data.val_crop_size=256 progress=false threads=1 hydra.run.dir=$R/eval/$name > $R/eval_$name.log 2>&1
   done
 }
 report() {
-  T report $PY experiments/illm/d_accuracy.py --runs $R --kodak $KODAK --out experiments/illm
+  T report $PY experiments/illm/d_accuracy.py report --runs $R --kodak $KODAK --out experiments/illm
 }
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(labeler stage1 stage2 noise evaluate report)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(labeler labeler_old stage1 diag stage2 evaluate report)
 for s in "${steps[@]}"; do "$s"; done
