@@ -69,6 +69,25 @@ def cmd_compress(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_nc(a: argparse.Namespace) -> int:
+    """A model=hific checkpoint as a NeuralCompression `HiFiCAutoencoder` state dict."""
+    from codecx.evaluate import load_codec
+    from codecx.models.hific import state_to_nc
+    from codecx.quantizers.scalar import ScalarQuantizer
+
+    codec, config = load_codec(a.checkpoint)
+    if len(codec.transforms) or not isinstance(codec.quantizer, ScalarQuantizer):
+        raise ValueError(f"{a.checkpoint}: its codec has latent transforms or a non-scalar quantizer "
+                         f"({type(codec.quantizer).__name__}), which a HiFiCAutoencoder cannot hold")
+    state = state_to_nc(codec.backbone)
+    out = Path(a.output)
+    torch.save(state, out)
+    m = config["model"]
+    print(f"{out}: HiFiCAutoencoder(latent_features={m.get('M', 220)}, hyper_features={m.get('N', 320)}, "
+          f"num_residual_blocks={m.get('num_residual_blocks', 9)}) state dict, {len(state)} tensors")
+    return 0
+
+
 def known_methods() -> dict:
     """The method names a codecx header may carry: the options of conf/quantizer and conf/shift."""
     from codecx.config.check import group_options
@@ -292,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shift", help="override the latent shift named in the file's header")
     s.add_argument("--max-pixels", type=int, default=2**28,
                    help="refuse files whose header claims a larger image (default 2**28 pixels)")
+
+    s = verb("export-nc", cmd_export_nc, "write a model=hific checkpoint as a NeuralCompression "
+             "HiFiCAutoencoder state dict (MS-ILLM's released layout; model.weights= loads it back)")
+    s.add_argument("checkpoint", help="train.py checkpoint of a model=hific codec (last.ckpt)")
+    s.add_argument("-o", "--output", required=True, help="file to write (torch.save of the state dict)")
 
     s = verb("bdrate", cmd_bdrate, "BD-rate and BD-PSNR of TEST against ANCHOR")
     s.add_argument("anchor", help="results JSON (CompressAI layout) or a packaged anchor name")

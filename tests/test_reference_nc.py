@@ -19,6 +19,8 @@ with warnings.catch_warnings():
 
 from codecx.regularizers.gan import UNetDiscriminator
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _rand_(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
     """Overwrite every float parameter with N(0, scale^2) noise (zero biases hide bugs)."""
@@ -87,3 +89,192 @@ def test_unet_discriminator_equals_nc(size):
         (ref * w).sum().backward()
         (got * w).sum().backward()
         torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-4, atol=1e-5 * float(xr.grad.abs().max()))
+
+
+# ---------------------------------------------------------------- HiFiC autoencoder (MS-ILLM's released layout)
+#: a narrow NC HiFiCAutoencoder (its encoder / generator widths are fixed at the paper's 60..960)
+NC_HIFIC = dict(latent_features=16, hyper_features=24, num_residual_blocks=1)
+HIFIC_MODEL = {"_target_": "codecx.models.hific.HiFiC", "name": "hific", "N": 24, "M": 16,
+               "num_residual_blocks": 1, "scale_levels": 64}  # 64: NC's (CompressAI's) CDF tables
+
+
+def _smooth_images(n=2, h=64, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.avg_pool2d(torch.rand(n, 3, h, w, generator=g), 5, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def nc_hific(tmp_path_factory):
+    """(random-init NC HiFiCAutoencoder in eval mode, its state dict saved with torch.save).
+    Norm gains / offsets and biases are perturbed, so a swapped layer cannot go unnoticed, and
+    y and z scaled up to span several quantization bins."""
+    torch.manual_seed(0)
+    nc = ncm.HiFiCAutoencoder(**NC_HIFIC)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in nc.named_parameters():
+            if "bottleneck" not in name and (p.dim() == 1 or name.endswith(("gamma", "beta"))):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        nc.encoder.blocks[-1].weight.mul_(5)
+        nc.hyper_analysis[-1].weight.mul_(20)
+    path = tmp_path_factory.mktemp("nc") / "msillm_random.ckpt"
+    torch.save(nc.state_dict(), path)
+    return nc.eval(), path
+
+
+def _codec(path, **model):
+    from codecx.evaluate import codec_from_config, prepare
+
+    return prepare(codec_from_config({**HIFIC_MODEL, "weights": str(path), **model},
+                                     {"_target_": "codecx.quantizers.NoiseQuantizer"}))
+
+
+def _close(got, ref, rel=1e-5):
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=rel * float(ref.abs().max()))
+
+
+@torch.no_grad()
+def test_hific_loads_nc_weights_and_every_stage_agrees(nc_hific):
+    """model.weights= a HiFiCAutoencoder state dict: g_a, h_a, h_s (scale, mean), g_s and the
+    eval forward (likelihoods of y and z, x_hat) equal NC's within float tolerance."""
+    nc, path = nc_hific
+    codec = _codec(path)
+    bb = codec.backbone
+    x = _smooth_images()
+    y = nc.encoder(x)
+    _close(bb.g_a(x), y)
+    z = nc.hyper_analysis(y)
+    _close(bb.h_a(y), z)
+    assert y.abs().max() > 3 and z.abs().max() > 3  # several bins
+    z_hat = torch.round(z)
+    _close(bb.h_s(z_hat), torch.cat((nc.hyper_synthesis_scale(z_hat), nc.hyper_synthesis_mean(z_hat)), 1))
+    y_hat = torch.round(y)
+    _close(bb.g_s(y_hat), nc.decoder(y_hat))
+    ref, out = nc(x), codec(x)  # eval: hard quantization of y around the means, z around its medians
+    _close(out.y_hat, ref.latent)
+    _close(out.x_hat, ref.image)
+    _close(out.likelihoods["y"], ref.quantized_latent_likelihoods)
+    _close(out.likelihoods["z"], ref.quantized_hyper_latent_likelihoods)
+
+
+@torch.no_grad()
+def test_hific_codes_the_same_symbols_as_nc(nc_hific):
+    """With NC's 64-level tables the two code byte-identical streams and each decodes the other's;
+    a codecx file from the loaded model decodes to NC's own reconstruction of its quantized y."""
+    from codecx.coding.container import decode_image, encode_image
+
+    nc, path = nc_hific
+    nc.update(force=True)
+    codec = _codec(path)
+    x = _smooth_images(2, 64, 128, seed=3)
+    ref = nc.compress(x)
+    ours = codec.compress(x)
+    for i in range(2):
+        assert ours["strings"][i] == [ref.latent_strings[i], ref.hyper_latent_strings[i]]
+    ref_x_hat = nc.decompress(ref)  # NC's decoder on its own hard-quantized latents, clamped
+    theirs = codec.decompress([[ref.latent_strings[i], ref.hyper_latent_strings[i]] for i in range(2)],
+                              ours["shape"], ours["y_shape"], ours["z_shape"])
+    _close(theirs, ref_x_hat)
+    for i in range(2):
+        data = encode_image(codec, x[i : i + 1], b"\0" * 8)
+        x_hat, _ = decode_image(codec, data, b"\0" * 8)
+        _close(x_hat, ref_x_hat[i : i + 1])
+        _close(x_hat, nc(x[i : i + 1]).image.clamp(0, 1))
+    # codecx's default 256-level tables code the same symbols in other (shorter) streams
+    fine = _codec(path, scale_levels=256)
+    _close(fine.decompress(**{k: fine.compress(x)[k] for k in ("strings", "shape", "y_shape", "z_shape")}),
+           ref_x_hat)
+
+
+def test_hific_export_round_trips_and_errors(nc_hific, tmp_path):
+    """state_to_nc gives back the released layout tensor for tensor (CDF tables empty, as in a
+    fresh HiFiCAutoencoder), which NC loads strictly; wrong uses are one clear error."""
+    from codecx.models.build import load_weights
+    from codecx.models.hific import HiFiC, state_to_nc
+
+    nc, path = nc_hific
+    original = torch.load(path, weights_only=True)
+    exported = state_to_nc(_codec(path).backbone)  # after update(): its tables are dropped
+    assert set(exported) == set(original)
+    for k, v in original.items():
+        assert exported[k].dtype == v.dtype and torch.equal(exported[k], v), k
+    fresh = ncm.HiFiCAutoencoder(**NC_HIFIC)
+    fresh.load_state_dict(exported)
+    with pytest.raises(ValueError, match="model.channels=.*fixed widths"):
+        state_to_nc(HiFiC(N=8, M=4, channels=[4, 4, 4, 4, 4], num_residual_blocks=1))
+    from conftest import tiny_codec
+
+    with pytest.raises(ValueError, match="NeuralCompression HiFiCAutoencoder state dict.*use model=hific"):
+        load_weights(tiny_codec().backbone, str(path))
+    with pytest.raises(ValueError, match="does not fit HiFiC"):
+        load_weights(HiFiC(N=24, M=8, num_residual_blocks=1), str(path))
+
+
+def test_export_nc_verb(nc_hific, tmp_path, capsys):
+    """`codecx export-nc CKPT -o OUT`: a model=hific checkpoint as the released layout (here one
+    made from the NC file: it comes back tensor for tensor); another backbone is one error line."""
+    from codecx.cli import main as codecx_main
+
+    nc, path = nc_hific
+    codec = _codec(path)
+    config = {"model": {**HIFIC_MODEL, "weights": str(path)},
+              "quantizer": {"_target_": "codecx.quantizers.NoiseQuantizer"}}
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"codec.{k}": v for k, v in codec.state_dict().items()},
+                "codecx_config": config, "global_step": 0}, ckpt)
+    out = tmp_path / "msillm_like.ckpt"
+    assert codecx_main(["export-nc", str(ckpt), "-o", str(out)]) == 0
+    assert "HiFiCAutoencoder(latent_features=16, hyper_features=24, num_residual_blocks=1)" in capsys.readouterr().out
+    original, exported = torch.load(path, weights_only=True), torch.load(out, weights_only=True)
+    assert set(exported) == set(original) and all(torch.equal(exported[k], v) for k, v in original.items())
+    other = tmp_path / "mbt.ckpt"
+    mbt = {"_target_": "codecx.models.backbones.MbtMean", "name": "mbt_mean", "N": 8, "M": 12}
+    from codecx.evaluate import codec_from_config
+
+    small = codec_from_config(mbt, config["quantizer"])
+    torch.save({"state_dict": {f"codec.{k}": v for k, v in small.state_dict().items()},
+                "codecx_config": {"model": mbt, "quantizer": config["quantizer"]}}, other)
+    assert codecx_main(["export-nc", str(other), "-o", str(tmp_path / "x.ckpt")]) == 1
+    assert "only model=hific has a NeuralCompression layout" in capsys.readouterr().err
+
+
+@pytest.mark.medium
+def test_codecx_eval_on_a_released_layout_file(nc_hific, tmp_path):
+    """The README's command for a released MS-ILLM file, `codecx eval model=hific
+    model.weights=FILE ...`, on a random-init NC file: per image, the streams are NC's own
+    (same bytes) and the PSNR is that of NC's own reconstruction."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from codecx.cli import read_image
+    from codecx.metrics.rd import psnr_uint8
+    from conftest import ROOT
+
+    nc, path = nc_hific
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, (h, w) in enumerate([(64, 128), (128, 64)]):
+        x = _smooth_images(1, h, w, seed=10 + i)[0]
+        Image.fromarray((x.permute(1, 2, 0) * 255).round().byte().numpy()).save(images / f"im{i}.png")
+    exe = Path(sys.executable).parent / "codecx"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "codecx.cli"]
+    out = tmp_path / "eval"
+    r = subprocess.run([*cmd, "eval", "model=hific", "model.N=24", "model.M=16", "model.num_residual_blocks=1",
+                        f"model.weights={path}", "scale_levels=64", "data=folder", f"data.val_dir={images}",
+                        "progress=false", "threads=1", f"hydra.run.dir={out}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert sorted(row["image"] for row in rows) == ["im0.png", "im1.png"]
+    nc.update(force=True)
+    with torch.no_grad():
+        for row in rows:
+            x = read_image(images / row["image"])
+            ref = nc.compress(x)
+            n_bytes = len(ref.latent_strings[0]) + len(ref.hyper_latent_strings[0])
+            assert float(row["bpp_streams"]) * x.shape[-2] * x.shape[-1] / 8 == n_bytes
+            assert float(row["psnr-rgb"]) == pytest.approx(psnr_uint8(x, nc.decompress(ref)), abs=0.01)

@@ -24,8 +24,10 @@ def build_backbone(name: str, N: int = 128, M: Optional[int] = 192,
 
 def load_weights(model: Backbone, path: str) -> Backbone:
     """Load a CompressAI state dict (bare, or under "state_dict") saved from the zoo model
-    of the same architecture, or the backbone of a codecx train.py checkpoint (to fine-tune
-    it, e.g. with another quantizer); CDF buffers of another size are resized (CompressAI)."""
+    of the same architecture, the backbone of a codecx train.py checkpoint (to fine-tune
+    it, e.g. with another quantizer), or into model=hific a NeuralCompression `HiFiCAutoencoder`
+    state dict (MS-ILLM's released `msillm_*.ckpt`; keys mapped by `codecx.models.hific
+    .state_from_nc`); CDF buffers of another size are resized (CompressAI)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(
@@ -43,6 +45,13 @@ def load_weights(model: Backbone, path: str) -> Backbone:
     prefix = "codec.backbone."  # a codecx checkpoint: its backbone's part
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    from codecx.models.hific import HiFiC, is_nc_state, state_from_nc
+
+    if is_nc_state(state):  # NeuralCompression's HiFiCAutoencoder (MS-ILLM's released files)
+        if not isinstance(model, HiFiC):
+            raise ValueError(f"model.weights={path} is a NeuralCompression HiFiCAutoencoder state dict "
+                             f"(MS-ILLM's released weights): use model=hific, not {type(model).__name__}")
+        state = state_from_nc(state)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -15,7 +15,8 @@ lattice), latent shift, the regularizers and real coding apply unchanged.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import re
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 
 from codecx.models.backbones import SCALE_LEVELS, MbtMean
 
-__all__ = ["ChannelNorm2d", "HiFiC", "HiFiCEncoder", "HiFiCGenerator", "MeanScaleSynthesis"]
+__all__ = ["ChannelNorm2d", "HiFiC", "HiFiCEncoder", "HiFiCGenerator", "MeanScaleSynthesis",
+           "is_nc_state", "state_from_nc", "state_to_nc"]
 
 #: the paper's widths: encoder / generator channels, latent M, hyper N, residual blocks
 HIFIC_CHANNELS = (60, 120, 240, 480, 960)
@@ -160,3 +162,54 @@ class HiFiC(MbtMean):
             from codecx.models.build import load_weights
 
             load_weights(self, weights)
+
+
+#: NeuralCompression `HiFiCAutoencoder` key prefix <-> codecx `HiFiC` key prefix (`{i}`: a block
+#: index); the released MS-ILLM files (`msillm_target_*.ckpt`) are such state dicts
+NC_KEY_PREFIXES = (("encoder.blocks.", "g_a."), ("decoder.block_0.", "g_s.head."),
+                   ("decoder.resid_blocks.{i}.sequence.", "g_s.residual.{i}.body."),
+                   ("decoder.blocks.", "g_s.tail."), ("hyper_analysis.", "h_a."),
+                   ("hyper_synthesis_mean.", "h_s.mean."), ("hyper_synthesis_scale.", "h_s.scale."),
+                   ("hyper_bottleneck.", "entropy_bottleneck."),
+                   ("latent_bottleneck.", "gaussian_conditional."))
+
+
+def _rename(state: Mapping[str, Tensor], pairs) -> Dict[str, Tensor]:
+    """Keys renamed by the first matching (source prefix, target prefix) pair; others kept."""
+    rules = [(re.compile(re.escape(src).replace(r"\{i\}", r"(\d+)")), dst) for src, dst in pairs]
+    out = {}
+    for k, v in state.items():
+        for rx, dst in rules:
+            m = rx.match(k)
+            if m:
+                k = (dst.format(i=m.group(1)) if m.groups() else dst) + k[m.end():]
+                break
+        out[k] = v
+    return out
+
+
+def is_nc_state(state: Mapping[str, Tensor]) -> bool:
+    """True for a NeuralCompression `HiFiCAutoencoder` state dict (MS-ILLM's released weights)."""
+    return any(k.startswith("encoder.blocks.") for k in state) and any(
+        k.startswith("hyper_bottleneck.") for k in state)
+
+
+def state_from_nc(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """A NeuralCompression `HiFiCAutoencoder` state dict with codecx `HiFiC` key names (the
+    tensors unchanged: the two modules compute the same function, tests/test_reference_nc.py)."""
+    return _rename(state, NC_KEY_PREFIXES)
+
+
+def state_to_nc(model: HiFiC) -> Dict[str, Tensor]:
+    """`model`'s state dict in NeuralCompression's `HiFiCAutoencoder` layout (what
+    `HiFiCAutoencoder(latent_features=M, hyper_features=N, num_residual_blocks=...)
+    .load_state_dict` takes); the encoder widths must be the paper's, NC's are fixed. The CDF
+    tables are left empty, as in a fresh HiFiCAutoencoder (NC builds its own with `update()`)."""
+    if not isinstance(model, HiFiC):
+        raise ValueError(f"only model=hific has a NeuralCompression layout, not {type(model).__name__}")
+    if tuple(model.channels) != HIFIC_CHANNELS:
+        raise ValueError(f"model.channels={list(model.channels)}: NeuralCompression's HiFiCAutoencoder has "
+                         f"the fixed widths {list(HIFIC_CHANNELS)}; only such a hific exports")
+    state = _rename(model.state_dict(), [(b, a) for a, b in NC_KEY_PREFIXES])
+    tables = ("._quantized_cdf", "._offset", "._cdf_length", ".scale_table")
+    return {k: v.new_empty(0) if k.endswith(tables) else v for k, v in state.items()}
