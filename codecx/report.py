@@ -389,12 +389,16 @@ def _bd_cells(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, s
 
 def _per_image_bd(pairs: Sequence[Tuple[Sequence[Run], Sequence[Run]]]) -> str:
     """BD-rate % (pchip) image by image of each (anchor runs, test runs) pair, pooled over the
-    pairs: mean +- 2 standard errors, the paired spread over the images ('-' without per_image.csv)."""
+    pairs: mean ± t_{0.975,n-1} SE, the paired spread over the images ('-' without per_image.csv);
+    dropped images are named (with the pair's number when pooled)."""
     values: List[float] = []
-    for anchor, test in pairs:
-        values += bd_rate_per_image([row for r in anchor for row in r.per_image],
-                                    [row for r in test for row in r.per_image]).values
-    return PerImageBD(tuple(values), ()).text("image-pairs" if len(pairs) > 1 else "images")
+    skipped: List[str] = []
+    for i, (anchor, test) in enumerate(pairs):
+        one = bd_rate_per_image([row for r in anchor for row in r.per_image],
+                                [row for r in test for row in r.per_image])
+        values += one.values
+        skipped += [f"{im} (pair {i + 1})" if len(pairs) > 1 else im for im in one.skipped]
+    return PerImageBD(tuple(values), tuple(skipped)).text("image-pairs" if len(pairs) > 1 else "images")
 
 
 def _replicate_cells(pairs: Sequence[Tuple[str, Dict[str, Any], Dict[str, Any]]]
@@ -417,7 +421,7 @@ COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp")
            ("bd_rate_pchip", "BD-rate % (pchip)"), ("bd_psnr_pchip", "BD-PSNR dB (pchip)"),
            ("bd_rate_cubic", "BD-rate % (cubic)"), ("bd_psnr_cubic", "BD-PSNR dB (cubic)"),
            ("bd_rate_msssim", "BD-rate % MS-SSIM (pchip)"),
-           ("image_bd_rate", "BD-rate % per image (pchip, ± 2 SE)"), ("notes", "notes")]
+           ("image_bd_rate", "BD-rate % per image (pchip, ± t·SE, 95%)"), ("notes", "notes")]
 
 
 def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Optional[str | Path] = None,
@@ -668,8 +672,10 @@ def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
             "bits than the baseline at equal quality); BD-PSNR over the overlapping log-rate range. "
             "pchip always; cubic (VCEG-M33) only when both curves have at least 4 points.",
             "BD-rate per image: each evaluation image's own RD curve over the lambdas against the baseline's "
-            "on the same image (pchip), mean ± 2 standard errors over the images (pooled over the pairs with "
-            "replicates): the paired spread, i.e. whether a difference is more than image-to-image scatter.",
+            "on the same image (pchip), mean ± t_{0.975,n-1} standard errors over the images (a 95% Student-t "
+            "interval; pooled over the pairs with replicates): the paired spread, i.e. whether a difference "
+            "is more than image-to-image scatter. Images without a per-image BD-rate (non-monotonic or "
+            "non-overlapping curves, evaluated on one side only) are dropped and named.",
             *([f"Replicates: `{replicates}`. Groups ignore it; a group's BD figures are the mean over its "
                f"{replicates} values, each against the baseline run with the same {replicates}; the baseline "
                f"row is the noise band (each other {replicates} of the baseline against its first)."]

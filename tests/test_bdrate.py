@@ -126,8 +126,9 @@ def test_load_results_legacy_keys(tmp_path):
 
 def test_bd_rate_per_image(tmp_path):
     """Each image's own curve: a test codec 10% cheaper on image a and 20% on image b at the
-    same PSNR gives -10 and -20 (mean -15, 2 SE = 10); an image only the anchor has and one
-    whose curve is not monotonic are left out, by name; per_image.csv read back as written."""
+    same PSNR gives -10 and -20 (mean -15, SE 5, band t_{0.975,1} * 5 = 63.5); an image only
+    the anchor has and one whose curve is not monotonic are dropped, counted and named;
+    per_image.csv read back as written."""
     import csv
 
     from codecx.metrics.bdrate import bd_rate_per_image, read_per_image
@@ -145,8 +146,33 @@ def test_bd_rate_per_image(tmp_path):
         w.writerows(test)
     r = bd_rate_per_image(anchor, read_per_image(path))
     assert r.values == pytest.approx((-10.0, -20.0), abs=1e-6)
-    assert r.skipped == ("flat",)
-    assert (r.mean, r.two_se) == pytest.approx((-15.0, 10.0), abs=1e-6)
-    assert str(r) == "-15.00 ± 10.00 (2 images)"
+    assert r.skipped == ("c", "flat")
+    assert (r.mean, r.se) == pytest.approx((-15.0, 5.0), abs=1e-6)
+    assert r.half_width == pytest.approx(12.7062047 * 5.0, rel=1e-6)
+    assert str(r) == "-15.00 ± 63.53 (2 images; 2 dropped: c, flat)"
     assert read_per_image(tmp_path / "missing.csv") == []
     assert str(bd_rate_per_image(anchor, [])) == "-"
+
+
+@pytest.mark.parametrize("n, t", [(2, 12.706205), (4, 3.182446), (10, 2.262157), (24, 2.068658),
+                                  (1000, 1.962341)])
+def test_per_image_band_is_student_t(n, t):
+    """The band is t_{0.975, n-1} * SE at every n (4 images: 3.182 SE, not 2 SE)."""
+    from codecx.metrics.bdrate import PerImageBD, t_quantile
+
+    assert t_quantile(n) == pytest.approx(t, abs=1e-6)
+    values = tuple(float(v) for v in range(n))  # SE = sd / sqrt(n), sd of 0..n-1
+    band = PerImageBD(values)
+    se = (sum((v - (n - 1) / 2) ** 2 for v in values) / (n - 1)) ** 0.5 / n ** 0.5
+    assert band.se == pytest.approx(se) and band.half_width == pytest.approx(t * se, rel=1e-6)
+
+
+def test_per_image_band_of_four_crops():
+    """Four images (the SGA study's crop count): the band is 3.18 SE (2 SE would be 6.99)."""
+    from codecx.metrics.bdrate import PerImageBD
+
+    band = PerImageBD((-30.0, -22.0, -35.0, -20.0))
+    assert band.se == pytest.approx(3.4970225, rel=1e-6)  # sd sqrt(146.75 / 3) over sqrt(4)
+    assert band.half_width == pytest.approx(3.182446 * 3.4970225, rel=1e-6)
+    assert str(band) == "-26.75 ± 11.13 (4 images)"
+    assert PerImageBD((1.0,), ("x",)).text() == "- (1 dropped: x)"

@@ -204,7 +204,8 @@ def test_report_with_seed_replicates(tmp_path, capsys):
 
 def test_report_bd_rate_per_image(tmp_path):
     """The per-image column: each image's own curve over the lambdas against the baseline's on
-    that image (image a 10% cheaper, b 20%: -15 +- 10); with seeds, pooled over the pairs."""
+    that image (image a 10% cheaper, b 20%: -15, SE 5, band t_{0.975,1} SE); with seeds, pooled
+    over the pairs (4 values: t_{0.975,3} SE)."""
     scale = {"none": {"a": 1.0, "b": 1.0}, "cse": {"a": 0.9, "b": 0.8}}
     for root, seeds in ((tmp_path / "one", (1,)), (tmp_path / "sweep", (1, 2))):
         for group in scale:
@@ -214,10 +215,10 @@ def test_report_bd_rate_per_image(tmp_path):
                               images={im: (b * k, p) for im, k in scale[group].items()})
     assert main(["report", str(tmp_path / "one"), "--baseline", "reg=none"]) == 0
     rows = {r["group"]: r for r in csv.DictReader(open(tmp_path / "one" / "report.csv"))}
-    assert rows["reg=cse"]["image_bd_rate"] == "-15.00 ± 10.00 (2 images)"
+    assert rows["reg=cse"]["image_bd_rate"] == "-15.00 ± 63.53 (2 images)"
     assert main(["report", str(root), "--baseline", "reg=none", "--replicates", "seed"]) == 0
     rows = {r["group"]: r for r in csv.DictReader(open(root / "report.csv"))}
-    assert rows["reg=cse"]["image_bd_rate"] == "-15.00 ± 5.77 (4 image-pairs)"  # 2 seeds x 2 images
+    assert rows["reg=cse"]["image_bd_rate"] == "-15.00 ± 9.19 (4 image-pairs)"  # 2 seeds x 2 images
     assert rows["reg=none (baseline)"]["image_bd_rate"] == "+0.00 ± 0.00 (2 images)"  # seed 2 vs 1
     assert "BD-rate per image" in (root / "report.md").read_text()
 

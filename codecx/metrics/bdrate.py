@@ -251,28 +251,52 @@ def point_deltas(anchor: ResultsLike, point: Mapping[str, Any], method: str = "p
 # curve (one point per checkpoint / lambda) gives one BD-rate, and the spread of those over the
 # images says whether the curves' difference is more than image-to-image scatter.
 
+#: the band's confidence level: mean ± t_{(1+LEVEL)/2, n-1} · SE, for every n
+LEVEL = 0.95
+
+
+def t_quantile(n: int, level: float = LEVEL) -> float:
+    """Student's t quantile t_{(1+level)/2, n-1} of a mean over `n` values (3.182 at n=4,
+    2.069 at n=24; 1.96 as n grows): the band's half-width in standard errors."""
+    from scipy.stats import t
+
+    return float(t.ppf((1 + level) / 2, n - 1)) if n > 1 else float("nan")
+
+
 @dataclass(frozen=True)
 class PerImageBD:
-    """BD-rate % of test against anchor on each image's own RD curve (VCEG-M33 per image)."""
+    """BD-rate % of test against anchor on each image's own RD curve (VCEG-M33 per image), and
+    its band: mean ± t_{0.975, n-1} · SE over the images (a 95% Student-t interval, for every n;
+    with 4 images t = 3.18, not 2), naming the images it had to drop."""
 
     values: Tuple[float, ...]  # one per image that both curves cover with a monotonic curve
-    skipped: Tuple[str, ...]  # images without a defined BD-rate (too few points, not monotonic)
+    skipped: Tuple[str, ...] = ()  # images dropped: not in both, non-monotonic, not overlapping
 
     @property
     def mean(self) -> float:
         return float(np.mean(self.values)) if self.values else float("nan")
 
     @property
-    def two_se(self) -> float:
-        """Two standard errors of the mean over the images (NaN with fewer than 2)."""
+    def se(self) -> float:
+        """Standard error of the mean over the images (NaN with fewer than 2)."""
         n = len(self.values)
-        return float(2 * np.std(self.values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+        return float(np.std(self.values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+    @property
+    def half_width(self) -> float:
+        """The band's half-width, t_{0.975, n-1} · SE (NaN with fewer than 2 values)."""
+        return t_quantile(len(self.values)) * self.se
 
     def text(self, unit: str = "images") -> str:
-        """'mean ± 2 SE (n unit)', or '-' with fewer than 2 values."""
+        """'mean ± half-width (n unit)', plus '; k dropped: names' when images were dropped;
+        '-' with fewer than 2 values."""
         if len(self.values) < 2:
-            return "-"
-        return f"{self.mean:+.2f} ± {self.two_se:.2f} ({len(self.values)} {unit})"
+            return "-" + (f" ({self._dropped()})" if self.skipped else "")
+        return f"{self.mean:+.2f} ± {self.half_width:.2f} ({len(self.values)} {unit}" + (
+            f"; {self._dropped()})" if self.skipped else ")")
+
+    def _dropped(self) -> str:
+        return f"{len(self.skipped)} dropped: {', '.join(self.skipped)}"
 
     def __str__(self) -> str:
         return self.text()
@@ -302,10 +326,17 @@ def read_per_image(path: Union[str, Path]) -> list:
 
 def bd_rate_per_image(anchor_rows, test_rows, metric: str = "psnr-rgb", method: str = "pchip") -> PerImageBD:
     """BD-rate of `test_rows` against `anchor_rows` (per-image rows of the same images at several
-    lambdas) image by image: the paired spread of the BD-rate itself (Bjøntegaard VCEG-M33)."""
+    lambdas) image by image: the paired spread of the BD-rate itself (Bjøntegaard VCEG-M33).
+    Images without a BD-rate (on one side only, a non-monotonic curve, curves that do not
+    overlap) are dropped and named in `skipped`."""
     a, t = per_image_curves(anchor_rows, metric), per_image_curves(test_rows, metric)
     values, skipped = [], []
-    for image in sorted(set(a) & set(t)):
+    if not a or not t:  # nothing to pair (e.g. no per_image.csv): nothing is dropped either
+        return PerImageBD((), ())
+    for image in sorted(set(a) | set(t)):
+        if image not in a or image not in t:  # evaluated on one side only
+            skipped.append(image)
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # an image's short range: its value still counts

@@ -18,7 +18,7 @@ PAIRS = [("control_hex", "control_scalar", "decode-time Hex on the fine-tuned co
 
 
 def main(out: str) -> None:
-    print("| arm | anchor | what | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB | per image (± 2 SE) | "
+    print("| arm | anchor | what | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB | per image (± t·SE, 95%) | "
           "paper BD-rate % | arm mean bpp | arm mean PSNR dB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arm, anchor, what, paper in PAIRS:

@@ -67,7 +67,7 @@ def table() -> str:
     base64 = json.loads(p64.read_text()) if p64.is_file() else None
     base_rows = read_per_image(folder("scalar") / "per_image.csv")  # each image's scalar curve
     lines = ["| variant | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB (pchip) | BD-rate % vs 64-level "
-             "scalar (pchip) | BD-rate % per image (± 2 SE) | paper BD-rate % | paper BD-PSNR dB | mean bpp | mean PSNR dB | grad corr | "
+             "scalar (pchip) | BD-rate % per image (± t·SE, 95%) | paper BD-rate % | paper BD-PSNR dB | mean bpp | mean PSNR dB | grad corr | "
              "enc s / img | dec s / img |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in VARIANTS:

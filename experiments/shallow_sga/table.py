@@ -21,9 +21,12 @@ from typing import List, Optional
 
 from codecx.metrics.bdrate import PerImageBD, bd_methods, bd_rate_per_image, read_per_image
 
-PAPER = {"sga": "-8.8 (000 tab. 7, hyperprior); ~-15 (mean-scale, Kodak)",
+# "~-15": a BD-rate computed from the 2020 repo's released Kodak result files (mandt-lab/improving-
+# inference-for-neural-image-compression, results/kodak/sga-psnr.csv against mbt2018-psnr.csv)
+PAPER = {"sga": "-8.8 (000 tab. 7, hyperprior); ~-15 (mean-scale, Kodak; from the 2020 repo's result files)",
          "sga_2020": "-8.8 (000 tab. 7, hyperprior)"}
-# paper 004 (Kodak, against its mbt2018-mean baseline; indicative: other sizes and training)
+# paper 004 (Kodak, against its mbt2018-mean baseline; indicative: other sizes and training): BD-rates
+# computed from mandt-lab/shallow-ntc's released result files (results/kodak/*.json), not printed in 004
 PAPER_BACKBONES = {"shallow": ("+7.4", "-3.3"), "shallow_nores": ("-", "-"), "jpeg_like": ("+23.6", "-")}
 
 
@@ -40,7 +43,7 @@ def mean(res: dict, key: str) -> float:
 
 def rd_change(folder: Path) -> str:
     """Per image and lambda, the real `bpp + lmbda D` of the kept latents against plain coding
-    (eval's `sga_rd_original` / `sga_rd_refined`): mean change % +- 2 standard errors over the
+    (eval's `sga_rd_original` / `sga_rd_refined`): mean change % ± t_{0.975,n-1} SE over the
     image x lambda pairs, and how many kept the refined latents. The paired spread over images
     is this study's noise band (the checkpoints and the decoder are the same in every arm)."""
     p = Path(folder) / "per_image.csv"
@@ -49,13 +52,13 @@ def rd_change(folder: Path) -> str:
         return "-"
     d = [100 * (min(float(r["sga_rd_refined"]), float(r["sga_rd_original"])) / float(r["sga_rd_original"]) - 1)
          for r in rows]
-    band = PerImageBD(tuple(d), ())  # the same paired mean +- 2 SE, over image x lambda pairs
+    band = PerImageBD(tuple(d))  # the same paired band (mean ± t SE), over image x lambda pairs
     kept = sum(r["sga_kept"] == "refined" for r in rows)
-    return f"{band.mean:+.2f} ± {band.two_se:.2f} ({kept}/{len(rows)} refined)"
+    return f"{band.mean:+.2f} ± {band.half_width:.2f} ({kept}/{len(rows)} refined)"
 
 
 def bd_per_image(anchor: Path, arm: Path) -> str:
-    """BD-rate % (pchip) of `arm` against `anchor` image by image, mean +- 2 standard errors."""
+    """BD-rate % (pchip) of `arm` against `anchor` image by image, mean ± t_{0.975,n-1} SE (95%)."""
     return str(bd_rate_per_image(read_per_image(Path(anchor) / "per_image.csv"),
                                  read_per_image(Path(arm) / "per_image.csv")))
 
@@ -76,7 +79,7 @@ def bd_cells(anchor: Optional[dict], res: dict) -> List[str]:
 def main(out: str, base: str, *arms: str) -> None:
     anchor = load(Path(out) / base)
     print("| arm | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB (pchip) | paper BD-rate % | "
-          "BD-rate % per image (± 2 SE) | R + λD % per image (± 2 SE) | mean bpp | mean PSNR dB | "
+          "BD-rate % per image (± t·SE, 95%) | R + λD % per image (± t·SE, 95%) | mean bpp | mean PSNR dB | "
           "enc s / img | dec s / img |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arm in (base, *arms):
@@ -95,9 +98,10 @@ def backbones(out: str, zoo_kodak: str, zoo_sga: str, *names: str) -> None:
     """Each backbone against mbt_mean: plain on Kodak, and plain / SGA on the SGA subset."""
     kodak_anchor, subset_anchor = load(Path(zoo_kodak)), load(Path(zoo_sga) / "plain")
     sga_anchor = load(Path(zoo_sga) / "sga")  # mbt_mean with SGA: both sides refined
-    print("| backbone | dec KMACs/px | g_s KMACs/px | BD-rate % Kodak (pchip) | per image (± 2 SE) | BD-PSNR dB | "
-          "paper % | dec s / img | subset: plain BD-rate % | subset: + SGA BD-rate % | paper + SGA % | "
-          "SGA gain % | SGA gain per image (± 2 SE) | subset: + SGA vs mbt_mean + SGA % |")
+    print("| backbone | dec KMACs/px | g_s KMACs/px | BD-rate % Kodak (pchip) | per image (± t·SE, 95%) | BD-PSNR dB | "
+          "paper % (result files) | dec s / img | subset: plain BD-rate % | subset: + SGA BD-rate % | "
+          "paper + SGA % (result files) | "
+          "SGA gain % | SGA gain per image (± t·SE, 95%) | subset: + SGA vs mbt_mean + SGA % |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [("mbt_mean", Path(zoo_kodak), Path(zoo_sga))] + [(n, Path(out) / n / "kodak", Path(out) / n / "sga")
                                                                for n in names if n != "mbt_mean"]
