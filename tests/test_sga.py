@@ -175,12 +175,18 @@ def test_never_worse_batched(codec):
 
 
 def test_config_nodes_and_errors(codec):
-    for name, steps, schedule in (("sga", 3000, "shallow_ntc"), ("sga_original", 2000, "original")):
+    # the 2020 code (mandt-lab/improving-inference-for-neural-image-compression, sga.py): 2000 steps,
+    # rd_lr = 0.005 constant, tau decay from 700, floor/ceil of y and z themselves (the integer grid)
+    for name, steps, schedule, lr, drop, grid in (("sga", 3000, "shallow_ntc", 5e-3, 0.9, "coder"),
+                                                  ("sga_original", 2000, "original", 5e-3, None, "integer")):
         node = OmegaConf.load(CONF / f"{name}.yaml")[name]
         s = instantiate(node)
         assert isinstance(s, SGA) and s.steps == steps and s.schedule_name == schedule
+        assert (s.lr, s.lr_drop_at, s.grid) == (lr, drop, grid), name
     with pytest.raises(ValueError, match="refine.sga.schedule='fast'"):
         SGA(schedule="fast")
+    with pytest.raises(ValueError, match="refine.sga.grid='means'.*coder, integer"):
+        SGA(grid="means")
     x = _image()
     y, z = _latents(codec, x)
     with pytest.raises(ValueError, match="refine.sga.lmbda"):
@@ -194,6 +200,35 @@ def test_config_nodes_and_errors(codec):
     fresh = tiny_codec("bmshj_factorized").eval()  # no CDF tables: nothing to code with
     with pytest.raises(RuntimeError, match="keep_best.*update"):
         SGA(steps=1)(x, fresh, *_latents(fresh, x), LMBDA)
+
+
+@pytest.mark.parametrize("grid", ["coder", "integer"])
+def test_rounding_grid(codec, grid):
+    """At tau -> 0 the relaxation rounds: grid="coder" to means + Z (y) and medians + Z (z), the
+    points the codec codes; grid="integer" (the 2020 code) to Z itself. Checked on what g_s and
+    h_s receive inside `relaxed_loss`, for a mean-scale backbone with non-integer means."""
+    x = _image()
+    y, z = _latents(codec, x)
+    seen = {}
+    bb = codec.backbone
+    hooks = [bb.g_s.register_forward_pre_hook(lambda m, a: seen.__setitem__("y", a[0].detach())),
+             bb.h_s.register_forward_pre_hook(lambda m, a: seen.__setitem__("z", a[0].detach()))]
+    try:
+        sga = SGA(steps=1, grid=grid)
+        with torch.no_grad():
+            sga.relaxed_loss(codec, x, y, z, LMBDA, 1e-6, torch.Generator().manual_seed(0))
+            params = bb.params(bb.h_s(seen["z"]), like=y)
+    finally:
+        for h in hooks:
+            h.remove()
+    med = sga._medians(bb.entropy_bottleneck, z)
+    y_off, z_off = (params.means, med) if grid == "coder" else (torch.zeros_like(y), torch.zeros_like(med))
+    assert torch.allclose(seen["y"], torch.round(y - y_off) + y_off, atol=1e-4)
+    assert torch.allclose(seen["z"], torch.round(z - z_off) + z_off, atol=1e-4)
+    frac = (params.means - params.means.round()).abs()
+    assert frac.max() > 0.1  # the two grids differ here: the test tells them apart
+    on_z = (seen["y"] - seen["y"].round()).abs().max() < 1e-4
+    assert bool(on_z) == (grid == "integer")
 
 
 def test_codec_with_sga_codes_exactly_and_never_worse(codec):

@@ -15,6 +15,14 @@ Gaussian priors, `y - medians` / `z - medians` for factorized entropy models)::
     v_tilde = floor(v) * s_down + ceil(v) * s_up
 
 tau -> 0 gives rounding to the nearest grid point; large tau the midpoint of the bin.
+
+The grid (`grid`): "coder" (default, shallow-ntc) relaxes around the grid the codec codes on,
+`means + Z` for `y` and `medians + Z` for `z`; "integer" relaxes `y` and `z` themselves on Z,
+as the 2020 code does (mandt-lab/improving-inference-for-neural-image-compression, sga.py:
+`floor(y)`, `ceil(y)`, rate of the integer point under N(mu, sigma) convolved with U). The
+codec still codes `round(y - means) + means`, so with "integer" the optimised objective is
+not the coded one (the 2020 code measured estimated bits of the integer points instead);
+`keep_best` guards the real bitstream.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ from torch import Tensor
 from codecx.inference.base import EncoderRefiner
 from codecx.types import EntropyParams
 
-__all__ = ["SGA", "SCHEDULES", "TauSchedule", "sga_round"]
+__all__ = ["SGA", "SCHEDULES", "GRIDS", "TauSchedule", "sga_round"]
 
 _EPS = 1e-5
 
@@ -48,11 +56,13 @@ class TauSchedule:
 
 
 #: shallow_ntc: mandt-lab/shallow-ntc (Adam 5e-3, x0.1 at 90% of 3000 steps);
-#: original: Yang, Bamler & Mandt 2020 (2000 steps, Adam 1e-3)
+#: original: Yang, Bamler & Mandt 2020 (2000 steps, Adam 5e-3 constant: the 2020 code's rd_lr)
 SCHEDULES = {
     "shallow_ntc": TauSchedule(0.5, 5e-4, 200),
     "original": TauSchedule(0.5, 1e-3, 700),
 }
+#: the rounding grid of the relaxation: the coder's (means / medians + Z) or Z (the 2020 code)
+GRIDS = ("coder", "integer")
 
 
 def sga_round(v: Tensor, tau: float, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -73,8 +83,10 @@ class SGA(EncoderRefiner):
 
     Args:
         steps: optimisation steps per image (shallow-ntc 3000, the 2020 original 2000).
-        lr: Adam learning rate (5e-3; original 1e-3).
+        lr: Adam learning rate (5e-3, shallow-ntc's and the 2020 code's).
         schedule: tau schedule, "shallow_ntc" or "original" (see SCHEDULES).
+        grid: "coder" (relax around the means / medians the codec rounds on) or "integer"
+            (relax y and z on Z, as the 2020 code; see the module docstring).
         tau_rate, tau_offset: replace the schedule's decay rate / start step (None: keep;
             e.g. a short CPU run anneals faster).
         lr_drop_at: fraction of the steps after which lr is multiplied by `lr_drop` (None: never).
@@ -98,10 +110,13 @@ class SGA(EncoderRefiner):
                  lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,
                  lmbda: Optional[float] = None, seed: int = 0, keep_best: bool = True,
                  progress: bool = False, tau_rate: Optional[float] = None,
-                 tau_offset: Optional[int] = None, curves: Optional[str] = None):
+                 tau_offset: Optional[int] = None, curves: Optional[str] = None, grid: str = "coder"):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"refine.sga.schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if grid not in GRIDS:
+            raise ValueError(f"refine.sga.grid={grid!r}: choose one of {', '.join(GRIDS)} (coder: around "
+                             "the means / medians the codec rounds on; integer: on Z, as the 2020 code)")
         if int(steps) < 0:
             raise ValueError(f"refine.sga.steps={steps}: need a number of steps >= 0")
         if not float(lr) > 0:
@@ -110,7 +125,7 @@ class SGA(EncoderRefiner):
             raise ValueError(f"refine.sga.lr_drop_at={lr_drop_at}: a fraction of the steps in [0, 1] (or null)")
         if lmbda is not None and not float(lmbda) > 0:
             raise ValueError(f"refine.sga.lmbda={lmbda}: must be positive (or null: the checkpoint's)")
-        self.steps, self.lr, self.schedule_name = int(steps), float(lr), schedule
+        self.steps, self.lr, self.schedule_name, self.grid = int(steps), float(lr), schedule, grid
         base = SCHEDULES[schedule]
         self.tau = TauSchedule(base.tau0, base.rate if tau_rate is None else float(tau_rate),
                                base.offset if tau_offset is None else int(tau_offset), base.tau_min)
@@ -139,23 +154,31 @@ class SGA(EncoderRefiner):
         if z is not None:
             eb = bb.entropy_bottleneck
             med = self._medians(eb, z)
-            z_tilde = med + sga_round(z - med, tau, generator)
+            z_tilde = self.relax(z, med, tau, generator)
             bits = bits - torch.log2(EntropyParams(med.expand_as(z_tilde), None, eb).likelihood(z_tilde)).sum()
             hyper = bb.h_s(z_tilde)
         if getattr(bb, "autoregressive", False):
             # the grid: means from the context of the continuous y; the rate: the context of
             # the relaxed latents (training-mode parallel context)
-            grid = bb.params(hyper, like=y, ctx=bb.context(y)).means.detach()
-            y_tilde = grid + sga_round(y - grid, tau, generator)
+            grid = bb.params(hyper, like=y, ctx=bb.context(y)).means.detach() if self.grid == "coder" else None
+            y_tilde = self.relax(y, grid, tau, generator)
             params = bb.params(hyper, like=y, ctx=bb.context(y_tilde))
         else:
             params = bb.params(hyper, like=y)
-            y_tilde = params.means + sga_round(y - params.means, tau, generator)
+            y_tilde = self.relax(y, params.means, tau, generator)
         bits = bits - torch.log2(params.likelihood(y_tilde)).sum()
         x_hat = bb.g_s(y_tilde)[..., :h, :w]
         bpp = bits / (x.size(0) * h * w)
         mse = F.mse_loss(x_hat, x) * 255 ** 2
         return bpp + lmbda * mse, bpp, mse
+
+    def relax(self, v: Tensor, offset: Optional[Tensor], tau: float,
+              generator: Optional[torch.Generator] = None) -> Tensor:
+        """One SGA sample of `v` on the relaxation's grid: `offset + Z` (grid="coder"; the means
+        or medians) or Z (grid="integer", the 2020 code: `offset` is ignored)."""
+        if self.grid == "integer" or offset is None:
+            return sga_round(v, tau, generator)
+        return offset + sga_round(v - offset, tau, generator)
 
     @torch.no_grad()
     def real_loss(self, codec, x: Tensor, y: Tensor, z: Optional[Tensor], lmbda: float
