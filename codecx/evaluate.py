@@ -19,6 +19,7 @@ from codecx.lit.module import resize_cdf_buffers
 from codecx.metrics.rd import WEIGHTED, aggregate, code_image, to_uint8
 from codecx.models.build import build_codec
 from codecx.models.codec import Codec
+from codecx.models.shallow import restore_legacy_slope
 
 BPP_SOURCE = "codecx file: header, streams and CRC"
 # per-image columns, in CSV order; `lpips` only with an LPIPS model; `hf_ratio`:
@@ -153,6 +154,7 @@ def load_codec(ckpt_path: str | os.PathLike, quantizer_override: Optional[Mappin
     if refine is not None:
         config["refine"] = dict(refine)
     codec = build_codec(config)
+    restore_legacy_slope(codec.backbone, config["model"])  # a CNN analysis trained with slope 0.01
     state = {k[len("codec."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("codec.")}
     if quantizer_override:  # the new quantizer keeps its own state (if any)
         own = codec.quantizer.state_dict()

@@ -161,3 +161,43 @@ def test_benchmark_runs_quick():
     for metric in ("shallow_gs_time", "jpeg_like_gs_time", "shallow_gs_kmacs", "sga_encode_per_100_steps"):
         assert metric in summary
     assert "5.331" in summary
+
+
+def test_shallow_cnn_analysis_slope_is_point_two(tmp_path):
+    """analysis=cnn uses leaky ReLU 0.2 (shallow-ntc's tf.nn.leaky_relu); model.negative_slope
+    sets another; a checkpoint whose config predates the key gets 0.01, the slope it was trained with."""
+    from codecx.models.shallow import restore_legacy_slope
+
+    slopes = lambda m: {a.negative_slope for a in m.g_a.modules() if isinstance(a, torch.nn.LeakyReLU)}  # noqa: E731
+    assert slopes(Shallow(N=8, M=16, analysis="cnn")) == {0.2}
+    assert slopes(JpegLike(N=8, M=16, analysis="cnn", negative_slope=0.01)) == {0.01}
+    assert OmegaConf.load(CONF / "shallow.yaml").negative_slope == 0.2
+    assert OmegaConf.load(CONF / "jpeg_like.yaml").negative_slope == 0.2
+    old = Shallow(N=8, M=16, analysis="cnn")
+    restore_legacy_slope(old, {"analysis": "cnn", "N": 8, "M": 16})
+    assert slopes(old) == {0.01}
+    new = Shallow(N=8, M=16, analysis="cnn")
+    restore_legacy_slope(new, {"analysis": "cnn", "negative_slope": 0.2})
+    assert slopes(new) == {0.2}
+    with pytest.raises(ValueError, match="model.negative_slope=-1"):
+        Shallow(N=8, M=16, analysis="cnn", negative_slope=-1)
+
+
+def test_legacy_cnn_checkpoint_keeps_its_slope(tmp_path):
+    """A checkpoint whose config has no `negative_slope` (written before the key existed)
+    evaluates with the 0.01 it was trained with; one that names the slope keeps it."""
+    from codecx.evaluate import load_codec
+    from codecx.models.build import build_codec
+
+    for model, expected in (({}, 0.01), ({"negative_slope": 0.2}, 0.2)):
+        config = {"model": {"_target_": "codecx.models.shallow.Shallow", "name": "shallow", "N": 8, "M": 16,
+                            "analysis": "cnn", "weights": None, **model},
+                  "quantizer": {"_target_": "codecx.quantizers.NoiseQuantizer"}}
+        codec = build_codec(config)
+        path = tmp_path / f"slope{expected}.ckpt"
+        torch.save({"codecx_config": config, "state_dict": {f"codec.{k}": v for k, v in codec.state_dict().items()},
+                    "global_step": 1}, path)
+        loaded, cfg = load_codec(path)
+        assert {a.negative_slope for a in loaded.backbone.g_a.modules()
+                if isinstance(a, torch.nn.LeakyReLU)} == {expected}
+        assert cfg["model"] == config["model"] | {"weights": None}  # the config (and fingerprint) as written

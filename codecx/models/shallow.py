@@ -10,7 +10,7 @@ encoder with a single transposed convolution C -> 3, k18, s16 as the whole decod
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from compressai.layers import GDN1, AttentionBlock
 from compressai.models.sensetime import ResidualBottleneckBlock
@@ -37,14 +37,33 @@ def elic_analysis(N: int, M: int) -> nn.Sequential:
     )
 
 
-def cnn_analysis(N: int, M: int) -> nn.Sequential:
-    """The paper's plain CNN analysis: four conv5x5 stride-2 layers with leaky ReLU between."""
+#: the leaky ReLU slope of the CNN analysis: shallow-ntc's `CNNAnalysis` uses tf.nn.leaky_relu (0.2)
+NEGATIVE_SLOPE = 0.2
+#: the slope of checkpoints whose config predates `model.negative_slope` (torch's LeakyReLU default)
+LEGACY_NEGATIVE_SLOPE = 0.01
+
+
+def cnn_analysis(N: int, M: int, negative_slope: float = NEGATIVE_SLOPE) -> nn.Sequential:
+    """The paper's plain CNN analysis (shallow-ntc `CNNAnalysis`): four conv5x5 stride-2
+    layers with leaky ReLU (slope 0.2, TensorFlow's default) between."""
+    act = lambda: nn.LeakyReLU(float(negative_slope), inplace=True)  # noqa: E731
     return nn.Sequential(
-        conv(3, N, 5, 2), nn.LeakyReLU(inplace=True),
-        conv(N, N, 5, 2), nn.LeakyReLU(inplace=True),
-        conv(N, N, 5, 2), nn.LeakyReLU(inplace=True),
+        conv(3, N, 5, 2), act(),
+        conv(N, N, 5, 2), act(),
+        conv(N, N, 5, 2), act(),
         conv(N, M, 5, 2),
     )
+
+
+def restore_legacy_slope(backbone: nn.Module, model_config: Mapping[str, Any]) -> None:
+    """A checkpoint trained before `model.negative_slope` existed (its config lacks the key)
+    gets the slope it was trained with (0.01) in its CNN analysis; the config, and so the codecx
+    file fingerprint, stay as written."""
+    if isinstance(backbone, Shallow) and backbone.analysis == "cnn" and "negative_slope" not in model_config:
+        for m in backbone.g_a.modules():
+            if isinstance(m, nn.LeakyReLU):
+                m.negative_slope = LEGACY_NEGATIVE_SLOPE
+        backbone.negative_slope = LEGACY_NEGATIVE_SLOPE
 
 
 ANALYSES = {"elic": elic_analysis, "cnn": cnn_analysis}
@@ -92,21 +111,27 @@ class Shallow(MbtMean):
            without the residual branch.
         residual: keep the residual branch conv_res.
         analysis: "elic" or "cnn".
+        negative_slope: the leaky ReLU slope of the CNN analysis (0.2 as released; 0.01 before).
         weights: a state dict to load (codecx.models.build.load_weights).
         scale_levels: levels of the Gaussian scale table.
     """
 
     def __init__(self, N: int = 192, M: int = 320, hidden: Optional[int] = None,
                  residual: bool = True, analysis: str = "elic", weights: Optional[str] = None,
-                 scale_levels: int = SCALE_LEVELS, name: str = "shallow"):
+                 scale_levels: int = SCALE_LEVELS, name: str = "shallow",
+                 negative_slope: float = NEGATIVE_SLOPE):
         if analysis not in ANALYSES:
             raise ValueError(f"model.analysis={analysis!r}: choose one of {', '.join(ANALYSES)}")
         if M is None:
             raise ValueError("model.M=null: the shallow backbones need the latent channels M (320)")
         super().__init__(N=int(N), M=int(M))
+        if not float(negative_slope) >= 0:
+            raise ValueError(f"model.negative_slope={negative_slope}: must be >= 0 (0.2: shallow-ntc's)")
         self.analysis = analysis
         self.residual = bool(residual)
-        self.g_a = ANALYSES[analysis](int(N), int(M))
+        self.negative_slope = float(negative_slope)
+        self.g_a = (cnn_analysis(int(N), int(M), self.negative_slope) if analysis == "cnn"
+                    else ANALYSES[analysis](int(N), int(M)))
         self.g_s = self._synthesis(int(M), hidden)
         self.scale_levels = int(scale_levels)
         if weights:
@@ -128,9 +153,10 @@ class JpegLike(Shallow):
 
     def __init__(self, N: int = 192, M: int = 320, analysis: str = "elic",
                  weights: Optional[str] = None, scale_levels: int = SCALE_LEVELS,
-                 name: str = "jpeg_like"):
+                 name: str = "jpeg_like", negative_slope: float = NEGATIVE_SLOPE):
         super().__init__(N=N, M=M, hidden=None, residual=False, analysis=analysis,
-                         weights=weights, scale_levels=scale_levels, name=name)
+                         weights=weights, scale_levels=scale_levels, name=name,
+                         negative_slope=negative_slope)
 
     def _synthesis(self, M: int, hidden: Optional[int]) -> nn.Module:
         self.hidden = 0
