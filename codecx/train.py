@@ -47,7 +47,8 @@ def build_module(cfg: DictConfig) -> LitCodec:
     optional = lambda key: instantiate(cfg[key]) if cfg.get(key) else None  # noqa: E731
     return LitCodec(build_codec(cfg), instantiate_list(OmegaConf.to_container(cfg.reg, resolve=True)),
                     lmbda=cfg.lmbda, schedule=instantiate(cfg.schedule), config=to_container(cfg),
-                    distortion=optional("distortion"), rate=optional("rate"))
+                    distortion=optional("distortion"), rate=optional("rate"),
+                    accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches", 1))
 
 
 def build_callbacks(cfg: DictConfig) -> List[Any]:
@@ -81,6 +82,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
     from codecx.lit.loggers import ConfigHyperparams
 
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    t.pop("accumulate_grad_batches", None)  # LitCodec accumulates (Lightning refuses it under manual optimisation)
     strategy = t.pop("strategy")
     if isinstance(strategy, dict):
         strategy = instantiate(strategy)
@@ -139,6 +141,7 @@ def _check_numbers(cfg: DictConfig) -> None:
     _at_least(cfg, "checkpoint.every_n_steps", 0)
     _at_least(cfg, "trainer.num_nodes", 1)
     _at_least(cfg, "trainer.log_every_n_steps", 1)
+    _at_least(cfg, "trainer.accumulate_grad_batches", 1, what=" (batches per optimizer step)")
     t = cfg.trainer
     if t.max_steps == 0 or t.max_epochs == 0:
         raise ConfigError(f"trainer.max_steps={t.max_steps}, trainer.max_epochs={t.max_epochs}: "

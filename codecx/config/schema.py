@@ -63,6 +63,7 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True  # codecx's bar: steps of max_steps, bpp, PSNR, s/it
     enable_model_summary: bool = False  # Lightning's layer table (train.py prints one line instead)
+    accumulate_grad_batches: int = 1  # batches per optimizer step (LitCodec's own; max_steps counts steps)
 
 
 @dataclass

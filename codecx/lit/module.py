@@ -31,7 +31,7 @@ class NonFiniteLossError(RuntimeError):
 def quantile_phase(codec: Codec, lr: float) -> AuxPhase:
     """The entropy bottleneck's quantile fit (CompressAI's aux loss), as an auxiliary phase."""
     params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
-    return AuxPhase("aux", params, lambda x, out: (codec.backbone.aux_loss(), {}), lr=lr)
+    return AuxPhase("aux", params, lambda x, out: (codec.backbone.aux_loss(), {}), lr=lr, uses_batch=False)
 
 
 def detach_output(out: CodecOutput) -> CodecOutput:
@@ -59,15 +59,29 @@ class LitCodec(pl.LightningModule):
     phase (entropy-bottleneck quantiles, then the regularizers' own models) on detached codec
     outputs with the codec frozen. Only the codec step counts as a global step. The module
     names no method: every stage reports `losses` and `metrics`, which are summed and logged.
+
+    `accumulate_grad_batches` = k (`trainer.accumulate_grad_batches`; Lightning's own key is
+    refused under manual optimisation): every loss, the codec's and each phase's, is
+    back-propagated divided by k, and the codec and every phase step (with their clipping) once
+    every k batches, so k batches of B train like one batch of kB; global steps, `max_steps`,
+    the learning-rate schedules, `schedule.stages` and the rate's warm-up count optimizer
+    steps. A phase whose loss ignores the batch (`uses_batch=False`: the quantile fit) runs
+    once per optimizer step, after the codec's step, as without accumulation.
     """
 
     def __init__(self, codec: Codec, regularizer: Union[None, Regularizer, Sequence[Regularizer]] = None,
                  lmbda: float = 0.0067, schedule: Optional[Schedule] = None,
                  config: Optional[Dict[str, Any]] = None, distortion: Optional[Distortion] = None,
-                 rate: Optional[Rate] = None):
+                 rate: Optional[Rate] = None, accumulate_grad_batches: int = 1):
         super().__init__()
         if not lmbda > 0 or not math.isfinite(lmbda):
             raise ValueError(f"lmbda={lmbda}: the rate-distortion trade-off must be a positive finite number")
+        if isinstance(accumulate_grad_batches, bool) or int(accumulate_grad_batches) != accumulate_grad_batches \
+                or accumulate_grad_batches < 1:
+            raise ValueError(f"trainer.accumulate_grad_batches={accumulate_grad_batches}: must be an integer >= 1 "
+                             "(batches per optimizer step)")
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
+        self._accumulated = 0  # batches back-propagated since the last optimizer step
         self.automatic_optimization = False
         self.codec = codec
         regs = [] if regularizer is None else (
@@ -173,19 +187,24 @@ class LitCodec(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Tensor, batch_idx: int):
         x = batch
+        k = self.accumulate_grad_batches
+        first, self._accumulated = self._accumulated == 0, self._accumulated + 1
+        last = self._accumulated >= k  # this batch completes k: every optimizer steps
         stage = self._apply_stage()
         codec_opt, *aux_opts = self.optimizers()
         self.toggle_optimizer(codec_opt)
         out = self.codec(x)
         loss, terms, metrics = self.codec_loss(x, out, self.global_step)
         self._check_finite(terms)
-        codec_opt.zero_grad()
-        self.manual_backward(loss)
-        self._check_grad_finite(codec_opt)
-        if self.schedule.clip_max_norm:
-            self.clip_gradients(codec_opt, gradient_clip_val=self.schedule.clip_max_norm,
-                                gradient_clip_algorithm="norm")
-        codec_opt.step()
+        if first:
+            codec_opt.zero_grad()
+        self.manual_backward(loss / k if k > 1 else loss)
+        if last:
+            self._check_grad_finite(codec_opt)
+            if self.schedule.clip_max_norm:
+                self.clip_gradients(codec_opt, gradient_clip_val=self.schedule.clip_max_norm,
+                                    gradient_clip_algorithm="norm")
+            codec_opt.step()
         self.untoggle_optimizer(codec_opt)
 
         logs = {f"train/{k}": _scalar(v) for k, v in {**out.metrics, **metrics}.items()}
@@ -196,15 +215,21 @@ class LitCodec(pl.LightningModule):
             logs["train/reg_share"] = r / (metrics["rd_loss"].abs() + r).clamp_min(1e-12)
         detached = detach_output(out)
         for phase, opt in zip(self.phases, aux_opts):
-            if not self._phase_active(phase, stage):
+            once = not phase.uses_batch  # e.g. the quantile fit: once per optimizer step
+            if not self._phase_active(phase, stage) or (once and not last):
                 continue
             self.toggle_optimizer(opt)
             aux_loss, aux_metrics = phase.loss(x, detached)
             if not bool(torch.isfinite(aux_loss.detach())):
                 raise NonFiniteLossError(self.global_step, f"{phase.name} phase loss")
-            opt.zero_grad()
-            self.manual_backward(aux_loss)
-            opt.optimizer.step()  # the raw step: aux phases do not advance global_step
+            if first or once:
+                opt.zero_grad()
+            self.manual_backward(aux_loss / k if k > 1 and not once else aux_loss)
+            if last:
+                clip = self.schedule.phase_clip(phase)
+                if clip:
+                    self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+                opt.optimizer.step()  # the raw step: aux phases do not advance global_step
             self.untoggle_optimizer(opt)
             logs[f"train/{phase.name}_loss"] = aux_loss.detach()
             logs.update({f"train/{k}": _scalar(v) for k, v in aux_metrics.items()})
@@ -212,7 +237,9 @@ class LitCodec(pl.LightningModule):
                       sync_dist=self.trainer.world_size > 1)
         self.log("bpp", metrics["bpp"].detach(), prog_bar=True, logger=False, batch_size=x.size(0))
         self.log("psnr", metrics["psnr"], prog_bar=True, logger=False, batch_size=x.size(0))
-        self._step_schedulers("step")
+        if last:
+            self._step_schedulers("step")  # per optimizer step
+            self._accumulated = 0
         return loss.detach()
 
     def _check_grad_finite(self, opt) -> None:

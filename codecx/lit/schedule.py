@@ -7,11 +7,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import torch
 from torch.optim import Optimizer
 
-SCHEDULERS = ("plateau", "multistep", "cosine", "constant")
+SCHEDULERS = ("plateau", "multistep", "cosine", "quarter_cosine", "constant")
+#: the per-step schedules an auxiliary phase (or `codecx train-labeler`) may use
+STEP_SCHEDULERS = ("constant", "cosine", "quarter_cosine", "multistep")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 #: what `schedule.phases.<name>` may set for an auxiliary phase's optimizer
 PHASE_KEYS = ("optimizer", "lr", "betas", "weight_decay", "scheduler", "milestones", "gamma",
-              "warmup_steps", "min_lr")
+              "warmup_steps", "min_lr", "clip_max_norm")
 
 
 def make_optimizer(name: str, params: Iterable, lr: float, betas: Sequence[float] = (0.9, 0.999),
@@ -27,8 +29,13 @@ def step_scheduler(opt: Optimizer, scheduler: str, max_steps: int, milestones: S
                    gamma: float = 0.1, warmup_steps: int = 0, min_lr: float = 0.0) -> Optional[dict]:
     """A per-step schedule (Lightning scheduler dict) or None for "constant".
 
-    "cosine": linear warm-up over `warmup_steps`, then cosine decay to `min_lr` at `max_steps`
-    (HiFiC / MS-ILLM style); "multistep": x`gamma` at each of `milestones`.
+    "cosine": linear warm-up over `warmup_steps` (factor `(t+1)/warmup`), then a half cosine
+    to `min_lr` at `max_steps`. "quarter_cosine": MS-ILLM's released `RampCosineLRSchedule`
+    (arXiv:2306.01129, NeuralCompression `projects/illm`): a ramp `t/warmup` from 0, then
+    `cos((t - warmup) / max_steps * pi/2)` (a quarter cosine that ends at `cos(pi/2 (1 -
+    warmup/max_steps))`, 0.0157 of the peak for 10k of 1M steps, not at 0), both floored at
+    1e-12 as released; `min_lr` lifts the floor (`min_lr + (lr - min_lr) * factor`).
+    "multistep": x`gamma` at each of `milestones`. `t` counts optimizer steps.
     """
     if scheduler == "multistep":
         return {"scheduler": torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma),
@@ -46,6 +53,19 @@ def step_scheduler(opt: Optimizer, scheduler: str, max_steps: int, milestones: S
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
         return {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}
+    if scheduler == "quarter_cosine":
+        total, warm = max(int(max_steps), 1), int(warmup_steps)
+        base = opt.param_groups[0]["lr"]
+        floor = min_lr / base if base else 0.0
+
+        def quarter(step: int) -> float:
+            if step < warm:
+                f = max(min(step / warm, 1.0), 1e-12)
+            else:
+                f = max(math.cos((step - warm) / total * math.pi / 2), 1e-12)
+            return floor + (1 - floor) * f
+
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, quarter), "interval": "step"}
     return None
 
 
@@ -54,15 +74,17 @@ class Schedule:
 
     `compressai`: Adam 1e-4 (aux 1e-3), ReduceLROnPlateau on `val/loss` or step decay at
     `milestones` (CompressAI's example trainer). `cosine`: linear warm-up over
-    `warmup_steps`, then cosine decay to `min_lr` at the run's last step (MS-ILLM, HiFiC).
+    `warmup_steps`, then cosine decay to `min_lr` at the run's last step; with
+    `scheduler=quarter_cosine` MS-ILLM's released shape (`step_scheduler`).
 
     `stages`: a list of `{steps: N, trainable: [group, ...]}` run in order (the last one's
     `steps` may be null: until the end). Groups are the codec's (`g_a`, `h_a`, `h_s`,
     `entropy`, `context`, `g_s`, `transforms`) and each auxiliary phase's name (`aux` is the
     quantile fit, which runs while `entropy` trains). Without stages everything trains.
     `phases`: per auxiliary phase name, optimizer settings that replace the phase's defaults
-    (`optimizer`, `lr`, `betas`, `weight_decay`, and a per-step `scheduler`: constant |
-    cosine | multistep with `milestones`, `gamma`, `warmup_steps`, `min_lr`).
+    (`optimizer`, `lr`, `betas`, `weight_decay`, `clip_max_norm`: the phase's gradient-norm
+    clip, null or 0 = none; and a per-step `scheduler`: constant | cosine | quarter_cosine |
+    multistep with `milestones`, `gamma`, `warmup_steps`, `min_lr`).
     `group_lr`: per codec parameter group, a learning rate that replaces `lr` for that group
     (e.g. `{transforms: 1e-3}`: a module new to a fine-tuned codec learns faster than the
     codec moves; None: `lr`); the codec's schedule scales every group by the same factor.
@@ -100,9 +122,14 @@ class Schedule:
             unknown = sorted(set(spec) - set(PHASE_KEYS))
             if unknown:
                 raise ValueError(f"schedule.phases.{phase}: unknown key(s) {unknown}; valid: {list(PHASE_KEYS)}")
-            if spec.get("scheduler", "constant") not in ("constant", "cosine", "multistep"):
+            if spec.get("scheduler", "constant") not in STEP_SCHEDULERS:
                 raise ValueError(f"schedule.phases.{phase}.scheduler={spec['scheduler']!r}: "
-                                 "choose one of constant, cosine, multistep")
+                                 f"choose one of {', '.join(STEP_SCHEDULERS)}")
+            clip = spec.get("clip_max_norm")
+            if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                     or not clip >= 0):
+                raise ValueError(f"schedule.phases.{phase}.clip_max_norm={clip}: a gradient norm "
+                                 "> 0 (null or 0: no clipping)")
 
     @staticmethod
     def _check_stages(stages) -> List[Dict[str, Any]]:
@@ -169,6 +196,13 @@ class Schedule:
         sch = step_scheduler(opt, spec.get("scheduler", "constant"), max_steps, spec.get("milestones", ()),
                              spec.get("gamma", 0.1), spec.get("warmup_steps", 0), spec.get("min_lr", 0.0))
         return opt, sch
+
+    def phase_clip(self, phase) -> Optional[float]:
+        """The gradient-norm clip of an auxiliary phase: `phases.<name>.clip_max_norm` when
+        set, else the phase's own default (None: no clipping)."""
+        spec = self.phases.get(phase.name, {})
+        clip = spec["clip_max_norm"] if "clip_max_norm" in spec else phase.clip_max_norm
+        return None if clip in (None, 0) else float(clip)
 
     def lr_scheduler(self, opt: Optimizer, max_steps: int) -> Optional[dict]:
         """A Lightning-style scheduler dict for the codec optimizer (or None)."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -17,9 +17,12 @@ class AuxPhase:
     """One auxiliary optimisation phase run after the codec step (DESIGN.md, "phases").
 
     `loss(x, out)` receives the batch and the codec's outputs *detached*; only `params` are
-    trainable while it runs. `optimizer` ("adam" | "adamw"), `lr`, `betas` and
-    `weight_decay` are its defaults; `schedule.phases.<name>` overrides them. `name` is also
-    the phase's parameter group in `schedule.stages`.
+    trainable while it runs. `optimizer` ("adam" | "adamw"), `lr`, `betas`, `weight_decay` and
+    `clip_max_norm` (the phase's gradient-norm clip; None: no clipping) are its defaults;
+    `schedule.phases.<name>` overrides them. `name` is also the phase's parameter group in
+    `schedule.stages`. `uses_batch=False` marks a loss that ignores the batch (the quantile
+    fit): under gradient accumulation it runs once per optimizer step, after the codec's step,
+    instead of once per batch.
     """
 
     name: str
@@ -30,6 +33,8 @@ class AuxPhase:
     weight_decay: float = 0.0
     metrics: Dict[str, Tensor] = field(default_factory=dict)
     optimizer: str = "adam"
+    clip_max_norm: Optional[float] = None
+    uses_batch: bool = True
 
 
 class Regularizer(nn.Module):

@@ -194,8 +194,11 @@ class _GANRegularizer(Regularizer):
             self.d_steps += 1
             return self.d_loss(x, out)
 
+        # D's gradient is clipped at norm 1.0 like G's, as MS-ILLM's released GANCompressionModule
+        # does for both discriminators (schedule.phases.discriminator.clip_max_norm overrides)
         return [AuxPhase("discriminator", list(self._d().parameters()), loss, lr=self.lr,
-                         betas=self.betas, weight_decay=self.weight_decay, optimizer=self.optimizer)]
+                         betas=self.betas, weight_decay=self.weight_decay, optimizer=self.optimizer,
+                         clip_max_norm=1.0)]
 
     def d_loss(self, x: Tensor, out: CodecOutput) -> Tuple[Tensor, Dict[str, Tensor]]:
         raise NotImplementedError

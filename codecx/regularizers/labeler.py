@@ -14,7 +14,6 @@ Train one with `codecx train-labeler --data DIR --out labeler.pt --lpips-weights
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -253,13 +252,35 @@ def load_labeler(path, option: str = "reg.labeler") -> VQLabeler:
 
 
 # --------------------------------------------------------------------------- training entry
+#: the labeler's learning-rate shapes (codecx.lit.schedule.step_scheduler)
+LABELER_SCHEDULES = ("quarter_cosine", "cosine")
+
+
+def labeler_lr_schedule(opt, steps: int, warmup_steps: Optional[int] = None,
+                        scheduler: str = "quarter_cosine"):
+    """The labeler's per-step LR schedule: the autoencoder's (MS-ILLM arXiv:2306.01129, A.2:
+    "the same learning rate schedule as for the autoencoder pretraining"), a linear ramp over
+    `warmup_steps` (None: 1% of `steps`, the autoencoder's 10k of 1M) then the released quarter
+    cosine (`scheduler="cosine"`: a half cosine to 0 at `steps`)."""
+    from codecx.lit.schedule import step_scheduler
+
+    if scheduler not in LABELER_SCHEDULES:
+        raise ValueError(f"--schedule {scheduler}: choose one of {', '.join(LABELER_SCHEDULES)}")
+    warm = max(1, int(steps) // 100) if warmup_steps is None else int(warmup_steps)
+    if warm < 0:
+        raise ValueError(f"--warmup-steps {warmup_steps}: must be >= 0")
+    return step_scheduler(opt, scheduler, int(steps), warmup_steps=warm)["scheduler"]
+
+
 def train_labeler(data: str, out: str, steps: int = 1000, batch_size: int = 8, crop_size: int = 256,
-                  lr: float = 3e-4, weight_decay: float = 5e-5, warmup_steps: int = 100,
+                  lr: float = 3e-4, weight_decay: float = 5e-5, warmup_steps: Optional[int] = None,
+                  schedule: str = "quarter_cosine",
                   lpips_weights: Optional[str] = None, no_lpips: bool = False, seed: int = 1,
                   log_every: int = 50, restart_dead: int = 0, **arch) -> Dict[str, float]:
     """Train a labeler on the images under `data` (random crops, flips) and save it to `out`.
 
-    AdamW with a linear ramp then cosine decay (MS-ILLM's pretraining schedule), clip 1.0.
+    AdamW 3e-4, wd 5e-5, on the autoencoder's schedule (`labeler_lr_schedule`: a ramp over 1%
+    of the steps, then MS-ILLM's released quarter cosine), clip 1.0.
     LPIPS-VGG needs the torchvision VGG16 file (`lpips_weights`); `no_lpips` drops the term
     (the paper found LPIPS critical: only for smoke tests). `restart_dead` > 0: codes unused for
     that many steps restart at latents of the batch (`VQLabeler.restart_dead_codes`; 0: off, as
@@ -278,13 +299,7 @@ def train_labeler(data: str, out: str, steps: int = 1000, batch_size: int = 8, c
     ds = ImageFolderDataset(data, crop_size=crop_size, train=True, name="--data")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=len(ds) >= batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = labeler_lr_schedule(opt, steps, warmup_steps, schedule)
     step, metrics = 0, {}
     idle = torch.zeros(model.codebook_size, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
@@ -323,7 +338,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--crop-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--warmup-steps", type=int, default=100)
+    ap.add_argument("--warmup-steps", type=int, default=None,
+                    help="linear LR ramp (default: 1%% of --steps, the autoencoder's 10k of 1M)")
+    ap.add_argument("--schedule", choices=LABELER_SCHEDULES, default="quarter_cosine",
+                    help="after the ramp: MS-ILLM's released quarter cosine (default) or a half cosine to 0")
     ap.add_argument("--lpips-weights", default=None,
                     help="torchvision VGG16 file vgg16-397923af.pth (or its folder; default: the torch hub cache)")
     ap.add_argument("--no-lpips", action="store_true", help="MSE + VQ terms only (smoke tests)")
@@ -340,7 +358,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         train_labeler(a.data, a.out, steps=a.steps, batch_size=a.batch_size, crop_size=a.crop_size,
-                      lr=a.lr, warmup_steps=a.warmup_steps, lpips_weights=a.lpips_weights,
+                      lr=a.lr, warmup_steps=a.warmup_steps, schedule=a.schedule, lpips_weights=a.lpips_weights,
                       no_lpips=a.no_lpips, seed=a.seed, log_every=a.log_every, restart_dead=a.restart_dead,
                       ch=a.ch, ch_mult=a.ch_mult,
                       num_res_blocks=a.num_res_blocks, embed_dim=a.embed_dim, code_dim=a.code_dim,
