@@ -278,3 +278,217 @@ def test_codecx_eval_on_a_released_layout_file(nc_hific, tmp_path):
             n_bytes = len(ref.latent_strings[0]) + len(ref.hyper_latent_strings[0])
             assert float(row["bpp_streams"]) * x.shape[-2] * x.shape[-1] / 8 == n_bytes
             assert float(row["psnr-rgb"]) == pytest.approx(psnr_uint8(x, nc.decompress(ref)), abs=0.01)
+
+
+# ---------------------------------------------------------------- VQ-VAE labeler and its projector
+def _nc_labeler(size: str):
+    """A random-init NC VQ-VAE labeler: the released architecture (NC's zoo builder, no
+    weights) or a tiny one of the same layout; norm gains, offsets, biases and the XCA
+    temperatures perturbed, and the codebook spread over the sphere (NC's init draws every code
+    from U(-1/1024, 1/8), one narrow cone, where random latents all pick the same code)."""
+    from neuralcompression.layers import NormalizeLatent, ProjectLatent, VQBottleneck
+    from neuralcompression.zoo import vqvae_xcit_p8_ch64_cb1024_h8
+
+    torch.manual_seed(0)
+    if size == "released":
+        nc = vqvae_xcit_p8_ch64_cb1024_h8(pretrained=False)
+    else:
+        nc = ncm.VqVaeXCiTAutoencoder(
+            ch=8, ch_mult=[1, 2, 2, 2], num_res_blocks=1, attn_resolutions=[32], resolution=256,
+            embed_dim=16, norm_type="channel",
+            bottleneck_op=ProjectLatent(input_dim=16, output_dim=4, child=NormalizeLatent(
+                child=VQBottleneck(codebook_size=32, vector_length=4))))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in nc.named_parameters():
+            if p.dim() == 1 or name.endswith(("gamma", "beta", "temperature")):
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+        codebook = nc.bottleneck_op.child.child.codebooks[0]
+        codebook.copy_(torch.randn(codebook.shape, generator=g))
+    return nc.eval()
+
+
+@pytest.mark.parametrize("size", ["tiny", "released"])
+@torch.no_grad()
+def test_labeler_loads_nc_vqvae_and_labels_agree(size, tmp_path):
+    """load_labeler takes NC's VqVaeXCiTAutoencoder state dict (the released labeler's layout):
+    the same widths, latents, labels (VqVaeProjector's indices), VQ losses and reconstruction."""
+    from neuralcompression.models import VqVaeProjector
+
+    from codecx.regularizers.labeler import load_labeler
+
+    nc = _nc_labeler(size)
+    path = tmp_path / "vqvae.ckpt"
+    torch.save(nc.state_dict(), path)
+    lab = load_labeler(path)
+    if size == "released":
+        assert lab.config == dict(ch=64, ch_mult=[1, 2, 2, 4], num_res_blocks=2, embed_dim=256,
+                                  code_dim=8, codebook_size=1024, beta=0.25)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    z = torch.nn.functional.normalize(nc.bottleneck_op.input_conv(nc.encoder(x)), dim=1)
+    _close(lab.encode(x), z)
+    ref = nc(x)  # eval forward: encoder, VQ (argmin distance to the unit codes), decoder
+    ours = lab(x)
+    _close(ours["x_hat"], ref.image)
+    _close(ours["codebook"], ref.embedding_loss)
+    _close(ours["commitment"], ref.commitment_loss)
+    labels = lab.labels(x)
+    assert torch.equal(labels.flatten(), VqVaeProjector(nc)(x))  # NC's projector: flat (B*H*W) indices
+    assert torch.equal(labels.flatten(), ref.indices) and labels.unique().numel() > 1
+
+
+def test_labeler_nc_layout_errors(tmp_path):
+    from codecx.regularizers.labeler import load_labeler
+
+    nc = _nc_labeler("tiny")
+    state = {k.replace("encoder.down.3.attn", "encoder.down.2.attn"): v for k, v in nc.state_dict().items()}
+    torch.save(state, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="attention only at the lowest resolution"):
+        load_labeler(tmp_path / "other.ckpt")
+
+
+# ---------------------------------------------------------------- OASIS losses
+def test_oasis_losses_equal_nc():
+    """oasis_d_loss / oasis_g_loss equal NC's OASISDiscriminatorLoss / OASISGeneratorLoss on the
+    same logits (C + 1 classes, index 0 = fake) and labels, values and gradients."""
+    from neuralcompression.loss_fn import OASISDiscriminatorLoss, OASISGeneratorLoss
+
+    from codecx.regularizers.gan import oasis_d_loss, oasis_g_loss
+
+    g = torch.Generator().manual_seed(7)
+    real = (3 * torch.randn(2, 33, 4, 6, generator=g)).requires_grad_()
+    fake = (3 * torch.randn(2, 33, 4, 6, generator=g)).requires_grad_()
+    labels = torch.randint(0, 32, (2, 4, 6), generator=g)
+    ref_d = OASISDiscriminatorLoss()(real_logits=real, fake_logits=fake, target=labels)
+    ref_g = OASISGeneratorLoss()(fake, labels)
+    ref_grads = torch.autograd.grad(ref_d + ref_g, (real, fake))
+    d, g_loss = oasis_d_loss(real, fake, labels), oasis_g_loss(fake, labels)
+    torch.testing.assert_close(d, ref_d)
+    torch.testing.assert_close(g_loss, ref_g)
+    for ours, ref in zip(torch.autograd.grad(d + g_loss, (real, fake)), ref_grads):
+        torch.testing.assert_close(ours, ref)
+
+
+# ---------------------------------------------------------------- MSE + LPIPS
+def test_mse_lpips_equals_nc(tmp_path):
+    """distortion=mse_lpips equals NC's MSELPIPSLoss with MS-ILLM's settings (mse_param 150 on
+    [0, 1] images, lpips_param 1, AlexNet, normalize=True) and its eps-inside-the-root
+    NormFixLPIPS, both on the same random AlexNet: value and gradient. NC's constructor would
+    download ImageNet AlexNet weights, so the reference object is assembled from its own
+    classes without that call (its __call__ and NormFixLPIPS.forward are NC's)."""
+    from neuralcompression.loss_fn import MSELPIPSLoss
+    from neuralcompression.loss_fn._normfix_lpips import NormFixLPIPS
+    from torchvision import models as tvm
+
+    from codecx.losses.distortion import MSELPIPS
+
+    from neuralcompression.loss_fn._normfix_lpips import normalize_tensor
+
+    from codecx.losses.distortion import normalize_features
+
+    # the eps fix itself, where it matters: zero and tiny feature vectors (values and gradients)
+    v = torch.cat((torch.zeros(1, 8, 2, 2), 1e-5 * torch.randn(1, 8, 2, 2), torch.randn(1, 8, 2, 2)))
+    va, vb = v.clone().requires_grad_(), v.clone().requires_grad_()
+    torch.testing.assert_close(normalize_features(va), normalize_tensor(vb))
+    (normalize_features(va) ** 3).sum().backward()
+    (normalize_tensor(vb) ** 3).sum().backward()
+    assert torch.isfinite(va.grad).all()
+    torch.testing.assert_close(va.grad, vb.grad)
+    torch.manual_seed(0)
+    alex = tvm.alexnet(weights=None).state_dict()
+    path = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(alex, path)
+    ours = MSELPIPS(lpips_weights=str(path))
+    ref = MSELPIPSLoss.__new__(MSELPIPSLoss)
+    torch.nn.Module.__init__(ref)
+    ref.mse_param, ref.lpips_param, ref.normalize = 150.0, 1.0, True
+    # pnet_rand: torchvision's random AlexNet (no download); the linear layers are the lpips
+    # package's own file, as codecx's
+    ref.lpips_model = NormFixLPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+    ref.lpips_model.net.load_state_dict({k: alex["features." + k.split(".", 1)[1]]
+                                         for k in ref.lpips_model.net.state_dict()})
+    ref.lpips_model.requires_grad_(False)
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    x_hat = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    a, b = x_hat.clone().requires_grad_(), x_hat.clone().requires_grad_()
+    value, _ = ours(x, a)
+    expected = ref(b, x)
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    expected.backward()
+    assert torch.isfinite(a.grad).all()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+# ---------------------------------------------------------------- HiFiC PatchGAN
+def test_patchgan_is_hific_layout_nc_ships_none():
+    """NeuralCompression 0.3.1 has no HiFiC discriminator (its old `HiFiCDiscriminator`, removed
+    in the models refactor before MS-ILLM, had no activations between its convs): the reference
+    here is the official TensorFlow HiFiC (tensorflow/compression models/hific/archs.py,
+    `_PatchDiscriminatorCompareGANImpl`). The forward is recomputed from the layer list written
+    out from it with TF's "SAME" padding rule (pad_total = max(k - s, 0) for sides divisible by
+    s, the extra pixel after), on the module's own spectral-normalised weights."""
+    import torch.nn.functional as F
+
+    from codecx.regularizers.gan import PatchGANDiscriminator
+
+    assert not any("Discriminator" in n and "Unet" not in n for n in dir(ncm) if n != "Discriminator")
+
+    def same(x, w, b, stride):
+        k = w.shape[-1]
+        pads = []
+        for n in reversed(x.shape[-2:]):
+            total = max(k - (stride if n % stride == 0 else n % stride), 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), w, b, stride=stride)
+
+    torch.manual_seed(0)
+    d = PatchGANDiscriminator(12, channels=(8, 16, 32, 64), context_channels=4).eval()
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(hasattr(m, "parametrizations") for m in convs)  # spectral norm on every conv
+    g = torch.Generator().manual_seed(9)
+    x, y_hat = torch.rand(2, 3, 64, 64, generator=g), torch.randn(2, 12, 4, 4, generator=g)
+    with torch.no_grad():
+        w = [(m.weight, m.bias) for m in convs]  # eval: the normalised weights, no power step
+        lat = F.leaky_relu(same(y_hat, *w[0], 1), 0.2)  # "latent": conv 3x3 to 12, lrelu
+        net = torch.cat((x, F.interpolate(lat, size=(64, 64), mode="nearest")), 1)
+        for i, stride in enumerate((2, 2, 2, 1)):  # d_conv_head, d_conv_0, d_conv_1, d_conv_a
+            net = F.leaky_relu(same(net, *w[i + 1], stride), 0.2)
+        ref = same(net, *w[5], 1)  # d_conv_b: 4x4 to one logit per patch
+        got = d(x, y_hat)
+    assert got.shape == (2, 1, 8, 8) and [c.weight.shape[-1] for c in convs] == [3, 4, 4, 4, 4, 4]
+    torch.testing.assert_close(got, ref)
+
+
+# ---------------------------------------------------------------- rate targeting
+#: MS-ILLM's released rate targets (NeuralCompression projects/illm/conf/rate_target/target-*.yaml):
+#: target_bpp -> lam_levels; every file has target_factors [1.429, 1.0], lam2_factors [0.5, 1.0]
+#: and target_steps = lam2_steps = [50000]. The project configs are not in the installed package.
+NC_RATE_TARGETS = {0.00875: (0.0625, 32.0), 0.0175: (0.0625, 16.0), 0.035: (0.0625, 8.0),
+                   0.07: (0.0625, 4.0), 0.14: (0.0625, 2.0), 0.3: (0.0625, 1.0),
+                   0.45: (0.0625, 0.5), 0.9: (0.0625, 0.25)}
+
+
+def test_rate_targeting_table_and_weights_equal_nc():
+    """rate=target's lambda table and per-image weights are the released TargetRateConfig's,
+    applied as NC's rate loss applies them (lam2 above the scheduled target, lam_levels[0]
+    below; factors switch at step 50000). Deliberate difference: NC compares the
+    hard-quantized bpp, codecx the rate of the likelihoods it is given (the training estimate)."""
+    from neuralcompression.loss_fn import TargetRateConfig
+
+    from codecx.losses.rate import ILLM_LAMBDA_A, TargetRate
+
+    assert set(ILLM_LAMBDA_A) == set(NC_RATE_TARGETS)
+    for bpp_target, lam_levels in NC_RATE_TARGETS.items():
+        cfg = TargetRateConfig(target_bpp=bpp_target, target_factors=[1.429, 1.0], target_steps=[50000],
+                               lam_levels=lam_levels, lam2_factors=[0.5, 1.0], lam2_steps=[50000])
+        ours = TargetRate(bpp_target)  # lambda_a=null: the table
+        assert (ours.lambda_b, ours.lambda_a) == tuple(cfg.lam_levels)
+        bpp = torch.tensor([0.5, 0.99, 1.2, 1.43, 1.5, 3.0]) * bpp_target
+        for step in (0, 49999, 50000, 10**6):
+            phase = 0 if step < cfg.target_steps[0] else 1
+            target = cfg.target_bpp * cfg.target_factors[phase]
+            lam2 = cfg.lam_levels[1] * cfg.lam2_factors[phase]
+            expected = torch.where(bpp > target, torch.tensor(lam2), torch.tensor(cfg.lam_levels[0]))
+            torch.testing.assert_close(ours.weights(bpp, step), expected)

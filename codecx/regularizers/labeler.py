@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from codecx.models.hific import ChannelNorm2d
 
-__all__ = ["VQLabeler", "XCA", "load_labeler", "train_labeler", "main"]
+__all__ = ["VQLabeler", "XCA", "load_labeler", "labeler_from_nc", "is_nc_labeler_state", "train_labeler", "main"]
 
 
 def _swish(x: Tensor) -> Tensor:
@@ -234,8 +234,83 @@ class VQLabeler(nn.Module):
         torch.save({"codecx_labeler": 1, "config": self.config, "state_dict": self.state_dict()}, path)
 
 
+# --------------------------------------------------------------------------- NeuralCompression layout
+#: bookkeeping buffers of NeuralCompression's VQBottleneck (codebook hit counts), not part of u(x)
+_NC_VQ_STATS = ("codebook_hits_0", "perplexities", "max_hits", "percentage_hits")
+
+
+def is_nc_labeler_state(state) -> bool:
+    """True for a NeuralCompression `VqVaeXCiTAutoencoder` state dict with its ProjectLatent /
+    NormalizeLatent / VQBottleneck bottleneck (the released `vqvae_xcit_p8_ch64_cb1024_h8.ckpt`)."""
+    return isinstance(state, dict) and "encoder.conv_in.weight" in state and \
+        "bottleneck_op.child.child.codebooks.0" in state
+
+
+def _nc_key_pairs(levels: int, nres: int):
+    """(NC prefix, codecx prefix) of every VQLabeler submodule, in VQLabeler's build order."""
+    pairs, k = [("encoder.conv_in.", "encoder.0.")], 1
+    for i in range(levels):
+        for j in range(nres):
+            pairs.append((f"encoder.down.{i}.block.{j}.", f"encoder.{k}."))
+            k += 1
+            if i == levels - 1:
+                pairs.append((f"encoder.down.{i}.attn.{j}.", f"encoder.{k}."))
+                k += 1
+        if i != levels - 1:
+            pairs.append((f"encoder.down.{i}.downsample.", f"encoder.{k}."))
+            k += 1
+    pairs += [("encoder.mid.", f"encoder.{k}."), ("encoder.norm_out.", f"encoder.{k + 1}."),
+              ("encoder.conv_out.", "conv_out."), ("bottleneck_op.input_conv.", "project."),
+              ("bottleneck_op.output_conv.", "unproject."), ("decoder.conv_in.", "decoder.0."),
+              ("decoder.mid.", "decoder.1.")]
+    k = 2
+    for i in reversed(range(levels)):
+        for j in range(nres + 1):
+            pairs.append((f"decoder.up.{i}.block.{j}.", f"decoder.{k}."))
+            k += 1
+            if i == levels - 1:
+                pairs.append((f"decoder.up.{i}.attn.{j}.", f"decoder.{k}."))
+                k += 1
+        if i != 0:
+            pairs.append((f"decoder.up.{i}.upsample.", f"decoder.{k}."))
+            k += 1
+    return pairs + [("decoder.norm_out.", f"decoder.{k}."), ("decoder.conv_out.", "conv_rgb.")]
+
+
+def labeler_from_nc(state) -> Tuple[Dict, Dict[str, Tensor]]:
+    """(VQLabeler config, state dict) of a NeuralCompression VQ-VAE labeler state dict
+    (`is_nc_labeler_state`): widths read from the tensors, keys mapped, its codebook hit
+    statistics dropped. ValueError for a layout VQLabeler does not have (GroupNorm, attention
+    elsewhere than at the lowest resolution)."""
+    levels = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.down."))
+    nres = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
+    ch = int(state["encoder.conv_in.weight"].shape[0])
+    attn = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.") and ".attn." in k})
+    if "encoder.norm_out.gamma" not in state or attn != [levels - 1]:
+        raise ValueError("a NeuralCompression VQ-VAE with another layout (VQLabeler needs norm_type="
+                         "'channel' and attention only at the lowest resolution, as released)")
+    config = dict(ch=ch, num_res_blocks=nres,
+                  ch_mult=[int(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch
+                           for i in range(levels)],
+                  embed_dim=int(state["encoder.conv_out.weight"].shape[0]),
+                  code_dim=int(state["bottleneck_op.input_conv.weight"].shape[0]),
+                  codebook_size=int(state["bottleneck_op.child.child.codebooks.0"].shape[0]))
+    pairs = _nc_key_pairs(levels, nres)
+    out = {"codebook": state["bottleneck_op.child.child.codebooks.0"]}
+    for key, v in state.items():
+        if key.startswith("bottleneck_op.child.child."):
+            continue  # the codebook (above) and _NC_VQ_STATS
+        src, dst = next(((s, d) for s, d in pairs if key.startswith(s)), (None, None))
+        if src is None:
+            raise ValueError(f"a NeuralCompression VQ-VAE key VQLabeler has no place for: {key}")
+        out[dst + key[len(src):].replace("nin_shortcut.", "skip.")] = v
+    return config, out
+
+
 def load_labeler(path, option: str = "reg.labeler") -> VQLabeler:
-    """A frozen, eval-mode labeler from a file written by `VQLabeler.save` (train-labeler)."""
+    """A frozen, eval-mode labeler from a file written by `VQLabeler.save` (train-labeler), or
+    a NeuralCompression `VqVaeXCiTAutoencoder` state dict (MS-ILLM's released labeler
+    `vqvae_xcit_p8_ch64_cb1024_h8.ckpt`; `labeler_from_nc`)."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise FileNotFoundError(
@@ -243,10 +318,12 @@ def load_labeler(path, option: str = "reg.labeler") -> VQLabeler:
             f"--data DIR --out {p.name} [--lpips-weights vgg16-397923af.pth] (nothing is downloaded)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-        model = VQLabeler(**obj["config"])
-        model.load_state_dict(obj["state_dict"])
+        config, state = labeler_from_nc(obj) if is_nc_labeler_state(obj) else (obj["config"], obj["state_dict"])
+        model = VQLabeler(**config)
+        model.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - any unreadable or foreign file
-        raise ValueError(f"{option}={path}: not a labeler written by codecx train-labeler ({e})") from e
+        raise ValueError(f"{option}={path}: not a labeler written by codecx train-labeler nor a "
+                         f"NeuralCompression VqVaeXCiTAutoencoder state dict ({e})") from e
     model.requires_grad_(False)
     return model.eval()
 
