@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from codecx.evaluate import (data_key, data_label, dataset_images, evaluate_codecs, load_codec,
                              results_dict, write_results)
-from codecx.metrics.bdrate import PerImageBD, bd_methods, bd_rate_per_image, get_metric, read_per_image
+from codecx.compare import Arm, Curve, bd_pair, compare, fmt as _fmt, merge_results
+from codecx.metrics.bdrate import read_per_image
 from codecx.metrics.complexity import plot_rdc
 from codecx.metrics.decompose import DECOMPOSE_KEYS, decomposition_section
 from codecx.metrics.rdplot import plot_rd
@@ -336,87 +337,6 @@ def _own_data(run: Run) -> Optional[Dict[str, Any]]:
     return data_key(data) if isinstance(data, dict) else None
 
 
-def merge_results(name: str, results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """One CompressAI-layout curve from several results: the metrics all have, sorted by bpp."""
-    keys = [k for k in results[0]["results"] if all(k in r["results"] for r in results)]
-    pts = [{k: r["results"][k][i] for k in keys} for r in results for i in range(len(r["results"]["bpp"]))]
-    pts.sort(key=lambda p: p["bpp"])
-    return {"name": name, "description": f"{len(pts)} RD points of {len(results)} run(s)",
-            "bpp_source": results[0].get("bpp_source", "real bitstream"),
-            "results": {k: [p[k] for p in pts] for k in keys}}
-
-
-def _finite(curve: Dict[str, Any], metric: str) -> bool:
-    try:
-        return all(v is not None and math.isfinite(v) for v in get_metric(curve, metric).tolist())
-    except KeyError:
-        return False
-
-
-def _curve_names(e: Exception) -> str:
-    """bdrate's 'anchor: ...' / 'test: ...' messages in the report's terms."""
-    return str(e).replace("anchor:", "baseline curve:", 1).replace("test:", "this curve:", 1)
-
-
-def _bd_values(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, float], List[str]]:
-    """BD-rate / BD-PSNR (pchip, cubic; BD-rate on MS-SSIM with pchip) of `test` vs `anchor`,
-    keyed like the report's columns, and notes."""
-    values, notes = {}, []
-    try:
-        res, notes = bd_methods(anchor, test, "psnr-rgb", "both")
-        for m, r in res.items():
-            values[f"bd_rate_{m}"], values[f"bd_psnr_{m}"] = r.bd_rate, r.bd_psnr
-    except ValueError as e:
-        notes.append(f"BD on PSNR undefined: {_curve_names(e)}")
-    if _finite(anchor, "ms-ssim") and _finite(test, "ms-ssim"):
-        try:
-            res, _ = bd_methods(anchor, test, "ms-ssim", "pchip")
-            values["bd_rate_msssim"] = res["pchip"].bd_rate
-        except ValueError as e:
-            notes.append(f"BD on MS-SSIM undefined: {_curve_names(e)}")
-    return values, notes
-
-
-def _fmt(key: str, v: float) -> str:
-    return f"{v:+.3f}" if key.startswith("bd_psnr") else f"{v:+.2f}"
-
-
-def _bd_cells(anchor: Dict[str, Any], test: Dict[str, Any]) -> Tuple[Dict[str, str], List[str]]:
-    """`_bd_values` formatted for the table."""
-    values, notes = _bd_values(anchor, test)
-    return {k: _fmt(k, v) for k, v in values.items()}, notes
-
-
-def _per_image_bd(pairs: Sequence[Tuple[Sequence[Run], Sequence[Run]]]) -> str:
-    """BD-rate % (pchip) image by image of each (anchor runs, test runs) pair, pooled over the
-    pairs: mean ± t_{0.975,n-1} SE, the paired spread over the images ('-' without per_image.csv);
-    dropped images are named (with the pair's number when pooled)."""
-    values: List[float] = []
-    skipped: List[str] = []
-    for i, (anchor, test) in enumerate(pairs):
-        one = bd_rate_per_image([row for r in anchor for row in r.per_image],
-                                [row for r in test for row in r.per_image])
-        values += one.values
-        skipped += [f"{im} (pair {i + 1})" if len(pairs) > 1 else im for im in one.skipped]
-    return PerImageBD(tuple(values), tuple(skipped)).text("image-pairs" if len(pairs) > 1 else "images")
-
-
-def _replicate_cells(pairs: Sequence[Tuple[str, Dict[str, Any], Dict[str, Any]]]
-                     ) -> Tuple[Dict[str, str], List[str]]:
-    """BD cells over replicate pairs (label, anchor curve, test curve): the mean over the pairs,
-    with every pair's value in `<column>_each` (e.g. 'seed=1: -0.52; seed=2: -0.31')."""
-    per: Dict[str, List[Tuple[str, float]]] = {}
-    notes: List[str] = []
-    for label, anchor, test in pairs:
-        values, n = _bd_values(anchor, test)
-        notes += [f"{label}: {x}" for x in n]
-        for k, v in values.items():
-            per.setdefault(k, []).append((label, v))
-    cells = {}
-    for k, lv in per.items():
-        cells[k] = _fmt(k, sum(v for _, v in lv) / len(lv))
-        cells[f"{k}_each"] = "; ".join(f"{label}: {_fmt(k, v)}" for label, v in lv)
-    return cells, notes
 COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp"), ("psnr", "PSNR dB"),
            ("bd_rate_pchip", "BD-rate % (pchip)"), ("bd_psnr_pchip", "BD-PSNR dB (pchip)"),
            ("bd_rate_cubic", "BD-rate % (cubic)"), ("bd_psnr_cubic", "BD-PSNR dB (cubic)"),
@@ -477,6 +397,12 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     split = {g: _by_replicate(rs, replicates) for g, rs in used.items() if rs}
     curves = {(g, v): merge_results(g if v is None else f"{g},{replicates}={v}", [r.results for r in rs])
               for g, by in split.items() for v, rs in by.items()}
+    # the BD figures of every group against the baseline (codecx.compare): per replicate pair
+    # with replicates, and the per-image band from the runs' per_image.csv rows
+    arms = {g: Arm(g, {v: Curve(curves[g, v], [row for r in rs for row in r.per_image]) for v, rs in by.items()})
+            for g, by in split.items()}
+    compared = {c.name: c for c in compare(arms[base], [a for g, a in arms.items() if g != base],
+                                           replicate_key=replicates or "seed")} if base in arms else {}
     rows = []
     for g, rs in groups.items():
         row = {"group": g + (" (baseline)" if g == base else ""), "runs": len(used[g]),
@@ -501,32 +427,19 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
         if replicates is None and len(seeds) > 1:
             row["notes"] = " / ".join([*filter(None, [row.get("notes")]), f"pooled over seed={','.join(seeds)} "
                                        "(--replicates seed: paired means and the noise band)"])
-        if replicates is None:
-            if g != base and (base, None) in curves:
-                cells, notes = _bd_cells(curves[base, None], curves[g, None])
-                cells["image_bd_rate"] = _per_image_bd([(used[base], used[g])])
-                row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *notes]))
-            elif g != base:
+        if base not in compared:
+            if g != base or replicates is not None:
                 row["notes"] = " / ".join([*filter(None, [row.get("notes")]), "no BD figures: the baseline has no complete run"])
-        else:
-            reps = list(split[g])
-            if base not in split:
-                row["notes"] = " / ".join([*filter(None, [row.get("notes")]), "no BD figures: the baseline has no complete run"])
-                rows.append(row)
-                continue
-            if g == base:  # the noise band: the baseline's replicates against its first one
-                pairs = [(f"{replicates}={v} vs {reps[0]}", curves[g, reps[0]], curves[g, v]) for v in reps[1:]]
-                run_pairs = [(split[g][reps[0]], split[g][v]) for v in reps[1:]]
-            else:
-                pairs = [(f"{replicates}={v}", curves[base, v], curves[g, v]) for v in reps if v in split[base]]
-                run_pairs = [(split[base][v], split[g][v]) for v in reps if v in split[base]]
-                if len(pairs) < len(reps):
-                    row["notes"] = " / ".join([*filter(None, [row.get("notes")]), f"no baseline run for {replicates}=" + ",".join(
-                        v for v in reps if v not in split[base])])
-            if pairs:
-                cells, notes = _replicate_cells(pairs)
-                cells["image_bd_rate"] = _per_image_bd(run_pairs)
-                row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *notes]))
+        elif replicates is not None or g != base:  # the baseline's row with replicates: its seed band
+            c = compared[g]
+            cells = {}
+            for k, v in c.values.items():
+                cells[k] = _fmt(k, v)
+                if replicates is not None:
+                    cells[f"{k}_each"] = "; ".join(f"{label}: {_fmt(k, x)}" for label, x in c.each[k])
+            if c.pairs:
+                cells["image_bd_rate"] = c.per_image.text("image-pairs" if c.pairs > 1 else "images")
+            row.update(cells, notes=" / ".join([*filter(None, [row.get("notes")]), *c.notes]))
         rows.append(row)
     ref = None if anchor is None else _anchor_cells(anchor, rows, used, data_override, cache)
     out = Path(out_dir or root)
@@ -571,7 +484,6 @@ def _anchor_cells(anchor: Any, rows: List[Dict[str, Any]], groups: Dict[str, Lis
     """Resolve the anchor (jpeg / webp on the evaluation images: the first run's validation data
     or `data_override`) and add each group's BD-rate / BD-PSNR against it to its row."""
     from codecx.metrics.anchors import CLASSICAL, resolve_anchor
-    from codecx.metrics.bdrate import BDResult, point_deltas
 
     images = None
     if isinstance(anchor, str) and anchor.lower() in CLASSICAL:
@@ -584,22 +496,14 @@ def _anchor_cells(anchor: Any, rows: List[Dict[str, Any]], groups: Dict[str, Lis
     for row, (g, rs) in zip(rows, groups.items()):
         if not rs:  # every run of the group incomplete
             continue
-        curve = merge_results(g, [r.results for r in rs])
-        try:
-            if len(curve["results"]["bpp"]) == 1:  # one RD point: the one-point form at it
-                notes = [f"one RD point: rate change at its PSNR / PSNR change at its rate on "
-                         f"{ref['name']}'s pchip curve"]
-                d = point_deltas(ref, {k: v[0] for k, v in curve["results"].items()})
-                notes += [f"{what} outside {ref['name']}'s range (not extrapolated)" for what, key in
-                          (("its PSNR", "delta_rate"), ("its rate", "delta_psnr")) if d[key] != d[key]]
-                res = {"pchip": BDResult(d["delta_rate"], d["delta_psnr"], "pchip", math.nan, (math.nan,) * 2,
-                                         (math.nan,) * 2)}
-            else:
-                res, notes = bd_methods(ref, curve, "psnr-rgb", "pchip")
-            row["anchor_bd_rate"] = _fmt("bd_rate", res["pchip"].bd_rate)
-            row["anchor_bd_psnr"] = _fmt("bd_psnr", res["pchip"].bd_psnr)
-        except ValueError as e:
-            notes = [f"BD vs {ref['name']} undefined: {_curve_names(e)}"]
+        # pchip; a group of one RD point gets the one-point form at it (codecx.compare.bd_pair)
+        pair = bd_pair(ref, merge_results(g, [r.results for r in rs]), "pchip", msssim=False, one_point=True)
+        if pair.error is None:
+            row["anchor_bd_rate"] = _fmt("bd_rate", pair.values["bd_rate_pchip"])
+            row["anchor_bd_psnr"] = _fmt("bd_psnr", pair.values["bd_psnr_pchip"])
+            notes = pair.notes
+        else:
+            notes = [f"BD vs {ref['name']} undefined: {pair.error}"]
         if notes:
             row["notes"] = " / ".join([*filter(None, [row.get("notes")]), *(f"vs {ref['name']}: {n}" for n in notes)])
     return ref
