@@ -17,7 +17,7 @@ from torch import Tensor
 from codecx.coding.container import codec_fingerprint
 from codecx.lit.module import resize_cdf_buffers
 from codecx.metrics.rd import WEIGHTED, aggregate, code_image, to_uint8
-from codecx.models.build import build_codec
+from codecx.models.build import build_codec, non_finite_tensors
 from codecx.models.codec import Codec
 from codecx.models.shallow import restore_legacy_slope
 
@@ -156,6 +156,11 @@ def load_codec(ckpt_path: str | os.PathLike, quantizer_override: Optional[Mappin
     codec = build_codec(config)
     restore_legacy_slope(codec.backbone, config["model"])  # a CNN analysis trained with slope 0.01
     state = {k[len("codec."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("codec.")}
+    bad = non_finite_tensors(state)
+    if bad:  # NaN weights make NaN latents (which the rANS coder cannot code) or NaN images
+        raise CheckpointError(f"checkpoint {ckpt_path}: parameters are not finite (NaN/Inf in "
+                              f"{', '.join('codec.' + b for b in bad)}); it holds a diverged or damaged "
+                              "model: use an earlier checkpoint (last.prev.ckpt, best.ckpt, step=K.ckpt)")
     if quantizer_override:  # the new quantizer keeps its own state (if any)
         own = codec.quantizer.state_dict()
         state = {k: v for k, v in state.items() if not k.startswith("quantizer.")}

@@ -336,6 +336,8 @@ def safe_decompress(codec, header: Header, streams: List[bytes], max_pixels: int
             # BaseException) and MemoryError
             failed = e
         text = captured()
+    if failed is not False or not torch.isfinite(x_hat.sum()):
+        _blame_weights(codec)
     if failed is not False:
         e = failed
         raise BitstreamError(f"could not decode the streams ({type(e).__name__}: "
@@ -348,6 +350,18 @@ def safe_decompress(codec, header: Header, streams: List[bytes], max_pixels: int
         raise BitstreamError("the streams decode to an invalid image (wrong size or NaN/inf): "
                              "the file is corrupted or from another model")
     return x_hat
+
+
+def _blame_weights(codec) -> None:
+    """A decode that failed or gave NaN with non-finite weights: the checkpoint is to blame, not
+    the file (ValueError naming the tensors)."""
+    from codecx.models.build import non_finite_tensors
+
+    bad = non_finite_tensors(codec.state_dict())
+    if bad:
+        raise ValueError(f"the decoder's parameters are not finite (NaN/Inf in {', '.join(bad)}): the "
+                         "checkpoint holds a diverged or damaged model, the file may be fine; decode it "
+                         "with a finite checkpoint of the same model")
 
 
 def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] = None,

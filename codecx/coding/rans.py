@@ -6,12 +6,24 @@ position (serial context models); `finish()` returns the bytes.
 from __future__ import annotations
 
 import weakref
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
+
+
+class NonFiniteLatentError(ValueError):
+    """NaN / Inf reached the entropy coder (the rANS encoder would never finish on them)."""
+
+
+def check_finite(what: str, t: Optional[Tensor]) -> None:
+    """NonFiniteLatentError naming `what` unless every value of `t` is finite (None passes)."""
+    if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise NonFiniteLatentError(
+            f"{what} is not finite (NaN/Inf) and cannot be entropy coded: the model's weights or the "
+            "image are not finite (a diverged or damaged checkpoint?)")
 
 
 class _Tables:
@@ -48,6 +60,7 @@ class RansStreamEncoder:
         self._enc = BufferedRansEncoder()
 
     def encode(self, symbols: Tensor, indexes: Tensor) -> None:
+        check_finite("a symbol of the latent", symbols)  # NaN -> INT_MIN: an endless escape code
         self._enc.encode_with_indexes(
             symbols.reshape(-1).int().tolist(),
             indexes.reshape(-1).int().tolist(),

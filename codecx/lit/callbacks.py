@@ -23,6 +23,7 @@ from codecx.evaluate import data_key, data_label, write_results
 from codecx.metrics.anchors import CLASSICAL, resolve_anchor
 from codecx.metrics.bdrate import POINT_DELTAS, point_deltas
 from codecx.lit.loggers import log_reconstructions
+from codecx.models.build import non_finite_tensors  # noqa: F401 - re-exported
 
 LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_streams",
           "psnr-rgb": "val/psnr", "ms-ssim": "val/ms_ssim",
@@ -51,17 +52,6 @@ class CorruptCheckpointError(RuntimeError):
 
 class RunDirLockedError(RuntimeError):
     """Another codecx run holds the lock of this run directory."""
-
-
-def non_finite_tensors(state: Dict[str, Any], limit: int = 3) -> List[str]:
-    """Names of (at most `limit`) floating-point tensors of `state` holding NaN or Inf."""
-    bad = []
-    for name, t in state.items():
-        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad.append(name)
-            if len(bad) >= limit:
-                break
-    return bad
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -13,6 +13,17 @@ from codecx.models.backbones import BACKBONES, SCALE_LEVELS, Backbone
 DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer"}
 
 
+def non_finite_tensors(state: Mapping[str, Any], limit: int = 3) -> List[str]:
+    """Names of (at most `limit`) floating-point tensors of a state dict holding NaN or Inf."""
+    bad = []
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+            if len(bad) >= limit:
+                break
+    return bad
+
+
 def build_backbone(name: str, N: int = 128, M: Optional[int] = 192,
                    weights: Optional[str] = None, scale_levels: int = SCALE_LEVELS) -> Backbone:
     """Instantiate backbone `name` (one of BACKBONES) and optionally load `weights`;
@@ -52,6 +63,10 @@ def load_weights(model: Backbone, path: str) -> Backbone:
             raise ValueError(f"model.weights={path} is a NeuralCompression HiFiCAutoencoder state dict "
                              f"(MS-ILLM's released weights): use model=hific, not {type(model).__name__}")
         state = state_from_nc(state)
+    bad = non_finite_tensors(state)
+    if bad:  # a NaN in g_a would hang the rANS encoder; refuse it here, naming the tensor
+        raise ValueError(f"model.weights={path}: parameters are not finite (NaN/Inf in {', '.join(bad)}); "
+                         "the file holds a diverged or damaged model: use an earlier checkpoint")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

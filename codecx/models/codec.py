@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codecx.coding.rans import check_finite
 from codecx.inference.base import EncoderRefiner
 from codecx.models.backbones import Backbone
 from codecx.quantizers.base import Quantizer
@@ -133,6 +134,9 @@ class Codec(nn.Module):
                 if mode in ("eval", "encode"):
                     for r in self.refiners:
                         y, z = r(x, self, y, z, self.lmbda)
+            if mode == "encode":  # before any coder sees them (NaN never ends a rANS escape code)
+                check_finite("the latent y (g_a's output)", y)
+                check_finite("the side latent z (h_a's output)", z)
             st.y = y
         else:
             h, w = shape
