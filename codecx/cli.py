@@ -1,5 +1,5 @@
 """`codecx`: train / eval (Hydra), compress / decompress images with a checkpoint, BD-rate, RD
-plots, sweep reports."""
+plots, comparisons of result folders, sweep reports."""
 from __future__ import annotations
 
 import argparse
@@ -140,6 +140,30 @@ def cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    """BD figures of each ARM against BASELINE (codecx.compare) as text, markdown or CSV."""
+    from codecx.compare import compare, load_arm, markdown, text, to_csv
+
+    specs = [a.baseline, *a.arms]
+    labels = a.label or []
+    if len(labels) > len(specs):
+        raise ValueError(f"--label given {len(labels)} times for {len(specs)} curves (BASELINE and each ARM)")
+    arms = [load_arm(p, name=labels[i] if i < len(labels) else None) for i, p in enumerate(specs)]
+    names = [x.name for x in arms]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two curves are both named {next(n for n in names if names.count(n) > 1)!r}: "
+                         "name them with --label (one per curve, BASELINE first)")
+    rows = compare(arms[0], arms[1:], per_image=a.per_image)
+    show = to_csv if a.csv else markdown if a.markdown else text
+    print(show(rows, per_image=a.per_image), end="" if a.csv else "\n")
+    if a.figures:
+        from codecx.metrics.rdplot import plot_comparison
+
+        paths = plot_comparison(rows, arms[0], arms[1:], a.figures)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from codecx.evaluate import set_coding_threads
     from codecx.report import build_report
@@ -158,7 +182,8 @@ def cmd_report(a: argparse.Namespace) -> int:
                          progress=not a.no_progress, replicates=a.replicates, anchor=a.anchor,
                          include_incomplete=a.include_incomplete, decompose=a.decompose, lpips=lpips, fid=fid)
     print(paths["md"].read_text())
-    print(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}")
+    figures = [str(paths[k]) for k in ("png", "delta", "bars") if k in paths]
+    print(f"wrote {paths['md']}, {paths['csv']} and {', '.join(figures)}")
     return 0
 
 
@@ -331,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--anchor", action="append", help="packaged anchor drawn dashed (repeatable), e.g. mbt2018-mean")
     s.add_argument("--metric", nargs="+", default=["psnr-rgb", "ms-ssim"], help="metrics (one subplot each)")
     s.add_argument("--title", default="")
+
+    s = verb("compare", cmd_compare, "BD-rate / BD-PSNR of each ARM against BASELINE (pchip, cubic, "
+             "MS-SSIM), from eval.py or codecx report result folders")
+    s.add_argument("baseline", help="a folder with results.json (and per_image.csv), a folder of such run "
+                   "folders (merged into one curve), a results JSON, or a packaged anchor name")
+    s.add_argument("arms", nargs="+", metavar="ARM", help="the curves to compare, given as BASELINE")
+    s.add_argument("--per-image", action="store_true", help="add the per-image band: each image's own "
+                   "BD-rate against the baseline's, mean ± t·SE (95%%), from per_image.csv")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="print a markdown table")
+    fmt.add_argument("--csv", action="store_true", help="print CSV (unrounded figures)")
+    s.add_argument("--label", action="append", metavar="NAME", help="a curve's name (repeatable: "
+                   "BASELINE first, then each ARM; default: the folder's name)")
+    s.add_argument("--figures", metavar="DIR", help="also write rd.png, delta_psnr.png (PSNR minus the "
+                   "baseline's at equal rate) and bd_rate.png (BD-rate bars) to DIR")
 
     s = verb("report", cmd_report, "BD-rate table and RD plot of a Hydra multirun (train.py -m)",
              threads="idle")

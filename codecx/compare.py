@@ -227,24 +227,33 @@ def compare(baseline: Union[Arm, PathLike], arms: Sequence[Union[Arm, PathLike]]
     return out
 
 
+def pairs(base: Arm, arm: Arm, key: str = "seed", is_base: bool = False) -> List[Tuple[str, Curve, Curve]]:
+    """The (label, baseline curve, arm curve) pairs a comparison of `arm` is made of: one
+    replicate against the baseline's of the same value ('seed=2'), the pooled curves when either
+    side has no replicates (''), and for the baseline itself (`is_base`) each other replicate
+    against its first ('seed=2 vs 1': its seed band)."""
+    reps = list(arm.replicates)
+    if is_base:
+        return [(f"{key}={v} vs {reps[0]}", arm.replicates[reps[0]], arm.replicates[v]) for v in reps[1:]]
+    if reps == [None] or list(base.replicates) == [None]:
+        return [("", base.curve, arm.curve)]
+    return [(f"{key}={v}", base.replicates[v], arm.replicates[v]) for v in reps if v in base.replicates]
+
+
 def _row(base: Arm, arm: Arm, is_base: bool, per_image: bool, methods: str, msssim: bool,
          key: str, one_point: bool) -> Row:
     row = Row(arm.name, is_base, arm.curve)
-    reps = list(arm.replicates)
-    if is_base:  # the seed band: each other replicate against the first
-        pairs = [(f"{key}={v} vs {reps[0]}", arm.replicates[reps[0]], arm.replicates[v]) for v in reps[1:]]
-    elif reps == [None] or list(base.replicates) == [None]:
-        pairs = [("", base.curve, arm.curve)]
-    else:
-        pairs = [(f"{key}={v}", base.replicates[v], arm.replicates[v]) for v in reps if v in base.replicates]
-        if len(pairs) < len(reps):
-            row.notes.append(f"no baseline run for {key}=" + ",".join(v for v in reps if v not in base.replicates))
-    row.pairs = len(pairs)
-    if not pairs:
+    pairs_ = pairs(base, arm, key, is_base)
+    missing = [v for v in arm.replicates if v is not None and not is_base and list(base.replicates) != [None]
+               and v not in base.replicates]
+    if missing:
+        row.notes.append(f"no baseline run for {key}=" + ",".join(missing))
+    row.pairs = len(pairs_)
+    if not pairs_:
         return row
-    single = len(pairs) == 1 and not pairs[0][0]
+    single = len(pairs_) == 1 and not pairs_[0][0]
     per: Dict[str, List[Tuple[str, float]]] = {}
-    for label, b, t in pairs:
+    for label, b, t in pairs_:
         p = bd_pair(b.results, t.results, methods, msssim, one_point)
         row.notes += [f"{label}: {n}" for n in p.notes] if not single else p.notes
         row.error = row.error or p.error
@@ -254,7 +263,7 @@ def _row(base: Arm, arm: Arm, is_base: bool, per_image: bool, methods: str, msss
     row.values = {k: sum(v for _, v in per[k]) / len(per[k]) for k in order}
     row.each = {k: per[k] for k in order}
     if per_image:
-        row.per_image = per_image_band([(b.per_image, t.per_image) for _, b, t in pairs])
+        row.per_image = per_image_band([(b.per_image, t.per_image) for _, b, t in pairs_])
     return row
 
 
@@ -272,10 +281,15 @@ def _range(curve: Curve, metric: str, digits: int) -> str:
     return f"{min(v):.{digits}f}-{max(v):.{digits}f}" if v else ""
 
 
+def _replicated(rows: Sequence[Row]) -> bool:
+    """Whether any row pairs replicates (its pairs are labelled, e.g. 'seed=1')."""
+    return any(lab for r in rows for each in r.each.values() for lab, _ in each)
+
+
 def table(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "seed") -> Tuple[List[str], List[List[str]]]:
     """(header, cells) of a comparison: arm, points, bpp and PSNR ranges, the BD figures (with the
     per-pair values when there are replicates), the per-image band and the notes."""
-    reps = any(lab for r in rows for each in r.each.values() for lab, _ in each)
+    reps = _replicated(rows)
     keys = [k for k in BD_KEYS if any(k in r.values for r in rows)]
     head = ["arm", "points", "bpp", "PSNR dB"]
     for k in keys:
@@ -309,15 +323,16 @@ def markdown(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "
 def to_csv(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "seed") -> str:
     """The comparison as CSV: one row per arm, the BD figures unrounded."""
     keys = [k for k in BD_KEYS if any(k in r.values for r in rows)]
+    each = keys if _replicated(rows) else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["arm", "baseline", "points", *keys, *[f"{k}_each" for k in keys],
+    w.writerow(["arm", "baseline", "points", *keys, *[f"{k}_each" for k in each],
                 *(["image_bd_rate", "image_bd_rate_half_width", "images", "images_dropped"] if per_image else []),
                 "notes"])
     for r in rows:
         pi = r.per_image
         w.writerow([r.name, int(r.baseline), r.curve.points, *[repr(r.values[k]) if k in r.values else "" for k in keys],
-                    *["; ".join(f"{lab}: {v!r}" for lab, v in r.each.get(k, [])) for k in keys],
+                    *["; ".join(f"{lab}: {v!r}" for lab, v in r.each.get(k, [])) for k in each],
                     *([] if not per_image else ["", "", "", ""] if pi is None else
                       [repr(pi.mean) if pi.values else "", repr(pi.half_width) if len(pi.values) > 1 else "",
                        len(pi.values), " ".join(pi.skipped)]),
@@ -331,10 +346,13 @@ def text(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "seed
     cols = [i for i in range(len(head)) if head[i] != "notes"]
     width = [max(len(head[i]), *(len(c[i]) for c in body)) for i in cols]
     line = lambda cells: "  ".join(cells[i].ljust(w) for i, w in zip(cols, width)).rstrip()  # noqa: E731
-    out = [line(head), line(["-" * len(h) for h in head]), *(line(c) for c in body)]
+    dashes = [""] * len(head)
+    for i, w in zip(cols, width):
+        dashes[i] = "-" * w
+    out = [line(head), line(dashes), *(line(c) for c in body)]
     notes = [f"  {c[0]}: {c[-1]}" for c in body if c[-1]]
     return "\n".join(out + (["notes:", *notes] if notes else []))
 
 
 __all__ = ["Arm", "Curve", "Pair", "Row", "as_arm", "bd_pair", "compare", "fmt", "load_arm", "load_curve",
-           "markdown", "merge_results", "per_image_band", "table", "text", "to_csv"]
+           "markdown", "merge_results", "pairs", "per_image_band", "table", "text", "to_csv"]

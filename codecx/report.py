@@ -20,7 +20,7 @@ from codecx.compare import Arm, Curve, bd_pair, compare, fmt as _fmt, merge_resu
 from codecx.metrics.bdrate import read_per_image
 from codecx.metrics.complexity import plot_rdc
 from codecx.metrics.decompose import DECOMPOSE_KEYS, decomposition_section
-from codecx.metrics.rdplot import plot_rd
+from codecx.metrics.rdplot import plot_bd_bars, plot_delta, plot_rd
 
 GROUP_EXCLUDE = {"lmbda", "seed"}
 # settings that do not change what a run trains or how it is evaluated: never split groups
@@ -337,6 +337,12 @@ def _own_data(run: Run) -> Optional[Dict[str, Any]]:
     return data_key(data) if isinstance(data, dict) else None
 
 
+FIGURES_MD = ("![PSNR minus the baseline's at equal rate](delta_psnr.png)\n\n"
+              "![BD-rate against the baseline](bd_rate.png)\n\n"
+              "delta_psnr.png: each group's PSNR minus the baseline's at the same rate (pchip in log bpp, "
+              "as BD-PSNR; the mean over its seed pairs), grey: the baseline's seed band when it has "
+              "replicates. bd_rate.png: BD-rate (pchip) sorted, whiskers: the per-image band (± t·SE, 95%), "
+              "dots: each seed pair, grey: the baseline's seed band.\n")
 COLUMNS = [("group", "group"), ("runs", "runs"), ("lmbda", "λ"), ("bpp", "bpp"), ("psnr", "PSNR dB"),
            ("bd_rate_pchip", "BD-rate % (pchip)"), ("bd_psnr_pchip", "BD-PSNR dB (pchip)"),
            ("bd_rate_cubic", "BD-rate % (cubic)"), ("bd_psnr_cubic", "BD-PSNR dB (cubic)"),
@@ -446,7 +452,12 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "csv": out / "report.csv", "png": out / "rd.png"}
     plot_rd(list(curves.values()), paths["png"], title=f"{root.name}: baseline {base}",
-            anchors=[ref] if ref is not None else ())
+            anchors=[ref] if ref is not None else (), baseline=base, replicate_key=replicates)
+    if len(compared) > 1:  # small effects: PSNR minus the baseline's at equal rate; BD-rate bars
+        paths["delta"] = plot_delta(arms[base], [a for g, a in arms.items() if g != base], out / "delta_psnr.png",
+                                    title=f"{root.name}: PSNR minus the baseline's at equal rate")
+        paths["bars"] = plot_bd_bars(list(compared.values()), out / "bd_rate.png",
+                                     title=f"{root.name}: BD-rate against the baseline")
     # rate-distortion-complexity (Yang & Mandt 2023): PSNR at a matched rate vs decoder KMACs/px
     rdc = plot_rdc([merge_results(g, [r.results for r in rs]) for g, rs in used.items() if rs],
                    out / "rdc.png", title=f"{root.name}: PSNR at matched rate vs decoder complexity")
@@ -463,6 +474,9 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
         w.writeheader()
         w.writerows(rows)
     md = _markdown(root, base, baseline, rows, groups, skipped, paths["png"].name, columns, replicates)
+    if "delta" in paths:  # the two figures of small effects, after the RD curves
+        rd = f"![RD curves]({paths['png'].name})\n"
+        md = md.replace(rd, rd + "\n" + FIGURES_MD + "\n", 1)
     if ref is not None:
         md += (f"\n## Anchor\n\nEvery group's curve is also compared with the anchor `{ref['name']}` "
                f"(BD-rate / BD-PSNR, pchip, over the overlapping range): {ref.get('description', '')}\n")

@@ -178,23 +178,22 @@ def plot_rdc(curves: Sequence[Mapping[str, Any]], path: str | Path, metric: str 
     bpp, pts = matched_rate_points(curves, metric)
     if not pts:
         return None
-    import matplotlib
+    from .rdplot import Styles, _legend, _new_figure, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for p in pts:
-        ax.scatter([p["kmacs"]], [p[metric]], s=36)
-        ax.annotate(p["name"], (p["kmacs"], p[metric]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
+    st = Styles([p["name"] for p in pts], baseline=pts[0]["name"] if len(pts) > 1 else None)
+    fig = _new_figure(6, 4.5)
+    ax = fig.subplots()
+    handles = {}
+    for name in st.order([p["name"] for p in pts]):  # labelled in the legend, never on the points
+        p = next(q for q in pts if q["name"] == name)
+        kw = st.kw(name)
+        h = ax.scatter([p["kmacs"]], [p[metric]], s=36, color=kw["color"], marker=kw["marker"], zorder=3)
+        handles.setdefault(kw["label"] + (" (baseline)" if name == st.baseline else ""), h)
     ax.set_xscale("log")
     ax.set_xlabel("decoder KMACs / pixel (h_s + context + g_s)")
     ax.set_ylabel(f"{metric} at {bpp:.3f} bpp")
-    ax.set_title(title or "rate-distortion-complexity")
+    ax.set_title(title or "rate-distortion-complexity", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    _legend(fig, list(handles.values()), list(handles), len(handles))
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -47,35 +47,35 @@ def _has(curve, key: str) -> bool:
 
 
 def plot_decomposition(curves, path) -> "Path | None":
-    """MSE_a / MSE_t (dashed) and MSE_q / MSE_t (solid) against bpp, one colour per curve
-    (CompressAI-layout results dicts; paper 000, Fig. 9); None when no curve has them."""
-    from pathlib import Path
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """MSE_q / MSE_t and MSE_a / MSE_t against bpp, one panel each, the curves labelled, coloured
+    and marked as in rd.png (codecx.metrics.rdplot.Styles; CompressAI-layout results dicts;
+    paper 000, Fig. 9); None when no curve has them."""
+    from codecx.metrics.rdplot import Styles, _legend, _new_figure, _save
 
     curves = [c for c in curves if _has(c, "mse_q_ratio")]
     if not curves:
         return None
-    fig = Figure(figsize=(6, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for i, c in enumerate(curves):
-        r, colour = c["results"], f"C{i % 10}"
+    st = Styles([c["name"] for c in curves], baseline=curves[0]["name"] if len(curves) > 1 else None)
+    fig = _new_figure(9.6, 4.2)
+    axes = fig.subplots(1, 2, sharex=True)
+    handles = {}
+    for name in st.order([c["name"] for c in curves]):
+        r = next(c for c in curves if c["name"] == name)["results"]
         pts = sorted((b, a, q) for b, a, q in zip(r["bpp"], r["mse_a_ratio"], r["mse_q_ratio"])
                      if a is not None and q is not None)
-        bpp = [p[0] for p in pts]
-        ax.plot(bpp, [p[2] for p in pts], "-o", color=colour, label=f"{c['name']}: MSE_q / MSE_t")
-        ax.plot(bpp, [p[1] for p in pts], "--s", color=colour, label=f"{c['name']}: MSE_a / MSE_t")
-    ax.set_xlabel("bpp (real bitstream)")
-    ax.set_ylabel("share of MSE_t")
-    ax.set_title("Reconstruction error: quantization (q) and architecture (a)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        kw = st.kw(name)
+        for ax, i in zip(axes, (2, 1)):
+            line, = ax.plot([p[0] for p in pts], [p[i] for p in pts], "-", ms=4, lw=1.3, color=kw["color"],
+                            marker=kw["marker"])
+        handles.setdefault(kw["label"] + (" (baseline)" if name == st.baseline else ""), line)
+    for ax, what in zip(axes, ("MSE_q / MSE_t (quantization)", "MSE_a / MSE_t (architecture)")):
+        ax.set_xlabel("bpp (real bitstream)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    _legend(fig, list(handles.values()), list(handles), len(handles))
+    fig.suptitle("Reconstruction error: quantization (q) and architecture (a)", fontsize=10)
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    return out
+    return _save(fig, path)
 
 
 def decomposition_section(curves, png) -> str:

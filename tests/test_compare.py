@@ -1,0 +1,218 @@
+"""codecx.compare and `codecx compare` (issue 31 item 2), and the figures of a comparison (item 1):
+known BD-rates on synthetic curves, the per-image band, replicate pairs and the seed band, the
+CLI's formats, and the figures' labels (only the settings that differ) and files."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from codecx.compare import Arm, Curve, compare, load_arm, load_curve, markdown, text, to_csv
+from codecx.metrics.bdrate import t_quantile
+from codecx.metrics.rdplot import Styles, plot_bd_bars, plot_comparison, plot_delta, plot_rd, short_labels
+
+Q = [26.0, 28.0, 30.0, 32.0, 34.0]  # PSNR of the synthetic curves
+
+
+def bpp_of(q, scale: float = 1.0):
+    """A log-linear RD curve: bpp = scale * 0.01 * 10^(PSNR / 10). Scaling the rate by s shifts
+    PSNR at equal rate by -10 log10(s): BD-rate (s - 1) * 100 %, BD-PSNR -10 log10(s) dB."""
+    return [scale * 0.01 * 10 ** (x / 10) for x in q]
+
+
+def write_folder(d: Path, name: str, scales, images=("a.png", "b.png", "c.png", "d.png", "e.png")) -> Path:
+    """An eval.py-style folder: results.json (the mean curve) and per_image.csv, where image i's
+    curve is the log-linear one at rate scale `scales[i]`."""
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for im, s in zip(images, scales):
+        for j, q in enumerate(Q):
+            rows.append({"checkpoint": f"ckpt{j}", "image": im, "bpp": bpp_of([q], s)[0], "psnr-rgb": q,
+                         "ms-ssim": 1 - 10 ** (-(q - 14) / 10)})
+    with (d / "per_image.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    n = len(images)
+    mean = {k: [sum(r[k] for r in rows if r["checkpoint"] == f"ckpt{j}") / n for j in range(len(Q))]
+            for k in ("bpp", "psnr-rgb", "ms-ssim")}
+    (d / "results.json").write_text(json.dumps({"name": name, "results": mean}))
+    return d
+
+
+def curve(name: str, scale: float, q=Q) -> Curve:
+    return Curve({"name": name, "results": {"bpp": bpp_of(q, scale), "psnr-rgb": list(q)}})
+
+
+# ---------------------------------------------------------------------- the API
+def test_known_bd_rate_and_psnr_on_synthetic_curves():
+    """An arm at 90% of the baseline's rate everywhere: BD-rate -10% (pchip and cubic), BD-PSNR
+    +10 log10(1/0.9) dB; the baseline's row is zero; a one-point arm gets the one-point form."""
+    rows = compare(Arm("base", {None: curve("base", 1.0)}), [Arm("arm", {None: curve("arm", 0.9)})])
+    base, arm = rows
+    assert base.baseline and base.values == {} and base.bd_rate == 0.0
+    assert arm.values["bd_rate_pchip"] == pytest.approx(-10.0, abs=1e-6)
+    assert arm.values["bd_rate_cubic"] == pytest.approx(-10.0, abs=1e-6)
+    assert arm.values["bd_psnr_pchip"] == pytest.approx(-10 * math.log10(0.9), abs=1e-6)
+    assert arm.notes == [] and arm.error is None
+    one = compare(Arm("base", {None: curve("base", 1.0)}), [Arm("pt", {None: curve("pt", 1.2, [30.0])})],
+                  one_point=True)[1]
+    assert one.values["bd_rate_pchip"] == pytest.approx(20.0, abs=1e-6)
+    assert one.values["bd_psnr_pchip"] == pytest.approx(-10 * math.log10(1.2), abs=1e-6)
+    assert "one RD point" in one.notes[0]
+    # without the one-point form a one-point curve has no BD-rate, and the note says why
+    bad = compare(Arm("base", {None: curve("base", 1.0)}), [Arm("pt", {None: curve("pt", 1.2, [30.0])})])[1]
+    assert "bd_rate_pchip" not in bad.values and "this curve: 1 RD points" in bad.error
+    assert bad.notes[0].startswith("BD on PSNR undefined: this curve")
+
+
+def test_per_image_band_from_folders(tmp_path):
+    """Each image's own BD-rate (its scale - 1) and the band mean ± t_{0.975,n-1} SE over the images;
+    an image evaluated on one side only is dropped and named."""
+    s = [0.95, 0.97, 0.99, 0.90, 0.94]
+    base = write_folder(tmp_path / "base", "base", [1.0] * 5)
+    arm = write_folder(tmp_path / "arm", "arm", s)
+    _, row = compare(load_arm(base), [load_arm(arm)])
+    d = [(x - 1) * 100 for x in s]
+    assert row.per_image.values == pytest.approx(d, abs=1e-6)
+    se = np.std(d, ddof=1) / math.sqrt(5)
+    assert row.per_image.half_width == pytest.approx(t_quantile(5) * se, rel=1e-9)
+    assert t_quantile(5) == pytest.approx(2.776, abs=1e-3)  # not 2: five images
+    odd = write_folder(tmp_path / "odd", "odd", s[:4] + [1.0], images=("a.png", "b.png", "c.png", "d.png", "z.png"))
+    _, row = compare(load_arm(base), [load_arm(odd)])
+    assert row.per_image.skipped == ("e.png", "z.png") and len(row.per_image.values) == 4
+    assert "2 dropped: e.png, z.png" in row.per_image.text()
+    assert compare(load_arm(base), [load_arm(arm)], per_image=False)[1].per_image is None
+
+
+def test_replicates_pair_by_seed_and_the_baseline_band(tmp_path):
+    """Seed v of the arm against seed v of the baseline, the mean over the pairs, each pair
+    listed; the baseline row is its seed band (seed 2 against seed 1); a seed without a baseline
+    run is named; per-image values pool over the pairs."""
+    base = Arm("ctl", {"1": curve("c1", 1.0), "2": curve("c2", 1.02)})
+    arm = Arm("m", {"1": curve("m1", 0.95), "2": curve("m2", 0.97), "3": curve("m3", 0.5)})
+    b, m = compare(base, [arm], per_image=False)
+    assert b.values["bd_rate_pchip"] == pytest.approx(2.0, abs=1e-6) and b.each["bd_rate_pchip"][0][0] == "seed=2 vs 1"
+    want = [(0.95 - 1) * 100, (0.97 / 1.02 - 1) * 100]
+    assert [v for _, v in m.each["bd_rate_pchip"]] == pytest.approx(want, abs=1e-6)
+    assert m.values["bd_rate_pchip"] == pytest.approx(sum(want) / 2, abs=1e-6)
+    assert m.pairs == 2 and "no baseline run for seed=3" in m.notes
+    head, body = __import__("codecx.compare", fromlist=["table"]).table([b, m], per_image=False)
+    assert "mean BD-rate % (pchip)" in head and "BD-rate % by seed" in head
+    assert body[1][head.index("BD-rate % by seed")] == "seed=1: -5.00; seed=2: -4.90"
+
+
+def test_load_curve_merges_run_folders(tmp_path):
+    """A folder of run folders (codecx report --eval-dir) is one curve, its points by bpp."""
+    for j, q in enumerate(Q):
+        d = tmp_path / "sweep" / f"lmbda={j}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"name": d.name, "results": {
+            "bpp": bpp_of([q]), "psnr-rgb": [q]}}))
+    c = load_curve(tmp_path / "sweep")
+    assert c.results["name"] == "sweep" and c.results["results"]["psnr-rgb"] == Q
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        load_curve(tmp_path)
+
+
+def test_cli_formats(tmp_path, capsys):
+    """`codecx compare BASELINE ARM --per-image` in text, --markdown and --csv; --figures."""
+    from codecx.cli import main
+
+    base = write_folder(tmp_path / "control", "control", [1.0] * 5)
+    arm = write_folder(tmp_path / "lpc", "lpc", [0.95, 0.97, 0.99, 0.90, 0.94])
+    assert main(["compare", str(base), str(arm), "--per-image"]) == 0
+    out = capsys.readouterr().out
+    assert "control (baseline)" in out and "-5.00 ± " in out and "(5 images)" in out
+    assert main(["compare", str(base), str(arm), "--markdown"]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert md[0].startswith("| arm | points |") and md[2].startswith("| control (baseline) | 5 |")
+    assert "per image" not in md[0] and md[3].split(" | ")[4] == "-5.00"
+    assert main(["compare", str(base), str(arm), "--csv", "--per-image", "--figures", str(tmp_path / "fig")]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["arm"] for r in rows] == ["control", "lpc"] and rows[0]["baseline"] == "1"
+    assert float(rows[1]["bd_rate_pchip"]) == pytest.approx(-5.0, abs=1e-3)
+    assert float(rows[1]["image_bd_rate"]) == pytest.approx(-5.0, abs=1e-6) and rows[1]["images"] == "5"
+    for f in ("rd.png", "delta_psnr.png", "bd_rate.png"):
+        assert (tmp_path / "fig" / f).read_bytes()[:4] == b"\x89PNG"
+    assert main(["compare", str(base), str(base)]) == 1  # two curves named alike
+    assert "name them with --label" in capsys.readouterr().err
+    assert main(["compare", str(base), str(base), "--label", "a", "--label", "b"]) == 0
+    assert main(["compare", str(base), str(tmp_path / "nothing")]) == 1
+    assert "is neither a results file nor a packaged anchor" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the figures
+NAMES = ["data.invert=False,transform=[]", "data.invert=True,transform=[]", "data.invert=False,transform=lpc",
+         "data.invert=False,transform=lpc,transform.lpc.latent_mse=1", "data.invert=True,transform=lrp",
+         "data.invert=False,transform=lpc,transform.lpc.params=predicted"]
+
+
+def test_labels_are_the_settings_that_differ():
+    """Only what differs between the groups, shortened: on/off settings by name, empty ones as
+    'no X', choices by value, numbers as key=value; colours by family, markers by the rest."""
+    assert short_labels(NAMES) == ["no transform", "no transform, invert", "lpc", "lpc, latent_mse",
+                                   "lrp, invert", "lpc, predicted"]
+    assert short_labels(["reg=cse,alpha=0.1,seed=1", "reg=cse,alpha=1,seed=1"]) == ["alpha=0.1", "alpha=1"]
+    assert short_labels(["reg=none", "reg=cse,reg.cse.alpha=1"]) == ["no reg", "cse"]  # alpha: cse's own
+    assert short_labels(["mbt2018-mean", "cheng2020-attn"]) == ["mbt2018-mean", "cheng2020-attn"]
+    st = Styles(NAMES, baseline=NAMES[0])
+    assert st.colour[NAMES[0]] == "black" and st.colour[NAMES[2]] == st.colour[NAMES[3]] != st.colour[NAMES[4]]
+    assert st.marker[NAMES[2]] != st.marker[NAMES[3]] and st.marker[NAMES[1]] == st.marker[NAMES[4]]  # invert
+    assert st.order(NAMES)[:2] == [NAMES[0], NAMES[1]]
+
+
+def _arms(n: int, seeds=("1", "2")):
+    """n groups (the first the control) of the compensation study's kind, 4 points each, seeds."""
+    names = [f"data.invert={inv},transform={t}" + (f",transform.{t}.latent_mse=1" if mse else "")
+             for inv in ("False", "True") for mse in (0, 1) for t in ("[]", "lpc", "lrp", "fpc", "mlp")][:n]
+    rng = np.random.default_rng(0)
+    arms = []
+    for i, name in enumerate(names):
+        reps = {s: curve(f"{name},seed={s}", 1 + 0.02 * rng.standard_normal() + 0.01 * i, Q[:4]) for s in seeds}
+        arms.append(Arm(name, reps))
+    return arms
+
+
+@pytest.mark.parametrize("n", [2, 6, 20])
+def test_figures_render_at_2_6_20_groups(tmp_path, n):
+    """rd.png, delta_psnr.png and bd_rate.png of n groups with two seeds: readable PNGs (not blank),
+    taller bars and more ΔPSNR panels as the groups grow."""
+    arms = _arms(n)
+    rows = compare(arms[0], arms[1:], per_image=False)
+    paths = plot_comparison(rows, arms[0], arms[1:], tmp_path, title=f"{n} groups")
+    sizes = {}
+    for k, p in paths.items():
+        with Image.open(p) as im:
+            sizes[k] = im.size
+            assert np.asarray(im.convert("L")).std() > 5
+    assert sizes["bars"][1] > 100 + 25 * n  # one bar per group
+    if n == 20:
+        assert sizes["delta"][1] > 700  # one panel per arm in a grid
+
+
+def test_plot_rd_legend_outside_and_anchor(tmp_path):
+    """The legend sits right of the axes (the image is wider than the panels), anchors included."""
+    out = plot_rd([curve("reg=none", 1.0).results, curve("reg=cse", 0.9).results], tmp_path / "rd.png",
+                  anchors=["mbt2018-mean"], metrics=("psnr-rgb",), baseline="reg=none")
+    with Image.open(out) as im:
+        assert im.size[0] > 650  # 520 px of panel + the legend
+    d = plot_delta(Arm("reg=none", {None: curve("a", 1.0)}), [Arm("reg=cse", {None: curve("b", 0.9)})],
+                   tmp_path / "d.png")
+    assert d.is_file()
+    rows = compare(Arm("reg=none", {None: curve("a", 1.0)}), [Arm("reg=cse", {None: curve("b", 0.9)})])
+    assert plot_bd_bars(rows, tmp_path / "b.png").is_file()
+
+
+def test_text_and_markdown_have_every_arm():
+    rows = compare(Arm("base", {None: curve("base", 1.0)}), [Arm("a", {None: curve("a", 0.9)}),
+                                                            Arm("b", {None: curve("b", 1.1)})])
+    assert markdown(rows).count("\n") == 4 and "| b | 5 |" in markdown(rows)
+    assert text(rows).splitlines()[3].startswith("a ") and "+10.00" in text(rows)
+    assert to_csv(rows).count("\n") == 4  # header + 3 rows
