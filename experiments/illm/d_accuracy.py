@@ -45,6 +45,16 @@ D_ARMS = ("patchgan_s1", "patchgan_s2", "illm_s1", "illm_s2", "illm_noy_s1")
 KEYS = ("psnr-rgb", "ms-ssim", "hf_ratio")
 
 
+def tiles(t, size: int, stride: int = 1):
+    """Non-overlapping `size`-px tiles of a (1, C, H, W) tensor (`stride`: its pixels per image
+    pixel's 1/stride, for y_hat at 1/16) as a list of (1, C, size/stride, size/stride)."""
+    if size <= 0:
+        return [t]
+    k = size // stride
+    return [t[..., i:i + k, j:j + k] for i in range(0, t.shape[-2] - k + 1, k)
+            for j in range(0, t.shape[-1] - k + 1, k)]
+
+
 def crops_of(kodak: str, crop: int, n: int = 0):
     ds = ImageFolderDataset(kodak, crop_size=crop, train=False, name="--kodak")
     idx = range(len(ds) if n <= 0 else min(n, len(ds)))
@@ -53,11 +63,11 @@ def crops_of(kodak: str, crop: int, n: int = 0):
 
 # ------------------------------------------------------------------------------------ labeler
 @torch.no_grad()
-def labeler_stats(lab, crops) -> dict:
+def labeler_stats(lab, crops, tile: int = 0) -> dict:
     """Code usage, perplexity exp(H(u)), the most frequent label's share (the label-frequency
-    baseline) and the reconstruction MSE against the crops' own pixel variance."""
+    baseline) and the reconstruction MSE against the pixel variance, on `tile`-px tiles of the crops."""
     labels, mse, var = [], [], []
-    for x in crops:
+    for x in [t[0] for c in crops for t in tiles(c[None], tile)]:
         out = lab(x[None])
         labels.append(out["indices"].flatten())
         mse.append(float(F.mse_loss(out["x_hat"].clamp(0, 1), x[None])))
@@ -67,7 +77,8 @@ def labeler_stats(lab, crops) -> dict:
     nz = p[p > 0]
     return {"codebook_size": lab.codebook_size, "codes_used": int((p > 0).sum()),
             "perplexity": float(torch.exp(-(nz * nz.log()).sum())), "top_label_share": float(p.max()),
-            "mse": sum(mse) / len(mse), "crop_variance": sum(var) / len(var), "positions": int(u.numel())}
+            "mse": sum(mse) / len(mse), "crop_variance": sum(var) / len(var), "positions": int(u.numel()),
+            "tile": tile or "whole crop"}
 
 
 # ------------------------------------------------------------------------------ discriminators
@@ -108,8 +119,13 @@ def mean(v):
 
 
 @torch.no_grad()
-def d_stats(reg, crops, y_hats, fakes) -> dict:
-    """Held-out real/fake accuracy of D (real crops vs `fakes`, the reconstructions of its own arm)."""
+def d_stats(reg, crops, y_hats, fakes, tile: int = 0) -> dict:
+    """Held-out real/fake accuracy of D (real crops vs `fakes`, the reconstructions of its own arm),
+    on `tile`-px tiles (the training crop size) of the crops."""
+    s = getattr(reg, "latent_stride", 16)
+    crops = [t[0] for c in crops for t in tiles(c[None], tile)]
+    fakes = [t[0] for c in fakes for t in tiles(c[None], tile)]
+    y_hats = [t for y in y_hats for t in tiles(y, tile, s)]
     real = [d_maps(reg, x[None], y) for x, y in zip(crops, y_hats)]
     fake = [d_maps(reg, x[None], y) for x, y in zip(fakes, y_hats)]
     rr = mean(float((~m["fake"]).float().mean()) for m in real)
@@ -209,15 +225,14 @@ def report(a) -> int:
     for arm, sub in arms.items():
         codecs[arm], recon[arm], y_hats[arm] = reconstruct(runs / sub / "checkpoints" / "last.ckpt", crops)
     same_y = all(torch.equal(y_hats["stage1"][i], y_hats[arm][i]) for arm in arms for i in range(len(crops)))
-    lab = labeler_stats(load_labeler(runs / "labeler.pt"), crops)
+    lab = labeler_stats(load_labeler(runs / "labeler.pt"), crops, a.tile)
 
     d_st, cross = {}, {}
     for darm in (d for d in D_ARMS if d in arms):
         reg = load_regularizer(runs / arms[darm] / "checkpoints" / "last.ckpt", codecs[darm])
         y = y_hats[darm]
-        d_st[darm] = d_stats(reg, crops, y, recon[darm])
-        cross[darm] = {arm: mean(float(d_maps(reg, recon[arm][i][None], y[i])["fake"].float().mean())
-                                 for i in range(len(crops))) for arm in arms}
+        d_st[darm] = d_stats(reg, crops, y, recon[darm], a.tile)
+        cross[darm] = {arm: d_stats(reg, crops, y, recon[arm], a.tile)["fakes_called_fake"] for arm in arms}
         print(d_line(darm, d_st[darm]), flush=True)
 
     rows, per = {}, {}
@@ -249,7 +264,7 @@ def report(a) -> int:
               "figure": {"file": "recon.png", "columns": ["original", *cols], "crops": shown}}
     (out / "results.json").write_text(json.dumps(result, indent=2))
 
-    L = [f"Labeler on the {len(crops)} Kodak crops: {lab['codes_used']}/{lab['codebook_size']} codes used, "
+    L = [f"Labeler on the {a.tile or a.crop}-px tiles of the {len(crops)} Kodak crops: {lab['codes_used']}/{lab['codebook_size']} codes used, "
          f"perplexity {lab['perplexity']:.1f}, most frequent label {lab['top_label_share']:.3f} of "
          f"{lab['positions']} positions; reconstruction MSE {lab['mse']:.4f} (crop pixel variance "
          f"{lab['crop_variance']:.4f})", "",
@@ -266,8 +281,8 @@ def report(a) -> int:
           "| comparison | ΔPSNR dB | ΔMS-SSIM | Δhf_ratio |", "|---|---|---|---|"]
     for name, v in paired.items():
         L.append(f"| {name} | " + " | ".join(fmt(*v[k][:2], k) for k in KEYS) + " |")
-    L += ["", "Discriminators on the held-out Kodak crops (fractions of decisions; patchgan per patch, illm per "
-          "1/8 position, fake if P(fake) > 1/2; the argmax rule beside it):", "",
+    L += ["", f"Discriminators on {a.tile or a.crop}-px tiles of the held-out Kodak crops (fractions of decisions; "
+          "patchgan per patch, illm per 1/8 position, fake if P(fake) > 1/2; the argmax rule beside it):", "",
           "| D | real called real | own fakes called fake | accuracy | mean P(fake) real / fake | "
           "argmax-rule accuracy | label acc on real | label-frequency baseline |",
           "|---|---|---|---|---|---|---|---|"]
@@ -301,19 +316,21 @@ def main(argv=None) -> int:
         p.add_argument("--kodak", default="../shared/data/kodak")
         p.add_argument("--crop", type=int, default=256, help="center crop of each Kodak image (as eval.py's)")
         p.add_argument("--n", type=int, default=0, help="first N Kodak images only (0: all)")
+        p.add_argument("--tile", type=int, default=64,
+                       help="D and labeler see non-overlapping tiles of this size (the stage-2 training crop; 0: whole crops)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     if a.cmd == "report":
         return report(a)
     names, crops = crops_of(a.kodak, a.crop, a.n)
     if a.cmd == "labeler":
-        st = labeler_stats(load_labeler(a.path), crops)
+        st = labeler_stats(load_labeler(a.path), crops, a.tile)
         print(json.dumps(st))
         return 0
     for run in a.runs:
         ckpt = Path(run) / "checkpoints" / "last.ckpt"
         codec, rec, ys = reconstruct(ckpt, crops)
-        st = d_stats(load_regularizer(ckpt, codec), crops, ys, rec)
+        st = d_stats(load_regularizer(ckpt, codec), crops, ys, rec, a.tile)
         print(d_line(run, st), flush=True)
         if a.json:
             with open(a.json, "a") as f:

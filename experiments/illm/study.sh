@@ -5,13 +5,15 @@
 #   2. ONE shared stage-1 checkpoint: mbt_mean N=64/M=96, quantizer=mixed, MSE, 128-px BSDS500 crops
 #   3. diag: D-only runs (generator term off for all their steps) that measure whether the ILLM D
 #      separates held-out real crops from reconstructions: conditioned / no y_hat, old / new labeler
+#      (the labeler step's Kodak statistics: labeler_stats)
 #   4. stage 2 from the stage-1 checkpoint, paired protocol (same steps; the seed sets the data
 #      order): only g_s trains (+ D in its phase), MS-ILLM's stage-2 optimiser (AdamW 1e-4, betas
-#      (0.5, 0.9), wd 0, constant LR, clip 1.0); arms none | patchgan | illm with seeds 1 and 2, and
-#      illm_noy (D without y_hat) with seed 1; both GAN arms: D warm-up of $WARM steps
+#      (0.5, 0.9), wd 0, constant LR, clip 1.0; D clipped at 1.0 too), 64-px crops, batch 16; arms
+#      none | patchgan | illm with seeds 1 and 2, and illm_noy (D without y_hat) with seed 1; both GAN
+#      arms: D warm-up of $WARM steps
 #   5. eval.py on the 24 Kodak images, 256-px center crops (real bitstreams), then
 #      experiments/illm/d_accuracy.py report (held-out D accuracy, tables, per-image CSVs, figure)
-# Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|stage2|evaluate|report ...]
+# Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|diag_old|stage2|evaluate|report ...]
 # Every process runs alone, one thread, nice 5; CPU seconds of each step go to $R/cpu_time.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,21 +25,27 @@ KODAK=../shared/data/kodak
 LMBDA=${LMBDA:-0.0035}
 LAB_STEPS=${LAB_STEPS:-2000}
 S1_STEPS=${S1_STEPS:-1500}
-S2_STEPS=${S2_STEPS:-400}
-WARM=${WARM:-100}          # D-only steps at the start of every GAN arm (generator term off)
-DIAG_STEPS=${DIAG_STEPS:-150}
+S2_STEPS=${S2_STEPS:-500}
+S2_CROP=${S2_CROP:-64}     # stage 2 (and diag): 64-px crops, batch 16 (the released 16 per step)
+S2_BATCH=${S2_BATCH:-16}
+WARM=${WARM:-250}         # D-only steps at the start of every GAN arm (generator term off): see diag
+DIAG_STEPS=${DIAG_STEPS:-80}
 # MS-ILLM weighs the GAN against 150 * MSE([0,1]) (lambda_d 0.008; HiFiC's beta 0.15); here the
 # distortion is lmbda * 255^2 * MSE = 227.6 * MSE at lmbda=0.0035, so the same MSE:GAN ratio is x1.517:
 W_ILLM=${W_ILLM:-0.0121}
 W_PATCH=${W_PATCH:-0.228}
-ILLM_D="reg.channels=[32,32,64,64,128,128] reg.head_channels=32 reg.weight=$W_ILLM"
-PATCH_D="reg.channels=[32,64,128,256] reg.weight=$W_PATCH"
+# D learning rates x2.5 (MS-ILLM 4e-4, HiFiC 1e-4): 500 steps stand for 100k
+LR_ILLM=${LR_ILLM:-1e-3}
+LR_PATCH=${LR_PATCH:-2.5e-4}
+ILLM_D="reg.channels=[32,32,64,64,128,128] reg.head_channels=32 reg.weight=$W_ILLM reg.lr=$LR_ILLM"
+PATCH_D="reg.channels=[32,64,128,256] reg.weight=$W_PATCH reg.lr=$LR_PATCH"
 mkdir -p "$R"
 T() { local name=$1; shift; /usr/bin/time -f "$name cpu_s=%U+%S wall_s=%e" -a -o "$R/cpu_time.txt" nice -n 5 "$@"; }
 
 COMMON="experiment=cpu_study quantizer=mixed lmbda=$LMBDA data.max_val_images=2 trainer.enable_progress_bar=false"
 S2="model.weights=$R/stage1/checkpoints/last.ckpt schedule.optimizer=adamw schedule.lr=1e-4 +schedule.betas=[0.5,0.9]
-    +schedule.weight_decay=0.0 schedule.scheduler=constant schedule.clip_max_norm=1.0"
+    +schedule.weight_decay=0.0 schedule.scheduler=constant schedule.clip_max_norm=1.0
+    data.crop_size=$S2_CROP data.batch_size=$S2_BATCH"
 
 lab() {  # lab OUT STEPS LR [extra]: the CPU labeler (64 codes, 0.84 M parameters), 64-px crops
   local out=$1 steps=$2 lr=$3; shift 3
@@ -48,7 +56,7 @@ lab() {  # lab OUT STEPS LR [extra]: the CPU labeler (64 codes, 0.84 M parameter
   $PY experiments/illm/d_accuracy.py labeler "$out" --kodak $KODAK | tee "${out%.pt}_kodak.json"
 }
 labeler() { lab $R/labeler.pt $LAB_STEPS 5e-4 --warmup-steps 100 --restart-dead 20; }
-labeler_old() { lab $R/labeler_old.pt 300 3e-4 --warmup-steps 30 --restart-dead 10; }  # the first round's
+labeler_old() { lab $R/labeler_old.pt 300 3e-4 --warmup-steps 30 --schedule cosine --restart-dead 10; }  # the first round's
 stage1() {
   T stage1 $PY train.py $COMMON seed=1 trainer.max_steps=$S1_STEPS "schedule.milestones=[$((S1_STEPS * 5 / 6))]" \
     trainer.val_check_interval=500 checkpoint.every_n_steps=500 hydra.run.dir=$R/stage1 > $R/stage1.log 2>&1
@@ -61,12 +69,14 @@ run2() {  # run2 DIR STEPS SEED REG TRAINABLE [overrides...]: one stage-2 run fr
 }
 diag() {  # D alone (warm-up over all steps: the generator term never switches on), then held-out accuracy
   local n=$DIAG_STEPS
-  run2 diag/cond_old $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_old.pt reg.warmup_steps=$n
   run2 diag/cond $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt reg.warmup_steps=$n
   run2 diag/noy $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt reg.warmup_steps=$n reg.condition=false
-  run2 diag/patchgan $n 1 patchgan "[g_s,discriminator]" $PATCH_D reg.warmup_steps=$n
-  T diag_report $PY experiments/illm/d_accuracy.py diag $R/diag/cond_old $R/diag/cond $R/diag/noy $R/diag/patchgan \
-    --kodak $KODAK --json $R/diag/d_accuracy.jsonl
+  T diag_report $PY experiments/illm/d_accuracy.py diag $R/diag/cond $R/diag/noy --kodak $KODAK --json $R/diag/d_accuracy.jsonl
+}
+diag_old() {  # the same with the first round's labeler (run labeler_old first)
+  local n=$DIAG_STEPS
+  run2 diag/cond_old $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_old.pt reg.warmup_steps=$n
+  T diag_report_old $PY experiments/illm/d_accuracy.py diag $R/diag/cond_old --kodak $KODAK --json $R/diag/d_accuracy.jsonl
 }
 arm() {  # arm GROUP SEED [overrides...]
   local g=$1 s=$2; shift 2
@@ -79,9 +89,9 @@ arm() {  # arm GROUP SEED [overrides...]
       reg.warmup_steps=$WARM reg.condition=false "$@" ;;
   esac
 }
-stage2() {
-  for s in 1 2; do arm none $s; arm illm $s; arm patchgan $s; done
-  arm illm_noy 1
+stage2() {  # ARMS="none:1 none:2" runs a subset (GROUP:SEED)
+  local a
+  for a in ${ARMS:-illm:1 patchgan:1 illm:2 patchgan:2 illm_noy:1 none:1 none:2}; do arm ${a%:*} ${a#*:}; done
 }
 evaluate() {
   for d in stage1 stage2/{none,patchgan,illm}_s{1,2} stage2/illm_noy_s1; do
@@ -93,5 +103,5 @@ evaluate() {
 report() {
   T report $PY experiments/illm/d_accuracy.py report --runs $R --kodak $KODAK --out experiments/illm
 }
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(labeler labeler_old stage1 diag stage2 evaluate report)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(labeler stage1 diag stage2 evaluate report labeler_old diag_old)
 for s in "${steps[@]}"; do "$s"; done
