@@ -378,6 +378,13 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
     runs = find_runs(root)
     if not runs:
         raise ValueError(f"{multirun_dir}: no runs found (no */.hydra/overrides.yaml below it)")
+    from codecx.lit.sweep_report import job_failure
+
+    # jobs that stopped with an error (train.py records why): named in the report, never in a curve
+    failed = [(str(r.dir.relative_to(root)), why) for r in runs if (why := job_failure(r.dir))]
+    runs = [r for r in runs if not job_failure(r.dir)]
+    if not runs:
+        raise ValueError(f"{multirun_dir}: every job failed: " + "; ".join(f"{n}: {w}" for n, w in failed))
     data_override = None if data_val_dir is None else {
         "source": "folder", "val_dir": str(data_val_dir), "train_dir": None, "val_crop_size": None,
         "max_val_images": None}
@@ -473,7 +480,7 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
         w = csv.DictWriter(f, fieldnames=[k for k, _ in columns])
         w.writeheader()
         w.writerows(rows)
-    md = _markdown(root, base, baseline, rows, groups, skipped, paths["png"].name, columns, replicates)
+    md = _markdown(root, base, baseline, rows, groups, skipped, paths["png"].name, columns, replicates, failed)
     if "delta" in paths:  # the two figures of small effects, after the RD curves
         rd = f"![RD curves]({paths['png'].name})\n"
         md = md.replace(rd, rd + "\n" + FIGURES_MD + "\n", 1)
@@ -560,8 +567,10 @@ HF_NOTE = ("HF ratio: power of the decoded images above half the Nyquist frequen
 
 def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
               groups: Dict[str, List[Run]], skipped: List[str], png: str,
-              columns: Sequence[Tuple[str, str]] = COLUMNS, replicates: Optional[str] = None) -> str:
-    """report.md: the BD table, how it was computed, the plot and the per-run RD points."""
+              columns: Sequence[Tuple[str, str]] = COLUMNS, replicates: Optional[str] = None,
+              failed: Sequence[Tuple[str, str]] = ()) -> str:
+    """report.md: the BD table, how it was computed, the plot, the per-run RD points and the
+    failed jobs (`failed`: (job folder, reason))."""
     table = ["| " + " | ".join(t for _, t in columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
     extra = [c for c in RUN_EXTRA if any(c[0] in r.results["results"] for rs in groups.values() for r in rs)]
@@ -602,6 +611,9 @@ def _markdown(root: Path, base: str, spec: str, rows: List[Dict[str, Any]],
             *([HF_NOTE, ""] if any(k == "hf_ratio" for k, _, _ in extra) else [])]
     if skipped:
         text += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
+    if failed:
+        text += ["## Failed jobs", "", "Left out of every curve and BD figure (the other jobs ran):", "",
+                 *[f"- **failed** `{name}`: {why}" for name, why in failed], ""]
     return "\n".join(text)
 
 

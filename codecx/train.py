@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -16,15 +17,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from codecx.config import (ConfigError, check_targets, hydra_run_dir, main_with_precheck, one_line,
                            register_configs, to_container)
 from codecx.config.check import TARGET_GROUPS
-from codecx.lit.callbacks import (AtomicCheckpointIO, BestCheckpoint, CorruptCheckpointError,
-                                  LastCheckpoint, NonFiniteModelError, RealBitstreamEval,
-                                  RunDirLock, RunDirLockedError, remove_temp_files,
-                                  resume_checkpoint)
+from codecx.lit.callbacks import (DISK_FULL, AtomicCheckpointIO, BestCheckpoint, CheckpointWriteError,
+                                  CorruptCheckpointError, LastCheckpoint, NonFiniteModelError,
+                                  RealBitstreamEval, RunDirLock, RunDirLockedError, check_same_objective,
+                                  remove_temp_files, resume_checkpoint)
 from codecx.lit.module import LitCodec
+from codecx.lit.preempt import Preempted, SubmititRequeue, stop_on_sigterm
 from codecx.lit.progress import StepProgressBar, quiet_libraries
 from codecx.models.build import build_codec as _build_codec, instantiate_list
 from codecx.models.codec import Codec
@@ -32,6 +35,9 @@ from codecx.models.codec import Codec
 log = logging.getLogger("codecx")
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 NULL_IS_A_SETTING = {"check_val_every_n_epoch"}
+#: the largest lmbda the pre-flight check accepts: 10^4 x CompressAI's largest MSE lambda (0.0932)
+#: and ~5x its largest MS-SSIM one; gradients overflow float32 from ~1e15 (measured: 1e14 trains)
+LMBDA_MAX = 1000.0
 GROUPS = ["model", "quantizer", "reg", "schedule", "data", "logger"]
 
 register_configs()
@@ -121,6 +127,12 @@ def _check_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={v}: must be a finite number")
     if not cfg.lmbda > 0:
         raise ConfigError(f"lmbda={cfg.lmbda}: must be > 0 (e.g. 0.0018, 0.0035, 0.0067, 0.013)")
+    if cfg.lmbda > LMBDA_MAX:
+        raise ConfigError(
+            f"lmbda={cfg.lmbda}: must be at most {LMBDA_MAX:g}; trained codecs use 0.0018-0.0932 "
+            "(distortion=mse) or 2.4-220 (ms_ssim); far above, the rate term vanishes beside lmbda * "
+            "distortion, and from about 1e15 Adam's squared gradients overflow float32 (non-finite "
+            "gradient at step 0)")
     if cfg.alpha < 0:
         raise ConfigError(f"alpha={cfg.alpha}: must be >= 0")
     if "N" in cfg.model:
@@ -252,10 +264,15 @@ def run(cfg: DictConfig) -> Dict[str, float]:
 def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
     quiet_libraries()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = resume_checkpoint(ckpt_dir) if cfg.resume else None
-    datamodule = instantiate(cfg.data)
-    module = build_module(cfg)
-    trainer = build_trainer(cfg, run_dir)
+    with stop_on_sigterm("before training started", "its checkpoints are unchanged; run the same "
+                         "command again"):
+        ckpt_path = resume_checkpoint(ckpt_dir) if cfg.resume else None
+        if ckpt_path:
+            check_same_objective(ckpt_path, to_container(cfg))
+        datamodule = instantiate(cfg.data)
+        module = build_module(cfg)
+        requeue = SubmititRequeue()
+        trainer = build_trainer(cfg, run_dir, callbacks=[requeue])
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     if trainer.is_global_zero:
@@ -263,6 +280,15 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                     weights_only=True)
+    except SIGTERMException:  # Lightning stopped at the end of a step; LastCheckpoint saved it
+        last = ckpt_dir / "last.ckpt"
+        name = signal.Signals(requeue.signum).name if requeue.signum else "SIGTERM"
+        if requeue.signum is not None:  # submitit's signal: it requeues the job, which resumes
+            print(f"codecx: preempted ({name}) at step {trainer.global_step}: {last} saved at this "
+                  "step; submitit requeues the job, which resumes from it", file=sys.stderr)
+            requeue.requeue()
+        raise Preempted(f"stopped by {name} at step {trainer.global_step}: {last} saved at this step; "
+                        "run the same command again to resume from it") from None
     except Exception as e:
         part = _restoring(e) if ckpt_path else None
         if part == "training state":
@@ -281,6 +307,13 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
         raise
     if not trainer.is_global_zero:
         return {}
+    with stop_on_sigterm("during the final evaluation", f"training is complete ({ckpt_dir / 'last.ckpt'}, "
+                         f"step {trainer.global_step}); run the same command again to evaluate it"):
+        return _report(cfg, trainer, module, ckpt_dir)
+
+
+def _report(cfg: DictConfig, trainer: pl.Trainer, module: LitCodec, ckpt_dir: Path) -> Dict[str, float]:
+    """The final evaluation (unless fit ran it) and the summary on the console."""
     result = final_report(trainer, module)
     last, best = ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt"
     print(f"\ncodecx: trained {cfg.model.name} for {trainer.global_step} steps (lmbda={cfg.lmbda})")
@@ -361,28 +394,71 @@ def _non_finite_errors() -> tuple:
     return (NonFiniteModelError,) + ((loss_error,) if isinstance(loss_error, type) else ())
 
 
-def _fail(message: Any, code: int) -> None:
-    """One line on stderr and exit `code` (HYDRA_FULL_ERROR=1: re-raise for the traceback)."""
+def _fail(message: Any, code: int, sweep_job: Optional[Path] = None) -> float:
+    """One line on stderr and exit `code` (HYDRA_FULL_ERROR=1: re-raise for the traceback). In a
+    multirun (`sweep_job`: the job's folder) the job is recorded as failed instead and the sweep
+    goes on (its report names the job; the multirun then exits 1)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise
-    print(f"codecx: {one_line(message)}", file=sys.stderr)
-    raise SystemExit(code) from None
+    text = one_line(_unwrap_worker_error(str(message)))
+    print(f"codecx: {text}", file=sys.stderr)
+    if sweep_job is None:
+        raise SystemExit(code) from None
+    from codecx.lit.sweep_report import record_failure
+
+    record_failure(sweep_job, text, code)
+    return math.nan
+
+
+def _unwrap_worker_error(text: str) -> str:
+    """A DataLoader worker's re-raised error carries the worker's traceback: keep its last line."""
+    if "Original Traceback" not in text:
+        return text
+    last = [ln for ln in text.splitlines() if ln.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+def _sweep_job_dir() -> Optional[Path]:
+    """The job's folder when this run is a job of a multirun (else None)."""
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else None
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
     """One run: configuration errors exit 2, run errors (locked directory, damaged checkpoint,
-    non-finite training) exit 1, each with one line."""
+    non-finite training, disk full) exit 1, each with one line. A job of a multirun that fails
+    is recorded (codecx.lit.sweep_report) and the other jobs run. SIGTERM (preemption) saves
+    last.ckpt and exits 143 (`Preempted`), stopping a multirun too."""
+    job = _sweep_job_dir()
+    if job is not None:
+        from codecx.lit.sweep_report import clear_failure
+
+        clear_failure(job)
     try:
         result = run(cfg)
+    except Preempted as e:  # SIGTERM: stops a multirun too (exit 143)
+        print(f"codecx: {e.line}", file=sys.stderr)
+        raise SystemExit(e.code) from None
     except ConfigError as e:
-        _fail(f"configuration error: {e}", 2)
-    except (RunDirLockedError, CorruptCheckpointError) as e:
-        _fail(f"error: {e}", 1)
+        return _fail(f"configuration error: {e}", 2, job)
+    except (RunDirLockedError, CorruptCheckpointError, CheckpointWriteError) as e:
+        return _fail(f"error: {e}", 1, job)
     except _non_finite_errors() as e:
-        _fail(f"error: {e}", 1)
+        return _fail(f"error: {e}", 1, job)
     except (ValueError, FileNotFoundError) as e:  # data and build problems Lightning meets first
-        _fail(f"error: {e}", 1)
+        return _fail(f"error: {e}", 1, job)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        return _fail(f"error: {e}", 1, job)
+    except Exception as e:  # noqa: BLE001 - in a sweep, any failure is the job's, not the sweep's
+        if job is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.exception("sweep job failed")  # the traceback in the job's log file
+        return _fail(f"error: {type(e).__name__}: {e}", 1, job)
     return float(result.get("bpp", math.nan))
 
 
@@ -403,9 +479,18 @@ def _check_run_dir(overrides: List[str]) -> None:
 
 
 def main() -> None:
-    """Entry point: check every override (and every sweep job) first, then run Hydra."""
+    """Entry point: check every override (and every sweep job) first, then run Hydra; a multirun
+    with a failed job exits 1 once every job ran and the report was written."""
+    from codecx.lit.sweep_report import FAILED_JOBS, SWEEP_JOBS
+
+    FAILED_JOBS.clear()
     main_with_precheck(_hydra_main, CONF_DIR, "train", "codecx", validate=validate_config,
                        before=_check_run_dir)
+    if FAILED_JOBS:
+        names = ", ".join(name for name, _ in FAILED_JOBS)
+        print(f"codecx: error: {len(FAILED_JOBS)} of {SWEEP_JOBS[0]} sweep job(s) failed ({names}); the "
+              "others ran; the reasons are above and in the sweep report", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

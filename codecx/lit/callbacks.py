@@ -3,11 +3,12 @@ best.ckpt; a lock per run directory) and real-bitstream evaluation during traini
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -67,25 +68,63 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: bool = False) -> None:
-    """`torch.save` that never leaves a partial `path`: write `.NAME.tmp-PID` in the same
-    directory (same filesystem), fsync, rename over `path`, fsync the directory. With
-    `keep_previous`, the old `path` becomes NAME.prev.ckpt first (the fallback for resume)."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CheckpointWriteError(OSError):
+    """A file could not be written (disk full, quota): names the path and what was kept."""
+
+
+def _disk_full(e: BaseException) -> Optional[OSError]:
+    """The ENOSPC / EDQUOT OSError behind `e` (torch's zip writer turns a failed write into a
+    RuntimeError whose context is the OSError), None when the disk is not the cause."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
+                 keep_previous: bool = False, what: str = "checkpoint") -> None:
+    """Write `path` by `write(file)` without ever leaving a partial `path`: write `.NAME.tmp-PID`
+    in the same directory (same filesystem), fsync, rename over `path`, fsync the directory.
+    With `keep_previous`, the old `path` becomes NAME.prev.ckpt first (the fallback for resume).
+    A full disk is CheckpointWriteError: one line naming the path and what was kept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}"
+    existed = path.is_file()
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.is_file():
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
+    except BaseException as e:
+        full = _disk_full(e)
+        if full is None:
+            raise
+        kept = (f"the previous {path.name} is kept unchanged" if existed else
+                f"no partial {path.name} is left behind")
+        reason = "no space left on device" if full.errno == errno.ENOSPC else os.strerror(full.errno).lower()
+        error = CheckpointWriteError(f"cannot write {what} {path}: {reason}; {kept}; free space on "
+                                     f"{path.parent} (or write elsewhere) and run again")
+        error.errno = full.errno
+        raise error from None
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: bool = False) -> None:
+    """`torch.save` through `atomic_write` (never a partial checkpoint; see there)."""
+    atomic_write(path, lambda f: torch.save(obj, f), keep_previous)
 
 
 def previous_path(path: str | os.PathLike) -> Path:
@@ -154,6 +193,16 @@ class LastCheckpoint(_FiniteSave, ModelCheckpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         self._save_final(trainer)  # runs limited by max_epochs
+
+    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
+        """SIGTERM (Lightning stops at the end of the step) or submitit's preemption signal:
+        last.ckpt at this step, so that resuming loses nothing (codecx.lit.preempt)."""
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        from codecx.lit.preempt import Preempted
+
+        if isinstance(exception, (SIGTERMException, Preempted)):  # every rank (the save is collective)
+            self._save_final(trainer)
 
     def _save_final(self, trainer: pl.Trainer) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking:
@@ -262,6 +311,53 @@ def resume_checkpoint(ckpt_dir: str | os.PathLike, name: str = "last.ckpt") -> O
         "are overwritten), or train in another one (hydra.run.dir=DIR)")
 
 
+#: settings that define the training objective: a resume must not change them silently
+OBJECTIVE_KEYS = ("lmbda", "alpha", "distortion", "rate", "reg", "quantizer")
+
+
+def _leaves(node: Any, prefix: str, out: Dict[str, Any]) -> Dict[str, Any]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _leaves(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = node
+    return out
+
+
+def objective_changes(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """'KEY=OLD -> NEW' for each setting of OBJECTIVE_KEYS that differs between a checkpoint's
+    codecx_config and this run's (a leaf both have, or a component `_target_` added / removed;
+    a parameter a newer codecx added with its default is not a change)."""
+    old, new = ({k: _leaves(c.get(k), k, {}) for k in OBJECTIVE_KEYS if k in c} for c in (stored, current))
+    changes = []
+    for key in OBJECTIVE_KEYS:
+        a, b = old.get(key, {}), new.get(key, {})
+        for leaf in sorted(set(a) | set(b)):
+            if leaf in a and leaf in b:
+                if a[leaf] != b[leaf]:
+                    changes.append(f"{leaf}={a[leaf]} -> {b[leaf]}")
+            elif leaf.endswith("_target_") or leaf == key:
+                changes.append(f"{leaf}={a.get(leaf, 'unset')} -> {b.get(leaf, 'unset')}")
+    return changes
+
+
+def check_same_objective(ckpt_path: str | os.PathLike, config: Dict[str, Any]) -> None:
+    """CorruptCheckpointError with the way out when the run would resume `ckpt_path` with another
+    objective (lmbda, distortion, ...): its checkpoints would then record only the new values."""
+    try:
+        stored = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("codecx_config")
+    except Exception:  # noqa: BLE001 - unreadable files are resume_checkpoint's business
+        return
+    changes = objective_changes(stored, config) if isinstance(stored, dict) else []
+    if changes:
+        raise CorruptCheckpointError(
+            f"cannot resume from {ckpt_path}: this run changes the training objective "
+            f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}), and its checkpoints would "
+            "record only the new values. Train in another folder (hydra.run.dir=DIR; hydra.sweep.dir=DIR "
+            f"with -m), fine-tune from its weights there (model.weights={ckpt_path}), or start over here "
+            "with resume=false")
+
+
 class RealBitstreamEval(Callback):
     """Codes the validation images to real codecx files every `every_n_steps` codec steps (first
     `max_images` images) and once when training ends (`final_max_images`, None: all), on rank 0,
@@ -325,10 +421,17 @@ class RealBitstreamEval(Callback):
             self.run_final(trainer, pl_module)
 
     def run_final(self, trainer: pl.Trainer, pl_module) -> Optional[Dict[str, float]]:
-        """The end-of-training evaluation (also called by train.py when `fit` had nothing to do)."""
-        self.final = self.run(trainer, pl_module, self.final_max_images)
-        if self.final is not None and self.write_results:
-            self._write_results(trainer, pl_module, self.final)
+        """The end-of-training evaluation (also called by train.py when `fit` had nothing to do);
+        SIGTERM stops it at once (codecx.lit.preempt.Preempted: training itself is complete)."""
+        from codecx.lit.preempt import stop_on_sigterm
+
+        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        with stop_on_sigterm("during the final evaluation", f"training is complete ({last}, step "
+                             f"{trainer.global_step}); run the same command again to evaluate it",
+                             pending=trainer.received_sigterm):
+            self.final = self.run(trainer, pl_module, self.final_max_images)
+            if self.final is not None and self.write_results:
+                self._write_results(trainer, pl_module, self.final)
         return self.final
 
     # ------------------------------------------------------------------ evaluation

@@ -4,27 +4,70 @@ the sweep directory and, with `logger=wandb`, logged as one summary run in the s
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("codecx")
 
+FAILURE_FILE = "job_failed.json"  # in a sweep job's folder: why the job failed (train.py writes it)
+#: (job folder name, reason) of the failed jobs of the last multirun that ended in this process,
+#: and how many jobs it had (train.py's main exits 1 when any failed)
+FAILED_JOBS: List[Tuple[str, str]] = []
+SWEEP_JOBS: List[int] = [0]
+
+
+def record_failure(job_dir: Path, reason: str, code: int) -> None:
+    """Mark a sweep job as failed (the sweep goes on; its report names the job and `reason`)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / FAILURE_FILE).write_text(json.dumps({"reason": reason, "exit_code": code}) + "\n")
+
+
+def clear_failure(job_dir: Path) -> None:
+    """A job starting again (the same multirun command) is no longer failed."""
+    (job_dir / FAILURE_FILE).unlink(missing_ok=True)
+
+
+def job_failure(job_dir: Path) -> Optional[str]:
+    """Why the job in `job_dir` failed, None when it did not."""
+    f = job_dir / FAILURE_FILE
+    if not f.is_file():
+        return None
+    try:
+        return str(json.loads(f.read_text()).get("reason") or "failed")
+    except (ValueError, OSError, AttributeError):
+        return "failed (unreadable " + FAILURE_FILE + ")"
+
+
+def sweep_failures(sweep_dir: Path) -> List[Tuple[str, str]]:
+    """(job folder relative to `sweep_dir`, reason) of every failed job below `sweep_dir`."""
+    out = []
+    for f in sorted(sweep_dir.rglob(FAILURE_FILE)):
+        out.append((str(f.parent.relative_to(sweep_dir)), job_failure(f.parent) or "failed"))
+    return out
+
 
 class SweepReport(Callback):
     """`on_multirun_end`: `codecx.report.build_report` on `hydra.sweep.dir` with the options of
     `sweep_report:` (enabled, baseline, data_val_dir, anchor, replicates). Never fails the
-    sweep: a report that cannot be built is one warning line."""
+    sweep: a report that cannot be built is one warning line. Failed jobs (a job that stops
+    with an error records why in its folder and the sweep goes on) are named on the console,
+    in FAILED_JOBS (train.py then exits 1) and in the report."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        FAILED_JOBS[:] = sweep_failures(sweep_dir) if sweep_dir.is_dir() else []
+        SWEEP_JOBS[0] = len(list(sweep_dir.rglob(".hydra/overrides.yaml"))) if sweep_dir.is_dir() else 0
+        for name, reason in FAILED_JOBS:
+            print(f"codecx: sweep job {name} failed: {reason}")
         opts = _options(config)
         if not opts.get("enabled", False):
             return
-        sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             paths = write_sweep_report(sweep_dir, opts)
         except Exception as e:  # noqa: BLE001 - the runs are done; the report must not fail them
@@ -69,7 +112,7 @@ def write_sweep_report(sweep_dir: Path, opts: Dict[str, Any]) -> Dict[str, Path]
     from codecx.report import build_report, find_runs
 
     if not opts.get("data_val_dir"):  # reuse only: runs still training (another multirun) wait
-        pending = [r.dir.name for r in find_runs(sweep_dir) if not _final(r.dir)]
+        pending = [r.dir.name for r in find_runs(sweep_dir) if not _final(r.dir) and not job_failure(r.dir)]
         if pending:
             raise RuntimeError(f"{len(pending)} run(s) have no final evaluation yet (still training in "
                                f"another multirun, stopped early, or eval.write_results=false / eval.final_max_images set): "
