@@ -96,6 +96,31 @@ def test_eval_tiny_end_to_end():
     assert same.split()[-1] == "ok", same
 
 
+def test_discovers_rate():
+    assert "rate" in discover()
+    mod = load("rate")
+    assert callable(mod.run) and callable(mod.add_arguments) and "estimated bits" in describe(mod)
+
+
+@pytest.mark.slow
+def test_rate_tiny_end_to_end():
+    """Both models (codecx's and the CompressAI-trained one, quick: a few steps) code one crop
+    with the configs' quantizers, and the comparison rule is printed beside them, untargeted."""
+    from benchmarks._trained import TRAIN_DATA
+
+    if not TRAIN_DATA.is_dir():
+        pytest.skip(f"{TRAIN_DATA} not found (the benchmark models' training photos)")
+    out, row = _bench("rate", "--rate-quantizers", "noise,hex", "--rate-rules", "up", timeout=900)
+    for model in ("codecx", "compressai"):
+        for q in ("scalar", "hex"):
+            line = row(f"{model}_{q}_real_vs_est")
+            assert 0.9 < float(line.split(f"{model}_{q}_real_vs_est")[1].split()[0]) < 2, line
+            assert "≤ 1.010" in line
+            up = row(f"{model}_{q}_up_real_vs_est")
+            assert "≤" not in up and up.split()[-1] == "-", up
+    assert "(nearest)" in out and "(up)" in out
+
+
 def test_compensation_bench_quick():
     """Every transform decodes the same streams; the rows are printed and cost no bits."""
     _, row = _bench("compensation")

@@ -8,8 +8,10 @@ first out, so serial context models can code position by position). Two models:
 * **joint** (the paper's PMF tables): a categorical over the lattice points whose Voronoi
   cell carries mass >= `tail` (1e-7, appendix D.3; `lattice_math.support` of a zero-mean group,
   symbols = positions in its alphabet), plus one escape symbol. Tables are keyed by the
-  scales rounded up to a scale table exactly as CompressAI keys its scalar CDF tables
-  (`build_indexes`: the first table scale >= the scale): by default the entropy model's own
+  scales mapped to a scale table by the rule the scalar coder uses (`scale_keys`,
+  `codecx.coding.scale_keys`: "up", CompressAI's `build_indexes`, the first table scale >= the
+  scale; "nearest", the nearest in log, the configs' choice since issue 29, which removes the
+  first-order excess of real over estimated bits): by default the entropy model's own
   `scale_table` (the backbone's `scale_levels`, the table the scalar coder uses, so lattice
   and scalar coding differ only in the quantizer), or CompressAI's N-level table
   (`key_table(gc, N)`; 64: the tables of codecx's first lattice coder). Tables are computed once
@@ -45,6 +47,7 @@ import torch
 from compressai.models.google import get_scale_table
 from torch import Tensor
 
+from codecx.coding.scale_keys import check_rule, key_indexes
 from codecx.quantizers.lattice_math import Lattice, support, support_size
 
 __all__ = ["LatticeTables", "LatticeStreamEncoder", "LatticeStreamDecoder", "Z1_GENERATOR", "key_table"]
@@ -229,12 +232,13 @@ def _box_mean(k: Tensor, gen: Tensor, i: int) -> Tuple[Tensor, Tensor, Tensor]:
 # ---------------------------------------------------------------------------- streams
 class _Stream:
     def __init__(self, gaussian_conditional, lattice: Lattice, tail: float, max_joint: int,
-                 scale_levels: Optional[int] = None):
+                 scale_levels: Optional[int] = None, scale_keys: str = "up"):
         gen = lattice.generator.to(torch.float64)
         if not torch.equal(gen, gen.tril()):
             raise ValueError(f"{lattice!r}: the box model needs a lower-triangular generator")
         self.gc, self.lattice, self.gen = gaussian_conditional, lattice, gen
         self.key_scales = key_table(gaussian_conditional, scale_levels)
+        self.scale_keys = check_rule(scale_keys)
         self._key_scales_f64 = self.key_scales.double()  # the table scales the PMFs are computed at
         self.tables = LatticeTables(lattice, tail, max_joint)
         self.z = self.tables._z
@@ -242,14 +246,15 @@ class _Stream:
     def _keys(self, sigma: Tensor) -> Tuple[Tensor, Tensor, list, Tensor]:
         """Scales (G, v) on the CPU -> (table keys (U, v), group order (G,), counts, joint (U,)).
 
-        The key of a scale is CompressAI's `build_indexes` (the first table scale >= it,
-        after the lower bound), computed here on the CPU whatever the model's device. Groups
+        The key of a scale follows `scale_keys` (`codecx.coding.scale_keys`: "up" is CompressAI's
+        `build_indexes`, the first table scale >= it after the lower bound; "nearest" the nearest
+        in log), computed here on the CPU whatever the model's device. Groups
         are visited key by key (keys ascending, groups in order within a key): `order` split
         by `counts`.
         """
         table = self.key_scales
         s = sigma.to(table.dtype).clamp_min(float(self.gc.lower_bound_scale.bound))
-        idx = torch.searchsorted(table[:-1].contiguous(), s.contiguous())
+        idx = key_indexes(table, s, self.scale_keys)
         radix = len(table) ** torch.arange(idx.size(1), dtype=torch.int64)
         flat, order = torch.sort((idx * radix).sum(-1), stable=True)
         uniq, counts = torch.unique_consecutive(flat, return_counts=True)
@@ -266,8 +271,8 @@ class LatticeStreamEncoder(_Stream):
     """Accumulates lattice symbols of one latent tensor; `finish()` returns the bytes."""
 
     def __init__(self, gaussian_conditional, lattice: Lattice, tail: float = 1e-7, max_joint: int = 2048,
-                 scale_levels: Optional[int] = None):
-        super().__init__(gaussian_conditional, lattice, tail, max_joint, scale_levels)
+                 scale_levels: Optional[int] = None, scale_keys: str = "up"):
+        super().__init__(gaussian_conditional, lattice, tail, max_joint, scale_levels, scale_keys)
         self._enc = _queue.RangeEncoder()
 
     def put(self, k: Tensor, sigma: Tensor, k_rest: Tensor, sigma_rest: Tensor) -> None:
@@ -319,8 +324,8 @@ class LatticeStreamDecoder(_Stream):
     """Reads back what `LatticeStreamEncoder` wrote, in the same order."""
 
     def __init__(self, gaussian_conditional, lattice: Lattice, data: bytes, tail: float = 1e-7,
-                 max_joint: int = 2048, scale_levels: Optional[int] = None):
-        super().__init__(gaussian_conditional, lattice, tail, max_joint, scale_levels)
+                 max_joint: int = 2048, scale_levels: Optional[int] = None, scale_keys: str = "up"):
+        super().__init__(gaussian_conditional, lattice, tail, max_joint, scale_levels, scale_keys)
         data = bytes(data)
         words = np.frombuffer(data[: len(data) // 4 * 4], dtype="<u4").astype(np.uint32)
         self._dec = _queue.RangeDecoder(words)

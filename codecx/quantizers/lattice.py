@@ -35,6 +35,7 @@ from compressai.entropy_models import GaussianConditional
 from torch import Tensor
 
 from codecx.coding import lattice_coder
+from codecx.coding.scale_keys import check_rule
 from codecx.quantizers.base import Quantizer
 from codecx.quantizers.lattice_math import IntegerLattice, cell_prob, get_lattice, sample_voronoi
 from codecx.types import EntropyParams, QuantizerOutput
@@ -70,10 +71,14 @@ class LatticeQuantizer(Quantizer):
         scale_levels: the scale table that keys the coder's PMF tables: None (default) the
             entropy model's own (the backbone's `scale_levels`, as the scalar coder), or
             CompressAI's N-level table (64: codecx's first lattice coder).
+        scale_keys: which table scale keys a group's scales (`codecx.coding.scale_keys`): "up"
+            (CompressAI's rule; the default, files written before issue 29) or "nearest" (the
+            quantizer configs' choice: real bits within ~0.1% of the estimate).
     """
 
     def __init__(self, lattice: str = "hex", grouping: str = "scale", order: Optional[int] = None,
-                 tail: float = 1e-7, max_joint: Optional[int] = None, scale_levels: Optional[int] = None):
+                 tail: float = 1e-7, max_joint: Optional[int] = None, scale_levels: Optional[int] = None,
+                 scale_keys: str = "up"):
         super().__init__()
         if grouping not in GROUPINGS:
             raise ValueError(f"grouping={grouping!r}: choose one of {', '.join(GROUPINGS)}")
@@ -88,10 +93,12 @@ class LatticeQuantizer(Quantizer):
             raise ValueError(f"quantizer.scale_levels={scale_levels}: choose 2..{lattice_coder.MAX_KEY_LEVELS} "
                              "levels, or null for the model's own scale table")
         self.scale_levels = None if scale_levels is None else int(scale_levels)
+        self.scale_keys = check_rule(scale_keys)
 
     def extra_repr(self) -> str:
         keys = "model" if self.scale_levels is None else self.scale_levels
-        return f"lattice={self.lattice_name!r}, grouping={self.grouping!r}, tail={self.tail:g}, scale_levels={keys}"
+        return (f"lattice={self.lattice_name!r}, grouping={self.grouping!r}, tail={self.tail:g}, "
+                f"scale_levels={keys}, scale_keys={self.scale_keys!r}")
 
     # ------------------------------------------------------------------ grouping
     def permutation(self, scales: Tensor) -> Optional[Tensor]:
@@ -175,7 +182,7 @@ class LatticeQuantizer(Quantizer):
         if not isinstance(entropy_model, GaussianConditional):
             raise _needs_gaussian(type(entropy_model).__name__)
         return lattice_coder.LatticeStreamEncoder(entropy_model, self.lattice, self.tail, self.max_joint,
-                                                  self.scale_levels)
+                                                  self.scale_levels, self.scale_keys)
 
     @torch.no_grad()
     def encode(self, stream, y: Tensor, params: EntropyParams) -> Tensor:
@@ -188,7 +195,7 @@ class LatticeQuantizer(Quantizer):
         if not isinstance(entropy_model, GaussianConditional):
             raise _needs_gaussian(type(entropy_model).__name__)
         return lattice_coder.LatticeStreamDecoder(entropy_model, self.lattice, data, self.tail, self.max_joint,
-                                                  self.scale_levels)
+                                                  self.scale_levels, self.scale_keys)
 
     @torch.no_grad()
     def decode(self, stream, params: EntropyParams) -> Tensor:

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from codecx.coding.rans import RansStreamDecoder, RansStreamEncoder
+from codecx.coding.scale_keys import check_rule, key_indexes
 from codecx.quantizers.base import Quantizer
 from codecx.types import EntropyParams, QuantizerOutput
 
@@ -18,7 +19,25 @@ class ScalarQuantizer(Quantizer):
     """Integer rounding of `y - means` coded with CompressAI's rANS tables.
 
     Subclasses only choose the training relaxation (`relax`); eval and coding are shared.
+    `scale_keys`: which CDF table codes a Gaussian of predicted scale s (`codecx.coding.scale_keys`):
+    "up" (default: CompressAI's rule, byte-identical to it; the first table scale >= s) or
+    "nearest" (the nearest table scale in log: no first-order excess of real over estimated
+    bits; the quantizer configs choose it).
     """
+
+    def __init__(self, scale_keys: str = "up"):
+        super().__init__()
+        self.scale_keys = check_rule(scale_keys)
+
+    def _indexes(self, params: EntropyParams) -> Tensor:
+        """The CDF table of every element under `scale_keys`."""
+        m = params.entropy_model
+        if self.scale_keys == "up" or params.scales is None:
+            return params.indexes()
+        return key_indexes(m.scale_table, m.lower_bound_scale(params.scales), self.scale_keys).to(torch.int32)
+
+    def extra_repr(self) -> str:
+        return "" if self.scale_keys == "up" else f"scale_keys={self.scale_keys!r}"
 
     def relax(self, y: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:
         """(`y_hat` for g_s, values whose bin likelihood gives the rate) in training."""
@@ -39,14 +58,14 @@ class ScalarQuantizer(Quantizer):
 
     def encode(self, stream: RansStreamEncoder, y: Tensor, params: EntropyParams) -> Tensor:
         symbols = torch.round(y - params.means)
-        stream.encode(symbols, params.indexes())
+        stream.encode(symbols, self._indexes(params))
         return symbols + params.means
 
     def open_decoder(self, entropy_model, data: bytes) -> RansStreamDecoder:
         return RansStreamDecoder(entropy_model, data)
 
     def decode(self, stream: RansStreamDecoder, params: EntropyParams) -> Tensor:
-        symbols = stream.decode(params.indexes())
+        symbols = stream.decode(self._indexes(params))
         return symbols.to(params.means.dtype) + params.means
 
 
