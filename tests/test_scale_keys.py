@@ -90,9 +90,9 @@ def test_nearest_decodes_exactly_and_codes_closer_to_the_estimate(name, levels):
 
 
 def test_configs_choose_nearest_and_old_configs_keep_up():
-    """Every quantizer config of `conf/quantizer` codes with "nearest"; a quantizer node without
-    the key (a checkpoint written before issue 29, a bare CompressAI state dict) keeps "up", so
-    its files still decode; a wrong value is one clear error."""
+    """Every quantizer config of `conf/quantizer` and the quantizer of a bare CompressAI state dict
+    code with "nearest"; a quantizer node without the key (a checkpoint written before issue 29)
+    keeps "up", so its files still decode; a wrong value is one clear error."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -104,7 +104,7 @@ def test_configs_choose_nearest_and_old_configs_keep_up():
         assert instantiate(node).scale_keys == "nearest", name
         old = {k: v for k, v in OmegaConf.to_container(node).items() if k != "scale_keys"}
         assert instantiate(old).scale_keys == "up", name
-    assert instantiate(DEFAULT_QUANTIZER).scale_keys == "up"
+    assert instantiate(DEFAULT_QUANTIZER).scale_keys == "nearest"
     assert STEQuantizer().scale_keys == MixedQuantizer().scale_keys == "up"
     with pytest.raises(ValueError, match="quantizer.scale_keys='x'"):
         NoiseQuantizer(scale_keys="x")

@@ -9,8 +9,10 @@ import torch
 from codecx.models.backbones import BACKBONES, SCALE_LEVELS, Backbone
 
 
-#: the quantizer of a config without one (a bare CompressAI state dict): every scalar one codes alike
-DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer"}
+#: the quantizer of a config without one (a bare CompressAI state dict): every scalar one codes alike;
+#: keyed as the quantizer configs are (`scale_keys: nearest`), so `quantizer=hex` beside it compares
+#: quantizers only (CompressAI's own bitstreams: `quantizer=noise quantizer.scale_keys=up`)
+DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer", "scale_keys": "nearest"}
 
 
 def non_finite_tensors(state: Mapping[str, Any], limit: int = 3) -> List[str]:
