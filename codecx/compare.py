@@ -40,6 +40,11 @@ class Curve:
     def points(self) -> int:
         return len(self.results["results"]["bpp"])
 
+    def mean(self, key: str) -> float:
+        """The mean of a results series over its points (None values left out; NaN if none)."""
+        v = [x for x in self.results["results"].get(key, []) if x is not None]
+        return sum(v) / len(v) if v else float("nan")
+
 
 @dataclass
 class Arm:
@@ -163,11 +168,12 @@ class Pair:
 
 
 def bd_pair(baseline: Dict[str, Any], test: Dict[str, Any], methods: str = "both", msssim: bool = True,
-            one_point: bool = False) -> Pair:
-    """BD-rate / BD-PSNR of `test` against `baseline` (`methods`: 'both' = pchip, and cubic when
-    both curves have >= 4 points; or 'pchip'), the MS-SSIM BD-rate (pchip) when both have finite
-    MS-SSIM and `msssim`. `one_point`: a one-point test curve gets the one-point form
-    (rate change at its PSNR / PSNR change at its rate on the baseline's pchip curve, never
+            one_point: bool = False, metric: str = "psnr-rgb") -> Pair:
+    """BD-rate / BD-PSNR of `test` against `baseline` on `metric` (`methods`: 'both' = pchip, and
+    cubic when both curves have >= 4 points; or 'pchip'; the bd_psnr_* keys hold the BD-quality
+    on another metric, MS-SSIM in dB), the MS-SSIM BD-rate (pchip) when `metric` is PSNR, both
+    have finite MS-SSIM and `msssim`. `one_point`: a one-point test curve gets the one-point
+    form (rate change at its PSNR / PSNR change at its rate on the baseline's pchip curve, never
     extrapolated) in the pchip columns."""
     values: Dict[str, float] = {}
     if one_point and len(test["results"]["bpp"]) == 1:
@@ -180,13 +186,13 @@ def bd_pair(baseline: Dict[str, Any], test: Dict[str, Any], methods: str = "both
     notes: List[str] = []
     error = None
     try:
-        res, notes = bd_methods(baseline, test, "psnr-rgb", methods)
+        res, notes = bd_methods(baseline, test, metric, methods)
         for m, r in res.items():
             values[f"bd_rate_{m}"], values[f"bd_psnr_{m}"] = r.bd_rate, r.bd_psnr
     except ValueError as e:
         error = curve_names(e)
-        notes.append(f"BD on PSNR undefined: {error}")
-    if msssim and _finite(baseline, "ms-ssim") and _finite(test, "ms-ssim"):
+        notes.append(f"BD on {'PSNR' if metric == 'psnr-rgb' else metric} undefined: {error}")
+    if msssim and metric == "psnr-rgb" and _finite(baseline, "ms-ssim") and _finite(test, "ms-ssim"):
         try:
             res, _ = bd_methods(baseline, test, "ms-ssim", "pchip")
             values["bd_rate_msssim"] = res["pchip"].bd_rate
@@ -211,7 +217,7 @@ def per_image_band(pairs: Sequence[Tuple[Sequence[Mapping[str, str]], Sequence[M
 # ---------------------------------------------------------------- the comparison
 def compare(baseline: Union[Arm, PathLike], arms: Sequence[Union[Arm, PathLike]], per_image: bool = True,
             methods: str = "both", msssim: bool = True, replicate_key: str = "seed",
-            one_point: bool = False) -> List[Row]:
+            one_point: bool = False, metric: str = "psnr-rgb") -> List[Row]:
     """The baseline's row, then one row per arm: BD figures against the baseline.
 
     Without replicates (one curve per arm) each arm is compared with the baseline's curve. With
@@ -220,11 +226,11 @@ def compare(baseline: Union[Arm, PathLike], arms: Sequence[Union[Arm, PathLike]]
     `each` lists them; the baseline's row is then its seed band: every other replicate of the
     baseline against its first. An arm without replicates against a replicated baseline is
     compared with the baseline's replicates pooled into one curve. `per_image`: the per-image
-    band from the curves' per_image.csv rows (pooled over the pairs)."""
+    band from the curves' per_image.csv rows (pooled over the pairs). `metric`: the quality the
+    BD figures are on (psnr-rgb; ms-ssim in dB)."""
     base = as_arm(baseline)
-    out = [_row(base, base, True, per_image, methods, msssim, replicate_key, one_point)]
-    out += [_row(base, as_arm(a), False, per_image, methods, msssim, replicate_key, one_point) for a in arms]
-    return out
+    opts = (per_image, methods, msssim, replicate_key, one_point, metric)
+    return [_row(base, base, True, *opts)] + [_row(base, as_arm(a), False, *opts) for a in arms]
 
 
 def pairs(base: Arm, arm: Arm, key: str = "seed", is_base: bool = False) -> List[Tuple[str, Curve, Curve]]:
@@ -241,7 +247,7 @@ def pairs(base: Arm, arm: Arm, key: str = "seed", is_base: bool = False) -> List
 
 
 def _row(base: Arm, arm: Arm, is_base: bool, per_image: bool, methods: str, msssim: bool,
-         key: str, one_point: bool) -> Row:
+         key: str, one_point: bool, metric: str) -> Row:
     row = Row(arm.name, is_base, arm.curve)
     pairs_ = pairs(base, arm, key, is_base)
     missing = [v for v in arm.replicates if v is not None and not is_base and list(base.replicates) != [None]
@@ -254,7 +260,7 @@ def _row(base: Arm, arm: Arm, is_base: bool, per_image: bool, methods: str, msss
     single = len(pairs_) == 1 and not pairs_[0][0]
     per: Dict[str, List[Tuple[str, float]]] = {}
     for label, b, t in pairs_:
-        p = bd_pair(b.results, t.results, methods, msssim, one_point)
+        p = bd_pair(b.results, t.results, methods, msssim, one_point, metric)
         row.notes += [f"{label}: {n}" for n in p.notes] if not single else p.notes
         row.error = row.error or p.error
         for k, v in p.values.items():
@@ -263,7 +269,7 @@ def _row(base: Arm, arm: Arm, is_base: bool, per_image: bool, methods: str, msss
     row.values = {k: sum(v for _, v in per[k]) / len(per[k]) for k in order}
     row.each = {k: per[k] for k in order}
     if per_image:
-        row.per_image = per_image_band([(b.per_image, t.per_image) for _, b, t in pairs_])
+        row.per_image = per_image_band([(b.per_image, t.per_image) for _, b, t in pairs_], metric)
     return row
 
 

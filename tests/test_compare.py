@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codecx.compare import Arm, Curve, compare, load_arm, load_curve, markdown, text, to_csv
+from codecx.compare import Arm, Curve, compare, fmt, load_arm, load_curve, markdown, text, to_csv
 from codecx.metrics.bdrate import t_quantile
 from codecx.metrics.rdplot import Styles, plot_bd_bars, plot_comparison, plot_delta, plot_rd, short_labels
 
@@ -160,7 +160,7 @@ def test_labels_are_the_settings_that_differ():
     assert short_labels(NAMES) == ["no transform", "no transform, invert", "lpc", "lpc, latent_mse",
                                    "lrp, invert", "lpc, predicted"]
     assert short_labels(["reg=cse,alpha=0.1,seed=1", "reg=cse,alpha=1,seed=1"]) == ["alpha=0.1", "alpha=1"]
-    assert short_labels(["reg=none", "reg=cse,reg.cse.alpha=1"]) == ["no reg", "cse"]  # alpha: cse's own
+    assert short_labels(["transform=[]", "transform=lrp,transform.lrp.latent_mse=1"]) == ["no transform", "lrp, latent_mse"]
     assert short_labels(["mbt2018-mean", "cheng2020-attn"]) == ["mbt2018-mean", "cheng2020-attn"]
     st = Styles(NAMES, baseline=NAMES[0])
     assert st.colour[NAMES[0]] == "black" and st.colour[NAMES[2]] == st.colour[NAMES[3]] != st.colour[NAMES[4]]
@@ -216,3 +216,36 @@ def test_text_and_markdown_have_every_arm():
     assert markdown(rows).count("\n") == 4 and "| b | 5 |" in markdown(rows)
     assert text(rows).splitlines()[3].startswith("a ") and "+10.00" in text(rows)
     assert to_csv(rows).count("\n") == 4  # header + 3 rows
+
+
+# ---------------------------------------------------------------------- the studies
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_studies_import_no_other_study():
+    """Study scripts share code through codecx (codecx.compare), never through sys.path."""
+    import re
+
+    for f in (ROOT / "experiments").rglob("*.py"):
+        for m in re.finditer(r"sys\.path\.insert\(0, *(.+)\)", f.read_text()):
+            assert "ROOT" in m.group(1) and "experiments" not in m.group(1), f"{f}: {m.group(0)}"
+
+
+def test_compensation_table_reproduces_the_committed_report():
+    """experiments/compensation/table.py's arms (found from their overrides) through compare
+    give the BD figures of the committed codecx report, cell by cell, for all 20 cells."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("comp_table", ROOT / "experiments" / "compensation" / "table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    arms = table.arms()
+    assert len(arms) == 20 and list(arms["data.invert=False,transform=[]"].replicates) == ["1", "2"]
+    with (ROOT / "experiments" / "compensation" / "results" / "report.csv").open() as f:
+        report = {r["group"].replace(" (baseline)", ""): r for r in csv.DictReader(f)}
+    base = arms.pop("data.invert=False,transform=[]")
+    rows = compare(base, list(arms.values()), per_image=False)
+    assert {r.name for r in rows} == set(report)
+    for r in rows:
+        for k in ("bd_rate_pchip", "bd_psnr_pchip", "bd_rate_cubic", "bd_rate_msssim"):
+            assert fmt(k, r.values[k]) == report[r.name][k], (r.name, k)

@@ -80,18 +80,6 @@ def _token(key: str, value: Optional[str], values: Sequence[Optional[str]]) -> s
     return value
 
 
-def _implied(key: str, parsed: Sequence[Dict[str, str]]) -> bool:
-    """A setting of a group choice that every label choosing it shares (reg.cse.alpha=1 in every
-    reg=cse label): the choice's name says it already."""
-    parts = key.split(".")
-    if len(parts) < 3:
-        return False
-    parent, choice = ".".join(parts[:-2]), parts[-2]
-    chosen = [p for p in parsed if p.get(parent) == choice]
-    return (bool(chosen) and all(key in p for p in chosen) and not any(key in p for p in parsed if p not in chosen)
-            and len({p[key] for p in chosen}) == 1)
-
-
 def family_key(parsed: Sequence[Dict[str, str]], keys: Sequence[str]) -> Optional[str]:
     """The setting that colours the curves: of the differing `keys`, the one with the most
     distinct values that is not a plain on/off switch (a top-level group first on ties)."""
@@ -124,7 +112,7 @@ class Styles:
         else:
             parsed = [{k: v for k, v in p.items() if k not in drop} for p in parsed]
             keys = list(dict.fromkeys(k for p in parsed for k in p))
-            differing = [k for k in keys if len({p.get(k) for p in parsed}) > 1 and not _implied(k, parsed)]
+            differing = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
             fam = family_key(parsed, differing)
             order = ([fam] if fam else []) + [k for k in differing if k != fam]
             values = {k: [p.get(k) for p in parsed] for k in differing}
@@ -371,7 +359,7 @@ def plot_delta(baseline: Any, arms: Sequence[Any], out_path: Union[str, Path], m
         lines.append((a.name, x, d, pts))
     bx, bh = seed_band(list(c.results for c in baseline.replicates.values()), metric)
     unit = "dB" if metric in ("psnr-rgb", "ms-ssim") else ""
-    ylabel = f"Δ {'PSNR' if metric == 'psnr-rgb' else metric} vs baseline [{unit}]".replace(" []", "")
+    ylabel = f"Δ {'PSNR' if metric == 'psnr-rgb' else metric} vs {_clip(st.label[baseline.name], 28)} [{unit}]".replace(" []", "")
     if len(arms) <= overlay_max:
         fig = _new_figure(6.4, 4.3)
         ax = fig.subplots()
@@ -415,7 +403,7 @@ def plot_delta(baseline: Any, arms: Sequence[Any], out_path: Union[str, Path], m
         band = [k for k in handles if k.startswith("baseline seed band")]
         if band:
             fig.legend([handles[band[0]]], band, loc="lower right", fontsize=8, frameon=False)
-    fig.suptitle(title or f"{ylabel.split(' [')[0]} at equal rate (pchip in log bpp)", fontsize=10)
+    fig.suptitle(title or f"{ylabel.split(' [')[0]} (baseline) at equal rate (pchip in log bpp)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out_path)
 
@@ -443,8 +431,8 @@ def plot_bd_bars(rows: Sequence[Any], out_path: Union[str, Path], title: str = "
     for ax, (key, xlabel) in zip(axs, keys):
         band = [abs(v) for _, v in base.each.get(key, []) if v == v]
         if band:
-            ax.axvspan(-max(band), max(band), color="0.87", lw=0, zorder=0,
-                       label=f"baseline seed band (±{max(band):.2f})")
+            ax.axvspan(-max(band), max(band), color="0.87", lw=0, zorder=0)
+            xlabel += f"\ngrey: the baseline's seed band ±{max(band):.2f}"
         ax.axvline(0, color=BASELINE_COLOUR, lw=1.0, zorder=1)
         for yi, r in zip(y, order):
             v = 0.0 if r.baseline else r.values.get(key, math.nan)
@@ -462,8 +450,6 @@ def plot_bd_bars(rows: Sequence[Any], out_path: Union[str, Path], title: str = "
                 ax.plot(each, [yi] * len(each), "o", ms=3.5, mfc="white", mec="black", mew=0.8, zorder=5)
         ax.set_xlabel(xlabel, fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
-        if band:
-            ax.legend(loc="lower right", fontsize=7, frameon=False)
     axs[0].set_yticks(y)
     axs[0].set_yticklabels([st.label[r.name] + ("  (baseline)" if r.baseline else
                                                  f"  {r.bd_rate:+.2f}" if r.bd_rate == r.bd_rate else "  n/a")
@@ -499,8 +485,8 @@ def plot_comparison(rows: Sequence[Any], baseline: Any, arms: Sequence[Any], out
         paths = {"rd": plot_rd(curves, out / "rd.png", anchors=anchors, metrics=have or metrics[:1],
                                title=title, baseline=baseline.name, replicate_key="seed")}
     paths["delta"] = plot_delta(baseline, arms, out / "delta_psnr.png",
-                                title=f"{title}: PSNR minus the baseline's at equal rate" if title else "")
-    paths["bars"] = plot_bd_bars(rows, out / "bd_rate.png", title=f"{title}: BD-rate vs baseline" if title else "")
+                                title=f"{title} — PSNR minus the baseline's at equal rate" if title else "")
+    paths["bars"] = plot_bd_bars(rows, out / "bd_rate.png", title=f"{title} — BD-rate against the baseline" if title else "")
     return paths
 
 

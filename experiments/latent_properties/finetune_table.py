@@ -1,5 +1,5 @@
 """The lattice fine-tune table (issue 16 item 4, `finetune.sh`): BD-rate of each pair of Kodak
-curves in OUT (control_scalar, control_hex, hex_finetuned) with the per-image band.
+curves in OUT (control_scalar, control_hex, hex_finetuned) with the per-image band (codecx.compare).
 
     .venv/bin/python experiments/latent_properties/finetune_table.py experiments/latent_properties/finetune
 """
@@ -8,8 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shallow_sga"))
-from table import bd_cells, bd_per_image, load, mean  # noqa: E402  (the SGA study's table helpers)
+from codecx.compare import compare, load_arm
 
 PAIRS = [("control_hex", "control_scalar", "decode-time Hex on the fine-tuned control",
           "-0.88 (t.1), -0.748 (t.5); pretrained, no retraining"),
@@ -22,13 +21,16 @@ def main(out: str) -> None:
           "paper BD-rate % | arm mean bpp | arm mean PSNR dB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arm, anchor, what, paper in PAIRS:
-        a, b = load(Path(out) / anchor), load(Path(out) / arm)
-        if a is None or b is None:
+        if not all((Path(out) / f / "results.json").is_file() for f in (anchor, arm)):
             print(f"| {arm} | {anchor} | {what} | not run | | | | {paper} | | |")
             continue
-        print(f"| {arm} | {anchor} | {what} | " + " | ".join(bd_cells(a, b)) +
-              f" | {bd_per_image(Path(out) / anchor, Path(out) / arm)} | {paper} | {mean(b, 'bpp'):.4f} | "
-              f"{mean(b, 'psnr-rgb'):.3f} |")
+        row = compare(load_arm(Path(out) / anchor), [load_arm(Path(out) / arm)], msssim=False)[1]
+        v = row.values
+        cells = [f"undefined ({row.error})", "-", "-"] if row.error else [
+            f"{v['bd_rate_pchip']:+.2f}", f"{v['bd_rate_cubic']:+.2f}" if "bd_rate_cubic" in v else "-",
+            f"{v['bd_psnr_pchip']:+.3f}"]
+        print(f"| {arm} | {anchor} | {what} | " + " | ".join(cells) + f" | {row.per_image} | {paper} | "
+              f"{row.curve.mean('bpp'):.4f} | {row.curve.mean('psnr-rgb'):.3f} |")
 
 
 if __name__ == "__main__":

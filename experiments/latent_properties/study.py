@@ -58,34 +58,33 @@ def evaluate(variant: str, ckpts, threads: int, data: str = KODAK) -> None:
 
 
 def table() -> str:
-    """The markdown table of every variant's BD figures against scalar (pchip and cubic)."""
+    """The markdown table of every variant's BD figures against scalar (pchip and cubic) and
+    against the 64-level scalar (codecx.compare), with the per-image band against scalar."""
     sys.path.insert(0, str(ROOT))
-    from codecx.metrics.bdrate import bd_methods, bd_rate_per_image, read_per_image
+    from codecx.compare import compare, load_arm
 
-    base = json.loads((folder("scalar") / "results.json").read_text())
-    p64 = folder("scalar, 64-level tables") / "results.json"  # coder-matched baseline of the lattice coder
-    base64 = json.loads(p64.read_text()) if p64.is_file() else None
-    base_rows = read_per_image(folder("scalar") / "per_image.csv")  # each image's scalar curve
+    ran = [v for v in VARIANTS if (folder(v) / "results.json").is_file()]
+    arms = {v: load_arm(folder(v), name=v) for v in ran}
+    rows = {r.name: r for r in compare(arms["scalar"], [arms[v] for v in ran if v != "scalar"], msssim=False)}
+    p64 = "scalar, 64-level tables"  # the coder-matched baseline of the lattice coder
+    rows64 = {r.name: r for r in compare(arms[p64], [arms[v] for v in ran if v != p64], per_image=False,
+                                         methods="pchip", msssim=False)} if p64 in arms else {}
     lines = ["| variant | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB (pchip) | BD-rate % vs 64-level "
              "scalar (pchip) | BD-rate % per image (± t·SE, 95%) | paper BD-rate % | paper BD-PSNR dB | mean bpp | mean PSNR dB | grad corr | "
              "enc s / img | dec s / img |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for v in VARIANTS:
-        p = folder(v) / "results.json"
-        if not p.is_file():
-            continue
-        res = json.loads(p.read_text())
-        r = res["results"]
+    for v in ran:
+        row = rows[v]
+        r = row.curve.results["results"]
         mean = lambda k: sum(r[k]) / len(r[k]) if r.get(k) and None not in r[k] else float("nan")  # noqa: E731
         if v == "scalar":
             cells = ["0 (baseline)", "0", "0"]
         else:
-            bd, _ = bd_methods(base, res, "psnr-rgb", "both")
-            cells = [f"{bd['pchip'].bd_rate:+.3f}", f"{bd['cubic'].bd_rate:+.3f}" if "cubic" in bd else "-",
-                     f"{bd['pchip'].bd_psnr:+.4f}"]
-        cells.append(f"{bd_methods(base64, res, 'psnr-rgb', 'pchip')[0]['pchip'].bd_rate:+.3f}"
-                     if base64 is not None and v != "scalar, 64-level tables" else "-")
-        cells.append("-" if v == "scalar" else str(bd_rate_per_image(base_rows, read_per_image(folder(v) / "per_image.csv"))))
+            b = row.values
+            cells = [f"{b['bd_rate_pchip']:+.3f}", f"{b['bd_rate_cubic']:+.3f}" if "bd_rate_cubic" in b else "-",
+                     f"{b['bd_psnr_pchip']:+.4f}"]
+        cells.append(f"{rows64[v].values['bd_rate_pchip']:+.3f}" if rows64 and v != p64 else "-")
+        cells.append("-" if v == "scalar" else str(row.per_image))
         paper = PAPER.get(v, ("-", "-"))
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {paper[0]} | {paper[1]} | {mean('bpp'):.4f} | "
                      f"{mean('psnr-rgb'):.3f} | {mean('grad_corr'):+.3f} | {mean('encoding_time'):.2f} | "

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from codecx.metrics.bdrate import PerImageBD, bd_methods, bd_rate_per_image, read_per_image
+from codecx.compare import Curve, compare, load_arm
+from codecx.metrics.bdrate import PerImageBD
 
 # "~-15": a BD-rate computed from the 2020 repo's released Kodak result files (mandt-lab/improving-
 # inference-for-neural-image-compression, results/kodak/sga-psnr.csv against mbt2018-psnr.csv)
@@ -37,8 +38,7 @@ def load(folder: Path) -> Optional[dict]:
 
 
 def mean(res: dict, key: str) -> float:
-    r = [v for v in res["results"].get(key, []) if v is not None]
-    return sum(r) / len(r) if r else float("nan")
+    return Curve(res).mean(key)
 
 
 def rd_change(folder: Path) -> str:
@@ -58,22 +58,23 @@ def rd_change(folder: Path) -> str:
 
 
 def bd_per_image(anchor: Path, arm: Path) -> str:
-    """BD-rate % (pchip) of `arm` against `anchor` image by image, mean ± t_{0.975,n-1} SE (95%)."""
-    return str(bd_rate_per_image(read_per_image(Path(anchor) / "per_image.csv"),
-                                 read_per_image(Path(arm) / "per_image.csv")))
+    """BD-rate % (pchip) of the `arm` folder against the `anchor` folder image by image, mean ±
+    t_{0.975,n-1} SE (95%; codecx.compare)."""
+    return str(compare(load_arm(anchor), [load_arm(arm)], msssim=False)[1].per_image)
 
 
 def bd_cells(anchor: Optional[dict], res: dict) -> List[str]:
-    """BD-rate % (pchip), BD-rate % (cubic), BD-PSNR dB (pchip) of `res` against `anchor`, or
-    why it is undefined (e.g. a non-monotonic curve, or the anchor not evaluated yet)."""
+    """BD-rate % (pchip), BD-rate % (cubic), BD-PSNR dB (pchip) of `res` against `anchor`
+    (codecx.compare), or why it is undefined (e.g. a non-monotonic curve, or the anchor not
+    evaluated yet)."""
     if anchor is None:
         return ["no anchor (not run)", "-", "-"]
-    try:
-        bd, _ = bd_methods(anchor, res, "psnr-rgb", "both")
-    except ValueError as e:
-        return [f"undefined ({e})", "-", "-"]
-    return [f"{bd['pchip'].bd_rate:+.2f}", f"{bd['cubic'].bd_rate:+.2f}" if "cubic" in bd else "-",
-            f"{bd['pchip'].bd_psnr:+.3f}"]
+    row = compare(anchor, [res], per_image=False, msssim=False)[1]
+    if row.error is not None:
+        return [f"undefined ({row.error})", "-", "-"]
+    v = row.values
+    return [f"{v['bd_rate_pchip']:+.2f}", f"{v['bd_rate_cubic']:+.2f}" if "bd_rate_cubic" in v else "-",
+            f"{v['bd_psnr_pchip']:+.3f}"]
 
 
 def main(out: str, base: str, *arms: str) -> None:

@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from codecx.metrics.bdrate import bd_methods, bd_rate_per_image, delta_quality_at, read_per_image
+from codecx.compare import compare, load_arm
+from codecx.metrics.bdrate import delta_quality_at
 
 METRICS = ("psnr-rgb", "ms-ssim")
 
@@ -26,15 +27,14 @@ def load(folder: str) -> dict:
 
 
 def bd_cells(early: str, late: str, metric: str) -> tuple:
-    """(pooled BD-rate text, BD-quality text, per-image text) of folder `late` against `early`."""
-    try:
-        bd, _ = bd_methods(load(early), load(late), metric, "pchip")
-        pooled, quality = f"{bd['pchip'].bd_rate:+.2f}%", f"{bd['pchip'].bd_psnr:+.3f} dB"
-    except ValueError as e:
-        pooled, quality = f"undefined ({e})", "undefined"
-    per_image = bd_rate_per_image(read_per_image(Path(early) / "per_image.csv"),
-                                  read_per_image(Path(late) / "per_image.csv"), metric)
-    return pooled, quality, str(per_image)
+    """(pooled BD-rate text, BD-quality text, per-image text) of folder `late` against `early`
+    on `metric` (codecx.compare, pchip)."""
+    row = compare(load_arm(early), [load_arm(late)], methods="pchip", msssim=False, metric=metric)[1]
+    if row.error is None:
+        pooled, quality = f"{row.values['bd_rate_pchip']:+.2f}%", f"{row.values['bd_psnr_pchip']:+.3f} dB"
+    else:
+        pooled, quality = f"undefined ({row.error})", "undefined"
+    return pooled, quality, str(row.per_image)
 
 
 def main(*folders: str) -> None:
