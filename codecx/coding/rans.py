@@ -11,7 +11,7 @@ every CDF table (issue 33); without numba it falls back to CompressAI's `RansDec
 from __future__ import annotations
 
 import weakref
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,18 @@ try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency; CompressAI's decoder otherwise
     numba = None
+
+
+class NonFiniteLatentError(ValueError):
+    """NaN / Inf reached the entropy coder (the rANS encoder would never finish on them)."""
+
+
+def check_finite(what: str, t: Optional[Tensor]) -> None:
+    """NonFiniteLatentError naming `what` unless every value of `t` is finite (None passes)."""
+    if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise NonFiniteLatentError(
+            f"{what} is not finite (NaN/Inf) and cannot be entropy coded: the model's weights or the "
+            "image are not finite (a diverged or damaged checkpoint?)")
 
 
 class _Tables:
@@ -145,6 +157,7 @@ class RansStreamEncoder:
         self._indexes: List[Tensor] = []
 
     def encode(self, symbols: Tensor, indexes: Tensor) -> None:
+        check_finite("a symbol of the latent", symbols)  # NaN -> INT_MIN: an endless escape code
         # buffered: one call of the C++ coder at `finish` (its tables are converted per call)
         self._symbols.append(symbols.detach().reshape(-1).to(torch.int32, copy=True).cpu())
         self._indexes.append(indexes.detach().reshape(-1).to(torch.int32, copy=True).cpu())
