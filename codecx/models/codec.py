@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codecx.coding.context import code_context
 from codecx.coding.rans import check_finite
 from codecx.inference.base import EncoderRefiner
 from codecx.models.backbones import Backbone
@@ -177,7 +178,7 @@ class Codec(nn.Module):
             symbols = _Symbols(q, mode, stream)
             if bb.autoregressive:
                 full = y.shape if y is not None else (1, int(bb.M), *y_shape)
-                y_hat, params = bb.serial(hyper, lambda p, i: symbols(None if y is None else y[i], p), full)
+                y_hat, params = code_context(bb, hyper, y, symbols, full)
                 if mode == "eval" or (mode == "encode" and estimate):
                     y_lik = q.likelihood(y_hat, params)
             elif mode == "eval":
