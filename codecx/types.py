@@ -46,9 +46,10 @@ class EntropyParams:
         """Index of the CDF table each element is coded with."""
         m = self.entropy_model
         if isinstance(m, GaussianConditional):
-            from codecx.coding.rans import scale_indexes
+            from codecx.coding.scale_keys import key_indexes
 
-            return scale_indexes(m, self.scales)  # == m.build_indexes(self.scales), one search
+            # == m.build_indexes(self.scales) (CompressAI's rule "up"), one search instead of a pass per level
+            return key_indexes(m.scale_table, m.lower_bound_scale(self.scales), "up").to(torch.int32)
         c = self.means.size(1)
         shape = [1] * self.means.dim()
         shape[1] = c

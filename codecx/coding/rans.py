@@ -66,16 +66,6 @@ class _Tables:
         return self
 
 
-def scale_indexes(gaussian_conditional, scales: Tensor) -> Tensor:
-    """CompressAI's `GaussianConditional.build_indexes(scales)` (the first scale-table entry >=
-    the lower-bounded scale), as one binary search instead of a pass per table level: equal
-    element for element (int32)."""
-    gc = gaussian_conditional
-    s = gc.lower_bound_scale(scales)
-    table = gc.scale_table[:-1].to(device=s.device, dtype=s.dtype).contiguous()
-    return torch.searchsorted(table, s.contiguous(), right=False).to(torch.int32)
-
-
 _RANS64_L = 1 << 31  # Rans64's normalisation bound (ryg_rans rans64.h)
 
 
