@@ -198,8 +198,10 @@ def _wandb_run(run_dir: Path):
 
 @pytest.mark.medium
 def test_tensorboard_config_images_lr_and_extra_callback(tmp_path):
-    """logger=tensorboard: the resolved config as hparams, uint8 reconstruction panels with
-    the original's pixels, train/lr_* scalars; +callbacks.x is instantiated and runs."""
+    """logger=tensorboard: the resolved config as hparams (an HParams session, started and ended,
+    without Lightning's experiment record or hp_metric), uint8 reconstruction panels with the
+    original's pixels, the RD plot and RD points at every evaluation as with W&B, val/* and
+    train/lr_* scalars; +callbacks.x is instantiated and runs."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -212,25 +214,33 @@ def test_tensorboard_config_images_lr_and_extra_callback(tmp_path):
                    "+callbacks.every.save_top_k=-1", f"hydra.run.dir={run_dir}"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list(extra.glob("*.ckpt"))) == 2  # the extra callback ran at steps 1 and 2
-    hparams, images, scalars = {}, [], set()
+    hparams, images, scalars, records, rd_plots, rd_points = {}, [], set(), [], [], []
     for f in run_dir.glob("tb/events.out.tfevents.*"):
         for event in map(Event.FromString, RawEventFileLoader(str(f)).Load()):
             for v in event.summary.value:
                 if v.metadata.plugin_data.plugin_name == "hparams":
                     d = plugin_data_pb2.HParamsPluginData()
                     d.ParseFromString(v.metadata.plugin_data.content)
+                    records.append(d.WhichOneof("data"))
                     for k, val in d.session_start_info.hparams.items():
                         hparams[k] = val.number_value if val.HasField("number_value") else val.string_value
                 elif v.tag.startswith("val/reconstructions/"):
                     images.append(np.asarray(Image.open(io.BytesIO(v.image.encoded_image_string))))
+                elif v.tag == "val/rd_plot":
+                    rd_plots.append(Image.open(io.BytesIO(v.image.encoded_image_string)).size)
+                elif v.tag.startswith("val/rd_points"):
+                    rd_points.append(event.step)
                 else:
                     scalars.add(v.tag)
+    # one session per run, no experiment record: the HParams view unites a sweep's runs
+    assert records == ["session_start_info", "session_end_info"] and "hp_metric" not in scalars
     assert hparams["lmbda"] == pytest.approx(0.013) and hparams["model.N"] == 8
     assert hparams["model._target_"] == "codecx.models.backbones.MbtMean"
     assert hparams["quantizer._target_"].endswith("MixedQuantizer") and hparams["seed"] == 1  # main job
     assert hparams["data.crop_size"] == 64 and hparams["trainer.max_steps"] == 2
-    assert {"train/lr_codec", "train/lr_aux"} <= scalars
+    assert {"train/lr_codec", "train/lr_aux", "val/psnr", "val/bpp"} <= scalars
     assert len(images) == 2  # step 1 and the final evaluation
+    assert len(rd_plots) == 2 and all(w > 400 and h > 300 for w, h in rd_plots) and rd_points == [1, 2]
     original = _val_image_uint8()
     for panel in images:
         _check_panel(panel, original)

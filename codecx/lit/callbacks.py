@@ -368,8 +368,8 @@ class RealBitstreamEval(Callback):
     with `fid_weights` (torch-fidelity's InceptionV3 file) val/fid and val/kid on patches of the
     decoded images (Heusel et al. 2017; Bińkowski et al. 2018); with `lpips_weights` (the
     torchvision AlexNet file) val/lpips; always val/hf_ratio (high-frequency power of the decoded
-    images over the originals', codecx.metrics.realism). With a WandbLogger also the RD
-    points so far, an RD plot and `log_images` reconstructions. `final` holds the last result;
+    images over the originals', codecx.metrics.realism). With a W&B or TensorBoard logger also
+    the RD points so far, an RD plot and `log_images` reconstructions. `final` holds the last result;
     with `write_results` the final one (when it covers every validation image) is also written
     as `results.json` / `per_image.csv` in the run directory, which `codecx report` reuses."""
 
@@ -466,7 +466,7 @@ class RealBitstreamEval(Callback):
         metrics = {LOGGED[k]: v for k, v in point.items() if k in LOGGED and v == v}  # drop NaN
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=trainer.global_step)
-        self._log_wandb(trainer, pairs, anchor)
+        self._log_rd(trainer, anchor)
         try:  # uint8 original | decoded + zoomed crops to W&B and TensorBoard (codecx.lit.loggers)
             log_reconstructions(trainer, pairs)
         except Exception as e:  # noqa: BLE001 - logging extras must never stop training
@@ -549,14 +549,15 @@ class RealBitstreamEval(Callback):
                            data=data_key(config["data"]), step=trainer.global_step)
         write_results(run_dir, res, [{"checkpoint": str(ckpt), **r} for r in self._rows])
 
-    def _log_wandb(self, trainer: pl.Trainer, pairs: List[Tuple[str, Tensor, Tensor]],
-                   anchor: Optional[Dict[str, Any]] = None) -> None:
-        """RD points table and RD plot to every WandbLogger (offline works too); the
-        reconstructions go through `codecx.lit.loggers.log_reconstructions`."""
-        from pytorch_lightning.loggers import WandbLogger
+    def _log_rd(self, trainer: pl.Trainer, anchor: Optional[Dict[str, Any]] = None) -> None:
+        """RD points table and RD plot to every W&B and TensorBoard logger (offline works too;
+        `codecx.lit.loggers.log_rd_figures`); the reconstructions go through
+        `codecx.lit.loggers.log_reconstructions`."""
+        from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers:
+        from codecx.lit.loggers import log_rd_figures
+
+        if not any(isinstance(lg, (WandbLogger, TensorBoardLogger)) for lg in trainer.loggers):
             return
         try:
             from codecx.metrics.rdplot import plot_rd
@@ -571,13 +572,9 @@ class RealBitstreamEval(Callback):
                 with warnings.catch_warnings():  # an anchor without MS-SSIM: its PSNR panel only
                     warnings.filterwarnings("ignore", message="skipping .* on 'ms-ssim'")
                     png = plot_rd([curve], Path(tmp) / "rd.png", anchors=[anchor] if anchor else ())
-                step = trainer.global_step
-                for lg in loggers:
-                    lg.log_table("val/rd_points", columns=cols, data=data, step=step)
-                    lg.log_image("val/rd_plot", [str(png)], step=step)
+                log_rd_figures(trainer, cols, data, png)
         except Exception as e:  # noqa: BLE001 - logging extras must never stop training
-            warnings.warn(f"W&B RD plot / reconstructions not logged: {type(e).__name__}: {e}",
-                          stacklevel=2)
+            warnings.warn(f"RD plot / points not logged: {type(e).__name__}: {e}", stacklevel=2)
 
 
 def _outside(anchor: Dict[str, Any], point: Dict[str, float], metric: str, kind: str,

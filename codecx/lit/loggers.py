@@ -1,5 +1,7 @@
 """Loggers and dashboard helpers: W&B's automatic offline mode and run naming, the resolved
-config as W&B run config / TensorBoard hparams, uint8 reconstruction panels, learning rates."""
+config as W&B run config / TensorBoard hparams (an HParams session per run, so a sweep's runs
+compare in TensorBoard's HParams view), uint8 reconstruction panels, the RD figures and points
+to W&B and TensorBoard alike, learning rates."""
 from __future__ import annotations
 
 import os
@@ -112,13 +114,45 @@ class ConfigHyperparams(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        from pytorch_lightning.loggers import TensorBoardLogger
+
         # Lightning's _log_hyperparams runs after the setup hooks: with both switched off it
         # logs nothing (the data module's settings are in the config's data.* already)
         pl_module._log_hyperparams = False
         if trainer.datamodule is not None:
             trainer.datamodule._log_hyperparams = False
         for lg in trainer.loggers:
-            lg.log_hyperparams(dict(self.hparams))
+            if isinstance(lg, TensorBoardLogger):
+                if trainer.is_global_zero:  # log_hyperparams is rank-zero only too
+                    tensorboard_hparams(lg, self.hparams)
+            else:
+                lg.log_hyperparams(dict(self.hparams))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        for lg in trainer.loggers:  # the HParams session ends (status: success)
+            if isinstance(lg, TensorBoardLogger) and trainer.is_global_zero:
+                try:
+                    tensorboard_hparams(lg, self.hparams, end=True)
+                except Exception:  # noqa: BLE001 - a closed writer: the session stays open, nothing else
+                    pass
+
+
+def tensorboard_hparams(logger: Any, params: Mapping[str, Any], end: bool = False) -> None:
+    """The run's hyperparameters as a TensorBoard HParams session: its session-start record only
+    (`end`: the session-end record), never the experiment record Lightning writes. Without one,
+    TensorBoard's HParams view builds the experiment from every run of the log folder: the union
+    of their hyperparameters (a sweep's runs differ in a few) and all their scalars as metrics
+    (val/bpp, val/psnr, ...), where one run's experiment record would hide the others' keys and
+    offer only Lightning's placeholder hp_metric. hparams.yaml is written as Lightning does."""
+    from torch.utils.tensorboard.summary import hparams
+
+    params = dict(params)
+    _, start, stop = hparams(params, {})
+    if not end:
+        logger.hparams.update(params)  # hparams.yaml, written by logger.save()
+    logger.experiment._get_file_writer().add_summary(stop if end else start)
 
 
 # ---------------------------------------------------------------- learning rates
@@ -153,6 +187,44 @@ def learning_rates(optimizers: Sequence[Any], names: Sequence[str]) -> Dict[str,
             gname = g.get("name", f"pg{i}")  # schedule.group_lr names its groups; the rest is "codec"
             out[f"train/lr_{name}" + ("" if len(groups) == 1 or gname == name else f"_{gname}")] = float(g["lr"])
     return out
+
+
+# ---------------------------------------------------------------- RD figures
+def log_rd_figures(trainer: pl.Trainer, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                   png: str | os.PathLike, key: str = "val") -> int:
+    """The RD points so far (`columns` x `rows`) and the RD plot `png` at the current step, to
+    every W&B logger (a table and an image) and TensorBoard logger (a markdown text and an
+    image); returns how many loggers."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    step, n = trainer.global_step, 0
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.log_table(f"{key}/rd_points", columns=list(columns), data=[list(r) for r in rows], step=step)
+            lg.log_image(f"{key}/rd_plot", [str(png)], step=step)
+        elif isinstance(lg, TensorBoardLogger):
+            lg.experiment.add_text(f"{key}/rd_points", markdown_table(columns, rows), global_step=step)
+            lg.experiment.add_image(f"{key}/rd_plot", png_array(png), global_step=step, dataformats="HWC")
+        else:
+            continue
+        n += 1
+    return n
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table (TensorBoard's text plugin renders it); floats to 4 significant digits."""
+    cell = lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return "\n".join(["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns),
+                      *("| " + " | ".join(cell(v) for v in r) + " |" for r in rows)])
+
+
+def png_array(path: str | os.PathLike) -> Any:
+    """A PNG file as an (H, W, 3) uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 # ---------------------------------------------------------------- reconstructions

@@ -1,6 +1,7 @@
 """Hydra callback: when a multirun ends, the `codecx report` of the sweep (BD-rate / BD-PSNR of
 every group against the baseline group and the anchor, Bjøntegaard VCEG-M33) is written into
-the sweep directory and, with `logger=wandb`, logged as one summary run in the sweep's group."""
+the sweep directory and, with `logger=wandb`, logged as one summary run in the sweep's group;
+with `logger=tensorboard`, as the run `tb/report` of the sweep directory."""
 from __future__ import annotations
 
 import csv
@@ -83,6 +84,11 @@ class SweepReport(Callback):
                 print(f"codecx: sweep summary run in W&B group {wandb_group(sweep_dir, logger)}: {run_dir}")
             except Exception as e:  # noqa: BLE001
                 log.warning("codecx: sweep summary not logged to W&B: %s: %s", type(e).__name__, e)
+        elif "TensorBoardLogger" in str(logger.get("_target_", "")):
+            try:
+                print(f"codecx: sweep summary for TensorBoard: {log_tensorboard_summary(sweep_dir, paths)}")
+            except Exception as e:  # noqa: BLE001
+                log.warning("codecx: sweep summary not logged to TensorBoard: %s: %s", type(e).__name__, e)
 
 
 def _options(config: DictConfig) -> Dict[str, Any]:
@@ -148,6 +154,49 @@ def wandb_group(sweep_dir: Path, logger: Dict[str, Any]) -> str:
     return str(logger.get("group") or sweep_dir.name)
 
 
+#: the report's figures (build_report's paths) -> their key in a W&B / TensorBoard summary
+FIGURES = {"png": "rd_plot", "delta": "delta_psnr", "bars": "bd_rate", "rdc": "rdc", "decomposition": "decomposition"}
+
+
+def bd_figures(rows: List[Dict[str, str]]) -> Dict[Tuple[str, str], float]:
+    """{(group, column): value} of the report's BD columns (report.csv rows; means, not the
+    per-seed lists), the cells that hold a number."""
+    out = {}
+    for r in rows:
+        group = r["group"].replace(" (baseline)", "")
+        for k, v in r.items():
+            if (k.startswith("bd_") or k.startswith("anchor_bd")) and not k.endswith("_each"):
+                try:
+                    out[group, k] = float(v)
+                except (TypeError, ValueError):
+                    continue
+    return out
+
+
+def log_tensorboard_summary(sweep_dir: Path, paths: Dict[str, Path]) -> Path:
+    """The report as a TensorBoard run `tb/report` in the sweep directory (beside each job's
+    `tb`): report.md as text, the figures as images (rd_plot, delta_psnr, bd_rate, ...), and each
+    group's BD figures as scalars `report/<group>/<column>`; returns its folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from codecx.lit.loggers import png_array
+
+    out = sweep_dir / "tb" / "report"
+    with paths["csv"].open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    writer = SummaryWriter(log_dir=str(out))
+    try:
+        writer.add_text("report/report_md", paths["md"].read_text(), 0)
+        for k, key in FIGURES.items():
+            if k in paths:
+                writer.add_image(f"report/{key}", png_array(paths[k]), 0, dataformats="HWC")
+        for (group, k), v in bd_figures(rows).items():
+            writer.add_scalar(f"report/{group}/{k}", v, 0)
+    finally:
+        writer.close()
+    return out
+
+
 def log_wandb_summary(sweep_dir: Path, paths: Dict[str, Path], logger: Dict[str, Any]) -> Optional[str]:
     """One W&B run (job type `report`, in the sweep's group, files under `sweep_dir`): the report
     table, the RD plot, and each group's BD figures in the run summary. Offline without
@@ -169,15 +218,9 @@ def log_wandb_summary(sweep_dir: Path, paths: Dict[str, Path], logger: Dict[str,
                      config={"sweep_dir": str(sweep_dir)}, reinit="create_new")
     try:
         run.log({"report/table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows]),
-                 "report/rd_plot": wandb.Image(str(paths["png"]))})
-        for r in rows:  # e.g. summary["reg=cse,alpha=1/bd_rate_pchip"] = 3.77
-            group_label = r["group"].replace(" (baseline)", "")
-            for k, v in r.items():
-                if (k.startswith("bd_") or k.startswith("anchor_bd")) and not k.endswith("_each"):
-                    try:
-                        run.summary[f"{group_label}/{k}"] = float(v)
-                    except (TypeError, ValueError):
-                        continue
+                 **{f"report/{key}": wandb.Image(str(paths[k])) for k, key in FIGURES.items() if k in paths}})
+        for (group_label, k), v in bd_figures(rows).items():  # summary["reg=cse,alpha=1/bd_rate_pchip"] = 3.77
+            run.summary[f"{group_label}/{k}"] = v
         run.summary["report_md"] = paths["md"].read_text()
         return str(Path(run.dir).parent)
     finally:
