@@ -249,3 +249,17 @@ def test_compensation_table_reproduces_the_committed_report():
     for r in rows:
         for k in ("bd_rate_pchip", "bd_psnr_pchip", "bd_rate_cubic", "bd_rate_msssim"):
             assert fmt(k, r.values[k]) == report[r.name][k], (r.name, k)
+
+
+def test_report_writes_the_figures_of_small_effects(tmp_path):
+    """codecx report: delta_psnr.png and bd_rate.png beside rd.png, linked in report.md."""
+    from codecx.report import build_report
+    from test_sweep_report import _fake_sweep
+
+    pts = {(f"reg={g}", f"lmbda={lm}"): (bpp_of([q], s)[0], q) for g, s in (("none", 1.0), ("cse", 0.9), ("b", 1.05))
+           for lm, q in ((1, 28.0), (2, 31.0), (3, 34.0))}
+    paths = build_report(_fake_sweep(tmp_path / "sweep", pts), "reg=none", progress=False)
+    md = paths["md"].read_text()
+    for key, name in (("delta", "delta_psnr.png"), ("bars", "bd_rate.png")):
+        assert paths[key].name == name and paths[key].read_bytes()[:4] == b"\x89PNG" and f"]({name})" in md
+    assert md.index("](rd.png)") < md.index("](delta_psnr.png)") < md.index("## Runs")

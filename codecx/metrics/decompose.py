@@ -1,7 +1,8 @@
 """The reconstruction-error decomposition MSE_t / MSE_a / MSE_q (paper 000, supplement eq. 11)."""
 from __future__ import annotations
 
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -46,7 +47,7 @@ def _has(curve, key: str) -> bool:
     return bool(vals) and any(v is not None for v in vals)
 
 
-def plot_decomposition(curves, path) -> "Path | None":
+def plot_decomposition(curves, path) -> Optional[Path]:
     """MSE_q / MSE_t and MSE_a / MSE_t against bpp, one panel each, the curves labelled, coloured
     and marked as in rd.png (codecx.metrics.rdplot.Styles; CompressAI-layout results dicts;
     paper 000, Fig. 9); None when no curve has them."""
