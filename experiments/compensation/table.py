@@ -2,8 +2,8 @@
 results.json`, `per_image.csv`), through `codecx.compare` (issue 31): BD-rate / BD-PSNR (pchip,
 cubic), the MS-SSIM BD-rate and the per-image band of every arm against the control of the same
 seed (the control's seed 2 against seed 1: its seed band), and the same against the
-inverse-training control; with rd.png, delta_psnr.png (PSNR minus the control's at equal rate)
-and bd_rate.png beside each table.
+inverse-training control; with rd.png, delta_psnr.png (PSNR minus the control's at equal rate),
+bd_rate.png, rdc.png and decomposition.png beside each table.
 
     .venv/bin/python experiments/compensation/table.py            # results/table.md, results/invert/table.md
 
@@ -19,6 +19,8 @@ from pathlib import Path
 
 from codecx.compare import Arm, compare, load_curve, markdown
 from codecx.config.schema import run_name
+from codecx.metrics.complexity import plot_rdc
+from codecx.metrics.decompose import plot_decomposition
 from codecx.metrics.rdplot import plot_comparison
 
 HERE = Path(__file__).resolve().parent
@@ -72,6 +74,9 @@ def write(baseline: str, out: Path, title: str) -> str:
         "`per_image.csv`.\n\n" + text + "\n\n![RD curves](rd.png)\n\n"
         "![PSNR minus the baseline's at equal rate](delta_psnr.png)\n\n![BD-rate](bd_rate.png)\n")
     plot_comparison(rows, base, list(every.values()), out, title=title)
+    curves = [dict(a.curve.results, name=a.name) for a in (base, *every.values())]  # seeds pooled
+    plot_rdc(curves, out / "rdc.png", title=f"{title}: PSNR at matched rate vs decoder complexity")
+    plot_decomposition(curves, out / "decomposition.png")
     return text
 
 
