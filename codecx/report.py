@@ -162,7 +162,7 @@ def _knobs() -> set:
     a run's effective value is where it is used, so the top-level copy never groups."""
     import re
 
-    from codecx.train import CONF_DIR
+    from codecx.conf import CONF_DIR
 
     names = set()
     for p in Path(CONF_DIR).rglob("*.yaml"):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from codecx.conf import CONF_DIR
 from codecx.config import (ConfigError, check_targets, hydra_run_dir, main_with_precheck, one_line,
                            register_configs, to_container)
 from codecx.config.check import TARGET_GROUPS
@@ -33,7 +34,6 @@ from codecx.models.build import build_codec as _build_codec, instantiate_list
 from codecx.models.codec import Codec
 
 log = logging.getLogger("codecx")
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 NULL_IS_A_SETTING = {"check_val_every_n_epoch"}
 #: the largest lmbda the pre-flight check accepts: 10^4 x CompressAI's largest MSE lambda (0.0932)
 #: and ~5x its largest MS-SSIM one; gradients overflow float32 from ~1e15 (measured: 1e14 trains)

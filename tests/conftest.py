@@ -51,13 +51,32 @@ def kodak_image():
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
 
 
+#: backbone options (beyond N, M) that keep a registered backbone tiny in tests; Hydra overrides:
+#: `tiny_model_overrides(name)`. A backbone with width options of its own adds them here.
+TINY_OPTIONS = {"hific": {"channels": [4, 4, 4, 4, 4], "num_residual_blocks": 1}}
+
+
+def tiny_backbone(name: str = "mbt_mean", N: int = 8, M: int = 12, **options):
+    """Backbone `model=NAME` of the registry (codecx/conf/model/NAME.yaml) at tiny widths (cheng2020: M = N)."""
+    from codecx.models import build_backbone
+
+    return build_backbone(name, N=N, M=None if name.startswith("cheng") else M,
+                          **{**TINY_OPTIONS.get(name, {}), **options})
+
+
+def tiny_model_overrides(name: str) -> list:
+    """Hydra overrides of TINY_OPTIONS for `model=NAME` (e.g. model.channels=[4,4,4,4,4])."""
+    return [f"model.{k}={list(v) if isinstance(v, (list, tuple)) else v}".replace(" ", "")
+            for k, v in TINY_OPTIONS.get(name, {}).items()]
+
+
 def tiny_codec(name: str = "mbt_mean", quantizer: str = "noise", N: int = 8, M: int = 12):
     """A small codec for fast tests (real CompressAI layers and entropy models)."""
-    from codecx.models import Codec, build_backbone
+    from codecx.models import Codec
     from codecx.quantizers import MixedQuantizer, NoiseQuantizer, STEQuantizer
 
     q = {"noise": NoiseQuantizer, "ste": STEQuantizer, "mixed": MixedQuantizer}[quantizer]()
-    return Codec(build_backbone(name, N=N, M=None if name.startswith("cheng") else M), q)
+    return Codec(tiny_backbone(name, N=N, M=M), q)
 
 
 def run_train(args, cwd=ROOT, timeout=600, env=None):

@@ -24,6 +24,7 @@ from codecx.coding.container import (
 from codecx.models import BACKBONES, Codec, build_backbone
 from codecx.models.codec import pad_to
 from codecx.quantizers import NoiseQuantizer
+from conftest import tiny_backbone
 
 CONFIG = {"model": {"name": "mbt_mean", "N": 8, "M": 8}, "quantizer": "noise"}
 OPTIONS = {"quantizer": "noise", "shift_index": 0}
@@ -146,7 +147,7 @@ def test_fingerprint_mismatch(real):
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_expected_latent_shapes(name):
-    bb = build_backbone(name, N=8, M=8).eval()
+    bb = tiny_backbone(name, N=8, M=8).eval()
     for shape in [(64, 64), (33, 70), (16, 16)]:
         with torch.no_grad():
             y = bb.g_a(pad_to(torch.zeros(1, 3, *shape), bb.stride))

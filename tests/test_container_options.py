@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codecx.conf import CONF_DIR
 from codecx.coding.container import (BitstreamError, Header, _Reader, decode_image, encode_image,
                                      pack, unpack)
 from codecx.coding.options import (EXTRA_ID, OPTION_KEYS, MalformedOptions, OptionKey,
@@ -19,7 +20,7 @@ from codecx.inference.latent_shift import LatentShift
 from conftest import tiny_codec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONF = Path(__file__).resolve().parent.parent / "codecx" / "conf"
+CONF = Path(CONF_DIR)
 # a registry with every kind, for the round trips
 KEYS = (OptionKey("i", 0, "index"), OptionKey("u", 1, "uint"), OptionKey("n", 2, "name", ("a", "bb")))
 

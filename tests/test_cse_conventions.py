@@ -12,6 +12,7 @@ from compressai.ops import LowerBound
 from torch.special import ndtr
 from torch.utils.data import DataLoader
 
+from codecx.conf import CONF_DIR
 from codecx.config import ConfigError, precheck
 from codecx.lit.module import LitCodec
 from codecx.regularizers import CSERegularizer
@@ -22,7 +23,6 @@ from codecx.types import CodecOutput
 from conftest import ROOT, tiny_codec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONF_DIR = str(ROOT / "codecx" / "conf")
 LN2 = math.log(2)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from codecx.conf import CONF_DIR
 from codecx.evaluate import evaluate, prepare, results_dict, summarize
 from codecx.metrics.decompose import DECOMPOSE_KEYS, decompose, unquantized_reconstruction
 from conftest import ROOT, tiny_codec
@@ -64,7 +65,7 @@ def test_eval_and_train_configs_compose_with_the_new_keys():
     register_configs()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(ROOT / "codecx" / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("eval", overrides=["metrics.decompose=true", "ckpt=x.ckpt"])
             assert cfg.metrics.decompose is True
             cfg = compose("train", overrides=["data.invert=true"])

@@ -14,13 +14,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader
 
+from codecx.conf import CONF_DIR
 from codecx.config import ConfigError, precheck
 from codecx.evaluate import (CheckpointError, dataset_images, evaluate, fingerprint_of, load_codec,
                              results_dict, summarize)
 from codecx.metrics.rd import code_image
 from conftest import ROOT, tiny_codec
 
-CONF = str(ROOT / "codecx" / "conf")
+CONF = CONF_DIR
 
 
 def _compose(overrides):

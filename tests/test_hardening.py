@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
+from codecx.conf import CONF_DIR
 from codecx.coding.container import (BitstreamError, Header, check_method_names, decode_image,
                                      pack, unpack)
 from codecx.config import ConfigError, precheck
 from codecx.evaluate import CheckpointError, load_checkpoint
 from conftest import ROOT, TINY, run_train
 
-CONF_DIR = str(ROOT / "codecx" / "conf")
 
 
 @pytest.fixture(autouse=True, scope="module")

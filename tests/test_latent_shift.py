@@ -6,6 +6,7 @@ import torch
 from compressai.entropy_models import GaussianConditional
 from compressai.models.google import get_scale_table
 
+from codecx.conf import CONF_DIR
 from codecx.coding.container import BitstreamError, Header, decode_image, encode_image, pack, unpack
 from codecx.inference.latent_shift import (
     LatentShift, gaussian_bin_nll_grad, rate_gradient, shift_gradient_correlation,
@@ -240,7 +241,7 @@ def test_every_shift_config_codes_exactly(name):
 
     from codecx.config import group_option
 
-    conf = str(Path(__file__).resolve().parent.parent / "codecx" / "conf")
+    conf = CONF_DIR
     shift = LatentShift(**{k: v for k, v in group_option("shift", name, conf).items() if k != "_target_"})
     codec = _codec("mbt_mean", "noise", shift)
     x = _image(size=128, seed=3)

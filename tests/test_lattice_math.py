@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from codecx.quantizers.lattice_math import (
+from codecx.lattice_math import (
     LATTICES, IntegerLattice, cell_log_prob, cell_prob, get_lattice, normalized_second_moment, sample_voronoi,
     support,
 )
@@ -188,7 +188,7 @@ def test_support_prefilter_drops_no_symbol_and_the_coder_tables_are_support(name
     quadrature on the whole ball), and the coder's joint table of a key is `support` of that
     zero-mean group: the same alphabet, each point's symbol its position in it."""
     from codecx.coding.lattice_coder import _TABLE_ORDER, KEY_SCALES, LatticeTables
-    from codecx.quantizers.lattice_math import _ball, support_radius
+    from codecx.lattice_math import _ball, support_radius
 
     lat = get_lattice(name)
     g = torch.Generator().manual_seed(7)

@@ -9,6 +9,7 @@ import torch
 from compressai.entropy_models import GaussianConditional
 from compressai.models.google import get_scale_table
 
+from codecx.conf import CONF_DIR
 from codecx.coding.lattice_coder import LatticeTables
 from codecx.losses import bits_per_pixel
 from codecx.quantizers import LatticeQuantizer
@@ -111,7 +112,7 @@ def test_training_forward_rate_and_gradients(name):
 
 @pytest.mark.parametrize("name", LATTICES)
 def test_eval_is_nearest_point_and_rate_is_cell_probability(name):
-    from codecx.quantizers.lattice_math import cell_prob
+    from codecx.lattice_math import cell_prob
 
     q = LatticeQuantizer(name, "channel").eval()
     y, params = _gaussian_latents(0.2, 3, C=12)
@@ -219,7 +220,7 @@ def test_configs_and_scalar_checkpoints_load():
     from omegaconf import OmegaConf
 
     for name in LATTICES:
-        q = instantiate(OmegaConf.load(ROOT / "codecx" / "conf" / "quantizer" / f"{name}.yaml"))
+        q = instantiate(OmegaConf.load(Path(CONF_DIR) / "quantizer" / f"{name}.yaml"))
         assert isinstance(q, LatticeQuantizer) and q.lattice.name == name and q.grouping == "scale"
         assert len(q.state_dict()) == 0 and len(list(q.parameters())) == 0
     scalar = tiny_codec("mbt_mean")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from codecx.conf import CONF_DIR
 from codecx.metrics.realism import hf_power_ratio
 from conftest import ROOT, MemoryLogger, tiny_codec
 
@@ -224,7 +225,7 @@ def test_periodic_validation_logs_hf_ratio_and_lpips(tmp_path, monkeypatch):
     torch.save({k: v for k, v in tvm.alexnet().state_dict().items() if k.startswith("features.")}, alex)
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "codecx" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"eval.lpips_weights={alex}", "eval.every_n_steps=1",
                                           "eval.max_images=1"])
     GlobalHydra.instance().clear()

@@ -11,10 +11,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from codecx.conf import CONF_DIR
 from codecx.inference.sga import SCHEDULES, SGA, sga_round
 from conftest import tiny_codec
 
-CONF = Path(__file__).resolve().parent.parent / "codecx" / "conf" / "refine"
+CONF = Path(CONF_DIR) / "refine"
 LMBDA = 0.01
 
 

@@ -11,13 +11,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from codecx.conf import CONF_DIR
 from codecx.lit import LitCodec
 from codecx.models import Codec
 from codecx.models.shallow import (JpegLike, JpegLikeSynthesis, Shallow, TwoLayerSynthesis)
 from codecx.quantizers import NoiseQuantizer
 from codecx.regularizers import NoRegularizer
 
-CONF = Path(__file__).resolve().parent.parent / "codecx" / "conf" / "model"
+CONF = Path(CONF_DIR) / "model"
 
 # (class, kwargs) of the three variants, tiny: C=16, CNN analysis
 VARIANTS = {

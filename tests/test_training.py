@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from codecx.lit import LitCodec, Schedule
-from codecx.models.backbones import BACKBONES
+from codecx.models import BACKBONES
 from codecx.regularizers import NoRegularizer
 from conftest import TINY, run_train, tiny_codec
 

@@ -18,7 +18,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from codecx.conf import CONF_DIR
+
 # name -> (model option, quantizer option, shift option, transform option)
 SETUPS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
     "scalar": ("mbt_mean", "noise", None, None),
@@ -31,7 +32,7 @@ SETUPS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
 
 def transform_setups() -> Dict[str, Tuple[str, str, Optional[str], Optional[str]]]:
     """One setup per latent transform of conf/transform (mbt_mean, scalar)."""
-    d = CONF_DIR / "transform"
+    d = Path(CONF_DIR) / "transform"
     names = sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
     return {f"transform={n}": ("mbt_mean", "noise", None, n) for n in names}
 
@@ -39,7 +40,7 @@ def transform_setups() -> Dict[str, Tuple[str, str, Optional[str], Optional[str]
 def _node(group: str, name: str) -> Dict[str, Any]:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=False)
+    return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / group / f"{name}.yaml"), resolve=False)
 
 
 def build_setup(name: str, seed: int = 0, size: Tuple[int, int] = (64, 96)):

@@ -48,7 +48,7 @@ from compressai.models.google import get_scale_table
 from torch import Tensor
 
 from codecx.coding.scale_keys import check_rule, key_indexes
-from codecx.quantizers.lattice_math import Lattice, support, support_size
+from codecx.lattice_math import Lattice, support, support_size
 
 __all__ = ["LatticeTables", "LatticeStreamEncoder", "LatticeStreamDecoder", "Z1_GENERATOR", "key_table"]
 

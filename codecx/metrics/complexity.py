@@ -78,34 +78,11 @@ def parameter_counts(backbone: nn.Module) -> Dict[str, int]:
 
 
 def build_model(name: str, **overrides: Any) -> nn.Module:
-    """A backbone from its config node codecx/conf/model/NAME.yaml with `overrides` (N, M, ...)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    """The architecture of backbone `model=NAME` (the registry's codecx/conf/model/NAME.yaml) with
+    `overrides` (N, M, ...), no weights."""
+    from codecx.models.build import build_backbone
 
-    conf = Path(__file__).resolve().parent.parent / "conf" / "model"
-    f = conf / f"{name}.yaml"
-    if not f.is_file():
-        have = ", ".join(sorted(p.stem for p in conf.glob("*.yaml")))
-        raise ValueError(f"unknown model {name!r}: choose one of {have}")
-    import inspect
-
-    from hydra.utils import get_method
-
-    node = OmegaConf.load(f)
-    known = [k for k in node if k != "_target_"]
-    try:  # the constructor's own keyword arguments too (e.g. shallow's residual, analysis)
-        known += [k for k in inspect.signature(get_method(node._target_)).parameters if k not in known]
-    except (ValueError, TypeError, ImportError):
-        pass
-    for k, v in overrides.items():
-        if k not in known:
-            raise ValueError(f"model {name} has no option {k!r}; its options: " + ", ".join(known))
-        node[k] = v
-    node.weights = None  # architecture only
-    try:
-        return instantiate(node)
-    except Exception as e:  # noqa: BLE001 - Hydra wraps the constructor's error
-        raise ValueError(f"model {name} with {overrides}: {e.__cause__ or e}") from e
+    return build_backbone(name, **overrides)
 
 
 def complexity_table(name: str, backbone: nn.Module, height: int, width: int) -> str:

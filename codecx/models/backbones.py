@@ -241,20 +241,8 @@ def _check_cheng_m(N, M):
         )
 
 
-from codecx.models.shallow import JpegLike, Shallow  # noqa: E402  (MbtMean subclasses, paper 004)
-
-BACKBONES = {
-    "bmshj_factorized": BmshjFactorized,
-    "bmshj_hyperprior": BmshjHyperprior,
-    "mbt_mean": MbtMean,
-    "mbt": Mbt,
-    "cheng_anchor": ChengAnchor,
-    "cheng_attn": ChengAttn,
-    "shallow": Shallow,
-    "jpeg_like": JpegLike,
-}
-
-#: CompressAI zoo name of each backbone (for anchors and the docs)
+#: CompressAI zoo name of each backbone (for anchors and the docs); the registry of every backbone,
+#: `codecx.models.BACKBONES`, is built from codecx/conf/model/*.yaml (codecx.models.build)
 ZOO_NAMES = {
     "bmshj_factorized": "bmshj2018-factorized",
     "bmshj_hyperprior": "bmshj2018-hyperprior",

@@ -1,12 +1,21 @@
-"""Build a backbone by name and load CompressAI state dicts into it."""
+"""The backbone registry (one entry per `codecx/conf/model/NAME.yaml`), building a backbone by
+name, and loading CompressAI / codecx / NeuralCompression state dicts into one."""
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 
-from codecx.models.backbones import BACKBONES, SCALE_LEVELS, Backbone
+from codecx.conf import CONF_DIR
+
+if TYPE_CHECKING:
+    from codecx.models.backbones import Backbone
+
+#: the model group's folder: each NAME.yaml is a backbone config (`_target_`: its class)
+MODEL_DIR = Path(CONF_DIR) / "model"
 
 
 #: the quantizer of a config without one (a bare CompressAI state dict): every scalar one codes alike;
@@ -26,13 +35,103 @@ def non_finite_tensors(state: Mapping[str, Any], limit: int = 3) -> List[str]:
     return bad
 
 
-def build_backbone(name: str, N: int = 128, M: Optional[int] = 192,
-                   weights: Optional[str] = None, scale_levels: int = SCALE_LEVELS) -> Backbone:
-    """Instantiate backbone `name` (one of BACKBONES) and optionally load `weights`;
-    `scale_levels`: the scale table of its Gaussian CDF tables (64: CompressAI's own)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
-    return BACKBONES[name](N=N, M=M, weights=weights, scale_levels=scale_levels, name=name)
+@functools.lru_cache(maxsize=None)
+def _model_nodes() -> Dict[str, Dict[str, Any]]:
+    """{NAME: the node of conf/model/NAME.yaml}, a `defaults: [OTHER, _self_]` list merged (OTHER first)."""
+    from omegaconf import OmegaConf
+
+    raw = {p.stem: OmegaConf.to_container(OmegaConf.load(p), resolve=False) for p in sorted(MODEL_DIR.glob("*.yaml"))}
+
+    def merged(name: str, seen: tuple = ()) -> Dict[str, Any]:
+        if name in seen:
+            raise ValueError(f"conf/model/{name}.yaml: its defaults list includes itself")
+        node = dict(raw[name])
+        defaults = list(node.pop("defaults", None) or [])
+        out: Dict[str, Any] = {}
+        for item in defaults if "_self_" in defaults else [*defaults, "_self_"]:  # Hydra: _self_ last
+            out.update(node if item == "_self_" else merged(str(item), seen + (name,)))
+        return out
+
+    return {name: merged(name) for name in raw}
+
+
+def model_config(name: str) -> Dict[str, Any]:
+    """A copy of the config node `model=NAME` selects (conf/model/NAME.yaml); ValueError naming the choices."""
+    nodes = _model_nodes()
+    if name not in nodes:
+        raise ValueError(f"unknown model {name!r} (no codecx/conf/model/{name}.yaml); choose one of: "
+                         f"{', '.join(nodes)}")
+    return dict(nodes[name])
+
+
+def backbone_class(name: str) -> type:
+    """The class `model=NAME` builds (its YAML's `_target_`)."""
+    from hydra._internal.utils import _locate
+
+    return _locate(model_config(name)["_target_"])
+
+
+class BackboneRegistry(Mapping):
+    """{NAME: class} of every architecture in `codecx/conf/model/`: the files whose `name` is their
+    own file name (a size preset such as mbt_mean_small, `name: mbt_mean`, is not another one).
+    Adding a backbone = its module and its YAML; tests parametrized over this mapping pick it up."""
+
+    def _names(self) -> List[str]:
+        return [n for n, node in _model_nodes().items() if node.get("name", n) == n]
+
+    def __getitem__(self, name: str) -> type:
+        if name not in self._names():
+            raise KeyError(name)
+        return backbone_class(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+BACKBONES = BackboneRegistry()
+
+
+def instantiate_backbone(node: Mapping[str, Any]) -> "Backbone":
+    """The backbone of a `model` config node (`_target_` and its keyword arguments)."""
+    from hydra.utils import instantiate
+
+    return instantiate(dict(node), _convert_="all")
+
+
+def build_backbone(name: str, N: Optional[int] = None, M: Optional[int] = None, weights: Optional[str] = None,
+                   scale_levels: Optional[int] = None, **options: Any) -> "Backbone":
+    """Backbone `model=NAME` from its YAML node, with `N`, `M`, `scale_levels` (None: the YAML's) and
+    backbone `options` (e.g. hific's channels) overridden; `weights`: a state dict to load.
+    The same node `python train.py model=NAME` instantiates."""
+    node = model_config(name)
+    sizes = {"N": N, "M": M, "scale_levels": scale_levels}
+    node.update({k: v for k, v in sizes.items() if v is not None})
+    known = set(node) | _parameters(node["_target_"])
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise ValueError(f"model {name} has no option {', '.join(map(repr, unknown))}; its options: "
+                         + ", ".join(sorted(k for k in known if not k.startswith("_"))))
+    node.update(options, weights=weights)
+    try:
+        return instantiate_backbone(node)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps the constructor's error
+        cause = e.__cause__ if e.__cause__ is not None else e
+        if isinstance(cause, (ValueError, FileNotFoundError)):
+            raise cause from None
+        raise
+
+
+def _parameters(target: str) -> set:
+    """Keyword parameters of the `_target_` class's constructor."""
+    from hydra._internal.utils import _locate
+
+    try:
+        return {k for k in inspect.signature(_locate(target)).parameters if k != "self"}
+    except (ValueError, TypeError, ImportError):
+        return set()
 
 
 def load_weights(model: Backbone, path: str) -> Backbone:
@@ -103,5 +202,5 @@ def build_codec(config: Mapping[str, Any]):
 
     quantizer = config.get("quantizer") or DEFAULT_QUANTIZER
     transforms = instantiate_list(config.get("transform")) + instantiate_list(config.get("shift"))
-    return Codec(instantiate(dict(config["model"])), instantiate(dict(quantizer)), transforms=transforms,
+    return Codec(instantiate_backbone(config["model"]), instantiate(dict(quantizer)), transforms=transforms,
                  refiners=instantiate_list(config.get("refine")), lmbda=config.get("lmbda"))

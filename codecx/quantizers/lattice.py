@@ -37,7 +37,7 @@ from torch import Tensor
 from codecx.coding import lattice_coder
 from codecx.coding.scale_keys import check_rule
 from codecx.quantizers.base import Quantizer
-from codecx.quantizers.lattice_math import IntegerLattice, cell_prob, get_lattice, sample_voronoi
+from codecx.lattice_math import IntegerLattice, cell_prob, get_lattice, sample_voronoi
 from codecx.types import EntropyParams, QuantizerOutput
 
 __all__ = ["LatticeQuantizer", "GROUPINGS"]
