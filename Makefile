@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.codecx-installed
 ARGS   ?=
 
-.PHONY: help install train test test-quick test-slow bench clean
+.PHONY: help install train test test-quick test-slow bench docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 # test oracle: NeuralCompression (released MS-ILLM/HiFiC code); its pins predate torch 2.14, the
 # modules tests/test_reference_nc.py uses need only fvcore beyond codecx's own dependencies
 	$(PY) -m pip install --quiet --no-deps neuralcompression==0.3.1
@@ -39,5 +39,8 @@ test-slow: $(STAMP)  ## slow checks: multirun, DDP on 2 CPU processes, resume af
 bench: $(STAMP)  ## timed comparisons, printed as ratios against baselines measured in the same run
 	$(PY) -m benchmarks $(ARGS)
 
+docs: $(STAMP)  ## the docs site (MkDocs, offline) in site/: open site/index.html; a broken link fails it
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict $(ARGS)
+
 clean:  ## remove run outputs (keeps .venv)
-	rm -rf runs outputs multirun lightning_logs .pytest_cache
+	rm -rf runs outputs multirun lightning_logs .pytest_cache site
