@@ -14,7 +14,7 @@ included) under
 - **shift_fast**: the same with 4 candidates compared on ~5% of the latent
   (`codecx/conf/shift/latent_fast.yaml`).
 
-The paper's figures (001, appendix F, table 6, mbt2018-mean, one CPU core): Hex +3%, Oct
+The paper's figures (arXiv 2501.01231, appendix F, table 6, mbt2018-mean, one CPU core): Hex +3%, Oct
 +5% encode, +1.8% decode; latent shift x10.1 encode (8 sequential decoder passes), +0.7%
 decode. Issue 5 targets latent-shift encode <= 2x.
 

@@ -1,4 +1,4 @@
-"""Shallow decoder and SGA (paper 004): synthesis time against mbt_mean's, SGA encode cost.
+"""Shallow decoder and SGA (arXiv 2304.06244): synthesis time against mbt_mean's, SGA encode cost.
 
 What is compared (issue 12):
 

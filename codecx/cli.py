@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-incomplete", action="store_true", help="use runs whose last.ckpt stopped "
                    "before trainer.max_steps in the curves and BD figures (default: flagged and left out)")
     s.add_argument("--decompose", action="store_true", help="evaluate with the MSE_t / MSE_a / MSE_q "
-                   "decomposition (eval.py metrics.decompose=true; paper 000 eq. 11): its section and plot")
+                   "decomposition (eval.py metrics.decompose=true; Rethinking Latent Variable (WACV 2026) eq. 11): its section and plot")
     s.add_argument("--lpips-weights", metavar="PATH", help="evaluate LPIPS (AlexNet) with this torchvision "
                    "alexnet file or folder (eval.py metrics.lpips.weights); nothing is downloaded")
     s.add_argument("--fid-weights", metavar="PATH", help="evaluate FID / KID on 256-px patches with this "

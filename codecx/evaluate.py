@@ -216,8 +216,8 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
     `decode_image`); `bpp` counts the whole file, header included. LPIPS (Zhang et al. 2018)
     per image with `lpips`; `fid` (FIDKID) accumulates patches, read it with `summarize`;
     `on_image(name, x, x_hat)` sees every decoded image. `grad_corr` (None: when the codec
-    shifts its latents) adds the correlation of grad -log p and grad D w.r.t. y_hat (paper 001
-    fig. 6). `decompose` adds MSE_t / MSE_a / MSE_q and their ratios (paper 000, eq. 11)."""
+    shifts its latents) adds the correlation of grad -log p and grad D w.r.t. y_hat (arXiv 2501.01231
+    fig. 6). `decompose` adds MSE_t / MSE_a / MSE_q and their ratios (Rethinking Latent Variable, WACV 2026, eq. 11)."""
     from codecx.inference.latent_shift import shift_gradient_correlation
     from codecx.metrics.decompose import decompose as decompose_error
     from codecx.metrics.realism import hf_power_ratio

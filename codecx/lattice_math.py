@@ -2,7 +2,7 @@
 
 Nearest points follow Conway & Sloane, "Fast quantizing and decoding algorithms for lattice
 quantizers and codes" (IEEE T-IT 1982). Cell probabilities, the mass a product of Gaussians
-puts on a Voronoi cell (eq. 2 and appendix E of shared/papers/001, Hex-Quant/Oct-Quant), are
+puts on a Voronoi cell (eq. 2 and appendix E of arXiv 2501.01231, Hex-Quant/Oct-Quant), are
 exact on axis-aligned box parts of the cell, and elsewhere use an erf innermost integral
 with Gauss-Legendre quadrature outside, in a Gaussian CDF change of variables (Genz 1992).
 Every lattice is scaled to unit cell volume. Tensors are (..., v), float32 or float64.
@@ -157,7 +157,7 @@ def _nearest_dn(x: Tensor) -> Tensor:
 
 
 class HexLattice(Lattice):
-    """A2, the hexagonal lattice of Hex-Quant (paper 001, sec. 3; C&S 1982 cosets of a rectangle).
+    """A2, the hexagonal lattice of Hex-Quant (arXiv 2501.01231, sec. 3; C&S 1982 cosets of a rectangle).
 
     Unscaled: rows (1, 0), (1/2, sqrt(3)/2); cell |c1| <= 1/2, |c2| <= (1 - |c1|) / sqrt(3)
     (the hexagon has vertical edges; the paper's figure 5a is the same hexagon turned 90 degrees).
@@ -170,7 +170,7 @@ class HexLattice(Lattice):
         return _nearest_cosets(x, (1.0, _SQRT3), [(0.0, 0.0), (0.5, _SQRT3 / 2)])
 
     def _cell_prob0(self, d, s, n):
-        # paper 001 appendix E, erf inside and quadrature outside, on rectangle + two caps:
+        # arXiv 2501.01231 appendix E, erf inside and quadrature outside, on rectangle + two caps:
         # the rectangle |c1| <= 1/2, |c2| <= 1/(2 sqrt3) is exact, the caps have |c1| <= 1 - sqrt3 |c2|
         (d1, d2), (s1, s2) = d.unbind(-1), s.unbind(-1)
         k = 1 / _SQRT3
@@ -183,7 +183,7 @@ class HexLattice(Lattice):
 
 
 class OctLattice(Lattice):
-    """A3* = BCC = Z^3 u (Z^3 + 1/2), truncated-octahedron cells (Oct-Quant, paper 001; C&S 1982).
+    """A3* = BCC = Z^3 u (Z^3 + 1/2), truncated-octahedron cells (Oct-Quant, arXiv 2501.01231; C&S 1982).
 
     Unscaled cell: |c_i| <= 1/2 and |c1| + |c2| + |c3| <= 3/4.
     """
@@ -276,7 +276,7 @@ def normalized_second_moment(lattice: Lattice, n_samples: int = 1 << 17, seed: i
 # ---------------------------------------------------------------------------- cell probabilities
 def cell_prob(lattice: Lattice, points: Tensor, means: Tensor, scales: Tensor, *,
               bound: Optional[float] = 1e-9, order: Optional[int] = None) -> Tensor:
-    """Mass of prod_i N(means_i, scales_i) on the cell of each point (eq. 2 of paper 001), shape (...).
+    """Mass of prod_i N(means_i, scales_i) on the cell of each point (eq. 2 of arXiv 2501.01231), shape (...).
 
     Differentiable in means and scales; lower-bounded at `bound` with CompressAI's gradient
     rule (None: no bound). `points` need not be lattice points (cell translated anywhere).
@@ -297,7 +297,7 @@ def cell_log_prob(lattice: Lattice, points: Tensor, means: Tensor, scales: Tenso
 
 
 # ---------------------------------------------------------------------------- coding support
-# One implementation of the truncated symbol alphabets (paper 001, appendix D.3): `support` here,
+# One implementation of the truncated symbol alphabets (arXiv 2501.01231, appendix D.3): `support` here,
 # used as it is by the entropy coder's joint tables (codecx.coding.lattice_coder), whose symbols
 # are the candidates' positions as `OffsetIndex` finds them.
 def _ball_size(lattice: Lattice, radius: float) -> float:
@@ -354,7 +354,7 @@ class OffsetIndex:
 @dataclass
 class Support:
     """Truncated per-group symbol alphabets: candidates `index = center + offsets` (G, K, v),
-    their cell probabilities `prob` (G, K) and `valid = prob >= tail` (paper 001 drops symbols
+    their cell probabilities `prob` (G, K) and `valid = prob >= tail` (arXiv 2501.01231 drops symbols
     below 1e-7). `prob` is not renormalised: the coder quantizes it into a CDF and reserves an
     escape for the points `locate` flags (or clips them to a valid candidate).
     """

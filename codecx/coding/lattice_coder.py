@@ -1,4 +1,4 @@
-"""Entropy coding of lattice symbols (Hex-/Oct-Quant, paper 001 sec. 3.2) with `constriction`.
+"""Entropy coding of lattice symbols (Hex-/Oct-Quant, arXiv 2501.01231 sec. 3.2) with `constriction`.
 
 A group of v latents `u = y - means ~ prod_i N(0, sigma_i)` is quantized to the nearest point
 `k @ G` of a unit-volume lattice (integer basis coordinates `k`, generator rows `G`). The

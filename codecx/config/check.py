@@ -120,7 +120,7 @@ def _safe(target: str):
 
 
 def check_latent_mse(cfg: DictConfig) -> None:
-    """Paper 000's latent-MSE term `w * mean((y - y_hat')^2)` trains only a learned compensation
+    """The latent-MSE term `w * mean((y - y_hat')^2)` (Rethinking Latent Variable, WACV 2026) trains only a learned compensation
     before it (`LatentTransform.learned`: LRP, LPC): `y - y_hat` is a constant of the parameters
     under every training quantizer (codecx.transforms.latent_mse). A weighted term with none
     before it (transform=latent_mse alone, fpc.latent_mse, [latent_mse,lrp]) adds a constant to
@@ -141,7 +141,7 @@ def check_latent_mse(cfg: DictConfig) -> None:
         if float(getattr(t, "latent_mse", 0.0) or 0.0) > 0 and not learned:
             raise ConfigError(
                 f"{name}: its latent-MSE term trains nothing: y - y_hat is a constant of the parameters "
-                "under every training quantizer, so the term (paper 000) trains only a learned "
+                "under every training quantizer, so the term (Rethinking Latent Variable, WACV 2026) trains only a learned "
                 "compensation before it (lrp, lpc); use e.g. transform.lrp.latent_mse=1 or "
                 "'transform=[lpc,latent_mse]', or drop the term")
 

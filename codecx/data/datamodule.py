@@ -186,7 +186,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.max_val_images, self.repeat = max_val_images, repeat
         self.seed = seed  # data order, crops and flips from their own generators (None: the global RNG)
         self.shuffle, self.augment = shuffle, augment
-        self.invert = invert  # inverse training (paper 000): training images also as 1 - x
+        self.invert = invert  # inverse training (Rethinking Latent Variable, WACV 2026): training images also as 1 - x
         # page-locked batches for faster host-to-GPU copies (None: when CUDA is available)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.train_set: Dataset | None = None

@@ -1,4 +1,4 @@
-"""Inverse training (paper 000, supplement C.1): every training image also as `1 - x`."""
+"""Inverse training (Rethinking Latent Variable, WACV 2026, supplement C.1): every training image also as `1 - x`."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Latent shift: use the entropy gradient the decoder already has (paper 001, sec. 4, D.1-D.2, F).
+"""Latent shift: use the entropy gradient the decoder already has (arXiv 2501.01231, sec. 4, D.1-D.2, F).
 
 After decoding, the decoder knows `g = grad_{y_hat} -log p(y_hat | z_hat)`. Trained codecs
 nearly satisfy the KKT condition E[g + lmbda grad_{y_hat} D] = 0 (Theorem 2), so `g` is
@@ -105,7 +105,7 @@ def _index(options: Optional[Dict], key: str, n: int) -> int:
 
 
 class LatentShift(LatentTransform):
-    """Encoder-chosen shift of the decoded latents (paper 001, sec. 4), a latent transform.
+    """Encoder-chosen shift of the decoded latents (arXiv 2501.01231, sec. 4), a latent transform.
 
     Args:
         mode: "latent" (rho * grad -log p), "sign" (rho * sign(grad)) or "scalar" (+rho).
@@ -279,7 +279,7 @@ class _Tiles:
 # ---------------------------------------------------------------------------- diagnostics
 def shift_gradient_correlation(codec, x: Tensor) -> float:
     """Pearson correlation of grad_{y_hat} -log p(y_hat | z_hat) and grad_{y_hat} MSE(x, g_s(y_hat))
-    for one image (paper 001 fig. 3 and 6: -0.1 ... -0.5 on trained codecs), unshifted y_hat."""
+    for one image (arXiv 2501.01231 fig. 3 and 6: -0.1 ... -0.5 on trained codecs), unshifted y_hat."""
     if x.dim() != 4 or x.size(0) != 1:
         raise ValueError(f"shift_gradient_correlation takes one image (1, 3, H, W), got {tuple(x.shape)}")
     was_training, shift = codec.training, getattr(codec, "shift", None)

@@ -36,7 +36,7 @@ LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_st
           "lpips": "val/lpips", "hf_ratio": "val/hf_ratio"}
 
 
-LOGGED.update({"mse_a_ratio": "val/mse_a_ratio", "mse_q_ratio": "val/mse_q_ratio"})  # paper 000 eq. 11
+LOGGED.update({"mse_a_ratio": "val/mse_a_ratio", "mse_q_ratio": "val/mse_q_ratio"})  # Rethinking Latent Variable (WACV 2026) eq. 11
 
 PREVIOUS_SUFFIX = ".prev.ckpt"   # last.ckpt's previous version, kept to fall back on
 TEMP_MARK = ".tmp-"              # checkpoints are written as .NAME.tmp-PID beside the target
@@ -452,7 +452,7 @@ class RealBitstreamEval(Callback):
 
         fid = self._fid_metric()
         rows = evaluate(codec, images, fp, lpips=self._lpips_metric(), fid=fid, progress=False,
-                        on_image=keep, decompose=True)  # MSE_a / MSE_q shares (paper 000)
+                        on_image=keep, decompose=True)  # MSE_a / MSE_q shares (Rethinking Latent Variable, WACV 2026)
         with warnings.catch_warnings(record=True) as caught:  # FID/KID of too few patches
             warnings.simplefilter("always")
             point = summarize(rows, fid)

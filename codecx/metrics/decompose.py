@@ -1,4 +1,4 @@
-"""The reconstruction-error decomposition MSE_t / MSE_a / MSE_q (paper 000, supplement eq. 11)."""
+"""The reconstruction-error decomposition MSE_t / MSE_a / MSE_q (Rethinking Latent Variable, WACV 2026, supplement eq. 11)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,9 +32,9 @@ def _mse(a: Tensor, b: Tensor) -> float:
 @torch.no_grad()
 def decompose(codec, x: Tensor, x_hat: Tensor) -> Dict[str, float]:
     """Per image: `mse_t` = MSE(X, X_q) with X_q the decoded image `x_hat`, `mse_a` = MSE(X, X_uq),
-    `mse_q` = MSE(X_uq, X_q) (paper 000, eq. 11), all on 8-bit rounded images (the MSE of the
+    `mse_q` = MSE(X_uq, X_q) (Rethinking Latent Variable, WACV 2026, eq. 11), all on 8-bit rounded images (the MSE of the
     eval PSNR: psnr = 10 log10(255^2 / mse_t)), and the ratios `mse_a / mse_t`, `mse_q / mse_t`
-    (paper 000, Fig. 9; nan when mse_t = 0). `codec` in eval mode."""
+    (Rethinking Latent Variable, WACV 2026, Fig. 9; nan when mse_t = 0). `codec` in eval mode."""
     x_uq = unquantized_reconstruction(codec, x)
     mse_t, mse_a, mse_q = _mse(x, x_hat), _mse(x, x_uq), _mse(x_uq, x_hat)
     ratio = (lambda v: v / mse_t) if mse_t > 0 else (lambda v: float("nan"))  # noqa: E731
@@ -50,7 +50,7 @@ def _has(curve, key: str) -> bool:
 def plot_decomposition(curves, path) -> Optional[Path]:
     """MSE_q / MSE_t and MSE_a / MSE_t against bpp, one panel each, the curves labelled, coloured
     and marked as in rd.png (codecx.metrics.rdplot.Styles; CompressAI-layout results dicts;
-    paper 000, Fig. 9); None when no curve has them."""
+    Rethinking Latent Variable (WACV 2026), Fig. 9); None when no curve has them."""
     from codecx.metrics.rdplot import Styles, _legend, _new_figure, _save
 
     curves = [c for c in curves if _has(c, "mse_q_ratio")]
@@ -88,7 +88,7 @@ def decomposition_section(curves, png) -> str:
     plot = plot_decomposition(curves, png)
     lines = ["", "## Reconstruction-error decomposition", "",
              "MSE_t = MSE(X, X_q), MSE_a = MSE(X, g_s(y)) (no quantization), MSE_q = MSE(g_s(y), X_q) "
-             "(paper 000, eq. 11), on 8-bit images, means over the images.", ""]
+             "(Rethinking Latent Variable, WACV 2026, eq. 11), on 8-bit images, means over the images.", ""]
     if plot is not None:
         lines += [f"![decomposition]({plot.name})", ""]
     lines += ["| group | bpp | MSE_t | MSE_a | MSE_q | MSE_a/MSE_t | MSE_q/MSE_t |",

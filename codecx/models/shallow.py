@@ -1,5 +1,5 @@
 """Shallow synthesis transforms of Yang & Mandt, "Computationally-efficient neural image
-compression with shallow decoders" (ICCV 2023; paper 004), on a mean-scale hyperprior.
+compression with shallow decoders" (ICCV 2023; arXiv 2304.06244), on a mean-scale hyperprior.
 
 `Shallow`: ELIC's analysis transform (He et al., CVPR 2022; CompressAI's
 `Elic2022Official.g_a`, same module names) or a 4-layer CNN, the mean-scale hyperprior of

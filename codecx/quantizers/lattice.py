@@ -1,6 +1,6 @@
 """Lattice vector quantization of Gaussian latents: Hex-Quant (A2), Oct-Quant (A3*) and D4.
 
-Paper 001 (sec. 3, appendices B, D.3, E, F): `u = y - means` is cut into groups of v
+Balcilar et al., arXiv 2501.01231 (sec. 3, appendices B, D.3, E, F): `u = y - means` is cut into groups of v
 elements, each group is quantized to the nearest point of a unit-volume lattice
 (Conway & Sloane 1982 closed forms, `lattice_math`), and the group's probability is the
 mass of the product of its per-element Gaussians N(0, scale_i) on the point's Voronoi cell.

@@ -1,4 +1,4 @@
-"""Conditional source entropy regularizer −H(X|X̂) (002_…: Algorithm 1, eqs. 12–13)."""
+"""Conditional source entropy regularizer −H(X|X̂) (arXiv 2411.16727: Algorithm 1, eqs. 12–13)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Conditional source entropy models q_theta(X | X_hat) of the CSE regularizer (002_…, sec. 9).
+"""Conditional source entropy models q_theta(X | X_hat) of the CSE regularizer (arXiv 2411.16727, sec. 9).
 
 The paper leaves the discretisation of X open; `bin_width` w (in 0..255 units) chooses it.
 X in [0, 1] is first read as its 8-bit value v = round(255 X); with w = 1 (the default) the

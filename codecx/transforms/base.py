@@ -63,7 +63,7 @@ class LatentTransform(nn.Module):
     #: the encoder then runs the transforms up to this one; without any, it runs none
     signals: bool = False
     #: True when the output depends on trained parameters (LRP's f, LPC's mu_r / sigma_r):
-    #: what a latent-MSE term measured after it can train (paper 000); False for a fixed
+    #: what a latent-MSE term measured after it can train (Rethinking Latent Variable, WACV 2026); False for a fixed
     #: transform (FPC, the latent-MSE term itself), after which the term trains nothing
     learned: bool = True
 

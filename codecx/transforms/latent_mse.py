@@ -1,4 +1,4 @@
-"""The latent-MSE term `w * mean((y - y_hat')^2)` (paper 000, supplement B.1 and Fig. 8).
+"""The latent-MSE term `w * mean((y - y_hat')^2)` (Rethinking Latent Variable, WACV 2026, supplement B.1 and Fig. 8).
 
 What it trains: in training `y - y_hat` is a constant of the parameters under every quantizer
 (STE and mixed: `y_hat = y + (round(y - means) + means - y).detach()`; noise and the lattices:
@@ -50,7 +50,7 @@ def _check_weight(latent_mse) -> float:
 
 class Compensation(LatentTransform):
     """Base of the decoder-side compensations of the quantization residual `y - y_hat`
-    (LRP, LPC, FPC; paper 000): `compensate(y_hat, state)` returns `y_hat'`, and the optional
+    (LRP, LPC, FPC; Rethinking Latent Variable (WACV 2026)): `compensate(y_hat, state)` returns `y_hat'`, and the optional
     latent-MSE term is measured on `y_hat'`."""
 
     def __init__(self, latent_mse: float = 0.0):
@@ -84,7 +84,7 @@ class Compensation(LatentTransform):
 
 
 class LatentMSE(Compensation):
-    """Identity transform that only adds `weight * mean((y - y_hat)^2)` (paper 000, B.1);
+    """Identity transform that only adds `weight * mean((y - y_hat)^2)` (Rethinking Latent Variable, WACV 2026, B.1);
     placed after a learned compensation in the list, it measures (and trains) the compensated
     `y_hat'`; on its own it trains nothing (see the module docstring)."""
 

@@ -1,4 +1,4 @@
-"""Learned / fixed parameter compensation of the quantization residual (paper 000, Fig. 7, C.4)."""
+"""Learned / fixed parameter compensation of the quantization residual (Rethinking Latent Variable, WACV 2026, Fig. 7, C.4)."""
 from __future__ import annotations
 
 import math
@@ -18,7 +18,7 @@ SIGMA0 = 1.0 / 6.0
 
 class LPC(Compensation):
     """`y_hat' = y_hat + r`, r ~ N(mu_r, sigma_r) in training (reparameterised sample) and
-    r = mu_r at decode (paper 000, LPC: a compensation distribution of the residual).
+    r = mu_r at decode (Rethinking Latent Variable, WACV 2026, LPC: a compensation distribution of the residual).
 
     `params=learned`: mu_r, sigma_r are free parameters per latent channel (the supplement's
     "learned parameters", Fig. 7). `params=predicted`: a small conv net predicts them per
@@ -99,7 +99,7 @@ class LPC(Compensation):
 
 
 class FPC(LPC):
-    """Fixed parameter compensation (paper 000, C.4, Tab. 7): r ~ N(mu, sigma) with fixed
+    """Fixed parameter compensation (Rethinking Latent Variable, WACV 2026, C.4, Tab. 7): r ~ N(mu, sigma) with fixed
     mu = 0, sigma = 1/6, clamped to +-0.5, added to `y_hat` in training only (at decode the
     mean, 0: FPC changes training, not the decoder). Nothing is learned: a latent-MSE term on
     FPC's output trains nothing."""

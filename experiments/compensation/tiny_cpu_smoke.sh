@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A smoke run of the compensation transforms on CPU (NOT a measurement of paper 000's effect:
+# A smoke run of the compensation transforms on CPU (NOT a measurement of the effect reported by
+# Rethinking Latent Variable, WACV 2026:
 # tiny model, a few hundred steps, 4 Kodak images, one seed, no noise band).
 # Pretrain a small scalar mbt_mean, fine-tune it with transform=none / lpc / lrp (quantizer=mixed,
 # same steps and seed), evaluate from real bitstreams with the MSE_t/a/q decomposition.

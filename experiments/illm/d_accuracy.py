@@ -1,6 +1,6 @@
 """Labeler statistics, held-out discriminator accuracy, the results tables and the figure of the
 CPU-scale GAN study (experiments/illm/README.md; MS-ILLM, Muckley et al. ICML 2023, arXiv
-2308.01566; HiFiC, Mentzer et al. 2020, arXiv 2006.09965).
+2301.11189; HiFiC, Mentzer et al. 2020, arXiv 2006.09965).
 
 Every arm's codec decodes the same Kodak center crops in eval mode; the stage-2 encoders are the
 stage-1 encoder (frozen), so `y_hat` is the same in every arm and only `x_hat` differs. Each trained

@@ -1,4 +1,4 @@
-"""Latent properties study (paper 001): lattice VQ and latent shift on scalar-trained mbt_mean.
+"""Latent properties study (arXiv 2501.01231): lattice VQ and latent shift on scalar-trained mbt_mean.
 
 Evaluates one rate sweep of `train.py` checkpoints on Kodak with real bitstreams under each
 decoder-side variant (no retraining), then tabulates the BD-rate of every variant against
@@ -33,7 +33,7 @@ VARIANTS = {
     "scalar, 64-level tables": (None, None),  # CompressAI's CDF tables (eval scale_levels=64)
 }
 EXTRA = {"scalar, 64-level tables": ["scale_levels=64"]}
-# the paper's mbt2018-mean Kodak figures (001): BD-rate % (table 1, table 5) and BD-PSNR dB (tables 4, 5)
+# the paper's mbt2018-mean Kodak figures (arXiv 2501.01231): BD-rate % (table 1, table 5) and BD-PSNR dB (tables 4, 5)
 PAPER = {"hex": ("-0.88 (t.1), -0.748 (t.5)", "+0.0374"), "oct": ("-0.957 (t.5)", "+0.0480"),
          "d4": ("-", "-"), "shift": ("-1.27 (t.1)", "+0.0705 (t.4)"), "hex+shift": ("-2.24 (t.1)", "-"),
          "sign shift": ("-", "+0.0339 (t.4)"), "shift (fast encoder)": ("-", "-"),
