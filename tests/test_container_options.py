@@ -1,5 +1,5 @@
 """Compact binary header options (codecx format 2): every option kind round-trips, the latent
-shift index (paper 001 sec. 4) costs one byte, format-1 (JSON options) files still decode."""
+shift index (arXiv 2501.01231 sec. 4) costs one byte, format-1 (JSON options) files still decode."""
 from __future__ import annotations
 
 import json

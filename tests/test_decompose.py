@@ -1,4 +1,4 @@
-"""MSE_t / MSE_a / MSE_q decomposition (paper 000, eq. 11) from real bitstreams; data.invert."""
+"""MSE_t / MSE_a / MSE_q decomposition (Rethinking Latent Variable, WACV 2026, eq. 11) from real bitstreams; data.invert."""
 from __future__ import annotations
 
 import math

@@ -117,7 +117,7 @@ def test_eval_py_two_checkpoints_one_curve(two_ckpts, tiny_images, tmp_path):
 
 def test_eval_py_lattice_and_shift(tiny_ckpt, tiny_images, tmp_path):
     """`eval.py quantizer=hex shift=latent` on a scalar-trained checkpoint: real files, the chosen
-    shift index and the gradient correlation (paper 001 fig. 6) per image."""
+    shift index and the gradient correlation (arXiv 2501.01231 fig. 6) per image."""
     out = tmp_path / "eval"
     r = subprocess.run(
         [sys.executable, str(ROOT / "eval.py"), f"ckpt={tiny_ckpt}", "data=folder", f"data.val_dir={tiny_images}",

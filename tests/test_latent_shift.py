@@ -1,4 +1,4 @@
-"""Latent shift (paper 001 sec. 4): gradients, encoder choice, exact round trips, diagnostics."""
+"""Latent shift (arXiv 2501.01231 sec. 4): gradients, encoder choice, exact round trips, diagnostics."""
 from __future__ import annotations
 
 import pytest

@@ -34,7 +34,7 @@ def _tiny(variant: str):
 
 
 def test_two_layer_synthesis_parameter_count_and_stride():
-    """C=320, 12 hidden channels: 1,299,003 parameters (paper 004); exactly x16 upsampling."""
+    """C=320, 12 hidden channels: 1,299,003 parameters (arXiv 2304.06244); exactly x16 upsampling."""
     s = TwoLayerSynthesis(320, 12, residual=True)
     assert sum(p.numel() for p in s.parameters()) == 1_299_003
     y = torch.randn(1, 320, 3, 5)

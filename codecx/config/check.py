@@ -146,7 +146,7 @@ def check_latent_mse(cfg: DictConfig) -> None:
                 "'transform=[lpc,latent_mse]', or drop the term")
 
 
-STORED_KEYS = ("lmbda", "seed", "model", "quantizer", "reg", "schedule", "data",
+STORED_KEYS = ("lmbda", "alpha", "seed", "model", "quantizer", "reg", "schedule", "data",
                "transform", "refine", "distortion", "rate")
 
 
