@@ -52,18 +52,47 @@ def load_method_codec(checkpoint: str, quantizer: Optional[str], shift: Optional
     return load_codec(checkpoint, q, sh, refine=ref)
 
 
+def image_size(path: str | os.PathLike) -> tuple:
+    """(height, width) of an image file, upright, from its header (no pixel is decoded)."""
+    import warnings
+
+    from PIL import Image
+
+    from codecx.data.images import ImageReadError, oriented_size
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: check_encode decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = oriented_size(im)
+    except Exception as e:  # noqa: BLE001 - any decoder failure
+        raise ImageReadError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return h, w
+
+
 def cmd_compress(a: argparse.Namespace) -> int:
-    from codecx.coding.container import encode_image
+    from codecx.coding.container import check_encode, encode_image
     from codecx.evaluate import fingerprint_of, set_coding_threads
+    from codecx.lit.callbacks import CheckpointWriteError, atomic_write
 
     set_coding_threads(a.threads)
-    x = read_image(a.image)
     codec, config = load_method_codec(a.checkpoint, a.quantizer, a.shift, a.refine)
+    # the size from the header against the cap and the free memory, before any pixel is decoded
+    check_encode(codec.backbone, image_size(a.image), a.image, a.max_pixels, "--max-pixels N")
+    x = read_image(a.image)
     # the names go into the header, so that `decompress` rebuilds the same method by itself
     options = {k: v for k, v in (("quantizer", a.quantizer), ("shift", a.shift)) if v}
-    data = encode_image(codec, x, fingerprint_of(codec, config), options)
+    data = encode_image(codec, x, fingerprint_of(codec, config), options, max_pixels=a.max_pixels,
+                        name=a.image)
     out = Path(a.output or Path(a.image).with_suffix(".cdcx"))
-    out.write_bytes(data)
+    try:  # a temp file beside it, renamed: never a partial or 0-byte file at `out`
+        atomic_write(out, lambda f: f.write(data), what="codecx file")
+    except CheckpointWriteError:  # disk full: names the path and what was kept
+        raise
+    except OSError as e:  # e.g. permission denied (on the temp file's name): name the target
+        raise OSError(f"cannot write {out}: {e.strerror or e}") from None
     h, w = x.shape[-2:]
     print(f"{out}: {len(data)} bytes, {len(data) * 8 / (h * w):.4f} bpp ({w}x{h} px, header included)")
     return 0
@@ -327,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "named in the header")
     s.add_argument("--refine", help="encoder refiner(s) of conf/refine, comma-separated (e.g. sga); "
                                     "the decoder needs nothing: the file format is unchanged")
+    s.add_argument("--max-pixels", type=int, default=2**28,
+                   help="refuse larger images (default 2**28 pixels, the decoder's cap); images needing "
+                        "more memory than is free are refused whatever the cap")
 
     s = verb("decompress", cmd_decompress, "decode a codecx file into a PNG", threads="1")
     s.add_argument("file", help="codecx file")

@@ -121,23 +121,35 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     threads = set_coding_threads(cfg.threads)
     datamodule = instantiate(cfg.data)
     datamodule.setup("validate")
-    images = dataset_images(datamodule.val_set)
+    found = len(datamodule.val_set)
+    images = dataset_images(datamodule.val_set, max_pixels=cfg.max_pixels)
     lpips, fid = build_metrics(cfg)
     points, rows = evaluate_codecs(codecs(cfg), images, lpips, fid, cfg.progress,
                                    grad_corr=cfg.metrics.grad_corr,
-                                   decompose=bool(cfg.metrics.get("decompose", False)))
+                                   decompose=bool(cfg.metrics.get("decompose", False)),
+                                   max_pixels=cfg.max_pixels)
     labels = [p["checkpoint"] for p in points]
     data = OmegaConf.to_container(cfg.data, resolve=True)
     name = cfg.name or "+".join(dict.fromkeys(p["model"] for p in points))
-    desc = cfg.description or (f"codecx eval of {len(labels)} model(s) on {len(images)} image(s) "
+    counted = image_count(points, found)
+    desc = cfg.description or (f"codecx eval of {len(labels)} model(s) on {counted} "
                                f"({data_label(data)})")
     results = results_dict(name, points, desc, checkpoints=labels, lmbda=[p["lmbda"] for p in points],
                            images=[p["images"] for p in points], data=data_key(data))
     js, cs = write_results(out_dir, results, rows)
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(summary_table(results, [point_label(p) for p in points]))
-    console.print(f"{len(images)} image(s), {threads} thread(s); wrote {js} and {cs}")
+    console.print(f"{counted}, {threads} thread(s); wrote {js} and {cs}")
     return results
+
+
+def image_count(points: List[Dict[str, Any]], found: int) -> str:
+    """'3 image(s)' evaluated per point ('2-3 image(s)' when they differ), and how many of the
+    `found` images were skipped (too small, too large: named in the warnings above)."""
+    n = sorted({int(p["images"]) for p in points})
+    text = f"{n[0]}" + (f"-{n[-1]}" if len(n) > 1 else "") + " image(s)"
+    skipped = found - n[0]
+    return text + (f" ({skipped} of {found} skipped, see the warnings)" if skipped > 0 else "")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

@@ -14,7 +14,8 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
-from codecx.coding.container import codec_fingerprint
+from codecx.coding.container import (MAX_PIXELS, ImageTooLargeError, check_encode,
+                                     codec_fingerprint)
 from codecx.lit.module import resize_cdf_buffers
 from codecx.metrics.rd import WEIGHTED, aggregate, code_image, to_uint8
 from codecx.models.build import build_codec, non_finite_tensors
@@ -185,12 +186,37 @@ def fingerprint_of(codec: Codec, config: Mapping[str, Any]) -> bytes:
     return codec_fingerprint(codec, parts)
 
 
-def dataset_images(dataset, max_images: Optional[int] = None) -> List[Image]:
-    """(file name, (1,3,H,W) image) pairs of an ImageFolderDataset (or any indexable dataset)."""
+def dataset_images(dataset, max_images: Optional[int] = None,
+                   max_pixels: Optional[int] = None) -> List[Image]:
+    """(file name, (1,3,H,W) image) pairs of an ImageFolderDataset (or any indexable dataset).
+    `max_pixels`: full images larger than that (told by the file header) are not loaded; one
+    warning names them (the encoder would refuse them: `check_encode`)."""
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     paths = getattr(dataset, "paths", None)
+    keep, large = list(range(n)), []
+    if max_pixels is not None and paths and getattr(dataset, "crop_size", None) is None:
+        from PIL import Image as PILImage
+
+        from codecx.data.images import oriented_size
+
+        keep = []
+        for i in range(n):
+            try:
+                with warnings.catch_warnings():  # DecompressionBombWarning: max_pixels decides
+                    warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+                    with PILImage.open(paths[i]) as im:
+                        w, h = oriented_size(im)
+            except Exception:  # noqa: BLE001 - unreadable: the dataset's own error names it
+                w = h = 0
+            if w * h > max_pixels:
+                large.append(f"{Path(paths[i]).name} ({w}x{h})")
+            else:
+                keep.append(i)
+        if large:
+            warnings.warn(f"skipped {len(large)} image(s) larger than the encoder's cap of {max_pixels} "
+                          f"pixels (max_pixels=N raises it): {', '.join(large)}", stacklevel=2)
     return [(Path(paths[i]).name if paths else f"image{i:04d}", dataset[i].unsqueeze(0))
-            for i in range(n)]
+            for i in keep]
 
 
 @torch.no_grad()
@@ -208,16 +234,37 @@ def skip_small_images(images: List[Image], stride: int) -> List[Image]:
     return keep
 
 
+def skip_unencodable_images(images: List[Image], backbone, max_pixels: int = MAX_PIXELS) -> List[Image]:
+    """The images the encoder can take (`check_encode`: pixel cap, free memory); the others are
+    dropped with one warning naming each and why (the evaluation of the others goes on)."""
+    keep, refused = [], []
+    for name, x in images:
+        try:
+            check_encode(backbone, tuple(x.shape[-2:]), name, max_pixels)
+            keep.append((name, x))
+        except ImageTooLargeError as e:
+            refused.append(str(e))
+    if refused:
+        warnings.warn(f"skipped {len(refused)} image(s) the encoder refuses: " + "; ".join(refused),
+                      stacklevel=3)
+    if not keep:
+        raise ValueError("no image can be encoded: " + "; ".join(refused))
+    return keep
+
+
 def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=None, fid=None,
              progress: bool = True, description: str = "coding",
              on_image: Optional[Callable[[str, Tensor, Tensor], None]] = None,
-             grad_corr: Optional[bool] = None, decompose: bool = False) -> List[Dict[str, Any]]:
+             grad_corr: Optional[bool] = None, decompose: bool = False,
+             max_pixels: int = MAX_PIXELS) -> List[Dict[str, Any]]:
     """Per-image rows: each image goes through a real codecx file (`encode_image` then
     `decode_image`); `bpp` counts the whole file, header included. LPIPS (Zhang et al. 2018)
     per image with `lpips`; `fid` (FIDKID) accumulates patches, read it with `summarize`;
     `on_image(name, x, x_hat)` sees every decoded image. `grad_corr` (None: when the codec
     shifts its latents) adds the correlation of grad -log p and grad D w.r.t. y_hat (arXiv 2501.01231
-    fig. 6). `decompose` adds MSE_t / MSE_a / MSE_q and their ratios (Rethinking Latent Variable, WACV 2026, eq. 11)."""
+    fig. 6). `decompose` adds MSE_t / MSE_a / MSE_q and their ratios (Rethinking Latent Variable, WACV 2026, eq. 11).
+    Images smaller than the stride, or that the encoder refuses (over `max_pixels`, or more
+    memory than is free), are skipped with a warning."""
     from codecx.inference.latent_shift import shift_gradient_correlation
     from codecx.metrics.decompose import decompose as decompose_error
     from codecx.metrics.realism import hf_power_ratio
@@ -226,13 +273,14 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
     from rich.progress import track
 
     images = skip_small_images(list(images), int(getattr(codec.backbone, "stride", 1)))
+    images = skip_unencodable_images(images, codec.backbone, max_pixels)
     if grad_corr is None:
         grad_corr = codec.shift is not None
     console = Console(stderr=True)
     rows = []
     for name, x in track(images, description=description, transient=True, console=console,
                          disable=not (progress and console.is_terminal)):
-        row, x_hat = code_image(codec, x, fingerprint)
+        row, x_hat = code_image(codec, x, fingerprint, max_pixels)
         for r in codec.refiners:  # what each refiner did to this image (e.g. SGA's kept latents)
             row.update(r.report())
         if lpips is not None:
@@ -252,14 +300,16 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
 
 def evaluate_codecs(codecs: Iterable[Tuple[str, Codec, Mapping[str, Any]]], images: Sequence[Image],
                     lpips=None, fid=None, progress: bool = True, grad_corr: Optional[bool] = None,
-                    decompose: bool = False) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
+                    decompose: bool = False, max_pixels: int = MAX_PIXELS
+                    ) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
     """(one RD point per codec, per-image rows) for (label, codec, config) triples, e.g. from
     `load_codec`, each coded with its own fingerprint; points and rows carry `checkpoint`
     (the label), points also `model` and `lmbda` (None for a CompressAI state dict)."""
     points, rows = [], []
     for label, codec, config in codecs:
         r = evaluate(codec, images, fingerprint_of(codec, config), lpips, fid, progress,
-                     description=Path(label).name, grad_corr=grad_corr, decompose=decompose)
+                     description=Path(label).name, grad_corr=grad_corr, decompose=decompose,
+                     max_pixels=max_pixels)
         points.append({**summarize(r, fid), **_complexity(codec), "checkpoint": label,
                        "model": config["model"]["name"],
                        "lmbda": config.get("lmbda")})

@@ -265,6 +265,44 @@ def decode_memory(backbone, shape: Tuple[int, int]) -> int:
     return int(2 * (h * w / 4) * n * 4 + 3 * h * w * 4)
 
 
+class ImageTooLargeError(ValueError):
+    """An image the encoder refuses before it allocates: over the pixel cap, over the format's
+    65535 px a side, or needing more memory than is free (names the image and the way out)."""
+
+
+def encode_memory(backbone, shape: Tuple[int, int]) -> int:
+    """About the peak bytes an encode needs (measured within ~20% on mbt_mean, N=8..32): the
+    float image and its padded copy, g_a's widest activation (N channels at half resolution)
+    five times (its GDN temporaries), and the coder's symbol / index lists (M per 16x16 px)."""
+    h, w = shape
+    n = int(getattr(backbone, "N", 0) or getattr(backbone, "M", 0) or 3)
+    m = int(getattr(backbone, "M", 0) or n)
+    return int(2 * 3 * h * w * 4 + 5 * (h * w / 4) * n * 4 + 16 * m * h * w / 256)
+
+
+def check_encode(backbone, shape: Tuple[int, int], name: str = "image", max_pixels: int = MAX_PIXELS,
+                 option: str = "max_pixels=N") -> None:
+    """ImageTooLargeError unless an image of `shape` (H, W) can be encoded: at most `max_pixels`
+    pixels (the decoder's default cap: what the encoder writes, the decoder reads), at most
+    65535 px a side (the header's fields), and the memory of `encode_memory` free; `option`
+    names the setting that raises the cap. Checked before anything is allocated (the image
+    size can come from the file header)."""
+    h, w = (int(d) for d in shape)
+    if h * w > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: a {w}x{h} image ({h * w} pixels) is more than the encoder's cap of {max_pixels} "
+            f"pixels; downscale or tile it, or raise the cap ({option}) on a machine with the memory")
+    if max(h, w) > 65535:
+        raise ImageTooLargeError(f"{name}: {w}x{h} px; the codecx format holds at most 65535 px a side "
+                                 "(downscale or tile it)")
+    need, free = encode_memory(backbone, (h, w)), _free_memory()
+    if free is not None and need > free:
+        raise ImageTooLargeError(
+            f"{name}: encoding a {w}x{h} image with this model needs about {need / 2**30:.1f} GiB, more "
+            f"than the {free / 2**30:.1f} GiB of free memory; downscale or tile it, or encode it on a "
+            "larger machine")
+
+
 def _free_memory() -> Optional[int]:
     """Available physical memory in bytes (None where the OS does not tell)."""
     try:
@@ -365,11 +403,14 @@ def _blame_weights(codec) -> None:
 
 
 def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] = None,
-                 compressed: Optional[Dict] = None) -> bytes:
+                 compressed: Optional[Dict] = None, max_pixels: int = MAX_PIXELS,
+                 name: str = "image") -> bytes:
     """Compress one image (1, 3, H, W) into a codecx file (`compressed`: `codec.compress(x)`'s
-    output when the caller has it already, e.g. for its rate estimate)."""
+    output when the caller has it already, e.g. for its rate estimate); `check_encode` first."""
     if x.dim() != 4 or x.size(0) != 1:
         raise ValueError(f"encode_image takes one image (1, 3, H, W), got {tuple(x.shape)}")
+    if compressed is None:
+        check_encode(codec.backbone, tuple(x.shape[-2:]), name, max_pixels)
     out = codec.compress(x, estimate=False) if compressed is None else compressed
     opts = dict(options or {})
     opts.update(out.get("options", [{}])[0])  # what the codec itself must signal (e.g. shift_index)

@@ -163,6 +163,7 @@ class EvalConfig:
     threads: Optional[int] = None    # torch threads for coding (null: the idle cores, at least 1)
     scale_levels: Optional[int] = None  # Gaussian CDF scale table (null: the model's; 64: CompressAI's)
     progress: bool = True
+    max_pixels: int = 2**28          # larger images are skipped with a warning (the coder's cap)
 
 
 def run_name(overrides: str, max_len: int = 200) -> str:

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from codecx.data.images import oriented_size, to_rgb8
+from codecx.data.images import ImageReadError, oriented_size, read_rgb, to_rgb8
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 SOURCES = ("sample", "folder")
 
 # Colour photographs shipped inside the scikit-image wheel (never fetched through pooch).
@@ -111,7 +111,8 @@ class ImageFolderDataset(Dataset):
     """RGB images as float (3,H,W) in [0,1]: random crop + h-flip for training, center crop or full image otherwise."""
 
     def __init__(self, paths_or_dir: PathLike | Sequence[PathLike], crop_size: int | None = 256,
-                 train: bool = True, name: str = "data.dir", seed: int | None = None):
+                 train: bool = True, name: str = "data.dir", seed: int | None = None,
+                 skip_unreadable: bool | None = None):
         if isinstance(paths_or_dir, (str, Path)):
             where, candidates = f"{name}={paths_or_dir}", list_images(paths_or_dir, name)
         else:
@@ -123,6 +124,9 @@ class ImageFolderDataset(Dataset):
         #: with a seed, the n-th draw of image i gets its crop and flip from its own generator
         #: seeded by (seed, i, n): the data do not depend on what else draws random numbers
         self.seed, self._draws = seed, {}
+        #: a file that fails to read later is skipped with a warning (default: in training)
+        self.skip_unreadable = train if skip_unreadable is None else bool(skip_unreadable)
+        self._broken: set = set()  # files that failed to read after the check (skipped since)
         reasons = {p: _check_image(p, crop_size) for p in candidates}
         self.paths = [p for p, r in reasons.items() if r is None]
         skipped = [f"{p} ({r})" for p, r in reasons.items() if r is not None]
@@ -138,10 +142,31 @@ class ImageFolderDataset(Dataset):
         """Number of usable images."""
         return len(self.paths)
 
+    def _read(self, idx: int) -> tuple[int, np.ndarray]:
+        """(index, upright 8-bit RGB pixels) of image `idx`. A file that stopped reading since the
+        dataset checked it (truncated or gone on a flaky disk): in validation an ImageReadError
+        naming it; in training (`skip_unreadable`) one warning naming it, then the next readable
+        image instead (the run goes on; the file is skipped from then on)."""
+        idx = range(len(self.paths))[idx]  # IndexError past the end (iteration stops there)
+        for k in range(len(self.paths)):
+            i = (idx + k) % len(self.paths)
+            if self.paths[i] in self._broken:
+                continue
+            try:
+                return i, read_rgb(self.paths[i])
+            except ImageReadError as e:
+                if not self.skip_unreadable:
+                    raise
+                self._broken.add(self.paths[i])
+                warnings.warn(f"{self.name}: skipping an image that can no longer be read ({e}); "
+                              f"training goes on without it ({len(self._broken)} of {len(self.paths)} "
+                              "skipped so far)", stacklevel=3)
+        raise ImageReadError(f"{self.name}: none of the {len(self.paths)} image files can be read any "
+                             "more (skipped: " + ", ".join(map(str, sorted(self._broken)[:3])) + ")")
+
     def __getitem__(self, idx: int) -> torch.Tensor:
         """Load image `idx`, crop (random or center), flip (training) and return a (3,H,W) float tensor."""
-        with Image.open(self.paths[idx]) as im:
-            arr = to_rgb8(im, str(self.paths[idx]))  # upright, 8-bit RGB
+        idx, arr = self._read(idx)  # upright, 8-bit RGB
         c, (h, w) = self.crop_size, arr.shape[:2]
         g = None
         if self.train and self.seed is not None:
@@ -213,7 +238,8 @@ class ImageDataModule(pl.LightningDataModule):
         """Build the datasets needed for `stage` (checks every image file once)."""
         train, val, train_name, val_name = self._split()
         if stage in (None, "fit") and self.train_set is None:
-            ds = ImageFolderDataset(train, self.crop_size, train=self.augment, name=train_name, seed=self.seed)
+            ds = ImageFolderDataset(train, self.crop_size, train=self.augment, name=train_name, seed=self.seed,
+                                    skip_unreadable=True)
             if self.invert:
                 from codecx.data.invert import InvertedDataset
 

@@ -1,7 +1,9 @@
 """Reading image files as 8-bit RGB, whatever their mode: 16-bit (scaled to 8 bits), palette,
-grey, grey+alpha, RGBA (alpha dropped), CMYK, and EXIF-rotated photos (turned upright)."""
+grey, grey+alpha, RGBA (alpha dropped), CMYK, EXIF-rotated photos (turned upright), and the
+first frame of an animated image (with a warning)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -11,6 +13,7 @@ from PIL import Image, ImageOps
 # EXIF orientations that swap width and height (rotations by 90 / 270 degrees, transposes)
 _SWAPPING = {5, 6, 7, 8}
 _ORIENTATION = 0x0112
+_ANIMATED_WARNED: set = set()  # animated files already warned about in this process
 
 
 class ImageReadError(ValueError):
@@ -30,6 +33,12 @@ def oriented_size(im: Image.Image) -> Tuple[int, int]:
 def to_rgb8(im: Image.Image, name: str = "image") -> np.ndarray:
     """An opened PIL image as an (H, W, 3) uint8 array: upright (EXIF), 16-bit modes scaled by
     1/257 (65535 -> 255), palette and grey expanded, alpha dropped, CMYK converted."""
+    if getattr(im, "is_animated", False):  # an animated GIF / APNG / WebP: its first frame
+        if name not in _ANIMATED_WARNED:  # once per file (it is read at the check and each time after)
+            _ANIMATED_WARNED.add(name)
+            warnings.warn(f"{name}: an animated image ({getattr(im, 'n_frames', '?')} frames); only its "
+                          "first frame is used", stacklevel=2)
+        im.seek(0)
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a damaged EXIF block: the pixels as stored

@@ -9,7 +9,7 @@ import torch
 from pytorch_msssim import ms_ssim
 from torch import Tensor
 
-from codecx.coding.container import decode_image, encode_image, unpack
+from codecx.coding.container import MAX_PIXELS, decode_image, encode_image, unpack
 from codecx.losses import bits_per_pixel
 
 NO_FINGERPRINT = bytes(8)
@@ -34,17 +34,19 @@ def msssim_uint8(x: Tensor, x_hat: Tensor) -> float:
 
 
 @torch.no_grad()
-def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Tuple[Dict[str, float], Tensor]:
+def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT,
+               max_pixels: int = MAX_PIXELS) -> Tuple[Dict[str, float], Tensor]:
     """Encode one image (1,3,H,W) into a codecx file, decode that file, measure; returns
     (metrics, decoded image). `bpp` counts every byte of the file, header and CRC included;
     `bpp_streams` only the entropy-coded streams; `bpp_est` the likelihoods' estimate.
-    `codec` must be in eval mode and updated (`update(force=True)`)."""
+    `codec` must be in eval mode and updated (`update(force=True)`); `max_pixels`: the cap of
+    both sides (the caller checks the encode with `check_encode` first)."""
     pixels = x.shape[-2] * x.shape[-1]
     t0 = time.perf_counter()
     out = codec.compress(x)
     data = encode_image(codec, x, fingerprint, compressed=out)
     t1 = time.perf_counter()
-    x_hat, header = decode_image(codec, data, fingerprint)
+    x_hat, header = decode_image(codec, data, fingerprint, max_pixels)
     t2 = time.perf_counter()
     n_streams = sum(len(s) for s in unpack(data)[1])
     # the likelihoods of the coded symbols, from the encode walk itself (encoder refiners run once)
