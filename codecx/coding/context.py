@@ -65,45 +65,47 @@ def _type_a_mask(k: int) -> Tensor:
 
 
 class _Kernels:
-    """A context model's prior arithmetic, prepared once per set of weights: the masked
-    convolution on the kernel rows the mask keeps, and `entropy_parameters` as a chain of
-    per-position matrix-vector products."""
+    """A context model's prior arithmetic, prepared once per set of weights (and device, dtype):
+    the masked convolution on the kernel rows the mask keeps, and `entropy_parameters` as a
+    chain of per-position matrix-vector products."""
 
-    def __init__(self, backbone):
+    def __init__(self, backbone, device, dtype):
         cp = backbone.context_prediction
         self.k = int(cp.kernel_size[0])
         self.pad = self.k // 2
         self.slope = self.pad + 1  # wavefront t = slope * h + w (the mask reaches (h-1, w+pad))
         self.rows = self.pad + 1  # kernel rows below the centre are masked to zero
+        to = dict(device=device, dtype=dtype)
         with torch.no_grad():
             weight = cp.weight * cp.mask  # CompressAI's masked weight (same product)
-            self.weight = weight[:, :, : self.rows].contiguous()
-            self.bias = cp.bias.detach().clone()
+            self.weight = weight[:, :, : self.rows].to(**to).contiguous()
+            self.bias = cp.bias.detach().to(**to).clone()
             self.layers: List[Tuple[str, object, Optional[Tensor]]] = []
             for m in backbone.entropy_parameters:
-                if isinstance(m, nn.Conv2d):
-                    w = m.weight.detach().flatten(1).clone()  # (out, in)
-                    self.layers.append(("linear", w, m.bias.detach().clone()))
+                if isinstance(m, nn.Conv2d):  # (in, out) view of the (out, in) weight, as F.linear's
+                    w = m.weight.detach().flatten(1).to(**to).clone()
+                    self.layers.append(("linear", w.t(), m.bias.detach().to(**to).clone().view(1, 1, -1)))
                 else:
                     self.layers.append(("elementwise", m, None))
-        self.out_channels = int(self.weight.size(0))
+        self.prepacked = _PREPACK and torch.device(device).type == "cpu" and dtype == torch.float32
         self._packed = {}
         self._batch_ok = {}
 
+    def packed(self, shape):
+        """The convolution with its weights reordered once for inputs of `shape` (oneDNN)."""
+        p = self._packed.get(shape)
+        if p is None:
+            p = self._packed[shape] = torch.ops.mkldnn_prepacked.conv2d_prepack(
+                self.weight, self.bias, [1, self.k], [0, 0], [1, 1], 1, list(shape), "none")
+        return p
+
     def context(self, crops: Tensor) -> Tensor:
         """Masked convolution of crops laid side by side, (1, C, rows, k * n) -> (n, 2M)."""
-        with torch.no_grad():
-            if _PREPACK and crops.device.type == "cpu" and crops.dtype == torch.float32:
-                crops = crops.contiguous()
-                shape = tuple(crops.shape)
-                packed = self._packed.get(shape)
-                if packed is None:
-                    packed = torch.ops.mkldnn_prepacked.conv2d_prepack(
-                        self.weight, self.bias, [1, self.k], [0, 0], [1, 1], 1, list(shape), "none")
-                    self._packed[shape] = packed
-                out = torch.ops.mkldnn_prepacked.conv2d_run(crops, packed)
-            else:
-                out = F.conv2d(crops, self.weight.to(crops), self.bias.to(crops), stride=(1, self.k))
+        if self.prepacked:
+            crops = crops.contiguous()
+            out = torch.ops.mkldnn_prepacked.conv2d_run(crops, self.packed(tuple(crops.shape)))
+        else:
+            out = F.conv2d(crops, self.weight, self.bias, stride=(1, self.k))
         return out[0, :, 0].t()
 
     def entropy_parameters(self, v: Tensor) -> Tensor:
@@ -113,32 +115,33 @@ class _Kernels:
         for i, (kind, a, b) in enumerate(self.layers):
             if kind != "linear":
                 v = a(v)
-            elif v.size(0) == 1 or self._rows_batch(i, v):
+            elif v.size(0) == 1 or self._rows_batch(i):
                 v = _rows(v, a, b)
             else:  # this layer's product at batch 1 is not what a batch computes per row
                 v = torch.cat([_rows(v[j: j + 1], a, b) for j in range(v.size(0))])
         return v.squeeze(1)
 
-    def _rows_batch(self, i: int, like: Tensor) -> bool:
+    def _rows_batch(self, i: int) -> bool:
         """Whether layer i computed for a batch of rows gives each row's floats of a batch of one.
         With several threads MKL splits some matrix-vector products (sizes not a multiple of 16:
         cheng2020 at N=128) while a batch runs each row on one thread; probed once per thread
         count on random rows (the split depends on the sizes and threads only)."""
-        key = (i, torch.get_num_threads(), like.device.type, like.dtype)
+        key = (i, torch.get_num_threads())
         ok = self._batch_ok.get(key)
         if ok is None:
             _, a, b = self.layers[i]
             g = torch.Generator().manual_seed(i)
-            probe = torch.randn(4, 1, a.size(1), generator=g).to(like)
+            probe = torch.randn(4, 1, a.size(0), generator=g).to(a)
             one = torch.cat([_rows(probe[j: j + 1], a, b) for j in range(4)])
             ok = self._batch_ok[key] = bool(torch.equal(_rows(probe, a, b), one))
         return ok
 
 
 def _rows(v: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """A 1x1 convolution of n positions (n, 1, K) -> (n, 1, N): one matrix-vector product each."""
+    """A 1x1 convolution of n positions (n, 1, K) -> (n, 1, N) (`a` its (K, N) weight, `b`
+    its (1, 1, N) bias): one matrix-vector product each."""
     n = v.size(0)
-    return torch.baddbmm(b.to(v).view(1, 1, -1).expand(n, 1, -1), v, a.to(v).t().expand(n, -1, -1))
+    return torch.baddbmm(b.expand(n, 1, -1), v, a.expand(n, -1, -1))
 
 
 def _supported(backbone) -> bool:
@@ -170,20 +173,21 @@ def _supported(backbone) -> bool:
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def context_kernels(backbone) -> Optional[_Kernels]:
-    """The backbone's `_Kernels` (rebuilt when a weight changes), or None when its context model
-    is not the standard one."""
+def context_kernels(backbone, device="cpu", dtype=torch.float32) -> Optional[_Kernels]:
+    """The backbone's `_Kernels` for `device` and `dtype` (rebuilt when a weight changes), or
+    None when its context model is not the standard one."""
     if not _supported(backbone):
         return None
     tensors = [backbone.context_prediction.weight, backbone.context_prediction.bias,
                backbone.context_prediction.mask, *backbone.entropy_parameters.parameters()]
     key = [(t, t._version, t.data_ptr()) for t in tensors]
-    hit = _CACHE.get(backbone)
+    entries = _CACHE.setdefault(backbone, {})
+    hit = entries.get((str(device), dtype))
     if hit is not None and len(hit[0]) == len(key) and all(
             a is b and va == vb and pa == pb for (a, va, pa), (b, vb, pb) in zip(hit[0], key)):
         return hit[1]
-    kern = _Kernels(backbone)
-    _CACHE[backbone] = (key, kern)
+    kern = _Kernels(backbone, device, dtype)
+    entries[(str(device), dtype)] = (key, kern)
     return kern
 
 
@@ -216,46 +220,54 @@ def _as_map(t: Tensor, height: int, width: int) -> Tensor:
 
 
 def _wavefront_hard(kern: _Kernels, backbone, quantizer, hyper: Tensor, y: Tensor):
-    """y_hat and the prior of every position, wavefront by wavefront (encoder, eval)."""
+    """y_hat and the prior (H*W, 2M: scales, means) of every position, wavefront by wavefront
+    (encoder, eval)."""
     gc = backbone.gaussian_conditional
     _, c, height, width = y.shape
-    pad = kern.pad
+    pad, rows, k = kern.pad, kern.rows, kern.k
     y_pad = y.new_zeros(c, (height + 2 * pad) * (width + 2 * pad))
     y_pos, hyper_pos = _positions(y), _positions(hyper)
-    means = y.new_empty(height * width, c)
-    scales = y.new_empty(height * width, c)
-    for crops, centre, pos, n in _wavefronts(height, width, kern.k, kern.slope, kern.rows, str(y.device)):
-        ctx = kern.context(y_pad.index_select(1, crops).view(1, c, kern.rows, n * kern.k))
+    prior = None
+    for crops, centre, pos, n in _wavefronts(height, width, k, kern.slope, rows, str(y.device)):
+        ctx = kern.context(y_pad.index_select(1, crops).view(1, c, rows, n * k))
         gp = kern.entropy_parameters(torch.cat((hyper_pos.index_select(0, pos), ctx), 1))
+        if prior is None:
+            prior = gp.new_empty(height * width, gp.size(1))
         s, m = gp.chunk(2, 1)
         y_hat = quantizer.hard(y_pos.index_select(0, pos), EntropyParams(m, s, gc))
         y_pad.index_copy_(1, centre, y_hat.t())
-        means.index_copy_(0, pos, m)
-        scales.index_copy_(0, pos, s)
+        prior.index_copy_(0, pos, gp)
     y_hat = y_pad.view(c, height + 2 * pad, width + 2 * pad)[:, pad: pad + height, pad: pad + width]
-    return y_hat.unsqueeze(0).contiguous(), means, scales, y_pos
+    return y_hat.unsqueeze(0).contiguous(), prior, y_pos
 
 
 def _serial_decode(kern: _Kernels, backbone, decode, hyper: Tensor, shape):
-    """y_hat and the prior, position by position in raster order (decoder)."""
+    """y_hat and the prior (H*W, 2M: scales, means), position by position in raster order
+    (decoder)."""
     gc = backbone.gaussian_conditional
     _, c, height, width = shape
     pad, k, rows = kern.pad, kern.k, kern.rows
     y_pad = hyper.new_zeros(1, c, height + 2 * pad, width + 2 * pad)
     hyper_pos = _positions(hyper)
-    means = hyper.new_empty(height * width, c)
-    scales = hyper.new_empty(height * width, c)
+    prior = None
+    context = kern.context
+    if kern.prepacked:  # the same call as `context`, without its per-call checks
+        packed = kern.packed((1, c, rows, k))
+
+        def context(crop):
+            return torch.ops.mkldnn_prepacked.conv2d_run(crop.contiguous(), packed)[0, :, 0].t()
     i = 0
     for h in range(height):
         for w in range(width):
-            ctx = kern.context(y_pad[:, :, h: h + rows, w: w + k])
+            ctx = context(y_pad[:, :, h: h + rows, w: w + k])
             gp = kern.entropy_parameters(torch.cat((hyper_pos[i: i + 1], ctx), 1))
+            if prior is None:
+                prior = gp.new_empty(height * width, gp.size(1))
             s, m = gp.chunk(2, 1)
             y_pad[0, :, h + pad, w + pad] = decode(EntropyParams(m, s, gc))[0]
-            means[i] = m[0]
-            scales[i] = s[0]
+            prior[i] = gp[0]
             i += 1
-    return y_pad[:, :, pad: pad + height, pad: pad + width].contiguous(), means, scales
+    return y_pad[:, :, pad: pad + height, pad: pad + width].contiguous(), prior
 
 
 def code_context(backbone, hyper: Tensor, y: Optional[Tensor], symbols, shape) -> Tuple[Tensor, EntropyParams]:
@@ -266,21 +278,22 @@ def code_context(backbone, hyper: Tensor, y: Optional[Tensor], symbols, shape) -
     and batches."""
     from codecx.quantizers.scalar import ScalarQuantizer
 
-    kern = context_kernels(backbone)
+    kern = context_kernels(backbone, hyper.device, hyper.dtype)
     if kern is None or shape[0] != 1:
         return backbone.serial(hyper, lambda p, i: symbols(None if y is None else y[i], p), shape)
     q, gc = symbols.q, backbone.gaussian_conditional
     height, width = int(shape[2]), int(shape[3])
     with torch.no_grad():
         if symbols.mode == "decode":
-            y_hat, means, scales = _serial_decode(kern, backbone, lambda p: q.decode(symbols.stream, p), hyper, shape)
+            y_hat, prior = _serial_decode(kern, backbone, lambda p: q.decode(symbols.stream, p), hyper, shape)
         else:
-            y_hat, means, scales, y_pos = _wavefront_hard(kern, backbone, q, hyper, y)
+            y_hat, prior, y_pos = _wavefront_hard(kern, backbone, q, hyper, y)
             if symbols.mode == "encode":  # the symbols in the decoder's (raster) order
+                s, m = prior.chunk(2, 1)
                 if isinstance(q, ScalarQuantizer):
-                    q.encode(symbols.stream, y_pos, EntropyParams(means, scales, gc))
+                    q.encode(symbols.stream, y_pos, EntropyParams(m, s, gc))
                 else:
                     for i in range(height * width):
-                        q.encode(symbols.stream, y_pos[i: i + 1],
-                                 EntropyParams(means[i: i + 1], scales[i: i + 1], gc))
+                        q.encode(symbols.stream, y_pos[i: i + 1], EntropyParams(m[i: i + 1], s[i: i + 1], gc))
+    scales, means = prior.chunk(2, 1)
     return y_hat, EntropyParams(_as_map(means, height, width), _as_map(scales, height, width), gc)

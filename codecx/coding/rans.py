@@ -85,8 +85,24 @@ def _rans_decode_py(words, state, indexes, cdf, cdf_length, offset, out):  # pra
             raise ValueError("rANS decoder: a CDF table index is out of range")
         size = np.int64(cdf_length[t])
         cum = np.int64(x & mask)
-        lo, hi = np.int64(0), size - 1  # cdf[lo] <= cum < cdf[hi] (strictly increasing tables)
-        while hi - lo > 1:
+        # the s with cdf[s] <= cum < cdf[s + 1] (tables increase strictly): galloping from the
+        # entry of symbol 0 (most symbols lie near it: few cache lines), then bisection
+        lo, hi = np.int64(0), size - 1
+        c = min(max(np.int64(-offset[t]), lo), hi - 1)
+        step = np.int64(1)
+        if cdf[t, c] <= cum:
+            lo = c
+            while lo + step < hi and cdf[t, lo + step] <= cum:
+                lo += step
+                step *= 2
+            hi = min(lo + step, hi)
+        else:
+            hi = c
+            while hi - step > lo and cdf[t, hi - step] > cum:
+                hi -= step
+                step *= 2
+            lo = max(hi - step, lo)
+        while hi - lo > 1:  # cdf[lo] <= cum < cdf[hi]
             mid = (lo + hi) >> 1
             if cdf[t, mid] <= cum:
                 lo = mid
