@@ -127,3 +127,20 @@ def test_compensation_bench_quick():
     for metric in ("lrp_decode_time", "lpc_learned_decode_time", "lpc_predicted_decode_time", "fpc_decode_time"):
         assert float(row(metric).split()[2]) > 0, row(metric)
     assert row("stream_bytes_vs_none").split()[-1] == "ok", row("stream_bytes_vs_none")
+
+
+def test_discovers_context():
+    assert "context" in discover()
+    mod = load("context")
+    assert callable(mod.run) and callable(mod.add_arguments) and "mbt2018" in describe(mod)
+
+
+@pytest.mark.medium
+def test_context_bench_quick():
+    """A small mbt codes one 128-px crop with codecx and CompressAI: the ratios are printed and
+    the streams and decoded images are the same."""
+    _, row = _bench("context", "--cx-N", "16", "--cx-M", "24")
+    for metric in ("encode speed codecx/compressai", "decode speed codecx/compressai", "mbt encode / mean-scale encode"):
+        assert float(row(metric).split(metric)[1].split()[0]) > 0, row(metric)
+    for metric in ("same work: streams differ", "same work: decoded images differ"):
+        assert row(metric).split()[-1] == "ok", row(metric)
