@@ -204,8 +204,8 @@ def _label_tokens(runs: Sequence[Run], keys: Sequence[str]) -> Dict[str, str]:
                 for c in choices):
             out[k] = f"choice:{top}"
             continue
-        knob = {m.group(1) for r in runs if isinstance(r.raw.get(k), str)
-                for m in [re.fullmatch(r"\$\{([A-Za-z_]\w*)\}", r.raw[k])] if m}
+        knob = {m.group(1) for r in runs if isinstance(r.raw.get(k), str)  # ${alpha}, ${codecx_or:${alpha},0.0}
+                for m in [re.fullmatch(r"\$\{(?:codecx_or:\$\{)?([A-Za-z_]\w*)\}(?:,[^{}]*\})?", r.raw[k])] if m}
         out[k] = f"knob:{knob.pop()}" if len(knob) == 1 else f"key:{k}"
     return out
 

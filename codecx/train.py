@@ -123,6 +123,8 @@ def _check_numbers(cfg: DictConfig) -> None:
     """Ranges of the numeric knobs (each failure names the key and what it takes)."""
     for key in ("lmbda", "alpha"):
         v = cfg[key]
+        if key == "alpha" and v is None:  # the shorthand of reg.alpha, unset
+            continue
         if not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ConfigError(f"{key}={v}: must be a finite number")
     if not cfg.lmbda > 0:
@@ -133,8 +135,8 @@ def _check_numbers(cfg: DictConfig) -> None:
             "(distortion=mse) or 2.4-220 (ms_ssim); far above, the rate term vanishes beside lmbda * "
             "distortion, and from about 1e15 Adam's squared gradients overflow float32 (non-finite "
             "gradient at step 0)")
-    if cfg.alpha < 0:
-        raise ConfigError(f"alpha={cfg.alpha}: must be >= 0")
+    if cfg.alpha is not None and cfg.alpha < 0:
+        raise ConfigError(f"alpha={cfg.alpha}: must be >= 0 (the weight reg.alpha of reg=cse)")
     if "N" in cfg.model:
         _at_least(cfg, "model.N", 1)
     if "M" in cfg.model:

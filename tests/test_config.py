@@ -131,6 +131,38 @@ def test_cse_recipes_pin_the_paper_settings(name, model, alpha, tmp_path):
     assert hcfg.hydra.sweeper.params.lmbda == "0.0018,0.0035,0.0067,0.0130"  # -m sweeps the 4
 
 
+@pytest.mark.parametrize("overrides, alpha", [
+    (["reg=cse"], 0.0),                                  # reg=cse's own default
+    (["reg=cse", "alpha=1"], 1.0),                       # the project's command: the shorthand
+    (["reg=cse", "reg.alpha=2"], 2.0),                   # its own key
+    (["experiment=cse_mbt", "alpha=0.5"], 0.5),          # the command line overrides a recipe
+    (["experiment=cse_hyperprior", "reg.alpha=0.3"], 0.3),
+])
+def test_alpha_is_the_cse_key_with_a_command_line_shorthand(overrides, alpha, tmp_path):
+    """reg.alpha is CSE's own key (default 0 in conf/reg/cse.yaml); `alpha=V` on the command line
+    (`python train.py model=mbt_mean reg=cse alpha=1`) sets it; the stored config has no root alpha."""
+    from codecx.config import to_container
+
+    cfg = _compose([*overrides, "model.N=8", "model.M=8", f"data.train_dir={tmp_path}"])
+    assert cfg.reg.alpha == alpha
+    (reg,) = build_module(cfg).regularizers
+    assert reg.alpha == alpha
+    stored = to_container(cfg)
+    assert "alpha" not in stored and stored["reg"]["alpha"] == alpha
+
+
+def test_alpha_without_cse_changes_nothing_and_recipe_baselines_compose(tmp_path):
+    """`reg=none,cse alpha=0.1` sweeps: alpha is ignored by reg=none; a CSE recipe's baseline
+    (`experiment=cse_mbt reg=none`, as its header says) passes the pre-flight check."""
+    assert len(build_module(_compose(["reg=none", "alpha=0.1", "model.N=8", "model.M=8"])).regularizers) == 0
+    for name in ("cse_hyperprior", "cse_mbt", "cse_cheng"):
+        precheck([f"experiment={name}", "reg=none", f"data.train_dir={tmp_path}"], CONF_DIR)
+    with pytest.raises(ConfigError, match="alpha=-1.0: must be >= 0"):
+        from codecx.train import validate_config
+
+        precheck(["alpha=-1"], CONF_DIR, validate=lambda c: validate_config(c, build=False))
+
+
 def test_cpu_study_recipe_validates_by_steps(tmp_path):
     """experiment=cpu_study: validation every 200 steps across epochs (check_val_every_n_epoch=null
     reaches the Trainer as None, not Lightning's default 1), multistep decay at step 1000."""

@@ -102,7 +102,7 @@ class SweepReportConfig:
 @dataclass
 class TrainConfig:
     lmbda: float = 0.0067
-    alpha: float = 0.0
+    alpha: Optional[float] = None  # the command line's shorthand of reg.alpha (reg=cse); null: the reg's own
     seed: int = 1
     base_dir: Optional[str] = None  # experiment=finetune: the base zoo (one run dir lmbda=L per lambda)
     model: Dict[str, Any] = field(default_factory=dict)  # a backbone node (see ModelConfig)
@@ -196,9 +196,17 @@ def _sweep_name_resolver(*, _root_: Any) -> str:
     return cache["name"]
 
 
+def first_set(*values: Any) -> Any:
+    """`${codecx_or:${alpha},0.0}`: the first value that is not null (a group's own default after a
+    root shorthand: reg=cse's `alpha: ${codecx_or:${alpha},0.0}` is 0.0 unless the command line says alpha=1)."""
+    return next((v for v in values if v is not None), None)
+
+
 def register_configs() -> None:
-    """Register the schemas (`train_schema`, `eval_schema`) and the `codecx_run_name` resolver."""
+    """Register the schemas (`train_schema`, `eval_schema`) and the `codecx_run_name`,
+    `codecx_sweep_name` and `codecx_or` resolvers."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+    OmegaConf.register_new_resolver("codecx_or", first_set, replace=True)
     OmegaConf.register_new_resolver("codecx_run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("codecx_sweep_name", _sweep_name_resolver, replace=True)

@@ -312,7 +312,7 @@ def resume_checkpoint(ckpt_dir: str | os.PathLike, name: str = "last.ckpt") -> O
 
 
 #: settings that define the training objective: a resume must not change them silently
-OBJECTIVE_KEYS = ("lmbda", "alpha", "distortion", "rate", "reg", "quantizer")
+OBJECTIVE_KEYS = ("lmbda", "distortion", "rate", "reg", "quantizer")  # reg=cse's alpha: reg.alpha
 
 
 def _leaves(node: Any, prefix: str, out: Dict[str, Any]) -> Dict[str, Any]:
