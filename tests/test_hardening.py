@@ -396,7 +396,7 @@ BAD = [  # (overrides, expected message) - each must fail in the pre-flight chec
     (["data=folder"], "data.train_dir"),
     (["data=folder", "data.train_dir=/nonexistent/x"], "directory not found"),
     (["data.crop_size=4096"], "every image is smaller than the 4096x4096 crop"),
-    (["quantizer=hex", "model=bmshj_factorized"], "the model does not run: lattice quantizers need"),
+    (["quantizer=hex", "model=bmshj_factorized"], "quantizer=hex: lattice quantizers need a Gaussian"),
     (["model=bmshj_factorized,mbt_mean", "quantizer=hex,noise"], r"lattice quantizers need.*sweep job .*model=bmshj_factorized quantizer=hex"),
     (["model.weights=/nonexistent.pth"], "nonexistent.pth"),
 ]

@@ -3,12 +3,14 @@ sweep), check group options, keys, value types and the entry point's own rules, 
 one line (exit 2) before anything is built, trained or written."""
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import os
-from pathlib import Path
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
@@ -119,34 +121,192 @@ def _safe(target: str):
     return _locate(target)
 
 
-def check_latent_mse(cfg: DictConfig) -> None:
-    """The latent-MSE term `w * mean((y - y_hat')^2)` (Rethinking Latent Variable, WACV 2026) trains only a learned compensation
+# ------------------------------------------------------------------ combinations of methods
+@dataclass
+class Parts:
+    """The methods a config combines, as the combination rules read them: each group's node
+    (`_target_` and keys), the transforms and refiners as (name, node) in order, and the
+    training crop. Built from a composed config (`parts_of_config`) or from option names
+    (`parts_of_options`, the method matrix of tests/test_matrix.py)."""
+
+    model: Dict[str, Any]
+    quantizer: Dict[str, Any]
+    transform: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
+    refine: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
+    reg: Dict[str, Any] = field(default_factory=dict)
+    distortion: Dict[str, Any] = field(default_factory=dict)
+    crop_size: Optional[int] = None
+
+    def cls(self, node: Optional[Mapping[str, Any]]) -> Optional[type]:
+        """The class a node's `_target_` names (None without one)."""
+        target = (node or {}).get("_target_")
+        return _located(target) if target else None
+
+    def attr(self, node: Optional[Mapping[str, Any]], name: str, default: Any = None) -> Any:
+        return getattr(self.cls(node), name, default)
+
+
+@functools.lru_cache(maxsize=None)
+def _located(target: str) -> Any:
+    return _safe(target)
+
+
+def _multi(node: Any) -> List[Tuple[str, Dict[str, Any]]]:
+    """(name, node) of a multi-select group's node ({name: node}, or one `_target_` node)."""
+    if not node:
+        return []
+    node = dict(node)
+    if "_target_" in node:
+        return [(str(node["_target_"]).rsplit(".", 1)[-1].lower(), node)]
+    return [(str(k), dict(v)) for k, v in node.items() if v]
+
+
+def parts_of_config(cfg: DictConfig) -> Parts:
+    """The Parts of a composed train config."""
+    def node(key: str) -> Any:
+        v = cfg.get(key)
+        return OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else (v or {})
+
+    crop = OmegaConf.select(cfg, "data.crop_size")
+    return Parts(model=node("model"), quantizer=node("quantizer"), transform=_multi(node("transform")),
+                 refine=_multi(node("refine")), reg=node("reg"), distortion=node("distortion"),
+                 crop_size=crop if isinstance(crop, int) else None)
+
+
+def parts_of_options(options: Mapping[str, str], cache: Optional[Dict] = None,
+                     crop_size: Optional[int] = None) -> Parts:
+    """The Parts of option names ({"model": "mbt", "quantizer": "hex", "transform": "lpc,latent_mse",
+    ...}; "none" or absent: the optional group left empty), from the option files of CONF_DIR (their
+    nodes unresolved: the rules read no interpolated key)."""
+    from codecx.conf import CONF_DIR
+    from codecx.models.build import model_config
+
+    cache = {} if cache is None else cache
+
+    def load(group: str, name: Optional[str]) -> Dict[str, Any]:
+        if not name or name == "none":
+            return {}
+        if (group, name) not in cache:
+            f = Path(CONF_DIR) / group / f"{name}.yaml"
+            cache[group, name] = model_config(name) if group == "model" else \
+                OmegaConf.to_container(OmegaConf.load(f), resolve=False) or {}
+        return cache[group, name]
+
+    def many(group: str) -> List[Tuple[str, Dict[str, Any]]]:  # "lpc,latent_mse": in order
+        return [item for name in str(options.get(group) or "none").split(",") for item in _multi(load(group, name))]
+
+    return Parts(model=load("model", options.get("model")), quantizer=load("quantizer", options.get("quantizer")),
+                 transform=many("transform"), refine=many("refine"), reg=load("reg", options.get("reg")),
+                 distortion=load("distortion", options.get("distortion")), crop_size=crop_size)
+
+
+def _lattice_on_factorized(p: Parts) -> Optional[str]:
+    """Lattice quantizers integrate a Gaussian over their cells (paper 001); the factorized prior has none."""
+    if p.attr(p.quantizer, "needs_gaussian_prior", False) and p.attr(p.model, "family") == "factorized":
+        return (f"quantizer={p.quantizer.get('lattice', p.quantizer.get('_target_'))}: lattice quantizers need a "
+                f"Gaussian (mean-)scale prior for their cell probabilities; model={p.model.get('name')} (the "
+                "factorized prior) has none: use quantizer=noise/ste/mixed, or a hyperprior or context backbone")
+    return None
+
+
+def _scalar_refiner_on_a_lattice(p: Parts) -> Optional[str]:
+    """SGA anneals scalar rounding (arXiv 2006.04240); a lattice quantizer codes vectors."""
+    if p.attr(p.quantizer, "scalar", True):
+        return None
+    for name, node in p.refine:
+        if p.attr(node, "scalar_only", False):
+            return (f"refine={name} relaxes scalar rounding; quantizer={p.quantizer.get('lattice', '?')} codes "
+                    f"vectors on a lattice: use quantizer=noise/ste/mixed with refine={name}, or drop the refiner")
+    return None
+
+
+def _predicted_compensation_on_factorized(p: Parts) -> Optional[str]:
+    """LPC's predicted parameters read the prior's scales (paper 000); the factorized prior has none."""
+    for name, node in p.transform:
+        if node.get("params") == "predicted" and p.attr(p.model, "family") == "factorized":
+            return (f"transform.{name}.params=predicted reads the prior's scales; model={p.model.get('name')} (the "
+                    "factorized prior) has none: use params=learned, or a hyperprior or context backbone")
+    return None
+
+
+def _latent_mse_trains_nothing(p: Parts) -> Optional[str]:
+    """Paper 000's latent-MSE term `w * mean((y - y_hat')^2)` trains only a learned compensation
     before it (`LatentTransform.learned`: LRP, LPC): `y - y_hat` is a constant of the parameters
     under every training quantizer (codecx.transforms.latent_mse). A weighted term with none
-    before it (transform=latent_mse alone, fpc.latent_mse, [latent_mse,lrp]) adds a constant to
-    the loss, trains nothing, and is refused."""
-    from codecx.models.build import instantiate_list
-
-    node = cfg.get("transform")
-    if not isinstance(node, DictConfig) or not node:
-        return
-    names = ["transform"] if "_target_" in node else [f"transform.{k}" for k in node.keys() if node.get(k)]
-    try:
-        transforms = instantiate_list(OmegaConf.to_container(node, resolve=True))
-    except Exception:  # noqa: BLE001 - a bad transform option: building the model reports it
-        return
+    before it (transform=latent_mse alone, fpc.latent_mse, [latent_mse,lrp]) adds a constant."""
     learned = False
-    for name, t in zip(names, transforms):
+    for name, node in p.transform:
+        t = _built(node)
+        if t is None:  # a bad transform option: building the model reports it
+            return None
         learned = learned or (bool(getattr(t, "learned", True)) and bool(getattr(t, "in_training", True)))
-        if float(getattr(t, "latent_mse", 0.0) or 0.0) > 0 and not learned:
-            raise ConfigError(
-                f"{name}: its latent-MSE term trains nothing: y - y_hat is a constant of the parameters "
-                "under every training quantizer, so the term (Rethinking Latent Variable, WACV 2026) trains only a learned "
-                "compensation before it (lrp, lpc); use e.g. transform.lrp.latent_mse=1 or "
-                "'transform=[lpc,latent_mse]', or drop the term")
+        weight = float(getattr(t, "latent_mse", 0.0) or 0.0)
+        if weight > 0 and not learned:
+            return (f"transform.{name}: its latent-MSE term trains nothing: y - y_hat is a constant of the "
+                    "parameters under every training quantizer, so the term (paper 000) trains only a learned "
+                    "compensation before it (lrp, lpc); use e.g. transform.lrp.latent_mse=1 or "
+                    "'transform=[lpc,latent_mse]', or drop the term")
+    return None
 
 
-STORED_KEYS = ("lmbda", "alpha", "seed", "model", "quantizer", "reg", "schedule", "data",
+_BUILT: Dict[str, Any] = {}
+
+
+def _built(node: Mapping[str, Any]) -> Any:
+    """The object of a (small) `_target_` node, built once per distinct node; None if it cannot be."""
+    key = repr(sorted((str(k), repr(v)) for k, v in node.items()))
+    if key not in _BUILT:
+        from hydra.utils import instantiate
+
+        try:
+            _BUILT[key] = instantiate(dict(node))
+        except Exception:  # noqa: BLE001
+            _BUILT[key] = None
+    return _BUILT[key]
+
+
+def _crop_too_small_for_the_distortion(p: Parts) -> Optional[str]:
+    """MS-SSIM's 5 scales of an 11-px window need >= 161 px per side (`Distortion.min_size`)."""
+    need = int(p.attr(p.distortion, "min_size", 0) or 0)
+    if p.crop_size is not None and p.crop_size < need:
+        name = str(p.distortion.get("_target_", "")).rsplit(".", 1)[-1]
+        return (f"data.crop_size={p.crop_size}: the distortion {name} needs training crops of at least {need} px "
+                f"per side; set data.crop_size={need} or more (e.g. 256), or use distortion=mse")
+    return None
+
+
+#: the combinations of methods that cannot work, one rule each (the one place of these rules): the
+#: pre-flight check refuses a config one of them fires on, in its one line; the method matrix
+#: (tests/test_matrix.py) tests every other combination pairwise and asserts each refusal
+COMBINATION_RULES: List[Callable[[Parts], Optional[str]]] = [
+    _lattice_on_factorized, _scalar_refiner_on_a_lattice, _predicted_compensation_on_factorized,
+    _latent_mse_trains_nothing, _crop_too_small_for_the_distortion]
+
+
+def combination_problem(parts: Parts) -> Optional[str]:
+    """Why these methods cannot work together (the first rule of COMBINATION_RULES that fires), or None."""
+    for rule in COMBINATION_RULES:
+        why = rule(parts)
+        if why:
+            return why
+    return None
+
+
+def check_combination(cfg: DictConfig) -> None:
+    """ConfigError (one line, why and the way out) when the config combines methods that cannot work."""
+    why = combination_problem(parts_of_config(cfg))
+    if why:
+        raise ConfigError(why)
+
+
+def check_latent_mse(cfg: DictConfig) -> None:
+    """The latent-MSE rule alone (`_latent_mse_trains_nothing`)."""
+    why = _latent_mse_trains_nothing(parts_of_config(cfg))
+    if why:
+        raise ConfigError(why)
+
+
+STORED_KEYS = ("lmbda", "seed", "model", "quantizer", "reg", "schedule", "data",
                "transform", "refine", "distortion", "rate")
 
 
@@ -228,7 +388,7 @@ def precheck(overrides: List[str], config_dir: str, config_name: str = "train",
                 where = f" (sweep job {' '.join(trial)})" if len(trials) > 1 else ""
                 try:
                     check_targets(cfg, TARGET_GROUPS)
-                    check_latent_mse(cfg)
+                    check_combination(cfg)
                     if validate is not None:
                         validate(cfg)
                 except ConfigError as e:

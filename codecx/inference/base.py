@@ -19,6 +19,9 @@ class EncoderRefiner(nn.Module):
     and returns the refined `(y, z)`.
     """
 
+    #: works only with a scalar quantizer (`Quantizer.scalar`; codecx.config.check's rules read it)
+    scalar_only: bool = False
+
     def forward(self, x: Tensor, codec, y: Tensor, z: Optional[Tensor], lmbda: float
                 ) -> Tuple[Tensor, Optional[Tensor]]:
         return y, z

@@ -106,6 +106,9 @@ class SGA(EncoderRefiner):
             checkpoints of one evaluation apart), None: none.
     """
 
+    #: relaxes scalar rounding: refused with a lattice quantizer (codecx.config.check)
+    scalar_only = True
+
     def __init__(self, steps: int = 3000, lr: float = 5e-3, schedule: str = "shallow_ntc",
                  lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,
                  lmbda: Optional[float] = None, seed: int = 0, keep_best: bool = True,

@@ -21,6 +21,9 @@ class Distortion(nn.Module):
     Every distortion also reports `mse` and `psnr` so that runs stay comparable.
     """
 
+    #: the smallest training crop (px per side) it works on (codecx.config.check's rules read it)
+    min_size: int = 0
+
     def forward(self, x: Tensor, x_hat: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         raise NotImplementedError
 
@@ -41,6 +44,8 @@ class MSE(Distortion):
 class MSSSIM(Distortion):
     """distortion=ms_ssim: `1 - MS-SSIM` (Wang et al. 2003; CompressAI's MS-SSIM models,
     lambdas 2.4 ... 220). Images need at least 161 px per side for the 5 scales."""
+
+    min_size = 161  # (11 - 1) * 2**4 + 1: an 11-px window at the 5th scale
 
     def forward(self, x, x_hat):
         from pytorch_msssim import ms_ssim

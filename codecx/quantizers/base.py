@@ -20,6 +20,10 @@ class Quantizer(nn.Module, ABC):
 
     #: elements quantized jointly (1 for scalar quantizers, the lattice dimension otherwise)
     dim: int = 1
+    #: rounds each element on its own (SGA's relaxation needs this; codecx.config.check's rules read it)
+    scalar: bool = True
+    #: needs the prior's Gaussian means and scales (not the factorized prior's CDF)
+    needs_gaussian_prior: bool = False
 
     @abstractmethod
     def forward(self, y: Tensor, params: EntropyParams) -> QuantizerOutput:

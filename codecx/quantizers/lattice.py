@@ -76,6 +76,9 @@ class LatticeQuantizer(Quantizer):
             quantizer configs' choice: real bits within ~0.1% of the estimate).
     """
 
+    scalar = False
+    needs_gaussian_prior = True  # cell probabilities of a Gaussian (paper 001, eq. 2)
+
     def __init__(self, lattice: str = "hex", grouping: str = "scale", order: Optional[int] = None,
                  tail: float = 1e-7, max_joint: Optional[int] = None, scale_levels: Optional[int] = None,
                  scale_keys: str = "up"):
