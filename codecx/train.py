@@ -283,14 +283,14 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                     weights_only=True)
     except SIGTERMException:  # Lightning stopped at the end of a step; LastCheckpoint saved it
-        last = ckpt_dir / "last.ckpt"
         name = signal.Signals(requeue.signum).name if requeue.signum else "SIGTERM"
+        saved = _saved(ckpt_dir / "last.ckpt", trainer.global_step)
         if requeue.signum is not None:  # submitit's signal: it requeues the job, which resumes
-            print(f"codecx: preempted ({name}) at step {trainer.global_step}: {last} saved at this "
-                  "step; submitit requeues the job, which resumes from it", file=sys.stderr)
+            print(f"codecx: preempted ({name}) at step {trainer.global_step}: {saved}; submitit requeues "
+                  "the job, which resumes from it", file=sys.stderr)
             requeue.requeue()
-        raise Preempted(f"stopped by {name} at step {trainer.global_step}: {last} saved at this step; "
-                        "run the same command again to resume from it") from None
+        raise Preempted(f"stopped by {name} at step {trainer.global_step}: {saved}; run the same "
+                        "command again to resume") from None
     except Exception as e:
         part = _restoring(e) if ckpt_path else None
         if part == "training state":
@@ -331,6 +331,16 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, module: LitCodec, ckpt_dir: Pa
         for line in classical_lines(trainer, cfg, result):
             print(line)
     return result
+
+
+def _saved(last: Path, step: int) -> str:
+    """What a run stopped at `step` leaves to resume from, in words."""
+    from codecx.evaluate import checkpoint_step
+
+    held = checkpoint_step(last)
+    if held == step:
+        return f"{last} saved at this step"
+    return f"{last} holds step {held}" if held >= 0 else "no checkpoint yet (it starts over)"
 
 
 # Lightning's checkpoint_connector methods that restore each part of a checkpoint on resume
@@ -453,15 +463,21 @@ def _hydra_main(cfg: DictConfig) -> float:
     except (ValueError, FileNotFoundError) as e:  # data and build problems Lightning meets first
         return _fail(f"error: {e}", 1, job)
     except OSError as e:
-        if e.errno not in DISK_FULL:
-            raise
-        return _fail(f"error: {e}", 1, job)
+        if e.errno in DISK_FULL:
+            return _fail(f"error: {e}", 1, job)
+        return _job_failed(e, job)
     except Exception as e:  # noqa: BLE001 - in a sweep, any failure is the job's, not the sweep's
-        if job is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.exception("sweep job failed")  # the traceback in the job's log file
-        return _fail(f"error: {type(e).__name__}: {e}", 1, job)
+        return _job_failed(e, job)
     return float(result.get("bpp", math.nan))
+
+
+def _job_failed(e: Exception, job: Optional[Path]) -> float:
+    """An unexpected error: re-raised in a single run; in a sweep job, recorded (the traceback in
+    the job's log file) and the sweep goes on."""
+    if job is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise e
+    log.error("sweep job failed", exc_info=e)
+    return _fail(f"error: {type(e).__name__}: {e}", 1, job)
 
 
 def _check_run_dir(overrides: List[str]) -> None:
