@@ -25,8 +25,9 @@ column stride, and of dropping all-zero trailing kernel rows; a 1x1 convolution 
 is one matrix-vector product, which `baddbmm` of a batch of (1, K) rows also runs per row (a
 plain matrix product of the batch is not: its blocking changes the summation order). Encoder
 and decoder call the same functions (`_Kernels`), so they agree even where CompressAI would not.
-A backbone whose context model has another structure takes `Backbone.serial` (position by
-position).
+A backbone whose context model has another structure, a batch of several images, or a model
+outside that arithmetic (GPU, float64, oneDNN disabled) takes `Backbone.serial` (position by
+position, as before).
 """
 from __future__ import annotations
 
@@ -278,8 +279,12 @@ def code_context(backbone, hyper: Tensor, y: Optional[Tensor], symbols, shape) -
     and batches."""
     from codecx.quantizers.scalar import ScalarQuantizer
 
-    kern = context_kernels(backbone, hyper.device, hyper.dtype)
-    if kern is None or shape[0] != 1:
+    # the exactness above is oneDNN's and MKL's float32 arithmetic on the CPU; elsewhere (GPU,
+    # float64, oneDNN disabled) the batched forms may round differently: position by position
+    fast = (hyper.device.type == "cpu" and hyper.dtype == torch.float32 and shape[0] == 1
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    kern = context_kernels(backbone, hyper.device, hyper.dtype) if fast else None
+    if kern is None:
         return backbone.serial(hyper, lambda p, i: symbols(None if y is None else y[i], p), shape)
     q, gc = symbols.q, backbone.gaussian_conditional
     height, width = int(shape[2]), int(shape[3])
