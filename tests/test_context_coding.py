@@ -114,13 +114,16 @@ def test_round_trip_with_scale_levels_and_quantizers(quantizer):
     assert torch.equal(d, out.x_hat.clamp(0, 1))
 
 
-def test_kernels_follow_weight_changes():
-    """Changing a context weight in place (an optimizer step) rebuilds the prepared kernels."""
+@pytest.mark.parametrize("how", ["in_place", "data"])
+def test_kernels_follow_weight_changes(how):
+    """Changing a context weight in place (an optimizer step) or through `.data` (no version
+    bump: an EMA copy) rebuilds the prepared kernels."""
     codec = _codec("mbt")
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         first = codec(x).params.means
-        codec.backbone.entropy_parameters[-1].bias.add_(0.5)
+        bias = codec.backbone.entropy_parameters[-1].bias
+        (bias if how == "in_place" else bias.data).add_(0.5)
         (y_ref, p_ref), (y_fast, p_fast) = _reference(codec, x, NoiseQuantizer())
         second = codec(x).params.means
     assert not torch.equal(first, second)

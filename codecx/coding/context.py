@@ -175,20 +175,21 @@ _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def context_kernels(backbone, device="cpu", dtype=torch.float32) -> Optional[_Kernels]:
-    """The backbone's `_Kernels` for `device` and `dtype` (rebuilt when a weight changes), or
-    None when its context model is not the standard one."""
+    """The backbone's `_Kernels` for `device` and `dtype`, or None when its context model is
+    not the standard one. Rebuilt when a weight changed: compared by value (a few ms), since
+    edits through `.data` (CompressAI's MaskedConv2d, EMA copies) leave no version behind."""
     if not _supported(backbone):
         return None
-    tensors = [backbone.context_prediction.weight, backbone.context_prediction.bias,
-               backbone.context_prediction.mask, *backbone.entropy_parameters.parameters()]
-    key = [(t, t._version, t.data_ptr()) for t in tensors]
-    entries = _CACHE.setdefault(backbone, {})
-    hit = entries.get((str(device), dtype))
-    if hit is not None and len(hit[0]) == len(key) and all(
-            a is b and va == vb and pa == pb for (a, va, pa), (b, vb, pb) in zip(hit[0], key)):
-        return hit[1]
-    kern = _Kernels(backbone, device, dtype)
-    entries[(str(device), dtype)] = (key, kern)
+    with torch.no_grad():
+        tensors = [t.detach() for t in (backbone.context_prediction.weight, backbone.context_prediction.bias,
+                                         backbone.context_prediction.mask, *backbone.entropy_parameters.parameters())]
+        entries = _CACHE.setdefault(backbone, {})
+        hit = entries.get((str(device), dtype))
+        if hit is not None and len(hit[0]) == len(tensors) and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], tensors)):
+            return hit[1]
+        kern = _Kernels(backbone, device, dtype)
+        entries[(str(device), dtype)] = ([t.clone() for t in tensors], kern)
     return kern
 
 
