@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -137,12 +137,14 @@ class IntegerLattice(Lattice):
 def _nearest_cosets(x: Tensor, step: Tuple[float, ...], offsets) -> Tensor:
     """Nearest point of a union of cosets `off + step * Z^n` (Conway & Sloane 1982, sec. 3)."""
     st = x.new_tensor(step)
-    best, dist = None, None
+    best: Optional[Tensor] = None
+    dist = x.new_zeros(())
     for off in offsets:
         o = x.new_tensor(off)
         p = torch.round((x - o) / st) * st + o
         e = (x - p).square().sum(-1, keepdim=True)
         best, dist = (p, e) if best is None else (torch.where(e < dist, p, best), torch.minimum(e, dist))
+    assert best is not None, "no coset offsets"
     return best
 
 
@@ -300,7 +302,7 @@ def cell_log_prob(lattice: Lattice, points: Tensor, means: Tensor, scales: Tenso
 # One implementation of the truncated symbol alphabets (arXiv 2501.01231, appendix D.3): `support` here,
 # used as it is by the entropy coder's joint tables (codecx.coding.lattice_coder), whose symbols
 # are the candidates' positions as `OffsetIndex` finds them.
-def _ball_size(lattice: Lattice, radius: float) -> float:
+def _ball_size(lattice: Lattice, radius: Union[float, Tensor]) -> Union[float, Tensor]:
     """Expected number of points of a unit-volume lattice in a ball of `radius`."""
     v = lattice.dim
     return math.pi ** (v / 2) / math.gamma(v / 2 + 1) * radius**v

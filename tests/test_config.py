@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from codecx.config import ConfigError, precheck
 from codecx.train import CONF_DIR, build_module
@@ -52,10 +53,21 @@ def test_every_option_instantiates(group, tmp_path):
             VQLabeler(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, embed_dim=16, code_dim=4, codebook_size=32).save(tmp_path / "labeler.pt")
             extra = [f"reg.labeler={tmp_path / 'labeler.pt'}", "reg.channels=[8,8,8,8,8,8]", "reg.head_channels=8"]
         cfg = _compose([f"{group}={opt}", "model.N=8", "model.M=8", *extra])
+        node = OmegaConf.to_container(cfg[group], resolve=True)
         if group == "data":
-            assert instantiate(cfg.data) is not None
+            built = instantiate(cfg.data)
         else:
-            build_module(cfg)
+            module = build_module(cfg)
+            built = {"quantizer": module.codec.quantizer, "schedule": module.schedule,
+                     "reg": module.regularizers[0] if len(module.regularizers) else None}[group]
+        if not node.get("_target_"):  # reg=none: nothing is built
+            assert built is None, (group, opt)
+            continue
+        assert type(built).__name__ == node["_target_"].rsplit(".", 1)[-1], (group, opt)
+        # the option's settings reach the object (where it keeps them under their own name)
+        kept = {k: v for k, v in node.items() if isinstance(v, (bool, int, float, str)) and not k.startswith("_")
+                and isinstance(getattr(built, k, None), (bool, int, float, str))}
+        assert kept and all(getattr(built, k) == v for k, v in kept.items()), (group, opt, kept)
 
 
 def test_top_level_knobs_interpolate():

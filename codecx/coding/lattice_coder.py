@@ -218,7 +218,7 @@ def _qgauss(b: int):
     return _QG[b]
 
 
-def _box_mean(k: Tensor, gen: Tensor, i: int) -> Tuple[Tensor, Tensor, Tensor]:
+def _box_mean(k: Tensor, gen: Tensor, i: int) -> Tuple[Tensor, Tensor, float]:
     """(integer centre c, fractional mean, step h) of coordinate i's 1-D lattice given k_{>i}."""
     off = torch.zeros(k.size(0), dtype=torch.float64)
     for j in range(i + 1, k.size(1)):
@@ -280,13 +280,13 @@ class LatticeStreamEncoder(_Stream):
         remainder `k_rest` (R,) (integers) with scales `sigma_rest` (R,)."""
         k, k_rest, sigma, sigma_rest = k.cpu(), k_rest.cpu(), sigma.detach().cpu(), sigma_rest.detach().cpu()
         if k.numel():
-            keys, order, counts, joint = self._keys(sigma)
+            keys, order_t, counts_list, joint = self._keys(sigma)
             tables = self._tables(keys, joint)
-            order, counts = order.numpy(), np.array(counts, dtype=np.int64)
+            order, counts = order_t.numpy(), np.array(counts_list, dtype=np.int64)
             in_joint = np.repeat(joint.numpy(), counts)  # per group in `order`
             rows = order[in_joint]  # the joint groups, key by key
-            box = np.zeros(len(k), dtype=bool)
-            box[order[~in_joint]] = True
+            box_np = np.zeros(len(k), dtype=bool)
+            box_np[order[~in_joint]] = True
             if len(rows):
                 used = [t for t in tables if t is not None]
                 sym, esc = _symbols(used, counts[joint.numpy()], k.numpy()[rows])
@@ -295,8 +295,8 @@ class LatticeStreamEncoder(_Stream):
                 for t, n in zip(used, counts[joint.numpy()].tolist()):
                     self._enc.encode(sym[start : start + n], t.model)
                     start += n
-                box[rows[esc]] = True  # escaped: coded again below with the box model
-            box = torch.from_numpy(box)
+                box_np[rows[esc]] = True  # escaped: coded again below with the box model
+            box = torch.from_numpy(box_np)
             if bool(box.any()):
                 self._put_box(k[box], sigma[box].detach().cpu().double(), self.gen)
         if k_rest.numel():
@@ -336,19 +336,19 @@ class LatticeStreamDecoder(_Stream):
         g, v = sigma.shape
         k = torch.zeros(g, v, dtype=torch.int64)
         if g:
-            keys, order, counts, joint = self._keys(sigma)
-            out, box, order = k.numpy(), np.zeros(g, dtype=bool), order.numpy()
+            keys, order_t, counts, joint = self._keys(sigma)
+            out, box_np, order = k.numpy(), np.zeros(g, dtype=bool), order_t.numpy()
             ends = np.cumsum(counts).tolist()
             for t, start, end in zip(self._tables(keys, joint), [0] + ends[:-1], ends):
                 rows = order[start:end]
                 if t is None:
-                    box[rows] = True
+                    box_np[rows] = True
                     continue
                 sym = self._dec.decode(t.model, len(rows))
                 esc = sym >= t.size
                 out[rows] = t.offsets_np[np.minimum(sym, t.size - 1)]
-                box[rows[esc]] = True
-            box = torch.from_numpy(box)
+                box_np[rows[esc]] = True
+            box = torch.from_numpy(box_np)
             if bool(box.any()):
                 k[box] = self._get_box(sigma[box].detach().cpu().double(), self.gen)
         r = sigma_rest.numel()

@@ -109,13 +109,13 @@ def encode_options(options: Dict[str, Any], keys: Sequence[OptionKey] = OPTION_K
         if k.kind == "index":
             out = bytes([_uint(v, k.key, 256)])
         elif k.kind == "uint":
-            n, out = _uint(v, k.key, 2**32), bytearray()
+            n, buf = _uint(v, k.key, 2**32), bytearray()
             while True:
-                out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+                buf.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
                 n >>= 7
                 if not n:
                     break
-            out = bytes(out)
+            out = bytes(buf)
         elif v in k.names:
             out = bytes([k.names.index(v)])
         else:

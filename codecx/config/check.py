@@ -45,7 +45,7 @@ def check_targets(cfg: DictConfig, groups: List[str]) -> None:
             _check_node(f"{group}", node)
             continue
         stray = []
-        for name in node.keys():
+        for name in map(str, node.keys()):
             sub = node.get(name)
             if isinstance(sub, DictConfig) and "_target_" in sub:
                 _check_node(f"{group}.{name}", sub)
@@ -65,7 +65,7 @@ def _check_node(where: str, node: DictConfig) -> None:
     valid = _signature_keys(fn)
     if valid is None:
         return
-    unknown = [k for k in node.keys() if not str(k).startswith("_") and k not in valid]
+    unknown = [str(k) for k in node.keys() if not str(k).startswith("_") and k not in valid]
     if unknown:
         raise ConfigError(
             f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)} for {target}; "
@@ -353,7 +353,7 @@ def sweep_trials(overrides: Sequence[str]) -> List[List[str]]:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as e:  # noqa: BLE001 - hydra's grammar errors
         raise ConfigError(f"cannot parse the overrides: {one_line(e)}{_equals_hint(overrides)}") from None
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    fixed = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
     sweeps = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
               for o in parsed if o.is_sweep_override()]
     if not sweeps:
@@ -435,7 +435,8 @@ def group_option(group: str, name: str, config_dir: str, config_name: str = "eva
             check_targets(cfg, [group])
     finally:
         GlobalHydra.instance().clear()
-    return OmegaConf.to_container(cfg[group], resolve=True) or {}
+    node = OmegaConf.to_container(cfg[group], resolve=True)
+    return {str(k): v for k, v in node.items()} if isinstance(node, dict) else {}
 
 
 def group_options(group: str, config_dir: str) -> List[str]:

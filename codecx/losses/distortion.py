@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +73,9 @@ def normalize_features(f: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 class LPIPSLoss(nn.Module):
+    shift: Tensor  # buffers: ImageNet normalisation of [-1, 1] images (lpips' ScalingLayer)
+    scale: Tensor
+
     """LPIPS of Zhang et al. (CVPR 2018), v0.1, as a differentiable loss (mean over the batch).
 
     Backbone (AlexNet or VGG16 `features`) from the torchvision ImageNet weights file at
@@ -111,7 +114,7 @@ class LPIPSLoss(nn.Module):
         lin_path = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
         lin_state = torch.load(lin_path, map_location="cpu", weights_only=True)
         for k, lin in enumerate(self.lins):
-            lin.weight.data.copy_(lin_state[f"lin{k}.model.1.weight"])
+            cast(nn.Conv2d, lin).weight.data.copy_(lin_state[f"lin{k}.model.1.weight"])
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.requires_grad_(False)

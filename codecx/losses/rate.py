@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ __all__ = ["Rate", "TargetRate", "bits_per_pixel", "bits_per_image_pixel", "ILLM
 
 def bits_per_pixel(likelihoods: Dict[str, Tensor], num_pixels: int) -> Tensor:
     """Estimated rate in bits per pixel: -sum(log2 p) over all latents / pixels."""
-    total = sum(torch.log(lik).sum() for lik in likelihoods.values())
+    total = cast(Tensor, sum(torch.log(lik).sum() for lik in likelihoods.values()))
     return total / (-math.log(2) * num_pixels)
 
 
@@ -37,7 +37,7 @@ ILLM_LAMBDA_A = {0.00875: 32.0, 0.0175: 16.0, 0.035: 8.0, 0.07: 4.0, 0.14: 2.0, 
 
 def bits_per_image_pixel(likelihoods: Dict[str, Tensor], num_pixels: int) -> Tensor:
     """Estimated bits per pixel of each image of the batch, shape (B,)."""
-    bits = sum(torch.log(lik).flatten(1).sum(1) for lik in likelihoods.values())
+    bits = cast(Tensor, sum(torch.log(lik).flatten(1).sum(1) for lik in likelihoods.values()))
     return bits / (-math.log(2) * num_pixels)
 
 

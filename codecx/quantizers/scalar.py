@@ -1,6 +1,8 @@
 """Scalar quantizers: uniform noise, straight-through rounding and the mixed estimator."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -31,7 +33,7 @@ class ScalarQuantizer(Quantizer):
 
     def _indexes(self, params: EntropyParams) -> Tensor:
         """The CDF table of every element under `scale_keys`."""
-        m = params.entropy_model
+        m: Any = params.entropy_model  # GaussianConditional: scale_table, lower_bound_scale
         if self.scale_keys == "up" or params.scales is None:
             return params.indexes()
         return key_indexes(m.scale_table, m.lower_bound_scale(params.scales), self.scale_keys).to(torch.int32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -62,11 +63,12 @@ class LPC(Compensation):
             self.predictor = nn.Sequential(
                 nn.Conv2d(3 * M, self.hidden, 3, padding=1), nn.ReLU(inplace=True),
                 nn.Conv2d(self.hidden, 2 * M, 3, padding=1))
-            last = self.predictor[-1]
+            last = cast(nn.Conv2d, self.predictor[-1])
             nn.init.zeros_(last.weight)
+            bias = cast(Tensor, last.bias)
             with torch.no_grad():
-                last.bias[:M].zero_()
-                last.bias[M:].fill_(log_s)
+                bias[:M].zero_()
+                bias[M:].fill_(log_s)
         self.attached = True
         self._warn_noise_quantizer(codec)
 

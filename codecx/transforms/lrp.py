@@ -1,6 +1,8 @@
 """Latent residual prediction without channel slices (Minnen & Singh 2020, as Rethinking Latent Variable (WACV 2026) C.4)."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -40,8 +42,9 @@ class LRP(Compensation):
             nn.Conv2d(self.hidden, self.hidden2, 5, padding=2), nn.ReLU(inplace=True),
             nn.Conv2d(self.hidden2, M, 3, padding=1))
         if self.zero_init:
-            nn.init.zeros_(self.f[-1].weight)
-            nn.init.zeros_(self.f[-1].bias)
+            last = cast(nn.Conv2d, self.f[-1])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(cast(Tensor, last.bias))
         self._warn_noise_quantizer(codec)
 
     def compensate(self, y_hat: Tensor, state: WalkState) -> Tensor:
