@@ -162,5 +162,6 @@ def run(args) -> List[Row]:
                     med(a["enc_cpu"] / c["enc_cpu"] for a, c in zip(cx, ms)), None, "ratio", "process CPU seconds"))
     rows.append(Row("same work: streams differ", float(streams_differ), 0.0, "images",
                     f"of {n}, codecx vs CompressAI, byte for byte"))
-    rows.append(Row("same work: decoded images differ", float(differ), 0.0, "images", f"of {n}; max |diff| {max_diff:.3g}"))
+    rows.append(Row("same work: decoded images differ", float(differ), 0.0, "images",
+                    f"of {n}; max |diff| {max_diff:.3g}"))
     return rows
