@@ -62,7 +62,7 @@ class Backbone:
         super().__init__(**self._arch_kwargs(N, M))
         self.scale_levels = int(scale_levels)
         if weights:
-            from codecx.models.build import load_weights
+            from codecx.models.weights import load_weights
 
             load_weights(self, weights)
 

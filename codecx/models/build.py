@@ -7,9 +7,9 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional
 
-import torch
 
 from codecx.conf import CONF_DIR
+from codecx.models.weights import load_weights, non_finite_tensors  # noqa: F401 - their former home
 
 if TYPE_CHECKING:
     from codecx.models.backbones import Backbone
@@ -22,17 +22,6 @@ MODEL_DIR = Path(CONF_DIR) / "model"
 #: keyed as the quantizer configs are (`scale_keys: nearest`), so `quantizer=hex` beside it compares
 #: quantizers only (CompressAI's own bitstreams: `quantizer=noise quantizer.scale_keys=up`)
 DEFAULT_QUANTIZER = {"_target_": "codecx.quantizers.NoiseQuantizer", "scale_keys": "nearest"}
-
-
-def non_finite_tensors(state: Mapping[str, Any], limit: int = 3) -> List[str]:
-    """Names of (at most `limit`) floating-point tensors of a state dict holding NaN or Inf."""
-    bad = []
-    for name, t in state.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad.append(name)
-            if len(bad) >= limit:
-                break
-    return bad
 
 
 @functools.lru_cache(maxsize=None)
@@ -132,51 +121,6 @@ def _parameters(target: str) -> set:
         return {k for k in inspect.signature(_locate(target)).parameters if k != "self"}
     except (ValueError, TypeError, ImportError):
         return set()
-
-
-def load_weights(model: Backbone, path: str) -> Backbone:
-    """Load a CompressAI state dict (bare, or under "state_dict") saved from the zoo model
-    of the same architecture, the backbone of a codecx train.py checkpoint (to fine-tune
-    it, e.g. with another quantizer), or into model=hific a NeuralCompression `HiFiCAutoencoder`
-    state dict (MS-ILLM's released `msillm_*.ckpt`; keys mapped by `codecx.models.hific
-    .state_from_nc`); CDF buffers of another size are resized (CompressAI)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"model.weights={path}: no such file. Point it at a state dict saved with "
-            "torch.save(compressai_model.state_dict(), PATH) (nothing is downloaded)."
-        )
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling problem
-        raise ValueError(f"model.weights={path}: not a readable PyTorch state dict ({e})") from e
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"model.weights={path}: expected a state dict, got {type(obj).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    prefix = "codec.backbone."  # a codecx checkpoint: its backbone's part
-    if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    from codecx.models.hific import HiFiC, is_nc_state, state_from_nc
-
-    if is_nc_state(state):  # NeuralCompression's HiFiCAutoencoder (MS-ILLM's released files)
-        if not isinstance(model, HiFiC):
-            raise ValueError(f"model.weights={path} is a NeuralCompression HiFiCAutoencoder state dict "
-                             f"(MS-ILLM's released weights): use model=hific, not {type(model).__name__}")
-        state = state_from_nc(state)
-    bad = non_finite_tensors(state)
-    if bad:  # a NaN in g_a would hang the rANS encoder; refuse it here, naming the tensor
-        raise ValueError(f"model.weights={path}: parameters are not finite (NaN/Inf in {', '.join(bad)}); "
-                         "the file holds a diverged or damaged model: use an earlier checkpoint")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(
-            f"model.weights={path} does not fit {type(model).__name__}"
-            f"(N={getattr(model, 'N', '?')}, M={getattr(model, 'M', '?')}): check model= "
-            f"and model.N / model.M.\n{e}"
-        ) from e
-    return model
 
 
 def instantiate_list(node: Optional[Mapping[str, Any]]) -> List[Any]:

@@ -24,6 +24,7 @@ from compressai.models.base import CompressionModel
 from torch import Tensor, nn
 
 from codecx.models.backbones import SCALE_LEVELS, MbtMean
+from codecx.models.weights import is_nc_state  # noqa: F401 - re-exported (__all__)
 
 __all__ = ["ChannelNorm2d", "HiFiC", "HiFiCEncoder", "HiFiCGenerator", "MeanScaleSynthesis",
            "is_nc_state", "state_from_nc", "state_to_nc"]
@@ -159,9 +160,14 @@ class HiFiC(MbtMean):
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
         if weights:
-            from codecx.models.build import load_weights
+            from codecx.models.weights import load_weights
 
             load_weights(self, weights)
+
+    @staticmethod
+    def from_nc_state(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """A NeuralCompression `HiFiCAutoencoder` state dict in this class's key names (load_weights)."""
+        return state_from_nc(state)
 
 
 #: NeuralCompression `HiFiCAutoencoder` key prefix <-> codecx `HiFiC` key prefix (`{i}`: a block
@@ -186,12 +192,6 @@ def _rename(state: Mapping[str, Tensor], pairs) -> Dict[str, Tensor]:
                 break
         out[k] = v
     return out
-
-
-def is_nc_state(state: Mapping[str, Tensor]) -> bool:
-    """True for a NeuralCompression `HiFiCAutoencoder` state dict (MS-ILLM's released weights)."""
-    return any(k.startswith("encoder.blocks.") for k in state) and any(
-        k.startswith("hyper_bottleneck.") for k in state)
 
 
 def state_from_nc(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:

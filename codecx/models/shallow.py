@@ -112,7 +112,7 @@ class Shallow(MbtMean):
         residual: keep the residual branch conv_res.
         analysis: "elic" or "cnn".
         negative_slope: the leaky ReLU slope of the CNN analysis (0.2 as released; 0.01 before).
-        weights: a state dict to load (codecx.models.build.load_weights).
+        weights: a state dict to load (codecx.models.weights.load_weights).
         scale_levels: levels of the Gaussian scale table.
     """
 
@@ -135,7 +135,7 @@ class Shallow(MbtMean):
         self.g_s = self._synthesis(int(M), hidden)
         self.scale_levels = int(scale_levels)
         if weights:
-            from codecx.models.build import load_weights
+            from codecx.models.weights import load_weights
 
             load_weights(self, weights)
 
