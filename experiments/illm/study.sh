@@ -13,7 +13,7 @@
 #      arms: D warm-up of $WARM steps
 #   5. eval.py on the 24 Kodak images, 256-px center crops (real bitstreams), then
 #      experiments/illm/d_accuracy.py report (held-out D accuracy, tables, per-image CSVs, figure)
-# Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|diag_old|stage2|evaluate|report ...]
+# Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|diag_binary|diag_old|stage2|evaluate|report ...]
 # Every process runs alone, one thread, nice 5; CPU seconds of each step go to $R/cpu_time.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -73,6 +73,13 @@ diag() {  # D alone (warm-up over all steps: the generator term never switches o
   run2 diag/noy $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt reg.warmup_steps=$n reg.condition=false
   T diag_report $PY experiments/illm/d_accuracy.py diag $R/diag/cond $R/diag/noy --kodak $KODAK --json $R/diag/d_accuracy.jsonl
 }
+diag_binary() {  # the same U-Net D with one label class (codebook of 1 code: OASIS = binary real/fake CE)
+  local n=$DIAG_STEPS
+  $PY -m codecx.regularizers.labeler --data $TRAIN --out $R/labeler_c1.pt --no-lpips --ch 16 --ch-mult 1 2 2 4 \
+    --num-res-blocks 1 --embed-dim 32 --code-dim 8 --codebook-size 1 --crop-size 64 --steps 1 > $R/labeler_c1.log 2>&1
+  run2 diag/binary $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_c1.pt reg.warmup_steps=$n
+  T diag_report_binary $PY experiments/illm/d_accuracy.py diag $R/diag/binary --kodak $KODAK --json $R/diag/d_accuracy.jsonl
+}
 diag_old() {  # the same with the first round's labeler (run labeler_old first)
   local n=$DIAG_STEPS
   run2 diag/cond_old $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_old.pt reg.warmup_steps=$n
@@ -103,5 +110,5 @@ evaluate() {
 report() {
   T report $PY experiments/illm/d_accuracy.py report --runs $R --kodak $KODAK --out experiments/illm
 }
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(labeler stage1 diag stage2 evaluate report labeler_old diag_old)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(labeler stage1 diag stage2 evaluate report diag_binary labeler_old diag_old)
 for s in "${steps[@]}"; do "$s"; done
