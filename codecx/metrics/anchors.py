@@ -1,33 +1,13 @@
 """Packaged CompressAI Kodak anchor curves (codecx/data/anchors/<zoo-name>.json)."""
 from __future__ import annotations
 
-from importlib.resources import files
-from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-
-def _anchor_dir() -> Path:
-    """Directory holding the packaged anchor JSON files."""
-    return Path(str(files("codecx.data").joinpath("anchors")))
-
-
-def list_anchors() -> List[str]:
-    """Names of the packaged anchors (CompressAI zoo names, e.g. 'mbt2018-mean')."""
-    d = _anchor_dir()
-    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
-
-
-def anchor_path(name: str) -> Path:
-    """Path of the packaged anchor `name`; ValueError listing the available names if unknown."""
-    if name not in list_anchors():
-        raise ValueError(f"unknown anchor {name!r}; available: {', '.join(list_anchors()) or '(none packaged)'}")
-    return _anchor_dir() / f"{name}.json"
+from codecx.metrics.bdrate import anchor_path, list_anchors, load_results  # noqa: F401 - the lookup lives there
 
 
 def load_anchor(name: str) -> dict:
     """Load a packaged anchor as a CompressAI-layout results dict."""
-    from .bdrate import load_results
-
     return load_results(anchor_path(name))
 
 
@@ -119,8 +99,6 @@ def classical_at(images, bpp: float, codec: str = "jpeg") -> Dict[str, Any]:
 def resolve_anchor(spec, images=None) -> dict:
     """An anchor curve from config: 'jpeg' / 'webp' (computed on `images`), a packaged CompressAI
     curve name, a results JSON path, or an already-loaded results dict."""
-    from .bdrate import load_results
-
     if isinstance(spec, str) and spec.lower() in CLASSICAL:
         if images is None:
             raise ValueError(f"anchor {spec!r} is computed on the evaluation images: pass them")

@@ -5,8 +5,9 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Mapping, Tuple, Union
+from typing import Any, List, Mapping, Tuple, Union
 
 import bjontegaard
 import numpy as np
@@ -69,7 +70,8 @@ def bd(rate_anchor, quality_anchor, rate_test, quality_test, method: str = "pchi
     q_ov, q_rng = _overlap(qa, qt)
     r_ov, (lr_lo, lr_hi) = _overlap(np.log10(ra), np.log10(rt))
     out = {}
-    for key, ov, what, fn in (("rate", q_ov, "quality", bjontegaard.bd_rate), ("psnr", r_ov, "rate", bjontegaard.bd_psnr)):
+    for key, ov, what, fn in (("rate", q_ov, "quality", bjontegaard.bd_rate),
+                              ("psnr", r_ov, "rate", bjontegaard.bd_psnr)):
         if ov <= 0:
             warnings.warn(f"RD curves do not overlap in {what}; BD-{key} is undefined (NaN)", stacklevel=2)
             out[key] = float("nan")
@@ -78,7 +80,8 @@ def bd(rate_anchor, quality_anchor, rate_test, quality_test, method: str = "pchi
             warnings.warn(f"RD curves overlap only {ov:.0%} of the union {what} range (< {min_overlap:.0%}); "
                           f"BD-{key} only describes that part of the curves", stacklevel=2)
         out[key] = float(fn(ra, qa, rt, qt, method=m, require_matching_points=False, min_overlap=0))
-    return BDResult(out["rate"], out["psnr"], m, q_ov, q_rng, (10 ** lr_lo, 10 ** lr_hi) if r_ov > 0 else (math.nan,) * 2, r_ov)
+    rate_range = (10 ** lr_lo, 10 ** lr_hi) if r_ov > 0 else (math.nan,) * 2
+    return BDResult(out["rate"], out["psnr"], m, q_ov, q_rng, rate_range, r_ov)
 
 
 def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test, method: str = "pchip") -> float:
@@ -105,6 +108,25 @@ def _normalize(data: Mapping[str, Any], where: str) -> dict:
     return data
 
 
+# the packaged CompressAI Kodak curves (codecx/data/anchors/<zoo-name>.json; codecx.metrics.anchors)
+def _anchor_dir() -> Path:
+    """Directory holding the packaged anchor JSON files."""
+    return Path(str(files("codecx.data").joinpath("anchors")))
+
+
+def list_anchors() -> List[str]:
+    """Names of the packaged anchors (CompressAI zoo names, e.g. 'mbt2018-mean')."""
+    d = _anchor_dir()
+    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+
+def anchor_path(name: str) -> Path:
+    """Path of the packaged anchor `name`; ValueError listing the available names if unknown."""
+    if name not in list_anchors():
+        raise ValueError(f"unknown anchor {name!r}; available: {', '.join(list_anchors()) or '(none packaged)'}")
+    return _anchor_dir() / f"{name}.json"
+
+
 def load_results(path_or_name: ResultsLike) -> dict:
     """Read a CompressAI-layout results JSON (path, packaged anchor name, or an already-loaded dict)."""
     if isinstance(path_or_name, Mapping):
@@ -112,8 +134,6 @@ def load_results(path_or_name: ResultsLike) -> dict:
     p = Path(path_or_name)
     if p.is_file():
         return _normalize(json.loads(p.read_text()), str(p))
-    from .anchors import anchor_path, list_anchors
-
     if str(path_or_name) in list_anchors():
         return _normalize(json.loads(anchor_path(str(path_or_name)).read_text()), str(path_or_name))
     raise FileNotFoundError(f"{path_or_name!r} is neither a results file nor a packaged anchor "
