@@ -15,12 +15,20 @@ KODAK = SHARED / "kodak"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+#: session fixtures that run a subprocess (train.py): a test using one is in the medium tier
+SUBPROCESS_FIXTURES = {"tiny_ckpt"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config, items):
     """Slow tests (several real runs in subprocesses) get a 3600 s hang timeout instead of the
-    900 s default of pyproject.toml, unless they set their own @pytest.mark.timeout."""
+    900 s default of pyproject.toml, unless they set their own @pytest.mark.timeout. A test that
+    uses a SUBPROCESS_FIXTURES fixture is `medium`: the fast tier runs no subprocess."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(3600))
+        if SUBPROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.medium)
 
 
 @pytest.fixture(scope="module")

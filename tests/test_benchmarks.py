@@ -121,6 +121,7 @@ def test_rate_tiny_end_to_end():
     assert "(nearest)" in out and "(up)" in out
 
 
+@pytest.mark.medium  # runs `python -m benchmarks` (a subprocess)
 def test_compensation_bench_quick():
     """Every transform decodes the same streams; the rows are printed and cost no bits."""
     _, row = _bench("compensation")

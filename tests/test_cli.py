@@ -99,6 +99,7 @@ def test_bad_files_fail_cleanly(coded, tiny_ckpt, tmp_path, capsys, damage):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.medium  # runs the installed codecx script (a subprocess)
 def test_corrupted_file_with_the_real_script(coded, tiny_ckpt, tmp_path):
     """The installed `codecx` script: exit code 1, one clear line, no traceback."""
     if not CODECX.is_file():
@@ -223,6 +224,7 @@ def test_report_bd_rate_per_image(tmp_path):
     assert "BD-rate per image" in (root / "report.md").read_text()
 
 
+@pytest.mark.medium  # runs `train.py -m` (a subprocess)
 def test_report_on_a_real_multirun(tmp_path, tiny_images, capsys):
     """train.py -m over 2 quantizers x 2 lambdas, then `codecx report` evaluates every run
     (10-50 s on 2 shared cores)."""

@@ -56,6 +56,7 @@ def test_build_needs_no_network(mkdocs_cfg):
     assert mkdocs_cfg.get("strict") is True
 
 
+@pytest.mark.medium  # runs `git ls-files` (a subprocess)
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_study_folders_commit_no_run_dumps():
     """Study folders hold scripts and results: no Hydra .hydra/ folders, no logs in git."""

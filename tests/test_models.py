@@ -31,6 +31,7 @@ def _perturb_(model):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
+@pytest.mark.medium  # several seconds per context model
 @pytest.mark.parametrize("name", list(ZOO_NAMES))
 def test_zoo_state_dict_loads_and_matches(name, tmp_path):
     torch.manual_seed(0)

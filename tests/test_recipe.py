@@ -183,6 +183,7 @@ def test_quarter_cosine_is_the_released_shape():
     assert lrs[60] == pytest.approx(0.5 + 1.5 * math.cos(math.pi / 4))
 
 
+@pytest.mark.medium  # several seconds (NeuralCompression's schedule)
 def test_quarter_cosine_equals_neuralcompression():
     """Step for step equal to the reference's RampCosineLRSchedule (the illm_0.14 recipe at 1/100 scale)."""
     nc_optim = pytest.importorskip("neuralcompression.optim")

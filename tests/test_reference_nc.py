@@ -157,6 +157,7 @@ def test_hific_loads_nc_weights_and_every_stage_agrees(nc_hific):
     _close(out.likelihoods["z"], ref.quantized_hyper_latent_likelihoods)
 
 
+@pytest.mark.medium  # several seconds: the NeuralCompression oracle at test sizes
 @torch.no_grad()
 def test_hific_codes_the_same_symbols_as_nc(nc_hific):
     """With NC's 64-level tables the two code byte-identical streams and each decodes the other's;
@@ -186,6 +187,7 @@ def test_hific_codes_the_same_symbols_as_nc(nc_hific):
            ref_x_hat)
 
 
+@pytest.mark.medium  # several seconds: the NeuralCompression oracle at test sizes
 def test_hific_export_round_trips_and_errors(nc_hific, tmp_path):
     """state_to_nc gives back the released layout tensor for tensor (CDF tables empty, as in a
     fresh HiFiCAutoencoder), which NC loads strictly; wrong uses are one clear error."""
@@ -210,6 +212,7 @@ def test_hific_export_round_trips_and_errors(nc_hific, tmp_path):
         load_weights(HiFiC(N=24, M=8, num_residual_blocks=1), str(path))
 
 
+@pytest.mark.medium  # several seconds: the NeuralCompression oracle at test sizes
 def test_export_nc_verb(nc_hific, tmp_path, capsys):
     """`codecx export-nc CKPT -o OUT`: a model=hific checkpoint as the released layout (here one
     made from the NC file: it comes back tensor for tensor); another backbone is one error line."""
@@ -370,6 +373,7 @@ def test_oasis_losses_equal_nc():
 
 
 # ---------------------------------------------------------------- MSE + LPIPS
+@pytest.mark.medium  # several seconds: the NeuralCompression oracle at test sizes
 def test_mse_lpips_equals_nc(tmp_path):
     """distortion=mse_lpips equals NC's MSELPIPSLoss with MS-ILLM's settings (mse_param 150 on
     [0, 1] images, lpips_param 1, AlexNet, normalize=True) and its eps-inside-the-root

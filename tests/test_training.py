@@ -117,6 +117,7 @@ def _metrics(run_dir: Path):
     return rows
 
 
+@pytest.mark.medium  # runs train.py (a subprocess)
 def test_train_py_runs_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, f"hydra.run.dir={run_dir}", "checkpoint.every_n_steps=1", "checkpoint.keep_steps=[1,3]"]
@@ -162,6 +163,7 @@ def _resume_after(tmp_path, damage) -> str:
     return err
 
 
+@pytest.mark.medium  # runs train.py (a subprocess)
 def test_resume_with_mismatched_training_state_names_the_way_out(tmp_path):
     """A last.ckpt whose optimizer state does not fit this run (another codecx version) stops
     with one line naming the checkpoint and the ways out, and leaves the checkpoint as it was."""
@@ -171,6 +173,7 @@ def test_resume_with_mismatched_training_state_names_the_way_out(tmp_path):
     assert "training state does not fit" in err and "resume=false" in err and "model.weights=" in err
 
 
+@pytest.mark.medium  # runs train.py (a subprocess)
 def test_resume_with_another_model_names_the_way_out(tmp_path):
     """A last.ckpt of another backbone size stops with one line saying the model does not fit
     (and not advising model.weights=, which would fail the same way)."""
@@ -181,6 +184,7 @@ def test_resume_with_another_model_names_the_way_out(tmp_path):
     assert "its model does not fit" in err and "resume=false" in err and "model.weights=" not in err
 
 
+@pytest.mark.medium  # runs train.py (a subprocess)
 def test_checkpoint_loads_for_inference(tmp_path):
     """A training checkpoint rebuilds a codec that codes exactly (CDF buffers resized)."""
     from codecx.lit.module import resize_cdf_buffers
@@ -199,6 +203,7 @@ def test_checkpoint_loads_for_inference(tmp_path):
     assert torch.equal(out, codec(x).x_hat.clamp(0, 1))
 
 
+@pytest.mark.medium  # runs train.py (a subprocess)
 def test_cse_run_logs_source_entropy_and_resumes_every_state(tmp_path):
     """`train.py model=mbt_mean reg=cse alpha=1` logs the source entropy; last.ckpt holds the
     final step even when max_steps is not a multiple of the checkpoint interval, and the same
@@ -233,6 +238,7 @@ def test_cse_run_logs_source_entropy_and_resumes_every_state(tmp_path):
     assert [int(row["step"]) for row in rows if row.get("train/source_loss")] == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.medium  # runs train.py (a subprocess)
 @pytest.mark.parametrize("logger, files", [("tensorboard", "tb/events.out.tfevents.*"),
                                            ("wandb", "wandb/offline-run-*/run-*.wandb")])
 def test_other_loggers(logger, files, tmp_path):
