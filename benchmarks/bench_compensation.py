@@ -1,4 +1,5 @@
-"""Latent compensation (Rethinking Latent Variable, WACV 2026): decode time with lrp / lpc / fpc against no transform; bits.
+"""Latent compensation (Rethinking Latent Variable, WACV 2026): decode time with lrp / lpc / fpc against no
+transform; bits.
 
 What is compared (issue 13): `Codec.decompress` of the same codecx streams by `mbt_mean`
 (N=128, M=192, random weights: the time does not depend on them) with no transform, `LRP`,

@@ -95,7 +95,8 @@ def test_method_checks():
         bd([0.1, 0.2], [30, 32], [0.1, 0.2], [30, 32], "linear")
     with pytest.raises(ValueError, match="at least 2"):
         bd([0.1], [30], [0.1, 0.2], [30, 32], "pchip")
-    assert bd([0.1, 0.2, 0.3, 0.4], [30, 32, 33, 34], [0.1, 0.2, 0.3, 0.4], [30, 32, 33, 34], "polyfit").method == "cubic"
+    same = ([0.1, 0.2, 0.3, 0.4], [30, 32, 33, 34])
+    assert bd(*same, *same, "polyfit").method == "cubic"
 
 
 def test_overlap_warnings():
@@ -110,14 +111,16 @@ def test_overlap_warnings():
 
 def test_load_results_legacy_keys(tmp_path):
     ref = load_anchor("mbt2018-mean")["results"]
-    old = {"name": "old", "description": "", "results": {"bpp": ref["bpp"], "psnr": ref["psnr-rgb"], "ms-ssim-rgb": ref["ms-ssim"]}}
+    old = {"name": "old", "description": "",
+           "results": {"bpp": ref["bpp"], "psnr": ref["psnr-rgb"], "ms-ssim-rgb": ref["ms-ssim"]}}
     f = tmp_path / "old.json"
     f.write_text(json.dumps(old))
     d = load_results(f)
     assert d["results"]["psnr-rgb"] == ref["psnr-rgb"] and d["results"]["ms-ssim"] == ref["ms-ssim"]
     for metric in ("psnr-rgb", "ms-ssim"):
         res = bd_from_results("bmshj2018-hyperprior", f, metric=metric)
-        assert res.bd_rate == pytest.approx(bd_from_results("bmshj2018-hyperprior", "mbt2018-mean", metric=metric).bd_rate)
+        by_name = bd_from_results("bmshj2018-hyperprior", "mbt2018-mean", metric=metric)
+        assert res.bd_rate == pytest.approx(by_name.bd_rate)
     with pytest.raises(FileNotFoundError, match="available anchors: .*cheng2020-attn"):
         load_results(tmp_path / "missing.json")
     with pytest.raises(KeyError, match="lpips"):

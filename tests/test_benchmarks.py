@@ -141,7 +141,8 @@ def test_context_bench_quick():
     """A small mbt codes one 128-px crop with codecx and CompressAI: the ratios are printed and
     the streams and decoded images are the same."""
     _, row = _bench("context", "--cx-N", "16", "--cx-M", "24")
-    for metric in ("encode speed codecx/compressai", "decode speed codecx/compressai", "mbt encode / mean-scale encode"):
+    for metric in ("encode speed codecx/compressai", "decode speed codecx/compressai",
+                   "mbt encode / mean-scale encode"):
         assert float(row(metric).split(metric)[1].split()[0]) > 0, row(metric)
     for metric in ("same work: streams differ", "same work: decoded images differ"):
         assert row(metric).split()[-1] == "ok", row(metric)

@@ -50,7 +50,8 @@ def test_every_option_instantiates(group, tmp_path):
         if (group, opt) == ("reg", "illm"):  # its VQ-VAE labeler comes from a file (codecx train-labeler)
             from codecx.regularizers.labeler import VQLabeler
 
-            VQLabeler(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, embed_dim=16, code_dim=4, codebook_size=32).save(tmp_path / "labeler.pt")
+            VQLabeler(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, embed_dim=16, code_dim=4,
+                      codebook_size=32).save(tmp_path / "labeler.pt")
             extra = [f"reg.labeler={tmp_path / 'labeler.pt'}", "reg.channels=[8,8,8,8,8,8]", "reg.head_channels=8"]
         cfg = _compose([f"{group}={opt}", "model.N=8", "model.M=8", *extra])
         node = OmegaConf.to_container(cfg[group], resolve=True)

@@ -20,7 +20,7 @@ from codecx.regularizers.cse import UNITS, in_units
 from codecx.regularizers.source_models import (
     GaussianSourceModel, discretized_gaussian_likelihood, gaussian_density, last_bin, to_bins)
 from codecx.types import CodecOutput
-from conftest import ROOT, tiny_codec
+from conftest import tiny_codec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LN2 = math.log(2)

@@ -1,4 +1,5 @@
-"""MSE_t / MSE_a / MSE_q decomposition (Rethinking Latent Variable, WACV 2026, eq. 11) from real bitstreams; data.invert."""
+"""MSE_t / MSE_a / MSE_q decomposition (Rethinking Latent Variable, WACV 2026, eq. 11) from real bitstreams;
+data.invert."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ from torch import nn
 from codecx.conf import CONF_DIR
 from codecx.evaluate import evaluate, prepare, results_dict, summarize
 from codecx.metrics.decompose import DECOMPOSE_KEYS, decompose, unquantized_reconstruction
-from conftest import ROOT, tiny_codec
+from conftest import tiny_codec
 
 
 def _image(seed=0, size=64):

@@ -64,8 +64,9 @@ def test_labeler_loss_terms_and_training_entry(tmp_path, tiny_images, capsys):
     out = tmp_path / "lab.pt"
     from codecx.cli import main as codecx_main
 
-    rc = codecx_main(["train-labeler", "--data", str(tiny_images), "--out", str(out), "--steps", "2", "--batch-size", "2",
-                       "--crop-size", "32", "--no-lpips", "--ch", "8", "--ch-mult", "1", "2", "2", "2",
+    rc = codecx_main(["train-labeler", "--data", str(tiny_images), "--out", str(out), "--steps", "2",
+                       "--batch-size", "2", "--crop-size", "32", "--no-lpips", "--ch", "8",
+                       "--ch-mult", "1", "2", "2", "2",
                        "--num-res-blocks", "1", "--embed-dim", "16", "--code-dim", "4", "--codebook-size", "32"])
     assert rc == 0 and load_labeler(out).codebook_size == 32
     # LPIPS-VGG weights come from a local file: a missing one is one error naming it

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 from compressai.entropy_models import GaussianConditional
-from compressai.models.google import get_scale_table
 
 from codecx.conf import CONF_DIR
 from codecx.coding.container import BitstreamError, Header, decode_image, encode_image, pack, unpack
@@ -237,7 +236,6 @@ def test_gradient_correlation_diagnostic(quantizer):
 @pytest.mark.parametrize("name", ["latent", "latent_fast", "latent_side", "sign", "scalar"])
 def test_every_shift_config_codes_exactly(name):
     """Each conf/shift option instantiates and round-trips a real file exactly (eval.py shift=NAME)."""
-    from pathlib import Path
 
     from codecx.config import group_option
 

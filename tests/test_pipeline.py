@@ -1,7 +1,6 @@
 """The one pipeline walk, its hook points, loss composition and training stages (DESIGN.md)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -14,7 +13,6 @@ from codecx.lit import LitCodec, Schedule
 from codecx.lit.module import NonFiniteLossError
 from codecx.losses import MSSSIM
 from codecx.models import Codec, build_backbone
-from codecx.quantizers import NoiseQuantizer
 from codecx.train import CONF_DIR, build_module
 from codecx.transforms.base import LatentTransform
 from codecx.transforms.bias import ChannelBias

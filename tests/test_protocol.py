@@ -14,8 +14,9 @@ ARM = [*TINY, "experiment=finetune", "lmbda=0.01", "trainer.max_steps=3", "train
 @pytest.mark.slow
 def test_arms_start_from_the_same_base_and_see_the_same_data(tmp_path):
     zoo = tmp_path / "zoo"
-    base = run_train([*TINY, "experiment=base_zoo", "lmbda=0.01", "trainer.max_steps=2", "trainer.val_check_interval=null",
-                      "data.num_workers=0", "eval.final_max_images=1", f"hydra.run.dir='{zoo}/lmbda=0.01'"])
+    base = run_train([*TINY, "experiment=base_zoo", "lmbda=0.01", "trainer.max_steps=2",
+                      "trainer.val_check_interval=null", "data.num_workers=0", "eval.final_max_images=1",
+                      f"hydra.run.dir='{zoo}/lmbda=0.01'"])
     assert base.returncode == 0, base.stderr[-3000:]
     arms = {}
     for name, extra in [("a", []), ("b", []), ("bias", ["transform=bias"]), ("seed2", ["seed=2"])]:

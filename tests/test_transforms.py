@@ -1,4 +1,5 @@
-"""Latent compensation transforms (Rethinking Latent Variable, WACV 2026): LRP, LPC (learned / predicted), FPC, latent-MSE."""
+"""Latent compensation transforms (Rethinking Latent Variable, WACV 2026): LRP, LPC (learned / predicted), FPC,
+latent-MSE."""
 from __future__ import annotations
 
 import math

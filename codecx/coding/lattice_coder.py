@@ -37,7 +37,6 @@ its box-model bits plus the escape (~20 bits), not a fixed-width payload.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Dict, Optional, Tuple
 

@@ -40,7 +40,7 @@ class DataConfig:
     repeat: int = 1
     shuffle: bool = True
     augment: bool = True   # random crops and flips (false: centre crops, for exact comparisons)
-    invert: bool = False   # inverse training (Rethinking Latent Variable, WACV 2026): every training image also as 1 - x
+    invert: bool = False   # inverse training (Rethinking Latent Variable, WACV 2026): each training image also as 1 - x
     pin_memory: Optional[bool] = None  # page-locked batches (null: when CUDA is available)
     seed: Optional[int] = None  # data order, crops, flips from their own generators (null: the global RNG)
 
@@ -143,7 +143,8 @@ class MetricsOptions:
     lpips: LpipsOptions = field(default_factory=LpipsOptions)
     fid: FidOptions = field(default_factory=FidOptions)
     grad_corr: Optional[bool] = None  # corr(grad -log p, grad D) per image; null: on with a shift
-    decompose: bool = False  # MSE_t / MSE_a / MSE_q per image (Rethinking Latent Variable, WACV 2026, eq. 11; codecx.metrics.decompose)
+    # MSE_t / MSE_a / MSE_q per image (Rethinking Latent Variable, WACV 2026, eq. 11; codecx.metrics.decompose)
+    decompose: bool = False
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from compressai.entropy_models import GaussianConditional
-from torch import Tensor, nn
+from torch import Tensor
 
 from codecx.quantizers.scalar import ScalarQuantizer
 from codecx.transforms.base import LatentTransform, WalkState
@@ -122,7 +122,8 @@ class LatentShift(LatentTransform):
     No parameters or buffers: checkpoints and fingerprints are unaffected.
     """
 
-    def __init__(self, mode: str = "latent", candidates: Sequence[float] = (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16),
+    def __init__(self, mode: str = "latent",
+                 candidates: Sequence[float] = (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16),
                  side_candidates: Sequence[float] = (0.0,), batch: int = 0, fraction: float = 1.0,
                  tile: int = 8):
         super().__init__()

@@ -1,4 +1,5 @@
-"""The reconstruction-error decomposition MSE_t / MSE_a / MSE_q (Rethinking Latent Variable, WACV 2026, supplement eq. 11)."""
+"""The reconstruction-error decomposition MSE_t / MSE_a / MSE_q (Rethinking Latent Variable, WACV 2026,
+supplement eq. 11)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,8 @@ def _mse(a: Tensor, b: Tensor) -> float:
 @torch.no_grad()
 def decompose(codec, x: Tensor, x_hat: Tensor) -> Dict[str, float]:
     """Per image: `mse_t` = MSE(X, X_q) with X_q the decoded image `x_hat`, `mse_a` = MSE(X, X_uq),
-    `mse_q` = MSE(X_uq, X_q) (Rethinking Latent Variable, WACV 2026, eq. 11), all on 8-bit rounded images (the MSE of the
-    eval PSNR: psnr = 10 log10(255^2 / mse_t)), and the ratios `mse_a / mse_t`, `mse_q / mse_t`
+    `mse_q` = MSE(X_uq, X_q) (Rethinking Latent Variable, WACV 2026, eq. 11), all on 8-bit rounded images (the
+    MSE of the eval PSNR: psnr = 10 log10(255^2 / mse_t)), and the ratios `mse_a / mse_t`, `mse_q / mse_t`
     (Rethinking Latent Variable, WACV 2026, Fig. 9; nan when mse_t = 0). `codec` in eval mode."""
     x_uq = unquantized_reconstruction(codec, x)
     mse_t, mse_a, mse_q = _mse(x, x_hat), _mse(x, x_uq), _mse(x_uq, x_hat)

@@ -128,7 +128,8 @@ class Backbone:
 
 
 class BmshjFactorized(Backbone, FactorizedPrior):
-    """Factorized prior of Ballé, Laparra, Simoncelli, "End-to-end optimized image compression" (ICLR 2017) / bmshj2018-factorized."""
+    """Factorized prior of Ballé, Laparra, Simoncelli, "End-to-end optimized image compression" (ICLR 2017) /
+    bmshj2018-factorized."""
 
     family = "factorized"
     has_side = False
@@ -166,7 +167,8 @@ class BmshjHyperprior(Backbone, ScaleHyperprior):
 
 
 class MbtMean(Backbone, MeanScaleHyperprior):
-    """Mean-scale hyperprior of Minnen, Ballé, Toderici, "Joint autoregressive and hierarchical priors" (NeurIPS 2018)."""
+    """Mean-scale hyperprior of Minnen, Ballé, Toderici, "Joint autoregressive and hierarchical priors"
+    (NeurIPS 2018)."""
 
 
 class _ContextBackbone(Backbone):
@@ -217,7 +219,8 @@ class Mbt(_ContextBackbone, JointAutoregressiveHierarchicalPriors):
 
 
 class ChengAnchor(_ContextBackbone, Cheng2020Anchor):
-    """Cheng et al., "Learned image compression with discretized Gaussian mixture likelihoods and attention modules" (CVPR 2020), anchor with a single Gaussian."""
+    """Cheng et al., "Learned image compression with discretized Gaussian mixture likelihoods and attention
+    modules" (CVPR 2020), anchor with a single Gaussian."""
 
     @staticmethod
     def _arch_kwargs(N, M):

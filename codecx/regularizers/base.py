@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from codecx.types import CodecOutput, RegOutput

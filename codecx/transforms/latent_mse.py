@@ -50,8 +50,8 @@ def _check_weight(latent_mse) -> float:
 
 class Compensation(LatentTransform):
     """Base of the decoder-side compensations of the quantization residual `y - y_hat`
-    (LRP, LPC, FPC; Rethinking Latent Variable (WACV 2026)): `compensate(y_hat, state)` returns `y_hat'`, and the optional
-    latent-MSE term is measured on `y_hat'`."""
+    (LRP, LPC, FPC; Rethinking Latent Variable (WACV 2026)): `compensate(y_hat, state)` returns `y_hat'`, and
+    the optional latent-MSE term is measured on `y_hat'`."""
 
     def __init__(self, latent_mse: float = 0.0):
         super().__init__()

@@ -1,4 +1,5 @@
-"""Learned / fixed parameter compensation of the quantization residual (Rethinking Latent Variable, WACV 2026, Fig. 7, C.4)."""
+"""Learned / fixed parameter compensation of the quantization residual (Rethinking Latent Variable, WACV 2026,
+Fig. 7, C.4)."""
 from __future__ import annotations
 
 import math

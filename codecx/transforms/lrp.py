@@ -1,4 +1,5 @@
-"""Latent residual prediction without channel slices (Minnen & Singh 2020, as Rethinking Latent Variable (WACV 2026) C.4)."""
+"""Latent residual prediction without channel slices (Minnen & Singh 2020, as Rethinking Latent Variable
+(WACV 2026) C.4)."""
 from __future__ import annotations
 
 from typing import cast

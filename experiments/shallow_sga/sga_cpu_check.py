@@ -30,8 +30,8 @@ def crop(name: str, size: int) -> torch.Tensor:
     im = np.asarray(Image.open(KODAK / f"{name}.png").convert("RGB"), dtype="float32") / 255
     x = torch.from_numpy(im).permute(2, 0, 1).unsqueeze(0)
     h, w = x.shape[-2:]
-    t, l = (h - size) // 2, (w - size) // 2
-    return x[..., t : t + size, l : l + size].contiguous()
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size].contiguous()
 
 
 def measure(codec: Codec, x: torch.Tensor, lmbda: float):

@@ -24,7 +24,8 @@ from codecx.metrics.bdrate import PerImageBD
 
 # "~-15": a BD-rate computed from the 2020 repo's released Kodak result files (mandt-lab/improving-
 # inference-for-neural-image-compression, results/kodak/sga-psnr.csv against mbt2018-psnr.csv)
-PAPER = {"sga": "-8.8 (Rethinking Latent Variable tab. 7, hyperprior); ~-15 (mean-scale, Kodak; from the 2020 repo's result files)",
+PAPER = {"sga": "-8.8 (Rethinking Latent Variable tab. 7, hyperprior); "
+                "~-15 (mean-scale, Kodak; from the 2020 repo's result files)",
          "sga_2020": "-8.8 (Rethinking Latent Variable tab. 7, hyperprior)"}
 # arXiv 2304.06244 (Kodak, against its mbt2018-mean baseline; indicative: other sizes and training): BD-rates
 # computed from mandt-lab/shallow-ntc's released result files (results/kodak/*.json), not printed in 004
@@ -90,7 +91,8 @@ def main(out: str, base: str, *arms: str) -> None:
             continue
         cells = ["0 (baseline)", "0", "0"] if arm == base else bd_cells(anchor, res)
         per_image = "-" if arm == base else bd_per_image(Path(out) / base, Path(out) / arm)
-        print(f"| {arm} | " + " | ".join(cells) + f" | {PAPER.get(arm, '-')} | {per_image} | {rd_change(Path(out) / arm)} | "
+        print(f"| {arm} | " + " | ".join(cells) + f" | {PAPER.get(arm, '-')} | {per_image} | "
+              f"{rd_change(Path(out) / arm)} | "
               f"{mean(res, 'bpp'):.4f} | "
               f"{mean(res, 'psnr-rgb'):.2f} | {mean(res, 'encoding_time'):.2f} | {mean(res, 'decoding_time'):.2f} |")
 

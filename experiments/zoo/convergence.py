@@ -7,8 +7,8 @@ Prints, per lambda, bpp and PSNR at the last two steps given (0.8T, T) and the P
 same rate (the T point against the 0.8T curve's upper envelope, pchip in log rate), then BD-rate /
 BD-PSNR of T against 0.8T on PSNR and on MS-SSIM (dB), or why one is undefined (e.g. a
 non-monotonic curve), and the BD-rate image by image (over the images of both
-per_image.csv files, mean ± t_{0.975,n-1} SE; dropped images named). With more than two folders (a training curve), also a table of each step
-against the one before it.
+per_image.csv files, mean ± t_{0.975,n-1} SE; dropped images named). With more than two folders (a
+training curve), also a table of each step against the one before it.
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def main(*folders: str) -> None:
         print(f"BD-rate T vs 0.8T on {metric} (pchip): {pooled}, BD-quality {quality}")
         print(f"BD-rate T vs 0.8T on {metric} per image (pchip, ± t·SE, 95%): {per_image}")
     if len(folders) > 2:
-        print("\n| from | to | BD-rate PSNR (pchip) | per image (± t·SE, 95%) | BD-rate MS-SSIM (pchip) | per image (± t·SE, 95%) |")
+        print("\n| from | to | BD-rate PSNR (pchip) | per image (± t·SE, 95%) | BD-rate MS-SSIM (pchip) "
+              "| per image (± t·SE, 95%) |")
         print("|---|---|---|---|---|---|")
         for a, b in zip(folders, folders[1:]):
             cells = [c for m in METRICS for c in bd_cells(a, b, m)[::2]]
