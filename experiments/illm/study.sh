@@ -77,8 +77,9 @@ diag_binary() {  # the same U-Net D with one label class (codebook of 1 code: OA
   local n=$DIAG_STEPS
   $PY -m codecx.regularizers.labeler --data $TRAIN --out $R/labeler_c1.pt --no-lpips --ch 16 --ch-mult 1 2 2 4 \
     --num-res-blocks 1 --embed-dim 32 --code-dim 8 --codebook-size 1 --crop-size 64 --steps 1 > $R/labeler_c1.log 2>&1
-  run2 diag/binary $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_c1.pt reg.warmup_steps=$n
-  T diag_report_binary $PY experiments/illm/d_accuracy.py diag $R/diag/binary --kodak $KODAK --json $R/diag/d_accuracy.jsonl
+  local d=diag/binary$([ "$n" = 80 ] || echo "_$n")
+  run2 $d $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_c1.pt reg.warmup_steps=$n
+  T diag_report_binary $PY experiments/illm/d_accuracy.py diag $R/$d --kodak $KODAK --json $R/diag/d_accuracy.jsonl
 }
 diag_old() {  # the same with the first round's labeler (run labeler_old first)
   local n=$DIAG_STEPS
