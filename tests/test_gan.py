@@ -170,6 +170,10 @@ def test_illm_real_and_fake_come_from_different_images(labeler_file):
         assert torch.equal(reg.d_loss(x, out)[0], base)
         out.x_hat[:2] = torch.rand_like(out.x_hat[:2])
         assert not torch.equal(reg.d_loss(x, out)[0], base)
+        reg.mc_sampling = False  # HiFiC's pairing: the real half's x_hat is a fake too
+        base = reg.d_loss(x, out)[0]
+        out.x_hat[2:] = torch.rand_like(out.x_hat[2:])
+        assert not torch.equal(reg.d_loss(x, out)[0], base)
 
 
 def test_missing_labeler_is_a_clear_error(tmp_path):

@@ -216,17 +216,19 @@ class ILLMRegularizer(_GANRegularizer):
     `condition=False` (diagnostic, not MS-ILLM): D gets a zero latent, so its context branch is
     a constant and it sees only the image. `warmup_steps` (not in MS-ILLM's recipe): the
     generator term is 0 until D has taken that many steps (D trains alone first; counted in
-    this process).
+    this process). `mc_sampling=False` (not the released default): D sees every image and its own
+    reconstruction, HiFiC's pairing, instead of reals and fakes from different halves.
     """
 
     def __init__(self, labeler: str, weight: float = 0.008, channels: Sequence[int] = ILLM_CHANNELS,
                  context_channels: int = 16, out_factor: int = 8, head_channels: int = 64,
                  lr: float = 4e-4, betas: Sequence[float] = (0.5, 0.9), weight_decay: float = 0.0,
-                 optimizer: str = "adamw", condition: bool = True, warmup_steps: int = 0):
+                 optimizer: str = "adamw", condition: bool = True, warmup_steps: int = 0,
+                 mc_sampling: bool = True):
         super().__init__(weight, lr, betas, weight_decay, optimizer, warmup_steps)
         from codecx.regularizers.labeler import load_labeler
 
-        self.condition = bool(condition)
+        self.condition, self.mc_sampling = bool(condition), bool(mc_sampling)
 
         if not labeler:
             raise ValueError("reg.labeler is not set: give the labeler file written by "
@@ -265,7 +267,8 @@ class ILLMRegularizer(_GANRegularizer):
     def d_loss(self, x: Tensor, out: CodecOutput):
         d = self._d()
         x, x_hat, y_hat = _crop(x, out.x_hat.detach(), out.y_hat.detach(), d.multiple, self.latent_stride)
-        fake, real = _halves(x.size(0))
+        # released mc_sampling: reals and fakes from different halves; False: every image and its x_hat
+        fake, real = _halves(x.size(0)) if self.mc_sampling else (slice(None), slice(None))
         labels = self.labels(x[real])
         real_logits = self.discriminate(x[real], y_hat[real])
         fake_logits = self.discriminate(x_hat[fake], y_hat[fake])

@@ -13,7 +13,7 @@
 #      arms: D warm-up of $WARM steps
 #   5. eval.py on the 24 Kodak images, 256-px center crops (real bitstreams), then
 #      experiments/illm/d_accuracy.py report (held-out D accuracy, tables, per-image CSVs, figure)
-# Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|diag_binary|diag_old|stage2|evaluate|report ...]
+# Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|diag_binary|diag_paired|diag_old|stage2|evaluate|report ...]
 # Every process runs alone, one thread, nice 5; CPU seconds of each step go to $R/cpu_time.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -80,6 +80,13 @@ diag_binary() {  # the same U-Net D with one label class (codebook of 1 code: OA
   local d=diag/binary$([ "$n" = 80 ] || echo "_$n")
   run2 $d $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_c1.pt reg.warmup_steps=$n
   T diag_report_binary $PY experiments/illm/d_accuracy.py diag $R/$d --kodak $KODAK --json $R/diag/d_accuracy.jsonl
+}
+diag_paired() {  # the one-class U-Net D shown each image and its own reconstruction (reg.mc_sampling=false)
+  local n=$DIAG_STEPS
+  [ -f $R/labeler_c1.pt ] || diag_binary
+  run2 diag/binary_paired_$n $n 1 illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_c1.pt reg.warmup_steps=$n \
+    reg.mc_sampling=false
+  T diag_report_paired $PY experiments/illm/d_accuracy.py diag $R/diag/binary_paired_$n --kodak $KODAK --json $R/diag/d_accuracy.jsonl
 }
 diag_old() {  # the same with the first round's labeler (run labeler_old first)
   local n=$DIAG_STEPS
