@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import torch
 
 
@@ -40,7 +39,7 @@ def load_method_codec(checkpoint: str, quantizer: Optional[str], shift: Optional
     codecx/conf (None: the checkpoint's own quantizer and refiners, no shift)."""
     from codecx.config import group_option
     from codecx.evaluate import load_codec
-    from codecx.train import CONF_DIR
+    from codecx.conf import CONF_DIR
 
     q = group_option("quantizer", quantizer, CONF_DIR) if quantizer else None
     sh = group_option("shift", shift, CONF_DIR) if shift and shift != "none" else None
@@ -120,7 +119,7 @@ def cmd_export_nc(a: argparse.Namespace) -> int:
 def known_methods() -> dict:
     """The method names a codecx header may carry: the options of conf/quantizer and conf/shift."""
     from codecx.config.check import group_options
-    from codecx.train import CONF_DIR
+    from codecx.conf import CONF_DIR
 
     return {"quantizer": group_options("quantizer", CONF_DIR), "shift": group_options("shift", CONF_DIR)}
 
@@ -422,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-incomplete", action="store_true", help="use runs whose last.ckpt stopped "
                    "before trainer.max_steps in the curves and BD figures (default: flagged and left out)")
     s.add_argument("--decompose", action="store_true", help="evaluate with the MSE_t / MSE_a / MSE_q "
-                   "decomposition (eval.py metrics.decompose=true; Rethinking Latent Variable (WACV 2026) eq. 11): its section and plot")
+                   "decomposition (eval.py metrics.decompose=true; Rethinking Latent Variable (WACV 2026) eq. 11): "
+                   "its section and plot")
     s.add_argument("--lpips-weights", metavar="PATH", help="evaluate LPIPS (AlexNet) with this torchvision "
                    "alexnet file or folder (eval.py metrics.lpips.weights); nothing is downloaded")
     s.add_argument("--fid-weights", metavar="PATH", help="evaluate FID / KID on 256-px patches with this "

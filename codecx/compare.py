@@ -126,7 +126,8 @@ def load_arm(*paths: PathLike, name: Optional[str] = None,
     """An arm of one curve (`load_curve(*paths)`), or with `replicates` ({seed value: path(s)})
     one curve per replicate."""
     if replicates is not None:
-        curves = {str(k): load_curve(*([v] if isinstance(v, (str, Path)) else v), name=name) for k, v in replicates.items()}
+        curves = {str(k): load_curve(*([v] if isinstance(v, (str, Path)) else v), name=name)
+                  for k, v in replicates.items()}
         label = name or next(iter(curves.values())).results["name"]
         return Arm(label, curves)
     curve = load_curve(*paths, name=name)
@@ -292,7 +293,8 @@ def _replicated(rows: Sequence[Row]) -> bool:
     return any(lab for r in rows for each in r.each.values() for lab, _ in each)
 
 
-def table(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "seed") -> Tuple[List[str], List[List[str]]]:
+def table(rows: Sequence[Row], per_image: bool = True,
+          replicate_key: str = "seed") -> Tuple[List[str], List[List[str]]]:
     """(header, cells) of a comparison: arm, points, bpp and PSNR ranges, the BD figures (with the
     per-pair values when there are replicates), the per-image band and the notes."""
     reps = _replicated(rows)
@@ -308,7 +310,8 @@ def table(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "see
         cells = [r.name + (" (baseline)" if r.baseline else ""), str(r.curve.points),
                  _range(r.curve, "bpp", 4), _range(r.curve, "psnr-rgb", 2)]
         for k in keys:
-            cells.append(fmt(k, r.values[k]) if k in r.values else ("0 (baseline)" if r.baseline and not r.pairs else "-"))
+            cells.append(fmt(k, r.values[k]) if k in r.values
+                         else ("0 (baseline)" if r.baseline and not r.pairs else "-"))
             if reps:
                 cells.append("; ".join(f"{lab}: {fmt(k, v)}" for lab, v in r.each.get(k, [])))
         if per_image:
@@ -337,7 +340,8 @@ def to_csv(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "se
                 "notes"])
     for r in rows:
         pi = r.per_image
-        w.writerow([r.name, int(r.baseline), r.curve.points, *[repr(r.values[k]) if k in r.values else "" for k in keys],
+        w.writerow([r.name, int(r.baseline), r.curve.points,
+                    *[repr(r.values[k]) if k in r.values else "" for k in keys],
                     *["; ".join(f"{lab}: {v!r}" for lab, v in r.each.get(k, [])) for k in each],
                     *([] if not per_image else ["", "", "", ""] if pi is None else
                       [repr(pi.mean) if pi.values else "", repr(pi.half_width) if len(pi.values) > 1 else "",

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from codecx.conf import CONF_DIR
 from codecx.config import ConfigError, check_targets, main_with_precheck, register_configs
 from codecx.evaluate import (codec_from_config, data_key, data_label,
                              dataset_images, evaluate_codecs, load_codec, prepare, results_dict,
@@ -19,8 +20,6 @@ from codecx.evaluate import (codec_from_config, data_key, data_label,
 from codecx.metrics.weights import MissingWeightsError
 from codecx.models.build import DEFAULT_QUANTIZER
 from codecx.models.codec import Codec
-
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 register_configs()
 

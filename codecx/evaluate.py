@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from hydra.utils import instantiate
 from torch import Tensor
 
 from codecx.coding.container import (MAX_PIXELS, ImageTooLargeError, check_encode,

@@ -422,7 +422,8 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
                "lmbda": " ".join(sorted({r.value("lmbda") for r in rs}, key=_num))}
         flagged = [r for r in rs if r.incomplete]
         if flagged:
-            what = "included" if include_incomplete else "left out of the curves and BD figures (--include-incomplete uses them)"
+            what = ("included" if include_incomplete
+                    else "left out of the curves and BD figures (--include-incomplete uses them)")
             row["notes"] = (f"{len(flagged)} incomplete run(s) {what}: " + "; ".join(
                 f"{r.dir.name} (step {r.step} of {r.max_steps})" for r in flagged))
             if not include_incomplete:
@@ -442,7 +443,8 @@ def build_report(multirun_dir: str | Path, baseline: Optional[str], out_dir: Opt
                                        "(--replicates seed: paired means and the noise band)"])
         if base not in compared:
             if g != base or replicates is not None:
-                row["notes"] = " / ".join([*filter(None, [row.get("notes")]), "no BD figures: the baseline has no complete run"])
+                row["notes"] = " / ".join([*filter(None, [row.get("notes")]),
+                                           "no BD figures: the baseline has no complete run"])
         elif replicates is not None or g != base:  # the baseline's row with replicates: its seed band
             c = compared[g]
             cells = {}

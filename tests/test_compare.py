@@ -160,7 +160,8 @@ def test_labels_are_the_settings_that_differ():
     assert short_labels(NAMES) == ["no transform", "no transform, invert", "lpc", "lpc, latent_mse",
                                    "lrp, invert", "lpc, predicted"]
     assert short_labels(["reg=cse,alpha=0.1,seed=1", "reg=cse,alpha=1,seed=1"]) == ["alpha=0.1", "alpha=1"]
-    assert short_labels(["transform=[]", "transform=lrp,transform.lrp.latent_mse=1"]) == ["no transform", "lrp, latent_mse"]
+    labels = short_labels(["transform=[]", "transform=lrp,transform.lrp.latent_mse=1"])
+    assert labels == ["no transform", "lrp, latent_mse"]
     assert short_labels(["mbt2018-mean", "cheng2020-attn"]) == ["mbt2018-mean", "cheng2020-attn"]
     st = Styles(NAMES, baseline=NAMES[0])
     assert st.colour[NAMES[0]] == "black" and st.colour[NAMES[2]] == st.colour[NAMES[3]] != st.colour[NAMES[4]]

@@ -4,7 +4,6 @@ group, deterministic sweep folders (rerun = resume), bf16 training, classical an
 the sweep report's grouping by the configuration each run used."""
 from __future__ import annotations
 
-import glob
 import io
 import json
 import struct

@@ -3,14 +3,9 @@ run-directory integrity, the non-finite guard, and every bad input a clean error
 files are built here."""
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import random
 import struct
-import subprocess
-import sys
-import warnings
 import zlib
 from pathlib import Path
 
@@ -21,10 +16,10 @@ from PIL import Image
 
 from codecx.conf import CONF_DIR
 from codecx.coding.container import (BitstreamError, Header, check_method_names, decode_image,
-                                     pack, unpack)
+                                     pack)
 from codecx.config import ConfigError, precheck
 from codecx.evaluate import CheckpointError, load_checkpoint
-from conftest import ROOT, TINY, run_train
+from conftest import TINY, run_train
 
 
 
@@ -221,8 +216,9 @@ def _png16(path: Path, a: np.ndarray) -> Path:
     def chunk(t: bytes, d: bytes) -> bytes:
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2 if a.ndim == 3 else 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if a.ndim == 3 else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
     return path
 
 
@@ -397,7 +393,8 @@ BAD = [  # (overrides, expected message) - each must fail in the pre-flight chec
     (["data=folder", "data.train_dir=/nonexistent/x"], "directory not found"),
     (["data.crop_size=4096"], "every image is smaller than the 4096x4096 crop"),
     (["quantizer=hex", "model=bmshj_factorized"], "quantizer=hex: lattice quantizers need a Gaussian"),
-    (["model=bmshj_factorized,mbt_mean", "quantizer=hex,noise"], r"lattice quantizers need.*sweep job .*model=bmshj_factorized quantizer=hex"),
+    (["model=bmshj_factorized,mbt_mean", "quantizer=hex,noise"],
+     r"lattice quantizers need.*sweep job .*model=bmshj_factorized quantizer=hex"),
     (["model.weights=/nonexistent.pth"], "nonexistent.pth"),
 ]
 

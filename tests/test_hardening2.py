@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import re
 import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 import zlib
@@ -101,7 +99,8 @@ def test_non_finite_compressai_state_dict_is_refused(tmp_path):
     state = build_backbone("mbt_mean", N=8, M=12).state_dict()
     state["g_a.0.weight"].view(-1)[0] = NAN
     torch.save(state, tmp_path / "nan.pth")
-    with pytest.raises(ValueError, match=r"model.weights=.*nan.pth: parameters are not finite \(NaN/Inf in g_a.0.weight\)"):
+    with pytest.raises(ValueError,
+                       match=r"model.weights=.*nan.pth: parameters are not finite \(NaN/Inf in g_a.0.weight\)"):
         build_backbone("mbt_mean", N=8, M=12, weights=str(tmp_path / "nan.pth"))
     with pytest.raises(ConfigError, match=r"cannot build the model: model.weights=.*not finite.*g_a.0.weight"):
         precheck(["model.N=8", "model.M=12", f"model.weights={tmp_path / 'nan.pth'}"], CONF_DIR, "train",
@@ -494,7 +493,8 @@ def test_resume_with_another_objective_is_refused_with_the_way_out(tmp_path):
     a = {"lmbda": 1.0, "reg": {"cse": {"_target_": "x.CSE", "alpha": 1.0}}, "schedule": {"lr": 1}}
     b = {"lmbda": 1.0, "reg": {"cse": {"_target_": "x.CSE", "alpha": 1.0, "new": 2}}, "schedule": {"lr": 2}}
     assert objective_changes(a, b) == []
-    assert objective_changes({"reg": {}}, {"reg": {"cse": {"_target_": "x.CSE"}}}) == ["reg.cse._target_=unset -> x.CSE"]
+    changes = objective_changes({"reg": {}}, {"reg": {"cse": {"_target_": "x.CSE"}}})
+    assert changes == ["reg.cse._target_=unset -> x.CSE"]
     torch.save({"codecx_config": {"lmbda": 0.0018}, "state_dict": {}}, tmp_path / "last.ckpt")
     with pytest.raises(CorruptCheckpointError, match=r"this run changes the training objective \(lmbda=0.0018 -> "
                                                      r"0.0035\).*model.weights=.*resume=false"):

@@ -21,7 +21,8 @@ def test_plot_rd_png(tmp_path):
 def test_missing_metric_skipped(tmp_path):
     r = load_anchor("mbt2018")["results"]
     f = tmp_path / "psnr_only.json"
-    f.write_text(json.dumps({"name": "psnr-only", "description": "", "results": {"bpp": r["bpp"], "psnr": r["psnr-rgb"]}}))
+    f.write_text(json.dumps({"name": "psnr-only", "description": "",
+                             "results": {"bpp": r["bpp"], "psnr": r["psnr-rgb"]}}))
     with pytest.warns(UserWarning, match="skipping 'psnr-only' on 'ms-ssim'"):
         out = plot_rd([f], tmp_path / "rd.png", anchors=["mbt2018-mean"])
     assert out.stat().st_size > 10_000

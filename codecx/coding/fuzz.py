@@ -121,7 +121,8 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         opts = rng.choice([b"\x04\xff\x11../model/mbt_mean", b"\x09\x63\x01", b"\x01\xff", b"\x04\x07",
                            b"\x20\x00", b"\x80\x80\x80\x80", b"\x40\x01\x0bshift_index\x00\x011",
                            b"\x40\x01\x01a\x00\x04[1,2", b"\x40\x01\x01a\xff\xff" + b"[" * 50,
-                           b"\x0a\xff\x03\x00\x01\x02\x01", bytes(rng.randrange(256) for _ in range(rng.randint(0, 8)))])
+                           b"\x0a\xff\x03\x00\x01\x02\x01",
+                           bytes(rng.randrange(256) for _ in range(rng.randint(0, 8)))])
         body[start:end] = opts
     return _fix_crc(bytes(body)) if rng.random() < 0.5 else bytes(body) + data[-4:]
 
@@ -223,7 +224,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--only", nargs="*", help="setup names (default: all)")
     a = ap.parse_args(argv)
     names = a.only or [*SETUPS, *transform_setups()]
-    print("| setup | files | decoded | clean errors | uncaught | hangs | slowest case s | peak RSS MiB | stderr bytes |")
+    print("| setup | files | decoded | clean errors | uncaught | hangs | slowest case s | peak RSS MiB "
+          "| stderr bytes |")
     print("|---|---|---|---|---|---|---|---|---|")
     bad = 0
     for n in names:

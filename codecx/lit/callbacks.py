@@ -36,7 +36,8 @@ LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_st
           "lpips": "val/lpips", "hf_ratio": "val/hf_ratio"}
 
 
-LOGGED.update({"mse_a_ratio": "val/mse_a_ratio", "mse_q_ratio": "val/mse_q_ratio"})  # Rethinking Latent Variable (WACV 2026) eq. 11
+# the decomposition's ratios (Rethinking Latent Variable (WACV 2026) eq. 11)
+LOGGED.update({"mse_a_ratio": "val/mse_a_ratio", "mse_q_ratio": "val/mse_q_ratio"})
 
 PREVIOUS_SUFFIX = ".prev.ckpt"   # last.ckpt's previous version, kept to fall back on
 TEMP_MARK = ".tmp-"              # checkpoints are written as .NAME.tmp-PID beside the target

@@ -121,7 +121,8 @@ def write_sweep_report(sweep_dir: Path, opts: Dict[str, Any]) -> Dict[str, Path]
         pending = [r.dir.name for r in find_runs(sweep_dir) if not _final(r.dir) and not job_failure(r.dir)]
         if pending:
             raise RuntimeError(f"{len(pending)} run(s) have no final evaluation yet (still training in "
-                               f"another multirun, stopped early, or eval.write_results=false / eval.final_max_images set): "
+                               "another multirun, stopped early, or eval.write_results=false / "
+                               "eval.final_max_images set): "
                                f"{', '.join(pending[:3])}")
     baseline = opts.get("baseline")
     if baseline and "=" not in baseline:  # reg:none (a Hydra override value cannot hold '=' unquoted)

@@ -228,7 +228,8 @@ def plot_rd(results_list: Iterable[ResultsLike], out_path: Union[str, Path], anc
             solid = v == first[g]
             kw = st.kw(g)
             line, = ax.plot(*xy, ls="-" if solid else ":", ms=4 if solid else 3.5, lw=2.2 if g == baseline else 1.3,
-                            mfc=kw["color"] if solid else "none", color=kw["color"], marker=kw["marker"], zorder=3 if g == baseline else 2)
+                            mfc=kw["color"] if solid else "none", color=kw["color"], marker=kw["marker"],
+                            zorder=3 if g == baseline else 2)
             handles.setdefault(kw["label"] + (" (baseline)" if g == baseline else ""), line)
         for d in refs:
             xy = _xy(d, metric)
@@ -359,7 +360,8 @@ def plot_delta(baseline: Any, arms: Sequence[Any], out_path: Union[str, Path], m
         lines.append((a.name, x, d, pts))
     bx, bh = seed_band(list(c.results for c in baseline.replicates.values()), metric)
     unit = "dB" if metric in ("psnr-rgb", "ms-ssim") else ""
-    ylabel = f"Δ {'PSNR' if metric == 'psnr-rgb' else metric} vs {_clip(st.label[baseline.name], 28)} [{unit}]".replace(" []", "")
+    what = "PSNR" if metric == "psnr-rgb" else metric
+    ylabel = f"Δ {what} vs {_clip(st.label[baseline.name], 28)} [{unit}]".replace(" []", "")
     if len(arms) <= overlay_max:
         fig = _new_figure(6.4, 4.3)
         ax = fig.subplots()
@@ -486,7 +488,8 @@ def plot_comparison(rows: Sequence[Any], baseline: Any, arms: Sequence[Any], out
                                title=title, baseline=baseline.name, replicate_key="seed")}
     paths["delta"] = plot_delta(baseline, arms, out / "delta_psnr.png",
                                 title=f"{title} — PSNR minus the baseline's at equal rate" if title else "")
-    paths["bars"] = plot_bd_bars(rows, out / "bd_rate.png", title=f"{title} — BD-rate against the baseline" if title else "")
+    paths["bars"] = plot_bd_bars(rows, out / "bd_rate.png",
+                                 title=f"{title} — BD-rate against the baseline" if title else "")
     return paths
 
 

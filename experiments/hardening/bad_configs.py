@@ -54,7 +54,8 @@ def bad_configs(tmp: Path):
         ("out of range", ["data.num_workers=-1"]), ("out of range", ["data.repeat=0"]),
         ("out of range", ["data.max_val_images=0"]), ("out of range", ["eval.every_n_steps=-1"]),
         ("out of range", ["eval.max_images=0"]), ("out of range", ["checkpoint.every_n_steps=-5"]),
-        ("nothing to train", ["trainer.max_steps=0"]), ("nothing to train", ["trainer.max_epochs=0", "trainer.max_steps=-1"]),
+        ("nothing to train", ["trainer.max_steps=0"]),
+        ("nothing to train", ["trainer.max_epochs=0", "trainer.max_steps=-1"]),
         ("nothing to train", ["+trainer.limit_train_batches=0"]), ("nothing to train", ["trainer.max_steps=-5"]),
         ("trainer", ["trainer.devices=0"]), ("trainer", ["trainer.precision=bogus"]),
         ("trainer", ["trainer.accelerator=gpu"]), ("trainer", ["trainer.accelerator=warp"]),
@@ -67,7 +68,8 @@ def bad_configs(tmp: Path):
         ("model", ["quantizer=hex", "model=bmshj_factorized"]), ("model", ["model.weights=/nonexistent.pth"]),
         ("model", ["schedule.stages=[{steps: 5, trainable: [nope]}]"]),
         ("sweep value", ["lmbda=0.0067,-1"]), ("sweep value", ["lmbda=0.1,abc"]),
-        ("sweep value", ["model=mbt_mean,foo"]), ("sweep value", ["model=bmshj_factorized,mbt_mean", "quantizer=hex,noise"]),
+        ("sweep value", ["model=mbt_mean,foo"]),
+        ("sweep value", ["model=bmshj_factorized,mbt_mean", "quantizer=hex,noise"]),
         ("override syntax", ["lmbda=[1"]), ("override syntax", ["=1"]),
     ]
 
@@ -112,7 +114,8 @@ def main() -> int:
         if not ok:
             print(f"  subprocess {' '.join(ov)}: exit {r.returncode}, {len(lines)} stderr lines: {lines[-1:]}")
     if a.subprocess:
-        print(f"{sub_ok} / {min(a.subprocess, len(configs))} through the real train.py: exit 2, one line, no run directory")
+        print(f"{sub_ok} / {min(a.subprocess, len(configs))} through the real train.py: exit 2, one line, "
+              "no run directory")
     return 0 if clean == len(configs) else 1
 
 

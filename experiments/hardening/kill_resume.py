@@ -205,8 +205,11 @@ def trial(i: int, rng: random.Random, base: Path, sig: int = signal.SIGKILL) -> 
 
 def main_disk(trials: int, rng: random.Random, base: Path) -> int:
     tmpfs = can_mount_tmpfs(base)
-    print(f"full disk: {'a tmpfs of 7-12 MiB per trial' if tmpfs else 'ENOSPC injected into torch.save (mount -t tmpfs not permitted here)'}\n")
-    print("| trial | disk | exit | one line | last.ckpt kept at step | temp files left | last logged step | resumed | steps lost | exit | final step | dir clean |")
+    how = ("a tmpfs of 7-12 MiB per trial" if tmpfs
+           else "ENOSPC injected into torch.save (mount -t tmpfs not permitted here)")
+    print(f"full disk: {how}\n")
+    print("| trial | disk | exit | one line | last.ckpt kept at step | temp files left | last logged step | resumed "
+          "| steps lost | exit | final step | dir clean |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for i in range(trials):
@@ -221,7 +224,8 @@ def main_disk(trials: int, rng: random.Random, base: Path) -> int:
     ok = [t for t in full if t["one_line"] and t["rc"] == 0 and t["final_step"] == MAX_STEPS and t["clean_dir"]]
     print(f"\n{len(full)} of {len(rows)} runs met the full disk, {sum(t['one_line'] for t in full)} stopped with one "
           f"line (exit 1), {len(ok)} resumed and completed at step {MAX_STEPS} with a clean directory; steps lost: "
-          f"max {max((t['lost'] for t in full), default=0)}, mean {sum(t['lost'] for t in full) / max(1, len(full)):.1f}")
+          f"max {max((t['lost'] for t in full), default=0)}, "
+          f"mean {sum(t['lost'] for t in full) / max(1, len(full)):.1f}")
     if full:
         print(f"e.g.: {full[0]['line']}")
     return 0 if len(ok) == len(full) else 1
@@ -249,7 +253,8 @@ def main() -> int:
         t = trial(i, rng, base, sig)
         rows.append(t)
         cells = f" {t['killed_rc']} | {t['to_exit']:.1f} |" if term and t["killed"] else (" - | - |" if term else "")
-        print(f"| {t['trial']} | {t['killed']} | {t['during_write']} | {t['temp_left_by_kill']} |{cells} {t['reached']} "
+        print(f"| {t['trial']} | {t['killed']} | {t['during_write']} | {t['temp_left_by_kill']} |{cells} "
+              f"{t['reached']} "
               f"| {t['resumed']} | {t['resumed_file']} | {t['lost']} | {t['rc']} | {t['final_step']} "
               f"| {t['clean_dir']} |", flush=True)
         if t["last_err"]:
@@ -261,7 +266,8 @@ def main() -> int:
           f"directory; steps lost: max {max((t['lost'] for t in killed), default=0)}, "
           f"mean {sum(t['lost'] for t in killed) / max(1, len(killed)):.1f}")
     if sig == signal.SIGTERM and killed:
-        clean = [t for t in killed if t["killed_rc"] == 143 and t["killed_line"].startswith("codecx: stopped by SIGTERM")]
+        clean = [t for t in killed
+                 if t["killed_rc"] == 143 and t["killed_line"].startswith("codecx: stopped by SIGTERM")]
         # the signal met a run that had finished (its process exiting after the final evaluation):
         # Python's default action ends it (-15; the shell reports 143 as well), nothing is lost
         exiting = [t for t in killed if t["killed_rc"] == -signal.SIGTERM and t["reached"] >= MAX_STEPS]

@@ -139,9 +139,9 @@ def d_stats(reg, crops, y_hats, fakes, tile: int = 0) -> dict:
         u = [reg.labels(x[None]) for x in crops]
         st.update({"argmax_real_called_real": rr_a, "argmax_fakes_called_fake": ff_a,
                    "argmax_accuracy": 0.5 * (rr_a + ff_a),
-                   "label_acc_real": mean(float((m["label"] == l).float().mean()) for m, l in zip(real, u)),
-                   "label_baseline": float(torch.bincount(torch.cat([l.flatten() for l in u])).max())
-                   / sum(l.numel() for l in u),
+                   "label_acc_real": mean(float((m["label"] == lab).float().mean()) for m, lab in zip(real, u)),
+                   "label_baseline": float(torch.bincount(torch.cat([lab.flatten() for lab in u])).max())
+                   / sum(lab.numel() for lab in u),
                    "condition": bool(getattr(reg, "condition", True))})
     return st
 
@@ -264,7 +264,8 @@ def report(a) -> int:
               "figure": {"file": "recon.png", "columns": ["original", *cols], "crops": shown}}
     (out / "results.json").write_text(json.dumps(result, indent=2))
 
-    L = [f"Labeler on the {a.tile or a.crop}-px tiles of the {len(crops)} Kodak crops: {lab['codes_used']}/{lab['codebook_size']} codes used, "
+    L = [f"Labeler on the {a.tile or a.crop}-px tiles of the {len(crops)} Kodak crops: "
+         f"{lab['codes_used']}/{lab['codebook_size']} codes used, "
          f"perplexity {lab['perplexity']:.1f}, most frequent label {lab['top_label_share']:.3f} of "
          f"{lab['positions']} positions; reconstruction MSE {lab['mse']:.4f} (crop pixel variance "
          f"{lab['crop_variance']:.4f})", "",
@@ -317,7 +318,8 @@ def main(argv=None) -> int:
         p.add_argument("--crop", type=int, default=256, help="center crop of each Kodak image (as eval.py's)")
         p.add_argument("--n", type=int, default=0, help="first N Kodak images only (0: all)")
         p.add_argument("--tile", type=int, default=64,
-                       help="D and labeler see non-overlapping tiles of this size (the stage-2 training crop; 0: whole crops)")
+                       help="D and labeler see non-overlapping tiles of this size "
+                            "(the stage-2 training crop; 0: whole crops)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     if a.cmd == "report":
