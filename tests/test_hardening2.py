@@ -25,11 +25,11 @@ from PIL import Image
 from codecx.coding.container import (BitstreamError, ImageTooLargeError, check_encode, decode_image,
                                      encode_image, encode_memory)
 from codecx.coding.rans import NonFiniteLatentError
+from codecx.conf import CONF_DIR
 from codecx.config import ConfigError, precheck
 from codecx.evaluate import CheckpointError, load_codec
 from conftest import ROOT, TINY, logged, run_train, tiny_codec
 
-CONF_DIR = str(ROOT / "codecx" / "conf")
 NAN, INF = float("nan"), float("inf")
 # a train.py checkpoint's configuration, built in-process (no training needed to test loading)
 CONFIG = {"model": {"_target_": "codecx.models.backbones.MbtMean", "name": "mbt_mean", "N": 8, "M": 12,
