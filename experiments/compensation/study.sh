@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The compensation study (issue 13, item 7) with the paired fine-tuning protocol (README
+# The compensation study (issue 13, item 7) with the paired fine-tuning protocol (docs
 # "Studies"): every arm starts from the base zoo's checkpoint of its lambda (runs/zoo/mbt_mean,
 # experiments/zoo/build.sh), sees the same data order, crops and steps; only the latent
 # transform differs. The control (no transform) with two seeds gives the protocol's noise band.
@@ -10,7 +10,7 @@
 #   ARMS=$'transform=lpc\ntransform=lrp' experiments/compensation/study.sh   # chosen arms
 #
 # What every arm shares (PROTOCOL): quantizer=mixed (the transforms learn the rounding
-# residual: g_s must see the rounded y_hat, README "Latent compensation"); 256-px crops, batch 4
+# residual: g_s must see the rounded y_hat, docs "Latent compensation"); 256-px crops, batch 4
 # (LRP's and the LPC predictor's 5x5/3x3 convolutions need latents larger than their receptive
 # field; the same pixels per step as the CSE protocol's 128-px x 8); 500 steps at the protocol's
 # 5e-5 for the codec and schedule.group_lr.transforms=5e-4 (the zoo's own training rate) for the

@@ -2,7 +2,7 @@
 # The CSE convention ablation (issue 16, item 3): which discretisation of X (reg.bin_width) and
 # which normalisation of E[log q] (reg.units) make the paper's alpha values (0.1 hyperprior, 1
 # autoregressive) behave as the paper reports: a modest regularizer share, a small BD-rate gain.
-# Paired fine-tuning protocol (experiment=finetune, README "Studies"): every arm starts from the
+# Paired fine-tuning protocol (experiment=finetune, docs "Studies"): every arm starts from the
 # base checkpoint of its lambda in $BASE_DIR (experiment=base_zoo), same data order and steps;
 # the control arm reg=none with two seeds gives the protocol's noise band. Not run yet.
 #
@@ -13,7 +13,7 @@
 #   ARMS=$'alpha=0.1 reg.units=bpp\nalpha=1 reg.units=bpp' experiments/cse/ablation.sh  # chosen arms
 #
 # Runs: 4 lambdas x |SEEDS| for the control, x |ALPHAS| x |UNITS| x |BIN_WIDTHS| for CSE (default
-# 8 + 48 fine-tunes). Per the README's derivation, units rescale the term's gradient exactly
+# 8 + 48 fine-tunes). Per the derivation on the docs' CSE page, units rescale the term's gradient exactly
 # (bits_per_dim 1/3, nats_per_dim ln2/3 of bpp) while bin widths much narrower than the residual
 # (sigma ~ 5-15 levels) change only its value, so widths worth testing are >= 16 levels.
 # Run from the repository root; re-running resumes each run from its last.ckpt.

@@ -1,4 +1,4 @@
-"""The table of the main-job recipes (README "The main job"): per recipe run dir under
+"""The table of the main-job recipes (docs, "Training": "The main job"): per recipe run dir under
 runs/recipes/, its real-bitstream bpp / PSNR on the sample validation photos (results.json),
 JPEG's and WebP's PSNR at that bpp on the same photos (codecx.metrics.anchors.classical_at),
 the gaps, and the wall time the recipe runner measured (time.txt)."""

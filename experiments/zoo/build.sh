@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The base zoo of the paired fine-tuning protocol (issue 16 item 1; README "Studies"): mbt_mean
+# The base zoo of the paired fine-tuning protocol (issue 16 item 1; docs "Studies"): mbt_mean
 # N=64/M=96 (experiment=base_zoo: cpu_study's recipe, 4000 steps, Adam 5e-4 x0.1 at step 3200),
 # one run per lambda in runs/zoo/mbt_mean/lmbda=L/ (checkpoints: ~24 MB each, a build product,
 # not in git), then its Kodak results from real bitstreams and the convergence check: the
