@@ -104,7 +104,7 @@ def format_table(rows: Iterable[Row]) -> str:
 
 
 def format_markdown(rows: Iterable[Row]) -> str:
-    """The summary table as markdown (for the README)."""
+    """The summary table as markdown (for the docs' Benchmarks page)."""
     out = ["| benchmark | metric | value | target | status |", "|---|---|---|---|---|"]
     for r in rows:
         unit = "" if r.unit == "ratio" else f" {r.unit}"

@@ -15,7 +15,7 @@ from codecx.models.shallow import JpegLike, Shallow
 
 
 def test_two_layer_synthesis_kmacs_pinned():
-    """C=320, 12 hidden: 5.331 KMACs/px and 1,299,003 parameters (arXiv 2304.06244; the README's 5.33)."""
+    """C=320, 12 hidden: 5.331 KMACs/px and 1,299,003 parameters (arXiv 2304.06244; the docs' 5.33)."""
     bb = Shallow(N=8, M=320, analysis="cnn")
     k = kmacs_per_pixel(bb, 128, 128)
     # conv1 + conv_res: 2 * 320*12*13^2 / 16^2, conv2: 12*3*5^2 / 2^2, IGDN1: 12^2 / 2^2

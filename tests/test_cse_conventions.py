@@ -162,7 +162,7 @@ def test_continuous_is_the_density_at_one_level_reference_width():
     assert fine - 4.0 == pytest.approx(c8, abs=1e-4)
 
 
-# ---------------------------------------------------------------------- gradient (README)
+# ---------------------------------------------------------------------- gradient (docs/methods/cse.md)
 def _grad_mu(v: float, mu: float, sigma: float, w) -> float:
     """d(-ln q)/d mu for the 8-bit value v (bin width w, or the density when w is None)."""
     m = torch.tensor(mu, dtype=torch.float64, requires_grad=True)
@@ -178,7 +178,7 @@ def _grad_mu(v: float, mu: float, sigma: float, w) -> float:
 
 @pytest.mark.parametrize("w", [1.0, 4.0, 8.0])
 def test_bin_width_scales_the_gradient_by_sheppards_factor(w):
-    """README: for a bin centred at c, d(-ln q)/d mu = -(c - mu)/sigma^2 (1 - w^2/(12 sigma^2))
+    """docs/methods/cse.md: for a bin centred at c, d(-ln q)/d mu = -(c - mu)/sigma^2 (1 - w^2/(12 sigma^2))
     + O((w/sigma)^4): the density's gradient, shrunk by Sheppard's correction."""
     sigma, mu = 16.0, 100.0
     c = 120.0  # a bin centre for every w of the test

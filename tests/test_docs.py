@@ -3,6 +3,7 @@ page, the build needs no network, and no study folder commits run dumps. `make d
 .ci/run) builds the site with --strict, which fails on a broken link."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -65,3 +66,19 @@ def test_study_folders_commit_no_run_dumps():
     assert files, "git ls-files found no study files"
     dumps = [f for f in files if "/.hydra/" in f or f.endswith(".log")]
     assert not dumps, f"run dumps committed under experiments/: {dumps[:5]} ({len(dumps)} in all)"
+
+
+def test_readme_is_a_front_page():
+    """README.md: the two commands first (both Makefile targets), under ~250 lines, and every
+    relative link resolves (mkdocs --strict checks docs/, not the README)."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250, "README.md is the front page: move manual text to docs/"
+    first_block = text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert [line.split()[:2] for line in first_block] == [["make", "train"], ["make", "test"]], first_block
+    targets = (ROOT / "Makefile").read_text()
+    assert "\ntrain:" in targets and "\ntest:" in targets and "\ndocs:" in targets
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not re.match(r"^[a-z]+:", link)]
+    assert any(link.startswith("docs/") for link in local), "README links into the docs"
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"

@@ -143,12 +143,12 @@ def test_inception_loads_local_file_without_download(tmp_path, monkeypatch):
 
 
 def test_documented_weights_file_is_torch_fidelitys():
-    """README and conf/eval.yaml name the file the FID step looks for."""
+    """The docs (Evaluation, Generative compression) and conf/eval.yaml name the file the FID step looks for."""
     from pathlib import Path
 
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
     assert URL_INCEPTION_V3.rsplit("/", 1)[-1] == INCEPTION_FILE
     root = Path(__file__).resolve().parent.parent
-    for doc in ("README.md", "codecx/conf/eval.yaml"):
+    for doc in ("docs/manual/evaluation.md", "docs/methods/generative.md", "codecx/conf/eval.yaml"):
         assert INCEPTION_FILE in (root / doc).read_text(), doc

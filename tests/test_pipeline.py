@@ -191,7 +191,7 @@ def test_backbones_declare_strides():
 
 
 def test_worked_example_bias_trains_with_the_codec():
-    """README "Extending codecx": transform=bias is trained by the codec's optimizer."""
+    """docs/manual/extending.md: transform=bias is trained by the codec's optimizer."""
     torch.manual_seed(0)
     base = tiny_codec()
     codec = Codec(base.backbone, base.quantizer, transforms=[ChannelBias()])

@@ -243,7 +243,7 @@ def test_export_nc_verb(nc_hific, tmp_path, capsys):
 
 @pytest.mark.medium
 def test_codecx_eval_on_a_released_layout_file(nc_hific, tmp_path):
-    """The README's command for a released MS-ILLM file, `codecx eval model=hific
+    """The docs' command for a released MS-ILLM file (docs/methods/generative.md), `codecx eval model=hific
     model.weights=FILE ...`, on a random-init NC file: per image, the streams are NC's own
     (same bytes) and the PSNR is that of NC's own reconstruction."""
     import csv

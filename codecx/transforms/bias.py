@@ -8,7 +8,7 @@ from codecx.transforms.base import LatentTransform, WalkState
 
 
 class ChannelBias(LatentTransform):
-    """transform=bias: `y_hat' = y_hat + b_c`, one learned offset per latent channel (README, "Extending codecx")."""
+    """transform=bias: `y_hat' = y_hat + b_c`, one learned offset per latent channel (docs, "Extending codecx")."""
 
     def attach(self, codec) -> None:
         if getattr(self, "b", None) is None:  # attach may run again (e.g. the same transform in another codec)
