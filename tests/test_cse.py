@@ -1,4 +1,4 @@
-"""reg=cse: the conditional source entropy regularizer −H(X|X̂) (002_…, Algorithm 1, eqs. 12–13),
+"""reg=cse: the conditional source entropy regularizer −H(X|X̂) (arXiv 2411.16727, Algorithm 1, eqs. 12–13),
 trained through the real LitCodec phases and a real Lightning Trainer."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""reg=cse conventions the CSE paper (002_…, eq. 12) leaves open: the bin width of X's
+"""reg=cse conventions the CSE paper (arXiv 2411.16727, eq. 12) leaves open: the bin width of X's
 discretisation (`reg.bin_width`) and the units of E[log q] (`reg.units`): known constants,
 the defaults reproducing the original convention bit for bit, config errors, training steps."""
 from __future__ import annotations

@@ -168,7 +168,8 @@ def _codec_grads(transforms, seed=0):
     (lambda w: LPC("predicted", hidden=8, latent_mse=w), "transforms.0.predictor.2."),
 ], ids=["lrp", "lpc_learned", "lpc_predicted"])
 def test_latent_mse_trains_the_compensation(make, trained):
-    """Paper 000's term trains the compensation: its own gradient on the compensation's
+    """The latent-MSE term (Rethinking Latent Variable, WACV 2026) trains the compensation: its own
+    gradient on the compensation's
     parameters is nonzero, and the codec loss's gradient there differs from the control's (the
     same transform without the term, same noise); elsewhere it is the control's up to what the
     compensation's inputs carry back."""

@@ -221,7 +221,8 @@ def _scalar_refiner_on_a_lattice(p: Parts) -> Optional[str]:
 
 
 def _predicted_compensation_on_factorized(p: Parts) -> Optional[str]:
-    """LPC's predicted parameters read the prior's scales (paper 000); the factorized prior has none."""
+    """LPC's predicted parameters read the prior's scales (Rethinking Latent Variable, WACV 2026); the
+    factorized prior has none."""
     for name, node in p.transform:
         if node.get("params") == "predicted" and p.attr(p.model, "family") == "factorized":
             return (f"transform.{name}.params=predicted reads the prior's scales; model={p.model.get('name')} (the "
@@ -230,10 +231,10 @@ def _predicted_compensation_on_factorized(p: Parts) -> Optional[str]:
 
 
 def _latent_mse_trains_nothing(p: Parts) -> Optional[str]:
-    """Paper 000's latent-MSE term `w * mean((y - y_hat')^2)` trains only a learned compensation
-    before it (`LatentTransform.learned`: LRP, LPC): `y - y_hat` is a constant of the parameters
-    under every training quantizer (codecx.transforms.latent_mse). A weighted term with none
-    before it (transform=latent_mse alone, fpc.latent_mse, [latent_mse,lrp]) adds a constant."""
+    """The latent-MSE term `w * mean((y - y_hat')^2)` (Rethinking Latent Variable, WACV 2026) trains
+    only a learned compensation before it (`LatentTransform.learned`: LRP, LPC): `y - y_hat` is a
+    constant of the parameters under every training quantizer (codecx.transforms.latent_mse). A
+    weighted term with none before it (transform=latent_mse alone, fpc.latent_mse, [latent_mse,lrp]) adds a constant."""
     learned = False
     for name, node in p.transform:
         t = _built(node)
@@ -243,7 +244,8 @@ def _latent_mse_trains_nothing(p: Parts) -> Optional[str]:
         weight = float(getattr(t, "latent_mse", 0.0) or 0.0)
         if weight > 0 and not learned:
             return (f"transform.{name}: its latent-MSE term trains nothing: y - y_hat is a constant of the "
-                    "parameters under every training quantizer, so the term (paper 000) trains only a learned "
+                    "parameters under every training quantizer, so the term (Rethinking Latent Variable, WACV "
+                    "2026) trains only a learned "
                     "compensation before it (lrp, lpc); use e.g. transform.lrp.latent_mse=1 or "
                     "'transform=[lpc,latent_mse]', or drop the term")
     return None

@@ -77,7 +77,7 @@ class LatticeQuantizer(Quantizer):
     """
 
     scalar = False
-    needs_gaussian_prior = True  # cell probabilities of a Gaussian (paper 001, eq. 2)
+    needs_gaussian_prior = True  # cell probabilities of a Gaussian (arXiv 2501.01231, eq. 2)
 
     def __init__(self, lattice: str = "hex", grouping: str = "scale", order: Optional[int] = None,
                  tail: float = 1e-7, max_joint: Optional[int] = None, scale_levels: Optional[int] = None,
