@@ -12,7 +12,7 @@ require_bases() {  # BASE_DIR LMBDAS(comma-separated) WHO: stop unless every bas
   for l in ${2//,/ }; do
     ckpt="$1/lmbda=$l/checkpoints/last.ckpt"
     [[ -f "$ckpt" ]] || { echo "$3: no base checkpoint $ckpt; train the base zoo first:" \
-      "experiments/zoo/build.sh (README, Studies)" >&2; exit 1; }
+      "experiments/zoo/build.sh (docs/studies/index.md)" >&2; exit 1; }
   done
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU-scale GAN study, second round (issue 28 item 4; README "Generative compression (MS-ILLM, HiFiC)"):
+# CPU-scale GAN study, second round (issue 28 item 4; docs "Generative compression (MS-ILLM, HiFiC)"):
 #   1. labeler: a small VQ-VAE labeler trained until its codes are used and informative (MSE + VQ
 #      terms: no VGG weights here); labeler_old: the first round's 300-step labeler (the diagnosis)
 #   2. ONE shared stage-1 checkpoint: mbt_mean N=64/M=96, quantizer=mixed, MSE, 128-px BSDS500 crops
