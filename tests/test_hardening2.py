@@ -583,7 +583,7 @@ def test_submitit_local_sweep_and_a_preempted_job_resumes_from_its_checkpoint(tm
         j = job(lmbda)
         assert torch.load(j / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16
         assert (j / "results.json").is_file()
-    logs = "".join(f.read_text(errors="replace") for f in (sweep / ".submitit").rglob("*.err"))
+    logs = "".join(f.read_text(errors="replace") for f in sorted((sweep / ".submitit").rglob("*_log.*")))
     m = re.search(r"codecx: preempted \(SIGUSR2\) at step (\d+): .* saved at this step; submitit requeues", logs)
     assert m, logs[-3000:]
     assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs  # submitit's own handler ran
