@@ -244,8 +244,9 @@ def test_export_nc_verb(nc_hific, tmp_path, capsys):
 @pytest.mark.medium
 def test_codecx_eval_on_a_released_layout_file(nc_hific, tmp_path):
     """The docs' command for a released MS-ILLM file (docs/methods/generative.md), `codecx eval model=hific
-    model.weights=FILE ...`, on a random-init NC file: per image, the streams are NC's own
-    (same bytes) and the PSNR is that of NC's own reconstruction."""
+    model.weights=FILE ...`, on a random-init NC file: with NC's scale table and key rule
+    (`scale_levels=64 quantizer=noise quantizer.scale_keys=up`) the streams are NC's own
+    (same bytes), per image, and the PSNR is that of NC's own reconstruction."""
     import csv
     import subprocess
     import sys
@@ -267,7 +268,8 @@ def test_codecx_eval_on_a_released_layout_file(nc_hific, tmp_path):
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "codecx.cli"]
     out = tmp_path / "eval"
     r = subprocess.run([*cmd, "eval", "model=hific", "model.N=24", "model.M=16", "model.num_residual_blocks=1",
-                        f"model.weights={path}", "scale_levels=64", "data=folder", f"data.val_dir={images}",
+                        f"model.weights={path}", "scale_levels=64", "quantizer=noise",
+                        "quantizer.scale_keys=up", "data=folder", f"data.val_dir={images}",
                         "progress=false", "threads=1", f"hydra.run.dir={out}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -28,6 +28,20 @@ class NonFiniteLatentError(ValueError):
     """NaN / Inf reached the entropy coder (the rANS encoder would never finish on them)."""
 
 
+#: the largest |symbol| the encoder takes: CompressAI's escape coding loops without end on
+#: values near 2**27 and more; a trained codec's symbols stay within a few hundred
+MAX_SYMBOL = 2**20
+
+
+def check_codable(what: str, symbols: Tensor) -> None:
+    """NonFiniteLatentError naming `what` unless every symbol is finite and within +-MAX_SYMBOL."""
+    check_finite(what, symbols)
+    if symbols.numel() and float(symbols.detach().abs().max()) > MAX_SYMBOL:
+        raise NonFiniteLatentError(
+            f"{what} is {float(symbols.detach().abs().max()):.3g} quantization steps from its mean, beyond "
+            f"the coder's +-{MAX_SYMBOL}: the model's latents are out of range (diverged or damaged weights?)")
+
+
 def check_finite(what: str, t: Optional[Tensor]) -> None:
     """NonFiniteLatentError naming `what` unless every value of `t` is finite (None passes)."""
     if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -163,7 +177,7 @@ class RansStreamEncoder:
         self._indexes: List[Tensor] = []
 
     def encode(self, symbols: Tensor, indexes: Tensor) -> None:
-        check_finite("a symbol of the latent", symbols)  # NaN -> INT_MIN: an endless escape code
+        check_codable("a symbol of the latent", symbols)  # NaN -> INT_MIN, huge: an endless escape code
         # buffered: one call of the C++ coder at `finish` (its tables are converted per call)
         self._symbols.append(symbols.detach().reshape(-1).to(torch.int32, copy=True).cpu())
         self._indexes.append(indexes.detach().reshape(-1).to(torch.int32, copy=True).cpu())
