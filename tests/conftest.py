@@ -31,6 +31,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.medium)
 
 
+def gaussian_conditional(levels: int):
+    """A CompressAI GaussianConditional whose CDF tables use CompressAI's `levels`-level scale table."""
+    from compressai.entropy_models import GaussianConditional
+    from compressai.models.google import get_scale_table
+
+    gc = GaussianConditional(None)
+    gc.update_scale_table(get_scale_table(levels=levels))
+    gc.update()
+    return gc
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """2 shared cores: intra-op threads contend (10x slower), so a module uses one

@@ -37,12 +37,7 @@ CONFIG = {"model": {"_target_": "codecx.models.backbones.MbtMean", "name": "mbt_
           "quantizer": {"_target_": "codecx.quantizers.NoiseQuantizer"}, "lmbda": 0.0018}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ckpt(path: Path, part: str = "", value: float = NAN):
@@ -365,24 +360,21 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous
         io_.save_checkpoint({"state_dict": {}, "global_step": 3}, d / "last.ckpt")
 
 
-FULL_DISK_TRAIN = """
-import errno, os, runpy, sys, torch
-real, saves = torch.save, [0]
-def save(obj, f, *a, **k):  # the disk fills up after SAVES_BEFORE_FULL checkpoints
-    saves[0] += 1
-    if saves[0] > int(os.environ["SAVES_BEFORE_FULL"]):
-        f.write(b"partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return real(obj, f, *a, **k)
-torch.save = save
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+def _full_disk_script() -> str:
+    """The kill harness's full-disk wrapper (experiments/hardening/kill_resume.py FULL_DISK): runs
+    a script whose torch.save fails with ENOSPC after SAVES_BEFORE_FULL checkpoints."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "kill_resume", Path(__file__).resolve().parents[1] / "experiments" / "hardening" / "kill_resume.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    return harness.FULL_DISK
 
 
 @pytest.mark.medium
 def test_disk_full_during_training_is_one_line_and_resume_works(tmp_path):
-    (tmp_path / "full_disk.py").write_text(FULL_DISK_TRAIN)
+    (tmp_path / "full_disk.py").write_text(_full_disk_script())
     run = tmp_path / "run"
     args = [*TINY, "trainer.max_steps=6", "checkpoint.every_n_steps=2", "eval.every_n_steps=0",
             f"hydra.run.dir={run}"]

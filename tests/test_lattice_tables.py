@@ -8,23 +8,19 @@ import math
 import pytest
 import torch
 from compressai.entropy_models import GaussianConditional
-from compressai.models.google import get_scale_table
 
 from codecx.coding.lattice_coder import KEY_SCALES, LatticeTables, key_table
 from codecx.quantizers import LatticeQuantizer
 from codecx.types import EntropyParams
+
+from conftest import gaussian_conditional
 
 LATTICES = ["hex", "oct", "d4"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _gc(levels: int) -> GaussianConditional:
-    """A Gaussian conditional whose scalar CDF tables use CompressAI's `levels`-level table."""
-    gc = GaussianConditional(None)
-    gc.update_scale_table(get_scale_table(levels=levels))
-    gc.update()
-    return gc
+_gc = gaussian_conditional
 
 
 def _latents(C=24, H=8, W=64, lo=0.11, hi=0.6, seed=0):

@@ -8,22 +8,18 @@ import math
 
 import pytest
 import torch
-from compressai.entropy_models import GaussianConditional
-from compressai.models.google import get_scale_table
 
 from codecx.coding.rans import RansStreamDecoder, RansStreamEncoder
 from codecx.coding.scale_keys import key_indexes
 from codecx.quantizers import LatticeQuantizer, MixedQuantizer, NoiseQuantizer, STEQuantizer
 from codecx.types import EntropyParams
 
+from conftest import gaussian_conditional
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _gc(levels: int) -> GaussianConditional:
-    gc = GaussianConditional(None)
-    gc.update_scale_table(get_scale_table(levels=levels))
-    gc.update()
-    return gc
+_gc = gaussian_conditional
 
 
 def _latents(C=24, H=8, W=64, lo=0.11, hi=3.0, seed=0, spread=0.7):
