@@ -30,7 +30,7 @@ class NonFiniteLatentError(ValueError):
 
 #: the largest |symbol| the encoder takes: CompressAI's escape coding loops without end on
 #: values near 2**27 and more; a trained codec's symbols stay within a few hundred
-MAX_SYMBOL = 2**20
+MAX_SYMBOL = 2**26
 
 
 def check_codable(what: str, symbols: Tensor) -> None:
