@@ -10,6 +10,7 @@ every CDF table (issue 33); without numba it falls back to CompressAI's `RansDec
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import List, Optional
 
@@ -34,20 +35,28 @@ MAX_SYMBOL = 2**26
 
 
 def check_codable(what: str, symbols: Tensor) -> None:
-    """NonFiniteLatentError naming `what` unless every symbol is finite and within +-MAX_SYMBOL."""
-    check_finite(what, symbols)
-    if symbols.numel() and float(symbols.detach().abs().max()) > MAX_SYMBOL:
+    """NonFiniteLatentError naming `what` unless every symbol is finite and within +-MAX_SYMBOL
+    (one pass: the largest magnitude is NaN / Inf when any symbol is)."""
+    if not symbols.numel():
+        return
+    largest = float(symbols.detach().abs().amax())
+    if not math.isfinite(largest):
+        raise NonFiniteLatentError(_not_finite(what))
+    if largest > MAX_SYMBOL:
         raise NonFiniteLatentError(
-            f"{what} is {float(symbols.detach().abs().max()):.3g} quantization steps from its mean, beyond "
-            f"the coder's +-{MAX_SYMBOL}: the model's latents are out of range (diverged or damaged weights?)")
+            f"{what} is {largest:.3g} quantization steps from its mean, beyond the coder's "
+            f"+-{MAX_SYMBOL}: the model's latents are out of range (diverged or damaged weights?)")
+
+
+def _not_finite(what: str) -> str:
+    return (f"{what} is not finite (NaN/Inf) and cannot be entropy coded: the model's weights or the "
+            "image are not finite (a diverged or damaged checkpoint?)")
 
 
 def check_finite(what: str, t: Optional[Tensor]) -> None:
     """NonFiniteLatentError naming `what` unless every value of `t` is finite (None passes)."""
     if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise NonFiniteLatentError(
-            f"{what} is not finite (NaN/Inf) and cannot be entropy coded: the model's weights or the "
-            "image are not finite (a diverged or damaged checkpoint?)")
+        raise NonFiniteLatentError(_not_finite(what))
 
 
 class _Tables:
