@@ -116,6 +116,22 @@ def format_markdown(rows: Iterable[Row]) -> str:
 __all__ = ["Row", "discover", "load", "describe", "format_table", "format_markdown", "PREFIX"]
 
 
+def cpu_settings(args, defaults: dict, quick: dict, on_cpu: str) -> dict:
+    """A CPU benchmark's settings: `quick` under --quick else `defaults`, with --rounds and
+    --warmup applied, after --threads; `on_cpu` (why it runs on the CPU) is printed when
+    --device cuda asks otherwise."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        print(f"{on_cpu}; --device cuda is ignored here", flush=True)
+    out = dict(quick if args.quick else defaults)
+    out["rounds"] = args.rounds or out["rounds"]
+    out["warmup"] = out["warmup"] if args.warmup is None else args.warmup
+    return out
+
+
 def torch_device(args) -> str:
     """The device of `--device` (auto: cuda when available) after applying `--threads`."""
     import torch

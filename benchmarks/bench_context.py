@@ -25,7 +25,7 @@ import statistics
 import time
 from typing import Dict, List
 
-from benchmarks import Row
+from benchmarks import Row, cpu_settings
 from benchmarks._images import kodak_images
 
 DEFAULTS = {"rounds": 1, "images": 2, "warmup": 1, "crop": None}
@@ -88,14 +88,8 @@ def run(args) -> List[Row]:
 
     from benchmarks.bench_eval import compressai_model
 
-    quick = bool(args.quick)
-    defaults = QUICK if quick else DEFAULTS
-    rounds = args.rounds or defaults["rounds"]
-    warmup = defaults["warmup"] if args.warmup is None else args.warmup
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        print("context: context-model coding runs on the CPU; --device cuda is ignored here", flush=True)
+    defaults = cpu_settings(args, DEFAULTS, QUICK, "context: context-model coding runs on the CPU")
+    rounds, warmup = defaults["rounds"], defaults["warmup"]
     codec = _codec(args.cx_model, args)
     mean_scale = _codec("mbt_mean", args)
     net = compressai_model(codec)

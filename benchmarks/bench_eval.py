@@ -27,7 +27,7 @@ import statistics
 import time
 from typing import Dict, List
 
-from benchmarks import Row
+from benchmarks import Row, cpu_settings
 from benchmarks._images import kodak_images
 from benchmarks._trained import trained_checkpoint
 
@@ -101,13 +101,8 @@ def run(args) -> List[Row]:
     from codecx.quantizers.scalar import ScalarQuantizer
 
     quick = bool(args.quick)
-    defaults = QUICK if quick else DEFAULTS
-    rounds = args.rounds or defaults["rounds"]
-    warmup = defaults["warmup"] if args.warmup is None else args.warmup
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        print("eval: codecx eval codes on the CPU; --device cuda is ignored here", flush=True)
+    defaults = cpu_settings(args, DEFAULTS, QUICK, "eval: codecx eval codes on the CPU")
+    rounds, warmup = defaults["rounds"], defaults["warmup"]
     ckpt = trained_checkpoint(args.ev_ckpt, N=args.ev_N, M=args.ev_M, steps=args.ev_train_steps,
                               quick=quick, threads=args.threads)
     codec, config = load_codec(ckpt)
