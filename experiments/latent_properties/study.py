@@ -60,7 +60,6 @@ def evaluate(variant: str, ckpts, threads: int, data: str = KODAK) -> None:
 def table() -> str:
     """The markdown table of every variant's BD figures against scalar (pchip and cubic) and
     against the 64-level scalar (codecx.compare), with the per-image band against scalar."""
-    sys.path.insert(0, str(ROOT))
     from codecx.compare import compare, load_arm
 
     ran = [v for v in VARIANTS if (folder(v) / "results.json").is_file()]
@@ -106,7 +105,6 @@ def main() -> None:
     a = ap.parse_args()
     OUT = (ROOT / a.out).resolve()
     if not a.table:
-        sys.path.insert(0, str(ROOT))
         from codecx.evaluate import checkpoint_step
 
         ckpts = sorted(Path(d).relative_to(ROOT) / "checkpoints" / "last.ckpt" for d in glob.glob(str(ROOT / a.runs)))
