@@ -1,8 +1,8 @@
 """Compare arms with a baseline: BD-rate / BD-PSNR (Bjøntegaard, VCEG-M33; pchip and cubic), the
 MS-SSIM BD-rate, the per-image band (mean ± t·SE over the images) and, with replicates (seeds),
 the mean over seed pairs and the baseline's seed band. Reads eval.py / `codecx report` folders
-(`results.json`, `per_image.csv`); `codecx compare`, `codecx report` and the studies' table
-scripts all use `compare`.
+(`results.json`, `per_image.csv`; a sweep's folders named by their overrides with `load_sweep`);
+`codecx compare`, `codecx report` and the studies' table scripts all use `compare`.
 
     from codecx.compare import compare, load_arm
     rows = compare(load_arm("runs/eval/control"), [load_arm("runs/eval/lpc")])
@@ -13,9 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from codecx.metrics.bdrate import (PerImageBD, bd_methods, bd_rate_per_image, get_metric,
                                    load_results, point_deltas, read_per_image)
@@ -132,6 +133,52 @@ def load_arm(*paths: PathLike, name: Optional[str] = None,
         return Arm(label, curves)
     curve = load_curve(*paths, name=name)
     return Arm(curve.results["name"], {None: curve})
+
+
+def overrides_of(name: str) -> Dict[str, str]:
+    """A run folder's Hydra overrides from its name (`alpha=1,lmbda=0.0018,seed=1`, as Hydra's sweep
+    folders and `codecx report --eval-dir` name them; a list value such as `transform=[a,b]` whole)."""
+    out, parts, depth = {}, [""], 0
+    for c in name:  # split at the commas outside brackets
+        depth += (c in "[{(") - (c in "]})")
+        if c == "," and depth == 0:
+            parts.append("")
+        else:
+            parts[-1] += c
+    cut = len(name) >= 200 and re.search(r"-[0-9a-f]{8}$", name)  # codecx.config.schema.run_name's cut + hash
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if cut or not sep or not key:
+            raise ValueError(f"{name!r}: {part!r} is not KEY=VALUE; load_sweep reads folders named by their "
+                             "full override list (k=v,k=v), not cut or hashed names: load those with load_arm")
+        out[key] = value
+    return out
+
+
+def load_sweep(folder: PathLike, exclude: Sequence[str] = ("lmbda",), replicate_key: str = "seed",
+               where: Optional[Callable[[str], bool]] = None) -> Dict[str, Arm]:
+    """{name: Arm} from a folder of result folders named by their overrides (`codecx report
+    --eval-dir`): runs grouped by every override except `exclude` and `replicate_key`, whose
+    values are a group's replicates; a group is named by the overrides that differ between the
+    runs (`alpha=1,reg=none`, keys sorted); `where(folder name)` keeps only some runs."""
+    runs = [f.parent for f in sorted(Path(folder).glob("*/results.json")) if where is None or where(f.parent.name)]
+    if not runs:
+        raise FileNotFoundError(f"{folder}: no <overrides>/results.json in it (a `codecx report --eval-dir` folder)")
+    ov = {d: overrides_of(d.name) for d in runs}
+    keys = sorted({k for o in ov.values() for k in o} - set(exclude) - {replicate_key})
+    differ = [k for k in keys if len({o.get(k) for o in ov.values()}) > 1]
+    groups: Dict[str, Dict[Optional[str], List[Path]]] = {}
+    for d, o in ov.items():
+        label = ",".join(f"{k}={o[k]}" for k in differ if k in o) or Path(folder).name
+        groups.setdefault(label, {}).setdefault(o.get(replicate_key), []).append(d)
+    out = {}
+    for label, reps in groups.items():
+        if None in reps and len(reps) > 1:
+            raise ValueError(f"{folder}: group {label!r} has runs with and without {replicate_key}=: "
+                             f"give every run a {replicate_key} or none")
+        out[label] = (load_arm(*reps[None], name=label) if None in reps
+                      else load_arm(name=label, replicates={k: v for k, v in sorted(reps.items())}))
+    return out
 
 
 def as_arm(x: Union[Arm, Curve, Mapping[str, Any], PathLike]) -> Arm:
@@ -365,4 +412,5 @@ def text(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "seed
 
 
 __all__ = ["Arm", "Curve", "Pair", "Row", "as_arm", "bd_pair", "compare", "fmt", "load_arm", "load_curve",
-           "markdown", "merge_results", "pairs", "per_image_band", "table", "text", "to_csv"]
+           "load_sweep", "markdown", "merge_results", "overrides_of", "pairs", "per_image_band", "table", "text",
+           "to_csv"]

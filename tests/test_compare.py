@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codecx.compare import Arm, Curve, compare, fmt, load_arm, load_curve, markdown, text, to_csv
+from codecx.compare import (Arm, Curve, compare, fmt, load_arm, load_curve, load_sweep, markdown, overrides_of,
+                            text, to_csv)
+from codecx.config.schema import run_name
 from codecx.metrics.bdrate import t_quantile
 from codecx.metrics.rdplot import Styles, plot_bd_bars, plot_comparison, plot_delta, plot_rd, short_labels
 
@@ -119,6 +121,31 @@ def test_load_curve_merges_run_folders(tmp_path):
     assert c.results["name"] == "sweep" and c.results["results"]["psnr-rgb"] == Q
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_curve(tmp_path)
+
+
+def test_load_sweep_groups_runs_by_their_overrides(tmp_path):
+    """A `codecx report --eval-dir` folder (one run per folder, named by its overrides): groups
+    by every override but lmbda and seed, named by the overrides that differ, seeds as
+    replicates that compare pairs; a cut / hashed name is refused with what to do instead."""
+    scale = {("none", "1"): 1.0, ("none", "2"): 1.02, ("cse", "1"): 0.9}
+    for (reg, seed), s in scale.items():
+        for j, q in enumerate(Q):
+            d = tmp_path / "kodak" / f"alpha=1,experiment=x,lmbda={j},reg={reg},seed={seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({"name": d.name, "results": {
+                "bpp": bpp_of([q], s), "psnr-rgb": [q]}}))
+    arms = load_sweep(tmp_path / "kodak")
+    assert sorted(arms) == ["reg=cse", "reg=none"] and list(arms["reg=none"].replicates) == ["1", "2"]
+    assert arms["reg=cse"].replicates["1"].results["results"]["psnr-rgb"] == Q
+    b, m = compare(arms["reg=none"], [arms["reg=cse"]], per_image=False)
+    assert b.values["bd_rate_pchip"] == pytest.approx(2.0, abs=1e-6)
+    assert m.each["bd_rate_pchip"] == [("seed=1", pytest.approx(-10.0, abs=1e-6))]
+    assert list(load_sweep(tmp_path / "kodak", where=lambda n: "reg=none" in n)) == ["kodak"]
+    assert overrides_of("transform=[a,b],lmbda=0.1") == {"transform": "[a,b]", "lmbda": "0.1"}
+    with pytest.raises(ValueError, match="not KEY=VALUE.*load_arm"):
+        overrides_of(run_name(",".join(f"key{i}=value" for i in range(30))))  # cut and hashed
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        overrides_of("lmbda=1,default")
 
 
 def test_cli_formats(tmp_path, capsys):
@@ -250,6 +277,26 @@ def test_compensation_table_reproduces_the_committed_report():
     for r in rows:
         for k in ("bd_rate_pchip", "bd_psnr_pchip", "bd_rate_cubic", "bd_rate_msssim"):
             assert fmt(k, r.values[k]) == report[r.name][k], (r.name, k)
+
+
+def test_cse_table_reproduces_the_committed_reports():
+    """experiments/cse/table.py's arms (load_sweep over the committed Kodak folders) through
+    compare give the BD figures of both committed codecx reports, cell by cell."""
+    cse = ROOT / "experiments" / "cse"
+    for kodak, report, where in ((cse / "kodak", cse / "results" / "report.csv", None),
+                                 (cse / "ablation" / "kodak", cse / "ablation" / "results" / "report.csv",
+                                  lambda n: "reg.bin_width=" not in n)):
+        with report.open() as f:
+            want = [r for r in csv.DictReader(f)]
+        arms = load_sweep(kodak, where=where)
+        base = arms.pop(want[0]["group"].replace(" (baseline)", ""))
+        rows = compare(base, list(arms.values()), per_image=False)
+        assert len(rows) == len(want)
+        by_values = {tuple(fmt(k, r.values[k]) for k in ("bd_rate_pchip", "bd_psnr_pchip")): r for r in rows}
+        for w in want:  # the report names groups from the runs' configs: matched by their figures
+            r = by_values[(w["bd_rate_pchip"], w["bd_psnr_pchip"])]
+            for k in ("bd_rate_cubic", "bd_psnr_cubic", "bd_rate_msssim"):
+                assert fmt(k, r.values[k]) == w[k], (w["group"], k)
 
 
 def test_report_writes_the_figures_of_small_effects(tmp_path):
