@@ -74,7 +74,7 @@ def image_size(path: str | os.PathLike) -> tuple:
 def cmd_compress(a: argparse.Namespace) -> int:
     from codecx.coding.container import check_encode, encode_image
     from codecx.evaluate import fingerprint_of, set_coding_threads
-    from codecx.lit.callbacks import CheckpointWriteError, atomic_write
+    from codecx.eval.checkpoint import CheckpointWriteError, atomic_write
 
     set_coding_threads(a.threads)
     codec, config = load_method_codec(a.checkpoint, a.quantizer, a.shift, a.refine)

@@ -22,10 +22,10 @@ from codecx.conf import CONF_DIR
 from codecx.config import (ConfigError, check_targets, hydra_run_dir, main_with_precheck, one_line,
                            register_configs, to_container)
 from codecx.config.check import TARGET_GROUPS
-from codecx.lit.callbacks import (DISK_FULL, AtomicCheckpointIO, BestCheckpoint, CheckpointWriteError,
-                                  CorruptCheckpointError, LastCheckpoint, NonFiniteModelError,
-                                  RealBitstreamEval, RunDirLock, RunDirLockedError, check_same_objective,
-                                  remove_temp_files, resume_checkpoint)
+from codecx.eval.callback import RealBitstreamEval
+from codecx.eval.checkpoint import (DISK_FULL, AtomicCheckpointIO, BestCheckpoint, CheckpointWriteError,
+                                    CorruptCheckpointError, LastCheckpoint, NonFiniteModelError, RunDirLock,
+                                    RunDirLockedError, check_same_objective, remove_temp_files, resume_checkpoint)
 from codecx.lit.module import LitCodec
 from codecx.lit.preempt import Preempted, SubmititRequeue, stop_on_sigterm
 from codecx.lit.progress import StepProgressBar, quiet_libraries
@@ -369,7 +369,7 @@ def classical_lines(trainer: pl.Trainer, cfg: DictConfig, result: Dict[str, floa
     """JPEG and WebP (Pillow) on the images of the final evaluation at the codec's own mean bpp
     (codecx.metrics.anchors.classical_at), and the gap in dB: is this a codec yet?"""
     from codecx.evaluate import dataset_images
-    from codecx.lit.callbacks import _val_dataset
+    from codecx.eval.callback import _val_dataset
     from codecx.metrics.anchors import classical_at
 
     dataset = _val_dataset(trainer)

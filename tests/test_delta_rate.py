@@ -15,7 +15,7 @@ import torch
 from codecx.data.datamodule import ImageDataModule
 from codecx.evaluate import dataset_images
 from codecx.lit import LitCodec
-from codecx.lit.callbacks import RealBitstreamEval
+from codecx.eval.callback import RealBitstreamEval
 from codecx.metrics.anchors import classical_anchor, resolve_anchor
 from codecx.metrics.bdrate import delta_quality_at, delta_rate_at, point_deltas
 from codecx.regularizers import NoRegularizer

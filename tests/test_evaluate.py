@@ -209,7 +209,7 @@ class _FakeWandb(pl.loggers.WandbLogger):
 
 def test_callback_logs_real_bitstream_metrics():
     from codecx.lit import LitCodec
-    from codecx.lit.callbacks import RealBitstreamEval
+    from codecx.eval.callback import RealBitstreamEval
 
     pl.seed_everything(0)
     module = LitCodec(tiny_codec(), lmbda=0.01)

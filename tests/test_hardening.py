@@ -46,7 +46,7 @@ def _evil_checkpoint(path: Path, mark: Path) -> Path:
 def test_hostile_checkpoint_is_refused_by_every_entry_point(tmp_path, capsys):
     from codecx.cli import main as cli_main
     from codecx.evaluate import checkpoint_step, load_codec
-    from codecx.lit.callbacks import CorruptCheckpointError, resume_checkpoint
+    from codecx.eval.checkpoint import CorruptCheckpointError, resume_checkpoint
 
     mark = tmp_path / "PWNED"
     evil = _evil_checkpoint(tmp_path / "evil.ckpt", mark)
@@ -282,7 +282,7 @@ def test_eval_skips_images_smaller_than_the_stride_and_aggregates_by_pixels():
 def test_atomic_save_keeps_previous_and_leaves_no_temp_files(tmp_path, monkeypatch):
     import tempfile
 
-    from codecx.lit.callbacks import (AtomicCheckpointIO, NonFiniteModelError, remove_temp_files,
+    from codecx.eval.checkpoint import (AtomicCheckpointIO, NonFiniteModelError, remove_temp_files,
                                       resume_checkpoint)
 
     tmpdir = tmp_path / "tmpdir"
@@ -315,7 +315,7 @@ def test_atomic_save_keeps_previous_and_leaves_no_temp_files(tmp_path, monkeypat
     with pytest.warns(UserWarning, match="damaged"):
         assert resume_checkpoint(d) == d / "last.prev.ckpt"
     (d / "last.prev.ckpt").unlink()
-    from codecx.lit.callbacks import CorruptCheckpointError
+    from codecx.eval.checkpoint import CorruptCheckpointError
 
     with pytest.raises(CorruptCheckpointError, match=r"last.ckpt is damaged .*resume=false"):
         resume_checkpoint(d)
@@ -323,7 +323,7 @@ def test_atomic_save_keeps_previous_and_leaves_no_temp_files(tmp_path, monkeypat
 
 @pytest.mark.medium
 def test_run_dir_lock_refuses_a_second_run(tmp_path):
-    from codecx.lit.callbacks import RunDirLock, RunDirLockedError
+    from codecx.eval.checkpoint import RunDirLock, RunDirLockedError
 
     run_dir = tmp_path / "run"
     lock = RunDirLock(run_dir).acquire()

@@ -328,7 +328,7 @@ def test_eval_skips_an_image_the_encoder_refuses_and_codes_the_others(tmp_path, 
 
 # ---------------------------------------------------------------- 5. disk full
 def test_disk_full_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
-    from codecx.lit.callbacks import AtomicCheckpointIO, CheckpointWriteError
+    from codecx.eval.checkpoint import AtomicCheckpointIO, CheckpointWriteError
 
     io_, d = AtomicCheckpointIO(), tmp_path / "checkpoints"
     io_.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 1}, d / "last.ckpt")
@@ -450,7 +450,7 @@ def test_training_goes_on_when_an_image_breaks_at_step_2(tmp_path):
 
 # ---------------------------------------------------------------- 7. atomic codecx compress
 def test_compress_writes_atomically_and_a_failure_leaves_no_file(tmp_path, monkeypatch, capsys):
-    import codecx.lit.callbacks as callbacks
+    import codecx.eval.checkpoint as checkpoint
     from codecx.cli import main as cli_main
 
     ckpt, _ = _ckpt(tmp_path / "ok.ckpt")
@@ -460,12 +460,12 @@ def test_compress_writes_atomically_and_a_failure_leaves_no_file(tmp_path, monke
     def full(fd):  # the data reach the disk at fsync: where a full disk (or NFS quota) shows
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(callbacks.os, "fsync", full)
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
     assert cli_main(["compress", str(img), "-c", str(ckpt), "-o", str(out)]) == 1
     line = _one_line(capsys.readouterr().err)
     assert str(out) in line and "no space left on device" in line and "no partial x.cdcx is left behind" in line
     assert list(out.parent.iterdir()) == []  # no 0-byte file, no temp file
-    monkeypatch.setattr(callbacks.os, "fsync", real_fsync)
+    monkeypatch.setattr(checkpoint.os, "fsync", real_fsync)
     assert cli_main(["compress", str(img), "-c", str(ckpt), "-o", str(out)]) == 0
     assert [p.name for p in out.parent.iterdir()] == ["x.cdcx"] and out.stat().st_size > 20
     capsys.readouterr()
@@ -481,7 +481,7 @@ def test_compress_writes_atomically_and_a_failure_leaves_no_file(tmp_path, monke
 
 # ---------------------------------------------------------------- 8. small items
 def test_resume_with_another_objective_is_refused_with_the_way_out(tmp_path):
-    from codecx.lit.callbacks import CorruptCheckpointError, check_same_objective, objective_changes
+    from codecx.eval.checkpoint import CorruptCheckpointError, check_same_objective, objective_changes
 
     old = {"lmbda": 0.0018, "distortion": {"_target_": "a.MSE"}, "reg": {}, "schedule": {"lr": 1e-3}}
     new = {"lmbda": 0.0035, "distortion": {"_target_": "a.MSSSIM"}, "reg": {}, "schedule": {"lr": 1e-4}}

@@ -217,7 +217,7 @@ def test_periodic_validation_logs_hf_ratio_and_lpips(tmp_path, monkeypatch):
     from torchvision import models as tvm
 
     from codecx.config import register_configs
-    from codecx.lit.callbacks import RealBitstreamEval
+    from codecx.eval.callback import RealBitstreamEval
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no hub cache to fall back on
     torch.manual_seed(0)

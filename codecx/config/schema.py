@@ -75,7 +75,7 @@ class CheckpointConfig:
 
 @dataclass
 class TrainEvalConfig:
-    """Real-bitstream evaluation during training (codecx.lit.callbacks.RealBitstreamEval)."""
+    """Real-bitstream evaluation during training (codecx.eval.callback.RealBitstreamEval)."""
 
     every_n_steps: int = 100          # 0: only the final evaluation at the end of training
     max_images: Optional[int] = 2     # periodic evaluations use the first N validation images
