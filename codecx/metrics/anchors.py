@@ -74,6 +74,11 @@ def classical_anchor(images, codec: str = "jpeg", qualities=None, msssim: bool =
                         "ms-ssim": [None if p[3] != p[3] else p[3] for p in pts]}}
 
 
+def dense_qualities(codec: str) -> range:
+    """The dense quality sweep of `codec` that classical_at interpolates in: JPEG every quality, the others every 2."""
+    return range(1, 101) if codec == "jpeg" else range(0, 101, 2)
+
+
 def classical_at(images, bpp: float, codec: str = "jpeg") -> Dict[str, Any]:
     """`codec` (Pillow JPEG / WebP) on `images` at the mean rate `bpp`: the PSNR interpolated
     (linear in log bpp) between the two qualities of a dense sweep whose mean bpp bracket it, and
@@ -81,8 +86,7 @@ def classical_at(images, bpp: float, codec: str = "jpeg") -> Dict[str, Any]:
     outside the rates the codec reaches on these images, `psnr` is None and `below` says which side."""
     import math
 
-    grid = range(1, 101) if codec == "jpeg" else range(0, 101, 2)
-    r = classical_anchor(images, codec, qualities=grid, msssim=False)["results"]
+    r = classical_anchor(images, codec, qualities=dense_qualities(codec), msssim=False)["results"]
     rates, psnrs, qualities = r["bpp"], r["psnr-rgb"], r["quality"]
     lowest = (rates[0], psnrs[0]) if rates else None
     if not rates or not rates[0] <= bpp <= rates[-1]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Candidate recipes for the main job (issue: "a main job worth running"), each timed on the 2 cores
 # of the machine with nothing else running: python train.py <recipe> on the embedded sample data.
-# Usage: bash experiments/main_job/recipes.sh [NAME ...]   -> runs/recipes/<NAME>/, time in time.txt
+# Usage: bash experiments/main_job/recipes.sh [NAME ...]   -> runs/recipes/<NAME>/, time in time.txt;
+# results.json and time.txt copied to experiments/main_job/recipes/<NAME>/ (committed; table.py reads them)
 # (a rerun resumes an unfinished recipe from its last.ckpt; FRESH=1 starts over).
 set -u
 cd "$(dirname "$0")/../.."
@@ -23,5 +24,9 @@ for n in "${names[@]}"; do
   $PY train.py ${R[$n]} eval.every_n_steps=0 trainer.enable_progress_bar=false "hydra.run.dir=$d" >> "$d/console.txt" 2>&1
   e=$(date +%s.%N)
   echo "$n wall_s=$(echo "$e - $s" | bc) overrides: ${R[$n]}" | tee "$d/time.txt"
+  # what table.py reads, committed: the run's real-bitstream result and its wall time
+  if [ -f "$d/results.json" ]; then
+    mkdir -p "experiments/main_job/recipes/$n" && cp "$d/results.json" "$d/time.txt" "experiments/main_job/recipes/$n/"
+  fi
   tail -2 "$d/console.txt"
 done
