@@ -176,8 +176,9 @@ def load_sweep(folder: PathLike, exclude: Sequence[str] = ("lmbda",), replicate_
         if None in reps and len(reps) > 1:
             raise ValueError(f"{folder}: group {label!r} has runs with and without {replicate_key}=: "
                              f"give every run a {replicate_key} or none")
+        seeds = {str(k): v for k, v in reps.items()}
         out[label] = (load_arm(*reps[None], name=label) if None in reps
-                      else load_arm(name=label, replicates={k: v for k, v in sorted(reps.items())}))
+                      else load_arm(name=label, replicates=dict(sorted(seeds.items()))))
     return out
 
 
