@@ -8,7 +8,7 @@
 (b) backbones against mbt_mean (same recipe): BD-rate on Kodak, decoder KMACs/px, decode seconds,
 and with SGA on the subset of (a) against mbt_mean's plain curve there:
 
-    .venv/bin/python experiments/shallow_sga/table.py backbones experiments/shallow_sga/backbones \\
+    .venv/bin/python experiments/shallow_sga/table.py backbones experiments/shallow_sga/backbones_cnn \\
         experiments/zoo/kodak/T4000 experiments/shallow_sga/sga shallow shallow_nores jpeg_like
 """
 from __future__ import annotations
