@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from codecx.evaluate import checkpoint_step
+from codecx.eval.checkpoint import checkpoint_step
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bench"

@@ -4,7 +4,7 @@ What is compared (issue 3, item 8): one trained model (`--ev-ckpt`, by default t
 mbt_mean of `benchmarks/_trained.py`, trained once by `train.py experiment=cpu_study`)
 coding the same Kodak images, on the CPU (where codecx eval codes), same torch threads:
 
-- **codecx**: what eval does per image (`codecx.metrics.rd.code_image`): `encode_image`
+- **codecx**: what eval does per image (`codecx.eval.code.code_image`): `encode_image`
   (`Codec.compress` + the codecx container: header, streams, CRC32), then `decode_image`
   (parse and check the file, `Codec.decompress`);
 - **compressai**: CompressAI's own `compress` / `decompress` of the plain CompressAI class
@@ -81,7 +81,7 @@ def _compressai(net, x) -> Dict:
 
 def _codecx(codec, x, fp) -> Dict:
     """eval's round trip of one image through a codecx file: times, rates, decoded image."""
-    from codecx.metrics.rd import code_image
+    from codecx.eval.code import code_image
 
     m, x_hat = code_image(codec, x, fp)
     return {"enc": m["encoding_time"], "dec": m["decoding_time"], "x_hat": x_hat, **m}
@@ -97,7 +97,7 @@ def _codecx_streams(codec, x, fp) -> List[bytes]:
 def run(args) -> List[Row]:
     import torch
 
-    from codecx.evaluate import fingerprint_of, load_codec
+    from codecx.eval.load import fingerprint_of, load_codec
     from codecx.quantizers.scalar import ScalarQuantizer
 
     quick = bool(args.quick)

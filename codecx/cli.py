@@ -38,7 +38,7 @@ def load_method_codec(checkpoint: str, quantizer: Optional[str], shift: Optional
     """(codec, config) of a checkpoint with the named quantizer / shift / refine options of
     codecx/conf (None: the checkpoint's own quantizer and refiners, no shift)."""
     from codecx.config import group_option
-    from codecx.evaluate import load_codec
+    from codecx.eval.load import load_codec
     from codecx.conf import CONF_DIR
 
     q = group_option("quantizer", quantizer, CONF_DIR) if quantizer else None
@@ -73,7 +73,8 @@ def image_size(path: str | os.PathLike) -> tuple:
 
 def cmd_compress(a: argparse.Namespace) -> int:
     from codecx.coding.container import check_encode, encode_image
-    from codecx.evaluate import fingerprint_of, set_coding_threads
+    from codecx.eval.code import set_coding_threads
+    from codecx.eval.load import fingerprint_of
     from codecx.eval.checkpoint import CheckpointWriteError, atomic_write
 
     set_coding_threads(a.threads)
@@ -99,7 +100,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 def cmd_export_nc(a: argparse.Namespace) -> int:
     """A model=hific checkpoint as a NeuralCompression `HiFiCAutoencoder` state dict."""
-    from codecx.evaluate import load_codec
+    from codecx.eval.load import load_codec
     from codecx.models.hific import state_to_nc
     from codecx.quantizers.scalar import ScalarQuantizer
 
@@ -126,7 +127,8 @@ def known_methods() -> dict:
 
 def cmd_decompress(a: argparse.Namespace) -> int:
     from codecx.coding.container import check_method_names, decode_image, unpack
-    from codecx.evaluate import fingerprint_of, set_coding_threads
+    from codecx.eval.code import set_coding_threads
+    from codecx.eval.load import fingerprint_of
 
     set_coding_threads(a.threads)
     p = Path(a.file)
@@ -193,7 +195,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from codecx.evaluate import set_coding_threads
+    from codecx.eval.code import set_coding_threads
     from codecx.report import build_report
 
     set_coding_threads(a.threads)

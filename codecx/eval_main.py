@@ -14,9 +14,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from codecx.conf import CONF_DIR
 from codecx.config import ConfigError, check_targets, main_with_precheck, register_configs
-from codecx.evaluate import (codec_from_config, data_key, data_label,
-                             dataset_images, evaluate_codecs, load_codec, prepare, results_dict,
-                             set_coding_threads, summary_table, write_results)
+from codecx.eval.code import set_coding_threads
+from codecx.eval.load import codec_from_config, load_codec, prepare
+from codecx.eval.loop import dataset_images, evaluate_codecs
+from codecx.eval.results import data_label, rd_results, summary_table, write_results
 from codecx.metrics.weights import MissingWeightsError
 from codecx.models.build import DEFAULT_QUANTIZER
 from codecx.models.codec import Codec
@@ -133,8 +134,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     counted = image_count(points, found)
     desc = cfg.description or (f"codecx eval of {len(labels)} model(s) on {counted} "
                                f"({data_label(data)})")
-    results = results_dict(name, points, desc, checkpoints=labels, lmbda=[p["lmbda"] for p in points],
-                           images=[p["images"] for p in points], data=data_key(data))
+    results = rd_results(name, points, desc, data)
     js, cs = write_results(out_dir, results, rows)
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(summary_table(results, [point_label(p) for p in points]))

@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from codecx.evaluate import (data_key, data_label, dataset_images, evaluate_codecs, load_codec,
-                             results_dict, write_results)
+from codecx.eval.load import load_codec
+from codecx.eval.loop import dataset_images, evaluate_codecs
+from codecx.eval.results import data_key, data_label, results_dict, write_results
 from codecx.compare import Arm, Curve, bd_pair, compare, fmt as _fmt, merge_results
 from codecx.metrics.bdrate import read_per_image
 from codecx.metrics.complexity import plot_rdc

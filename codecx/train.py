@@ -334,7 +334,7 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, module: LitCodec, ckpt_dir: Pa
 
 def _saved(last: Path, step: int) -> str:
     """What a run stopped at `step` leaves to resume from, in words."""
-    from codecx.evaluate import checkpoint_step
+    from codecx.eval.checkpoint import checkpoint_step
 
     held = checkpoint_step(last)
     if held == step:
@@ -368,7 +368,7 @@ def _describe(cfg: DictConfig, module: LitCodec) -> str:
 def classical_lines(trainer: pl.Trainer, cfg: DictConfig, result: Dict[str, float]) -> List[str]:
     """JPEG and WebP (Pillow) on the images of the final evaluation at the codec's own mean bpp
     (codecx.metrics.anchors.classical_at), and the gap in dB: is this a codec yet?"""
-    from codecx.evaluate import dataset_images
+    from codecx.eval.loop import dataset_images
     from codecx.eval.callback import _val_dataset
     from codecx.metrics.anchors import classical_at
 

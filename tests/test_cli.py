@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from codecx.cli import main, read_image
-from codecx.evaluate import load_codec
+from codecx.eval.load import load_codec
 from codecx.metrics.anchors import load_anchor
 from codecx.metrics.rd import to_uint8
 from conftest import TINY, run_train

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from codecx.cli import main
-from codecx.evaluate import results_dict, summary_table
+from codecx.eval.results import results_dict, summary_table
 from codecx.metrics.complexity import (build_model, kmacs_per_pixel, matched_rate_points,
                                        parameter_counts, plot_rdc)
 from codecx.models.backbones import BmshjFactorized, Mbt, MbtMean

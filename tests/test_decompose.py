@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from codecx.conf import CONF_DIR
-from codecx.evaluate import evaluate, prepare, results_dict, summarize
+from codecx.eval.load import prepare
+from codecx.eval.loop import evaluate, summarize
+from codecx.eval.results import results_dict
 from codecx.metrics.decompose import DECOMPOSE_KEYS, decompose, unquantized_reconstruction
 from conftest import tiny_codec
 

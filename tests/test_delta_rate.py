@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from codecx.data.datamodule import ImageDataModule
-from codecx.evaluate import dataset_images
+from codecx.eval.loop import dataset_images
 from codecx.lit import LitCodec
 from codecx.eval.callback import RealBitstreamEval
 from codecx.metrics.anchors import classical_anchor, resolve_anchor

@@ -16,9 +16,11 @@ from torch.utils.data import DataLoader
 
 from codecx.conf import CONF_DIR
 from codecx.config import ConfigError, precheck
-from codecx.evaluate import (CheckpointError, dataset_images, evaluate, fingerprint_of, load_codec,
-                             results_dict, summarize)
-from codecx.metrics.rd import code_image
+from codecx.eval.checkpoint import CheckpointError
+from codecx.eval.load import fingerprint_of, load_codec
+from codecx.eval.loop import dataset_images, evaluate, summarize
+from codecx.eval.results import results_dict
+from codecx.eval.code import code_image
 from conftest import ROOT, tiny_codec
 
 CONF = CONF_DIR

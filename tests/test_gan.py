@@ -272,7 +272,7 @@ def test_train_py_stage2_resumes_and_codes_exactly(labeler_file, alex_file, tmp_
     """The real `python train.py experiment=illm_stage2 ...`: killed after 2 steps (last.ckpt),
     the same command resumes mid stage 2 with the discriminator's optimizer state, and the GAN
     checkpoint codes and decodes bit-exactly."""
-    from codecx.evaluate import load_codec
+    from codecx.eval.load import load_codec
     from codecx.models.backbones import MbtMean
     from conftest import TINY, run_train
 

@@ -18,7 +18,7 @@ from codecx.conf import CONF_DIR
 from codecx.coding.container import (BitstreamError, Header, check_method_names, decode_image,
                                      pack)
 from codecx.config import ConfigError, precheck
-from codecx.evaluate import CheckpointError, load_checkpoint
+from codecx.eval.checkpoint import CheckpointError, load_checkpoint
 from conftest import TINY, run_train
 
 
@@ -45,7 +45,8 @@ def _evil_checkpoint(path: Path, mark: Path) -> Path:
 
 def test_hostile_checkpoint_is_refused_by_every_entry_point(tmp_path, capsys):
     from codecx.cli import main as cli_main
-    from codecx.evaluate import checkpoint_step, load_codec
+    from codecx.eval.checkpoint import checkpoint_step
+    from codecx.eval.load import load_codec
     from codecx.eval.checkpoint import CorruptCheckpointError, resume_checkpoint
 
     mark = tmp_path / "PWNED"
@@ -260,7 +261,7 @@ def test_every_image_mode_loads_as_8_bit_rgb(tmp_path):
 
 
 def test_eval_skips_images_smaller_than_the_stride_and_aggregates_by_pixels():
-    from codecx.evaluate import evaluate, summarize
+    from codecx.eval.loop import evaluate, summarize
 
     codec = _tiny()
     images = [("tiny.png", torch.rand(1, 3, 1, 1)), ("ok.png", torch.rand(1, 3, 64, 96))]

@@ -27,7 +27,8 @@ from codecx.coding.container import (BitstreamError, ImageTooLargeError, check_e
 from codecx.coding.rans import NonFiniteLatentError
 from codecx.conf import CONF_DIR
 from codecx.config import ConfigError, precheck
-from codecx.evaluate import CheckpointError, load_codec
+from codecx.eval.checkpoint import CheckpointError
+from codecx.eval.load import load_codec
 from conftest import ROOT, TINY, logged, run_train, tiny_codec
 
 NAN, INF = float("nan"), float("inf")
@@ -303,7 +304,7 @@ def test_eval_skips_an_image_the_encoder_refuses_and_codes_the_others(tmp_path, 
     import codecx.coding.container as container
     from codecx.data import ImageFolderDataset
     from codecx.eval_main import image_count
-    from codecx.evaluate import dataset_images, evaluate
+    from codecx.eval.loop import dataset_images, evaluate
 
     codec = _tiny()
     small, large = ("a.png", torch.rand(1, 3, 64, 64)), ("big.png", torch.rand(1, 3, 128, 192))

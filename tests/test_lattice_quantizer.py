@@ -234,7 +234,7 @@ def test_fine_tune_a_scalar_checkpoint_with_the_lattice_relaxation(tiny_ckpt, tm
     backbone and trains with Voronoi noise; the result codes with hex at eval."""
     import torch
 
-    from codecx.evaluate import load_codec
+    from codecx.eval.load import load_codec
     from conftest import TINY, run_train
 
     r = run_train([*TINY, "quantizer=hex", f"model.weights={tiny_ckpt}", "trainer.max_steps=2",

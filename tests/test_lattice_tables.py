@@ -108,7 +108,7 @@ def test_table_choice_changes_the_fingerprint():
     """A decoder keyed on another table refuses the file: the quantizer's `scale_levels` (and
     the model's, which the default follows) are in the container fingerprint."""
     from codecx.coding.container import BitstreamError, decode_image, encode_image
-    from codecx.evaluate import codec_from_config, fingerprint_of, prepare
+    from codecx.eval.load import codec_from_config, fingerprint_of, prepare
 
     model = {"_target_": "codecx.models.backbones.MbtMean", "name": "mbt_mean", "N": 8, "M": 12}
     prints, codecs = [], []

@@ -150,7 +150,7 @@ def test_pairwise_covers_every_pair_of_a_small_example():
 @pytest.mark.parametrize("combo", COMBINATIONS, ids=_label)
 def test_matrix_combination_trains_one_step_and_round_trips_exactly(combo, matrix_files, tmp_path):
     from codecx.coding.container import decode_image, encode_image
-    from codecx.evaluate import fingerprint_of, prepare
+    from codecx.eval.load import fingerprint_of, prepare
     from codecx.train import build_module
 
     cfg = _compose(overrides_of(combo, matrix_files))

@@ -87,7 +87,7 @@ def test_compress_decompress_equals_eval_reconstruction(name, quantizer):
 
 def test_real_bits_close_to_estimate(kodak_image):
     """On a real photo, the bytes written are close to the likelihood estimate."""
-    from codecx.metrics.rd import measure_image
+    from codecx.eval.code import measure_image
 
     torch.manual_seed(0)
     codec = tiny_codec("mbt_mean", N=16, M=16).eval()

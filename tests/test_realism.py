@@ -120,8 +120,11 @@ def test_fid_samples_256px_grid_shifted_grid_or_whole_image(h, w, samples):
 def test_evaluate_rows_results_and_table():
     from rich.console import Console
 
-    from codecx.evaluate import evaluate, prepare, results_dict, summarize, summary_table
-    from codecx.metrics.rd import NO_FINGERPRINT, to_uint8
+    from codecx.eval.load import prepare
+    from codecx.eval.loop import evaluate, summarize
+    from codecx.eval.results import results_dict, summary_table
+    from codecx.eval.code import NO_FINGERPRINT
+    from codecx.metrics.rd import to_uint8
 
     torch.manual_seed(0)
     codec = prepare(tiny_codec())

@@ -123,7 +123,7 @@ def nc_hific(tmp_path_factory):
 
 
 def _codec(path, **model):
-    from codecx.evaluate import codec_from_config, prepare
+    from codecx.eval.load import codec_from_config, prepare
 
     return prepare(codec_from_config({**HIFIC_MODEL, "weights": str(path), **model},
                                      {"_target_": "codecx.quantizers.NoiseQuantizer"}))
@@ -232,7 +232,7 @@ def test_export_nc_verb(nc_hific, tmp_path, capsys):
     assert set(exported) == set(original) and all(torch.equal(exported[k], v) for k, v in original.items())
     other = tmp_path / "mbt.ckpt"
     mbt = {"_target_": "codecx.models.backbones.MbtMean", "name": "mbt_mean", "N": 8, "M": 12}
-    from codecx.evaluate import codec_from_config
+    from codecx.eval.load import codec_from_config
 
     small = codec_from_config(mbt, config["quantizer"])
     torch.save({"state_dict": {f"codec.{k}": v for k, v in small.state_dict().items()},

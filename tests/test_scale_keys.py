@@ -110,7 +110,7 @@ def test_configs_choose_nearest_and_old_configs_keep_up():
 def test_rule_is_in_the_fingerprint(quantizer):
     """A file coded with one rule is refused by a decoder configured with the other."""
     from codecx.coding.container import BitstreamError, decode_image, encode_image
-    from codecx.evaluate import codec_from_config, fingerprint_of, prepare
+    from codecx.eval.load import codec_from_config, fingerprint_of, prepare
 
     model = {"_target_": "codecx.models.backbones.MbtMean", "name": "mbt_mean", "N": 8, "M": 12}
     prints, codecs = [], []

@@ -258,7 +258,7 @@ def test_evaluate_runs_the_refiner_once_per_image(codec):
     """eval's per-image rows: the rate estimate comes from the encode walk (SGA optimises
     once per image, no second run for `bpp_est`), the rows carry which latents were coded and
     both real R + lmbda D values, and the kept one is the file's bpp_streams + lmbda D."""
-    from codecx.evaluate import evaluate
+    from codecx.eval.loop import evaluate
     from codecx.losses import bits_per_pixel
     from codecx.models import Codec
 

@@ -187,7 +187,7 @@ def test_shallow_cnn_analysis_slope_is_point_two(tmp_path):
 def test_legacy_cnn_checkpoint_keeps_its_slope(tmp_path):
     """A checkpoint whose config has no `negative_slope` (written before the key existed)
     evaluates with the 0.01 it was trained with; one that names the slope keeps it."""
-    from codecx.evaluate import load_codec
+    from codecx.eval.load import load_codec
     from codecx.models.build import build_codec
 
     for model, expected in (({}, 0.01), ({"negative_slope": 0.2}, 0.2)):

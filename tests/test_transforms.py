@@ -274,8 +274,8 @@ CODEC_CASES = [("mbt_mean", 0), ("mbt_mean", 1), ("mbt_mean", 2), ("mbt_mean", 3
 def test_real_bitstream_round_trip_reproduces_y_hat_prime(name, which):
     """The decoder of a real codecx file sees exactly the encoder side's y_hat' (g_s input) and
     decodes exactly the eval forward's image; the transform's weights are in the state dict."""
-    from codecx.evaluate import prepare
-    from codecx.metrics.rd import code_image
+    from codecx.eval.load import prepare
+    from codecx.eval.code import code_image
 
     torch.manual_seed(0)
     t = ALL[which]()
@@ -305,7 +305,7 @@ def test_compose_train_checkpoint_and_eval(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
     from torch.utils.data import DataLoader
 
-    from codecx.evaluate import load_codec
+    from codecx.eval.load import load_codec
     from codecx.train import CONF_DIR, build_module
 
     GlobalHydra.instance().clear()
@@ -381,8 +381,8 @@ def test_training_lowers_the_loss(which):
 def test_lattice_quantizer_round_trip():
     """quantizer=hex (codecx.quantizers.LatticeQuantizer): the transforms act on the lattice
     y_hat like on the scalar one; decode is exact."""
-    from codecx.evaluate import prepare
-    from codecx.metrics.rd import code_image
+    from codecx.eval.load import prepare
+    from codecx.eval.code import code_image
     from codecx.models import Codec, build_backbone
     from codecx.quantizers import LatticeQuantizer
 
@@ -401,8 +401,8 @@ def test_lattice_quantizer_round_trip():
 def test_zero_initialised_transforms_keep_a_checkpoints_output():
     """Adding a fresh LRP / LPC (learned, predicted) / FPC to trained weights changes neither the
     file nor the decoded image (fine-tunes start from the checkpoint's exact output)."""
-    from codecx.evaluate import prepare
-    from codecx.metrics.rd import code_image
+    from codecx.eval.load import prepare
+    from codecx.eval.code import code_image
     from codecx.models import Codec, build_backbone
     from codecx.quantizers import MixedQuantizer
 

@@ -48,7 +48,8 @@ def build_setup(name: str, seed: int = 0, size: Tuple[int, int] = (64, 96)):
     import torch
 
     from codecx.coding.container import encode_image
-    from codecx.evaluate import fingerprint_of, prepare
+    from codecx.eval.load import fingerprint_of, prepare
+    from codecx.models.build import build_codec
 
     model, quantizer, shift, transform = {**SETUPS, **transform_setups()}[name]
     torch.manual_seed(seed)
@@ -59,13 +60,6 @@ def build_setup(name: str, seed: int = 0, size: Tuple[int, int] = (64, 96)):
         config["shift"] = _node("shift", shift)
     if transform:
         config["transform"] = _node("transform", transform)
-    try:
-        from codecx.models.build import build_codec
-    except ImportError:  # before the pipeline refactor
-        from codecx.evaluate import codec_from_config
-
-        def build_codec(c):
-            return codec_from_config(c["model"], c["quantizer"], c.get("shift"))
     codec = build_codec(config)
     with torch.no_grad():  # latents of a few hundred bytes, so that mutations reach the coder
         codec.backbone.g_a[-1].weight.mul_(30)

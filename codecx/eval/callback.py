@@ -13,12 +13,12 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
 from codecx.config import ConfigError
-from codecx.evaluate import (data_key, data_label, dataset_images, evaluate, fingerprint_of, prepare,
-                             results_dict, summarize, write_results)
+from codecx.eval.load import prepare
+from codecx.eval.loop import dataset_images, evaluate_codec
+from codecx.eval.results import data_label, rd_results, results_dict, write_results
 from codecx.lit.loggers import log_reconstructions
 from codecx.metrics.anchors import CLASSICAL, resolve_anchor
 from codecx.metrics.bdrate import POINT_DELTAS, point_deltas
-from codecx.metrics.rd import NO_FINGERPRINT
 
 LOGGED = {"bpp": "val/bpp", "bpp_est": "val/bpp_est", "bpp_streams": "val/bpp_streams",
           "psnr-rgb": "val/psnr", "ms-ssim": "val/ms_ssim",
@@ -116,23 +116,17 @@ class RealBitstreamEval(Callback):
         if dataset is None:
             return None
         images = dataset_images(dataset, max_images)
-        codec = prepare(copy.deepcopy(pl_module.codec))
-        config = getattr(pl_module, "config", {}) or {}
-        fp = fingerprint_of(codec, config) if {"model", "quantizer"} <= set(config) else NO_FINGERPRINT
         pairs: List[Tuple[str, Tensor, Tensor]] = []
 
         def keep(name: str, x: Tensor, x_hat: Tensor) -> None:
             if len(pairs) < self.log_images:
                 pairs.append((name, x, x_hat))
 
-        fid = self._fid_metric()
-        rows = evaluate(codec, images, fp, lpips=self._lpips_metric(), fid=fid, progress=False,
-                        on_image=keep, decompose=True)  # MSE_a / MSE_q shares (Rethinking Latent Variable, WACV 2026)
-        with warnings.catch_warnings(record=True) as caught:  # FID/KID of too few patches
-            warnings.simplefilter("always")
-            point = summarize(rows, fid)
-        for w in caught:
-            self._warn_once("fid", f"val/fid, val/kid not logged: {w.message}")
+        # MSE_a / MSE_q shares (Rethinking Latent Variable, WACV 2026); FID/KID of too few patches: one warning
+        point, rows = evaluate_codec(prepare(copy.deepcopy(pl_module.codec)), getattr(pl_module, "config", {}) or {},
+                                     images, lpips=self._lpips_metric(), fid=self._fid_metric(), progress=False,
+                                     on_image=keep, decompose=True, complexity=False,
+                                     on_fid_error=lambda m: self._warn_once("fid", f"val/fid, val/kid not logged: {m}"))
         self._rows, anchor = rows, self._anchor_for(images)
         if anchor is not None:
             point.update(self._deltas(anchor, point))
@@ -217,11 +211,10 @@ class RealBitstreamEval(Callback):
         run_dir = Path(trainer.default_root_dir)
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         model = config.get("model", {}).get("name", "codec")
-        res = results_dict(run_dir.name, [point], f"{model}, lmbda={config.get('lmbda')}, "
-                           f"{int(point['images'])} image(s) ({data_label(config['data'])}), "
-                           f"step {trainer.global_step}", checkpoints=[str(ckpt)],
-                           lmbda=[config.get("lmbda")], images=[int(point["images"])],
-                           data=data_key(config["data"]), step=trainer.global_step)
+        res = rd_results(run_dir.name, [{**point, "checkpoint": str(ckpt), "lmbda": config.get("lmbda")}],
+                         f"{model}, lmbda={config.get('lmbda')}, {int(point['images'])} image(s) "
+                         f"({data_label(config['data'])}), step {trainer.global_step}", config["data"],
+                         step=trainer.global_step)
         write_results(run_dir, res, [{"checkpoint": str(ckpt), **r} for r in self._rows])
 
     def _log_rd(self, trainer: pl.Trainer, anchor: Optional[Dict[str, Any]] = None) -> None:

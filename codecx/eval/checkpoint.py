@@ -334,3 +334,84 @@ def check_same_objective(ckpt_path: str | os.PathLike, config: Dict[str, Any]) -
             "record only the new values. Train in another folder (hydra.run.dir=DIR; hydra.sweep.dir=DIR "
             f"with -m), fine-tune from its weights there (model.weights={ckpt_path}), or start over here "
             "with resume=false")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not hold a codecx training checkpoint."""
+
+
+def safe_globals() -> List[Any]:
+    """What codecx checkpoints may hold beyond tensors and plain containers (allow-listed for
+    `torch.load(weights_only=True)`): paths stored in data hyper-parameters."""
+    import pathlib
+
+    return [pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath]
+
+
+def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` with codecx's allow-list: a file whose unpickling
+    would run code (or build any other object) is refused with one CheckpointError line."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        import re
+
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global: ([\w.]+)", text)
+        if not found:  # not a pickle at all (garbage, a truncated file)
+            raise CheckpointError(f"{what} {path}: not a readable PyTorch file (UnpicklingError: "
+                                  f"{one_line_text(e)[:200]})") from None
+        detail = f"the Python global {found.group(1)}"
+        raise CheckpointError(
+            f"{what} {path}: refused: loading it would need {detail}, which codecx never stores "
+            "(checkpoints are loaded with weights_only=True, no code runs from a file); use a "
+            "checkpoint written by codecx's train.py, or re-save the state dict you trust with "
+            "torch.save(model.state_dict(), PATH)") from None
+    except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, ...
+        raise CheckpointError(f"{what} {path}: not a readable PyTorch file ({type(e).__name__}: "
+                              f"{one_line_text(e)[:300]})") from None
+
+
+def one_line_text(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """The dict of a train.py checkpoint (loaded with weights_only=True: no code runs);
+    CheckpointError with what is wrong otherwise."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file (train.py writes "
+                              "<run dir>/checkpoints/last.ckpt and best.ckpt)")
+    ckpt = torch_load_safe(p)
+    if not isinstance(ckpt, dict) or "codecx_config" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {path}: not a codecx training checkpoint (no 'codecx_config'/'state_dict'); "
+            "evaluate a CompressAI state dict with model=NAME model.N=.. model.M=.. model.weights=PATH")
+    return ckpt
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The training step a train.py checkpoint was saved at; -1 when the file is missing or
+    unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        return -1
+    try:
+        return int(torch_load_safe(p).get("global_step", -1))
+    except Exception:  # noqa: BLE001 - a damaged or foreign file
+        return -1
+
+
+def checkpoint_info(ckpt: Path) -> Tuple[int, Optional[Dict[str, Any]]]:
+    """(global step, codecx_config) of a train.py checkpoint, read memory-mapped; (-1, None)."""
+    if not ckpt.is_file():
+        return -1, None
+    try:
+        d = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        return int(d.get("global_step", -1)), d.get("codecx_config")
+    except Exception:  # noqa: BLE001 - damaged or foreign: the report evaluates what it can
+        return -1, None

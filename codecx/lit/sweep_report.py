@@ -142,7 +142,7 @@ def _final(run_dir: Path) -> bool:
         return False
     if not ckpt.is_file() or res.stat().st_mtime >= ckpt.stat().st_mtime:
         return True
-    from codecx.evaluate import checkpoint_step
+    from codecx.eval.checkpoint import checkpoint_step
 
     try:
         return json.loads(res.read_text()).get("step") == checkpoint_step(ckpt) >= 0

@@ -1,18 +1,13 @@
-"""Rate-distortion measurements of one image from a real codecx file (bpp from its bytes)."""
+"""Image quality as evaluations measure it (8-bit rounded PSNR, MS-SSIM) and the aggregates of an RD
+point over a set of images; coding one image through a real codecx file: codecx.eval.code."""
 from __future__ import annotations
 
 import math
-import time
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 from pytorch_msssim import ms_ssim
 from torch import Tensor
-
-from codecx.coding.container import MAX_PIXELS, decode_image, encode_image, unpack
-from codecx.losses import bits_per_pixel
-
-NO_FINGERPRINT = bytes(8)
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -31,37 +26,6 @@ def msssim_uint8(x: Tensor, x_hat: Tensor) -> float:
     if min(x.shape[-2:]) < 161:  # 4 downsamplings of an 11-px window
         return float("nan")
     return ms_ssim(to_uint8(x), to_uint8(x_hat), data_range=255.0).item()
-
-
-@torch.no_grad()
-def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT,
-               max_pixels: int = MAX_PIXELS) -> Tuple[Dict[str, float], Tensor]:
-    """Encode one image (1,3,H,W) into a codecx file, decode that file, measure; returns
-    (metrics, decoded image). `bpp` counts every byte of the file, header and CRC included;
-    `bpp_streams` only the entropy-coded streams; `bpp_est` the likelihoods' estimate.
-    `codec` must be in eval mode and updated (`update(force=True)`); `max_pixels`: the cap of
-    both sides (the caller checks the encode with `check_encode` first)."""
-    pixels = x.shape[-2] * x.shape[-1]
-    t0 = time.perf_counter()
-    out = codec.compress(x)
-    data = encode_image(codec, x, fingerprint, compressed=out)
-    t1 = time.perf_counter()
-    x_hat, header = decode_image(codec, data, fingerprint, max_pixels)
-    t2 = time.perf_counter()
-    n_streams = sum(len(s) for s in unpack(data)[1])
-    # the likelihoods of the coded symbols, from the encode walk itself (encoder refiners run once)
-    bpp_est = bits_per_pixel(out["likelihoods"][0], pixels).item()
-    row = {"bpp": len(data) * 8 / pixels, "bpp_streams": n_streams * 8 / pixels,
-           "bpp_est": bpp_est, "psnr-rgb": psnr_uint8(x, x_hat), "ms-ssim": msssim_uint8(x, x_hat),
-           "encoding_time": t1 - t0, "decoding_time": t2 - t1, "bytes": len(data)}
-    # the encoder's latent-shift choices (per image: which candidate step it signalled)
-    row.update({k: header.options[k] for k in ("shift_index", "side_shift_index") if k in header.options})
-    return row, x_hat
-
-
-def measure_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Dict[str, float]:
-    """The metrics of `code_image` (real codecx file, header included in `bpp`)."""
-    return code_image(codec, x, fingerprint)[0]
 
 
 # pixel-weighted aggregates of a set of images, beside the per-image means

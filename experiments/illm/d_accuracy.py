@@ -33,7 +33,8 @@ from hydra.utils import instantiate
 from PIL import Image, ImageDraw
 
 from codecx.data.datamodule import ImageFolderDataset
-from codecx.evaluate import load_checkpoint, load_codec
+from codecx.eval.checkpoint import load_checkpoint
+from codecx.eval.load import load_codec
 from codecx.regularizers.labeler import load_labeler
 
 # arm -> run folder under --runs (eval.py's output: eval/<arm>)

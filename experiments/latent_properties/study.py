@@ -105,7 +105,7 @@ def main() -> None:
     a = ap.parse_args()
     OUT = (ROOT / a.out).resolve()
     if not a.table:
-        from codecx.evaluate import checkpoint_step
+        from codecx.eval.checkpoint import checkpoint_step
 
         ckpts = sorted(Path(d).relative_to(ROOT) / "checkpoints" / "last.ckpt" for d in glob.glob(str(ROOT / a.runs)))
         unfinished = [str(c) for c in ckpts if not (ROOT / c).is_file() or checkpoint_step(ROOT / c) < a.steps]

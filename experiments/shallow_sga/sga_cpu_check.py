@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codecx.evaluate import load_codec
+from codecx.eval.load import load_codec
 from codecx.inference.sga import SGA
 from codecx.models import Codec
 

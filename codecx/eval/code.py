@@ -1,0 +1,86 @@
+"""Coding one image: through a real codecx file (`code_image`: bpp from its bytes) and every
+per-image measurement of an evaluation (`measure`); the torch threads coding uses."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from codecx.coding.container import MAX_PIXELS, decode_image, encode_image, unpack
+from codecx.losses import bits_per_pixel
+from codecx.metrics.rd import msssim_uint8, psnr_uint8, to_uint8
+
+NO_FINGERPRINT = bytes(8)
+
+
+def set_coding_threads(n: Optional[int] = None) -> int:
+    """Use `n` torch threads, by default the idle cores (cores this process may use minus the
+    1-minute load average, at least 1); returns the number. Extra threads on busy cores make
+    the many small tensor ops of entropy coding wait on each other (50x slower measured on a
+    loaded 2-core machine). Encoder and decoder must compute bit-identical entropy parameters:
+    keep the setting equal on both sides when in doubt."""
+    if not n:
+        avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = min(avail, round(avail - load))
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    return n
+
+
+@torch.no_grad()
+def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT,
+               max_pixels: int = MAX_PIXELS) -> Tuple[Dict[str, float], Tensor]:
+    """Encode one image (1,3,H,W) into a codecx file, decode that file, measure; returns
+    (metrics, decoded image). `bpp` counts every byte of the file, header and CRC included;
+    `bpp_streams` only the entropy-coded streams; `bpp_est` the likelihoods' estimate.
+    `codec` must be in eval mode and updated (`update(force=True)`); `max_pixels`: the cap of
+    both sides (the caller checks the encode with `check_encode` first)."""
+    pixels = x.shape[-2] * x.shape[-1]
+    t0 = time.perf_counter()
+    out = codec.compress(x)
+    data = encode_image(codec, x, fingerprint, compressed=out)
+    t1 = time.perf_counter()
+    x_hat, header = decode_image(codec, data, fingerprint, max_pixels)
+    t2 = time.perf_counter()
+    n_streams = sum(len(s) for s in unpack(data)[1])
+    # the likelihoods of the coded symbols, from the encode walk itself (encoder refiners run once)
+    bpp_est = bits_per_pixel(out["likelihoods"][0], pixels).item()
+    row = {"bpp": len(data) * 8 / pixels, "bpp_streams": n_streams * 8 / pixels,
+           "bpp_est": bpp_est, "psnr-rgb": psnr_uint8(x, x_hat), "ms-ssim": msssim_uint8(x, x_hat),
+           "encoding_time": t1 - t0, "decoding_time": t2 - t1, "bytes": len(data)}
+    # the encoder's latent-shift choices (per image: which candidate step it signalled)
+    row.update({k: header.options[k] for k in ("shift_index", "side_shift_index") if k in header.options})
+    return row, x_hat
+
+
+def measure_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Dict[str, float]:
+    """The metrics of `code_image` (real codecx file, header included in `bpp`)."""
+    return code_image(codec, x, fingerprint)[0]
+
+
+def measure(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT, lpips=None, grad_corr: bool = False,
+            decompose: bool = False, max_pixels: int = MAX_PIXELS) -> Tuple[Dict[str, Any], Tensor]:
+    """(row, decoded image) of one image: `code_image`'s metrics, what each encoder refiner did to
+    it (e.g. SGA's kept latents), LPIPS (Zhang et al. 2018) with `lpips`, the weight-free HF power
+    ratio (codecx.metrics.realism), with `grad_corr` the correlation of grad -log p and grad D
+    w.r.t. y_hat (arXiv 2501.01231 fig. 6), with `decompose` MSE_t / MSE_a / MSE_q and their ratios
+    (Rethinking Latent Variable, WACV 2026, eq. 11)."""
+    from codecx.inference.latent_shift import shift_gradient_correlation
+    from codecx.metrics.decompose import decompose as decompose_error
+    from codecx.metrics.realism import hf_power_ratio
+
+    row, x_hat = code_image(codec, x, fingerprint, max_pixels)
+    for r in codec.refiners:  # what each refiner did to this image (e.g. SGA's kept latents)
+        row.update(r.report())
+    if lpips is not None:
+        row["lpips"] = lpips(x, to_uint8(x_hat) / 255).mean().item()  # the 8-bit image, as PSNR
+    row["hf_ratio"] = hf_power_ratio(x, to_uint8(x_hat) / 255).item()  # needs no weights
+    if grad_corr:
+        row["grad_corr"] = shift_gradient_correlation(codec, x)
+    if decompose:
+        row.update(decompose_error(codec, x, x_hat))
+    return row, x_hat
