@@ -279,6 +279,37 @@ def test_compensation_table_reproduces_the_committed_report():
             assert fmt(k, r.values[k]) == report[r.name][k], (r.name, k)
 
 
+def test_lattice_finetune_table_reproduces_and_pairs_seeds(tmp_path, capsys):
+    """experiments/latent_properties/finetune_table.py prints its committed table from the
+    committed Kodak folders; with a second seed of every arm (NAME_seed2) it pairs the arms seed
+    by seed (each seed's BD-rate listed, the mean of them in the BD column) and prints the
+    control's seed band (issue 29 item 2)."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("ft_table", ROOT / "experiments" / "latent_properties"
+                                                  / "finetune_table.py")
+    ft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ft)
+    src = ROOT / "experiments" / "latent_properties" / "finetune"
+    ft.main(str(src))
+    assert capsys.readouterr().out == (src / "table.md").read_text()
+    for name in ("control_scalar", "control_hex", "hex_finetuned"):
+        shutil.copytree(src / name, tmp_path / name)
+    shutil.copytree(src / "control_scalar_seed2", tmp_path / "control_scalar_seed2")
+    shutil.copytree(src / "control_scalar_seed2", tmp_path / "control_hex_seed2")  # seed 2: Hex = its control
+    shutil.copytree(src / "hex_finetuned", tmp_path / "hex_finetuned_seed2")
+    ft.main(str(tmp_path))
+    out = capsys.readouterr().out
+    band = compare(load_arm(src / "control_scalar"), [load_arm(src / "control_scalar_seed2")], per_image=False)[1]
+    assert f"seed=2 vs 1: {fmt('bd_rate_pchip', band.values['bd_rate_pchip'])}" in out
+    row = next(r for r in out.splitlines() if r.startswith("| control_hex | control_scalar"))
+    s1 = compare(load_arm(src / "control_scalar"), [load_arm(src / "control_hex")], per_image=False)[1]
+    want = (s1.values["bd_rate_pchip"] + 0.0) / 2  # seed 2's control_hex IS its control: 0
+    assert f"seed=1: {fmt('bd_rate_pchip', s1.values['bd_rate_pchip'])}, seed=2: +0.00" in row
+    assert f"| {want:+.2f} |" in row
+
+
 def test_cse_table_reproduces_the_committed_reports():
     """experiments/cse/table.py's arms (load_sweep over the committed Kodak folders) through
     compare give the BD figures of both committed codecx reports, cell by cell."""
@@ -301,7 +332,7 @@ def test_cse_table_reproduces_the_committed_reports():
 
 def test_report_writes_the_figures_of_small_effects(tmp_path):
     """codecx report: delta_psnr.png and bd_rate.png beside rd.png, linked in report.md."""
-    from codecx.report import build_report
+    from codecx.eval.report import build_report
     from test_sweep_report import _fake_sweep
 
     pts = {(f"reg={g}", f"lmbda={lm}"): (bpp_of([q], s)[0], q) for g, s in (("none", 1.0), ("cse", 0.9), ("b", 1.05))
