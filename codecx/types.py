@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor
 
 
@@ -14,52 +13,37 @@ class EntropyParams:
     """Parameters of the latent prior p(y | z_hat) for one latent tensor `y`.
 
     `means` and `scales` are per element (Minnen et al. 2018, mean-scale hyperprior);
-    `scales` is None for the factorized prior (Ballé et al. 2017), whose `means` are the
-    entropy bottleneck's per-channel medians. `entropy_model` is the CompressAI entropy model
-    that owns the likelihood function and the quantized CDF tables used for real coding.
+    `scales` is None for a factorized prior (Ballé et al. 2017, arXiv 1611.01704), whose
+    `means` are the entropy bottleneck's per-channel medians (the coding grid) and whose
+    `density` the backbone gives (`Backbone.side_prior`). `entropy_model` is the CompressAI
+    entropy model that owns the likelihood bound and the quantized CDF tables used for real coding.
     """
 
     means: Tensor
     scales: Optional[Tensor]
     entropy_model: torch.nn.Module
+    #: the unit-bin mass of a prior without scales (None: the Gaussian conditional's, from means and scales)
+    density: Optional[Callable[[Tensor], Tensor]] = None
 
     @property
     def gaussian(self) -> bool:
-        return isinstance(self.entropy_model, GaussianConditional)
+        return self.scales is not None
 
     def likelihood(self, v: Tensor) -> Tensor:
         """Probability mass of the unit bin centred on `v`, lower-bounded as in CompressAI."""
-        m = self.entropy_model
-        if isinstance(m, GaussianConditional):
-            lik = m._likelihood(v, self.scales, self.means)
-        elif isinstance(m, EntropyBottleneck):
-            # the bottleneck's density works channel-first: (C, 1, -1)
-            perm = (1, 0, *range(2, v.dim()))
-            vc = v.permute(*perm).contiguous()
-            lik, _, _ = m._likelihood(vc.reshape(vc.size(0), 1, -1))
-            lik = lik.reshape(vc.shape).permute(*perm).contiguous()
-        else:  # pragma: no cover - guarded by the backbones
-            raise TypeError(f"unsupported entropy model {type(m).__name__}")
+        m: Any = self.entropy_model
+        lik = self.density(v) if self.density is not None else m._likelihood(v, self.scales, self.means)
         return m.likelihood_lower_bound(lik) if m.use_likelihood_bound else lik
-
-    def indexes(self) -> Tensor:
-        """Index of the CDF table each element is coded with."""
-        m = self.entropy_model
-        if isinstance(m, GaussianConditional):
-            from codecx.coding.scale_keys import key_indexes
-
-            # == m.build_indexes(self.scales) (CompressAI's rule "up"), one search instead of a pass per level
-            return key_indexes(m.scale_table, m.lower_bound_scale(self.scales), "up").to(torch.int32)
-        c = self.means.size(1)
-        shape = [1] * self.means.dim()
-        shape[1] = c
-        idx = torch.arange(c, device=self.means.device, dtype=torch.int32).view(shape)
-        return idx.expand_as(self.means)
 
     def __getitem__(self, index) -> "EntropyParams":
         """The parameters of `y[index]` (used by the serial context decoders)."""
         scales = None if self.scales is None else self.scales[index]
-        return EntropyParams(self.means[index], scales, self.entropy_model)
+        return EntropyParams(self.means[index], scales, self.entropy_model, self.density)
+
+    def detach(self) -> "EntropyParams":
+        """The same prior cut from the graph."""
+        scales = None if self.scales is None else self.scales.detach()
+        return EntropyParams(self.means.detach(), scales, self.entropy_model, self.density)
 
 
 @dataclass
@@ -75,17 +59,25 @@ class QuantizerOutput:
 
 @dataclass
 class CodecOutput:
-    """Everything one pass of the codec pipeline produced (train or eval mode)."""
+    """Everything one walk of the codec pipeline produced, whatever its channel
+    (codecx.quantizers.channels): training, eval, encoding, decoding, no quantization, SGA."""
 
-    x_hat: Tensor
-    y: Tensor
+    #: the reconstruction cropped to the image (None where the channel runs no g_s: encoding)
+    x_hat: Optional[Tensor]
+    #: the coded latent (None at the decoder)
+    y: Optional[Tensor]
     y_hat: Tensor
-    likelihoods: Dict[str, Tensor]
+    #: "y" (None when encoding without the estimate) and "z" (with side information)
+    likelihoods: Dict[str, Optional[Tensor]]
     params: EntropyParams
     z_hat: Optional[Tensor] = None
     metrics: Dict[str, Tensor] = field(default_factory=dict)
     #: loss terms the stages added (quantizer, latent transforms), already weighted
     losses: Dict[str, Tensor] = field(default_factory=dict)
+    #: the streams `[y, z]` (z with side information) of an encoding walk, None otherwise
+    streams: Optional[List[bytes]] = None
+    #: the header options the signalling transforms chose (encoder) or read (decoder)
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

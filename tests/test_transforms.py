@@ -23,12 +23,12 @@ def _walk(codec, mode="train", shape=(2, M, 4, 4), seed=0):
     scales = torch.rand(shape, generator=g) + 0.2
     params = EntropyParams(means, scales, codec.backbone.gaussian_conditional)
     y_hat = ste_round(y - means) + means
-    return y, y_hat, WalkState(codec=codec, mode=mode, y=y, params=params)
+    return y, y_hat, WalkState(codec=codec.view, mode=mode, y=y, params=params)
 
 
 def _attached(t, name="mbt_mean"):
     codec = tiny_codec(name, "mixed", M=M)
-    t.attach(codec)
+    t.attach(codec.view)
     return t, codec
 
 
@@ -228,7 +228,7 @@ def test_bad_options_and_backbones():
     with pytest.raises(RuntimeError, match="attach"):
         LRP()(torch.zeros(1, M, 2, 2), WalkState(codec=None, mode="eval"))
     with pytest.warns(UserWarning, match="quantizer=mixed"):
-        LRP(hidden=4, hidden2=4).attach(tiny_codec("mbt_mean", "noise", M=M))
+        LRP(hidden=4, hidden2=4).attach(tiny_codec("mbt_mean", "noise", M=M).view)
 
 
 def test_factorized_prior_uses_channel_medians():
@@ -238,8 +238,8 @@ def test_factorized_prior_uses_channel_medians():
     y = codec.backbone.g_a(x)
     params = codec.backbone.params(None, like=y)
     for t in (LRP(hidden=8, hidden2=8), LPC("learned")):
-        t.attach(codec)
-        out = t(y, WalkState(codec=codec, mode="eval", y=y, params=params))
+        t.attach(codec.view)
+        out = t(y, WalkState(codec=codec.view, mode="eval", y=y, params=params))
         assert out.shape == y.shape
 
 

@@ -272,12 +272,13 @@ def _serial_decode(kern: _Kernels, backbone, decode, hyper: Tensor, shape):
     return y_pad[:, :, pad: pad + height, pad: pad + width].contiguous(), prior
 
 
-def code_context(backbone, hyper: Tensor, y: Optional[Tensor], symbols, shape) -> Tuple[Tensor, EntropyParams]:
-    """`y_hat` and its prior for an autoregressive backbone, in the walk's mode `symbols.mode`
-    ("eval": hard quantization; "encode": also push the symbols to `symbols.stream`; "decode":
-    pull them from it). `symbols` is the walk's `_Symbols` (quantizer, mode, stream); `shape`
-    y's (1, C, H, W). The fast exact path above, or `backbone.serial` for other context models
-    and batches."""
+def code_context(backbone, hyper: Tensor, y: Optional[Tensor], channel, shape) -> Tuple[Tensor, EntropyParams]:
+    """`y_hat` and its prior for an autoregressive backbone, through the walk's `channel`
+    (codecx.quantizers.channels): `channel.step(y, params)` gives one position's `y_hat` (hard
+    quantization, or its symbols pushed to / pulled from `channel.stream`); `y` None: decoding
+    (the symbols come from the stream); a `channel.stream` with `y`: encoding (the symbols go
+    to it). `shape` y's (1, C, H, W). The fast exact path above, or `backbone.serial` for other
+    context models and batches."""
     from codecx.quantizers.scalar import ScalarQuantizer
 
     # the exactness above is oneDNN's and MKL's float32 arithmetic on the CPU; elsewhere (GPU,
@@ -286,20 +287,20 @@ def code_context(backbone, hyper: Tensor, y: Optional[Tensor], symbols, shape) -
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
     kern = context_kernels(backbone, hyper.device, hyper.dtype) if fast else None
     if kern is None:
-        return backbone.serial(hyper, lambda p, i: symbols(None if y is None else y[i], p), shape)
-    q, gc = symbols.q, backbone.gaussian_conditional
+        return backbone.serial(hyper, lambda p, i: channel.step(None if y is None else y[i], p), shape)
+    q, gc = channel.q, backbone.gaussian_conditional
     height, width = int(shape[2]), int(shape[3])
     with torch.no_grad():
-        if symbols.mode == "decode":
-            y_hat, prior = _serial_decode(kern, backbone, lambda p: q.decode(symbols.stream, p), hyper, shape)
+        if y is None:
+            y_hat, prior = _serial_decode(kern, backbone, lambda p: channel.step(None, p), hyper, shape)
         else:
             y_hat, prior, y_pos = _wavefront_hard(kern, backbone, q, hyper, y)
-            if symbols.mode == "encode":  # the symbols in the decoder's (raster) order
+            if channel.stream is not None:  # encoding: the symbols in the decoder's (raster) order
                 s, m = prior.chunk(2, 1)
                 if isinstance(q, ScalarQuantizer):
-                    q.encode(symbols.stream, y_pos, EntropyParams(m, s, gc))
+                    q.encode(channel.stream, y_pos, EntropyParams(m, s, gc))
                 else:
                     for i in range(height * width):
-                        q.encode(symbols.stream, y_pos[i: i + 1], EntropyParams(m[i: i + 1], s[i: i + 1], gc))
+                        q.encode(channel.stream, y_pos[i: i + 1], EntropyParams(m[i: i + 1], s[i: i + 1], gc))
     scales, means = prior.chunk(2, 1)
     return y_hat, EntropyParams(_as_map(means, height, width), _as_map(scales, height, width), gc)

@@ -13,10 +13,11 @@ class EncoderRefiner(nn.Module):
 
     Only the encoder runs refiners (eval forward and `compress`; never training, never the
     decoder, which needs no signal: the bitstream format is unchanged). `forward(x, codec,
-    y, z, lmbda)` gets the unpadded image `x` (1, 3, H, W), the codec (its backbone's
-    stages, entropy models and quantizer), the current latents (`z` is None for backbones
-    without side information) and the rate-distortion trade-off `lmbda` of the checkpoint,
-    and returns the refined `(y, z)`.
+    y, z, lmbda)` gets the unpadded image `x` (1, 3, H, W), the codec's narrow view
+    (`codecx.models.codec.CodecView`: g_s, quantizer, prior, strides, distortion, and `walk` /
+    `code` to run the codec's stages through a channel or code latents for real), the current
+    latents (`z` is None for backbones without side information) and the rate-distortion
+    trade-off `lmbda` of the checkpoint, and returns the refined `(y, z)`.
     """
 
     #: works only with a scalar quantizer (`Quantizer.scalar`; codecx.config.check's rules read it)

@@ -34,6 +34,7 @@ import torch
 from compressai.entropy_models import GaussianConditional
 from torch import Tensor
 
+from codecx.quantizers.channels import Hard
 from codecx.quantizers.scalar import ScalarQuantizer
 from codecx.transforms.base import LatentTransform, WalkState
 from codecx.types import EntropyParams
@@ -82,13 +83,13 @@ def rate_gradient(quantizer, y_hat: Tensor, params: EntropyParams) -> Tensor:
         return torch.autograd.grad(nll, v)[0]
 
 
-def side_rate_gradient(backbone, z_hat: Tensor) -> Tensor:
-    """grad_{z_hat} -log p_f(z_hat) under the entropy bottleneck (autograd)."""
-    eb = backbone.entropy_bottleneck
-    medians = eb._get_medians().detach().reshape(1, -1, 1, 1).expand_as(z_hat)
+def side_rate_gradient(prior, z_hat: Tensor) -> Tensor:
+    """grad_{z_hat} -log p_f(z_hat) under the side prior `prior.side_prior(z_hat)` (the entropy
+    bottleneck's; `prior`: the codec's view or a backbone), by autograd."""
+    p = prior.side_prior(z_hat)
     with torch.enable_grad():
         v = z_hat.detach().requires_grad_(True)
-        nll = -EntropyParams(medians, None, eb).likelihood(v).log().sum()
+        nll = -p.likelihood(v).log().sum()
         return torch.autograd.grad(nll, v)[0]
 
 
@@ -183,23 +184,28 @@ class LatentShift(LatentTransform):
     @torch.no_grad()
     def distortions(self, codec, x: Tensor, y_hat: Tensor, direction: Tensor,
                     candidates: Optional[Sequence[float]] = None) -> Tensor:
-        """MSE of the clamped reconstruction for every candidate step (batched g_s calls)."""
+        """The configured distortion (`codec.distortion`, the codec's view) of the clamped
+        reconstruction for every candidate step (batched g_s calls, cropped as the walk does)."""
         cands = torch.tensor(self.candidates if candidates is None else candidates, dtype=y_hat.dtype,
                              device=y_hat.device)
         h, w = x.shape[-2:]
-        up = int(codec.backbone.latent_stride)
+        up = int(codec.latent_stride)
+        distortion = codec.distortion
         tiles = self._tiles(y_hat.shape[-2:], (h, w), up) if self.fraction < 1 else None
         if tiles is not None:  # (n, C, t + 2m, t + 2m) latent windows and (n, 3, t up, t up) targets
+            if self.tile * up < getattr(distortion, "min_size", 0):
+                raise ValueError(f"shift fraction={self.fraction} judges the candidates on {self.tile * up}-px "
+                                 f"tiles; distortion {type(distortion).__name__} needs {distortion.min_size} px: "
+                                 "use fraction=1 (the whole image) or a larger tile")
             y_hat, direction, x, crop = tiles(y_hat), tiles(direction), tiles.target(x), tiles.crop
         step = self.batch or len(cands)
         out = []
         for c in cands.split(step):
             yk = (y_hat.unsqueeze(0) + c.view(-1, 1, 1, 1, 1) * direction.unsqueeze(0)).flatten(0, 1)
-            xk = codec.backbone.g_s(yk)
-            xk = xk[..., :h, :w] if tiles is None else xk[..., crop, crop]
-            err = (xk.clamp(0, 1).unflatten(0, (len(c), -1)) - x.unsqueeze(0)).square()
-            out.append(err.flatten(1).mean(1))
-        return torch.cat(out)
+            xk = codec.synthesize(yk, (h, w)) if tiles is None else codec.g_s(yk)[..., crop, crop]
+            for xi in xk.clamp(0, 1).unflatten(0, (len(c), -1)):
+                out.append(distortion(x, xi)[0].reshape(()))
+        return torch.stack(out)
 
     def _tiles(self, y_shape, x_shape, up: int) -> Optional["_Tiles"]:
         """A regular grid of interior tiles covering ~`fraction` of the latent (None: too small);
@@ -237,17 +243,17 @@ class LatentShift(LatentTransform):
         """(shifted z_hat, chosen index or None when side shift is off) minimising the y bits."""
         if not self.side_active:
             return z_hat, None
-        bb, q = codec.backbone, codec.quantizer
-        if bb.autoregressive:
+        q = codec.quantizer
+        if codec.autoregressive:
             raise ValueError("side-latent shift needs a hyperprior backbone: with a serial context model "
                              "each candidate's y rate needs its own serial pass; set side_candidates=[0]")
-        g = side_rate_gradient(bb, z_hat)
+        g = side_rate_gradient(codec, z_hat)
         cands = torch.tensor(self.side_candidates, dtype=z_hat.dtype, device=z_hat.device)
         bits = []
         for c in cands.split(self.batch or len(cands)):
             zk = z_hat + c.view(-1, 1, 1, 1) * g
             yk = y.expand(len(c), *y.shape[1:])
-            p = bb.params(bb.side_from_z_hat(zk), like=yk)
+            p = codec.params(codec.hyper(zk), like=yk)
             bits.append(-q.likelihood(q.hard(yk, p), p).log2().flatten(1).sum(1))
         k = int(torch.argmin(torch.cat(bits)))
         return z_hat + self.side_candidates[k] * g, k
@@ -257,7 +263,7 @@ class LatentShift(LatentTransform):
         if not self.side_active:
             return z_hat
         k = _index(options, "side_shift_index", len(self.side_candidates))
-        return z_hat + self.side_candidates[k] * side_rate_gradient(codec.backbone, z_hat)
+        return z_hat + self.side_candidates[k] * side_rate_gradient(codec, z_hat)
 
 
 class _Tiles:
@@ -279,24 +285,24 @@ class _Tiles:
 
 # ---------------------------------------------------------------------------- diagnostics
 def shift_gradient_correlation(codec, x: Tensor) -> float:
-    """Pearson correlation of grad_{y_hat} -log p(y_hat | z_hat) and grad_{y_hat} MSE(x, g_s(y_hat))
-    for one image (arXiv 2501.01231 fig. 3 and 6: -0.1 ... -0.5 on trained codecs), unshifted y_hat."""
+    """Pearson correlation of grad_{y_hat} -log p(y_hat | z_hat) and grad_{y_hat} D(x, g_s(y_hat))
+    for one image (arXiv 2501.01231 fig. 3 and 6, with MSE: -0.1 ... -0.5 on trained codecs), D the
+    codec's configured distortion, y_hat the eval walk's without the inference-time transforms
+    (unshifted)."""
     if x.dim() != 4 or x.size(0) != 1:
         raise ValueError(f"shift_gradient_correlation takes one image (1, 3, H, W), got {tuple(x.shape)}")
-    was_training, shift = codec.training, getattr(codec, "shift", None)
+    was_training = codec.training
     codec.eval()
-    codec.shift = None
     try:
         with torch.no_grad():
-            out = codec(x)
+            out = codec.walk(Hard(codec.quantizer, inference=False), x)
         g_rate = rate_gradient(codec.quantizer, out.y_hat, out.params)
-        h, w = x.shape[-2:]
+        view = codec.view
         with torch.enable_grad():
             v = out.y_hat.detach().requires_grad_(True)
-            mse = (codec.backbone.g_s(v)[..., :h, :w] - x).square().mean()
-            g_dist = torch.autograd.grad(mse, v)[0]
+            d = view.distortion(x, view.synthesize(v, x.shape[-2:]))[0]
+            g_dist = torch.autograd.grad(d, v)[0]
     finally:
-        codec.shift = shift
         codec.train(was_training)
     a, b = g_rate.flatten().double(), g_dist.flatten().double()
     a, b = a - a.mean(), b - b.mean()

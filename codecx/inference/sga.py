@@ -1,10 +1,13 @@
 """Stochastic Gumbel annealing (SGA) of Yang, Bamler & Mandt, "Improving inference for neural
 image compression" (NeurIPS 2020), as used with the shallow decoders of Yang & Mandt (ICCV
 2023, section 7.3): per image, optimise the continuous latents `y` and `z` for
-`bpp + lmbda * 255^2 * MSE` through an annealed stochastic relaxation of rounding, then let the
-codec round and code them as usual (decoder and bitstream format unchanged). The encoder keeps
-the original latents of an image unless the refined ones give a lower R + lmbda D measured on
-the real bitstream (bytes of the coded y and z streams, distortion of the decoded image).
+`bpp + lmbda * D` (D: the codec's configured distortion, 255^2 MSE by default) through an
+annealed stochastic relaxation of rounding, then let the codec round and code them as usual
+(decoder and bitstream format unchanged). The relaxed loss is one walk of the codec through
+`SGAChannel` (codecx.quantizers.channels), so the latent transforms between y_hat and g_s take
+part. The encoder keeps the original latents of an image unless the refined ones give a lower
+R + lmbda D measured on the real bitstream (bytes of the coded y and z streams, distortion of the
+decoded image).
 
 Relaxation of rounding, per element v (the offset from the coding grid: `y - means` for
 Gaussian priors, `y - medians` / `z - medians` for factorized entropy models)::
@@ -35,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from codecx.inference.base import EncoderRefiner
-from codecx.types import EntropyParams
+from codecx.quantizers.channels import Channel
 
-__all__ = ["SGA", "SCHEDULES", "GRIDS", "TauSchedule", "sga_round"]
+__all__ = ["SGA", "SGAChannel", "SCHEDULES", "GRIDS", "TauSchedule", "sga_round"]
 
 _EPS = 1e-5
 
@@ -95,9 +98,10 @@ class SGA(EncoderRefiner):
         seed: seed of the Gumbel noise; every call starts from it, so the eval forward and
             `compress` of one image pick the same latents.
         keep_best: per image, code both the original and the refined latents with the
-            codec's real coder (`Codec.compress(x, latents=...)`, then `decompress`) and keep
-            the refined ones only when their `bpp + lmbda D` is lower (bpp: bytes of the y and
-            z streams; D: 255^2 MSE of the decoded image in 8 bits), so SGA is never worse than
+            codec's real coder (`CodecView.code`: `compress(x, latents=...)`, then `decompress`,
+            both candidates in one call) and keep the refined ones only when their `bpp + lmbda D`
+            is lower (bpp: bytes of the y and z streams; D: the configured distortion of the
+            decoded image in 8 bits), so SGA is never worse than
             no SGA on the real bitstream. `report()` / per_image.csv: `sga_kept`,
             `sga_rd_original`, `sga_rd_refined`.
         progress: show a progress bar.
@@ -143,37 +147,18 @@ class SGA(EncoderRefiner):
         self._calls = 0
 
     # ------------------------------------------------------------------ the loss
-    def _medians(self, eb, like: Tensor) -> Tensor:
-        return eb._get_medians().detach().reshape(1, -1, *([1] * (like.dim() - 2))).to(like)
-
     def relaxed_loss(self, codec, x: Tensor, y: Tensor, z: Optional[Tensor], lmbda: float,
                      tau: float, generator: Optional[torch.Generator] = None
                      ) -> Tuple[Tensor, Tensor, Tensor]:
-        """(loss, bpp, 255^2 MSE) of the SGA relaxation at temperature `tau`."""
-        bb = codec.backbone
-        h, w = x.shape[-2:]
-        bits = y.new_zeros(())
-        hyper = None
-        if z is not None:
-            eb = bb.entropy_bottleneck
-            med = self._medians(eb, z)
-            z_tilde = self.relax(z, med, tau, generator)
-            bits = bits - torch.log2(EntropyParams(med.expand_as(z_tilde), None, eb).likelihood(z_tilde)).sum()
-            hyper = bb.h_s(z_tilde)
-        if getattr(bb, "autoregressive", False):
-            # the grid: means from the context of the continuous y; the rate: the context of
-            # the relaxed latents (training-mode parallel context)
-            grid = bb.params(hyper, like=y, ctx=bb.context(y)).means.detach() if self.grid == "coder" else None
-            y_tilde = self.relax(y, grid, tau, generator)
-            params = bb.params(hyper, like=y, ctx=bb.context(y_tilde))
-        else:
-            params = bb.params(hyper, like=y)
-            y_tilde = self.relax(y, params.means, tau, generator)
-        bits = bits - torch.log2(params.likelihood(y_tilde)).sum()
-        x_hat = bb.g_s(y_tilde)[..., :h, :w]
-        bpp = bits / (x.size(0) * h * w)
-        mse = F.mse_loss(x_hat, x) * 255 ** 2
-        return bpp + lmbda * mse, bpp, mse
+        """(loss, bpp, D) of the SGA relaxation at temperature `tau`: one walk of the codec
+        (`codec`: its view) through `SGAChannel`, so g_s sees what the decoder's latent
+        transforms make of the relaxed latents, and D is the codec's configured distortion
+        (`distortion=`; 255^2 MSE by default); loss = bpp + lmbda D."""
+        out = codec.walk(SGAChannel(self, codec.quantizer, tau, generator), x, latents=(y, z))
+        bits = sum(-torch.log2(lik).sum() for lik in out.likelihoods.values())
+        bpp = bits / (x.size(0) * x.shape[-2] * x.shape[-1])
+        d, _ = codec.distortion(x, out.x_hat)
+        return bpp + lmbda * d, bpp, d
 
     def relax(self, v: Tensor, offset: Optional[Tensor], tau: float,
               generator: Optional[torch.Generator] = None) -> Tensor:
@@ -186,20 +171,18 @@ class SGA(EncoderRefiner):
     @torch.no_grad()
     def real_loss(self, codec, x: Tensor, y: Tensor, z: Optional[Tensor], lmbda: float
                   ) -> List[Tuple[float, float, float]]:
-        """Per image of `x`: (loss, bpp, D) of coding `(y, z)` for real: bpp from the bytes of
-        the y and z streams `Codec.compress` writes, D the 255^2 MSE of the image `decompress`
-        returns, both in 8 bits (what eval's PSNR measures); loss = bpp + lmbda D."""
+        """Per image of `x`: (loss, bpp, D) of coding `(y, z)` for real (`codec`: its view):
+        bpp from the bytes of the y and z streams, D the configured distortion of the decoded
+        image against `x`, both in 8 bits (what eval measures); loss = bpp + lmbda D."""
         from codecx.metrics.rd import to_uint8
 
-        enc = codec.compress(x, latents=(y, z), estimate=False)
-        x_hat = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"],
-                                 enc["options"])
+        strings, x_hat = codec.code(x, (y, z))
         pixels = x.shape[-2] * x.shape[-1]
         out = []
-        for i, streams in enumerate(enc["strings"]):
+        for i, streams in enumerate(strings):
             bpp = 8 * sum(len(s) for s in streams) / pixels
-            mse = torch.mean((to_uint8(x[i]) - to_uint8(x_hat[i])) ** 2).item()
-            out.append((bpp + lmbda * mse, bpp, mse))
+            d = float(codec.distortion(to_uint8(x[i : i + 1]) / 255, to_uint8(x_hat[i : i + 1]) / 255)[0])
+            out.append((bpp + lmbda * d, bpp, d))
         return out
 
     # ------------------------------------------------------------------ the refiner
@@ -217,7 +200,7 @@ class SGA(EncoderRefiner):
             return y, z
         if self.keep_best:
             try:
-                codec._check_updated()
+                codec.check_updated()
             except RuntimeError as e:
                 raise RuntimeError(f"SGA (keep_best) codes the original and refined latents: {e} "
                                    "(or set refine.sga.keep_best=false)") from None
@@ -231,8 +214,9 @@ class SGA(EncoderRefiner):
             self._write_curve(curve, float(lmbda))
         if not self.keep_best:
             return y_opt, z_opt
-        before = self.real_loss(codec, x, y0, z0, float(lmbda))
-        after = self.real_loss(codec, x, y_opt, z_opt, float(lmbda))
+        both = self.real_loss(codec, torch.cat([x, x]), torch.cat([y0, y_opt]),
+                              None if z is None else torch.cat([z0, z_opt]), float(lmbda))
+        before, after = both[:n], both[n:]  # one coding call for the original and refined latents
         refined = [a[0] < b[0] for a, b in zip(after, before)]  # a tie keeps the original stream
         self.last.update(real_original=before, real_refined=after,
                          kept=["refined" if r else "original" for r in refined])
@@ -301,3 +285,34 @@ class SGA(EncoderRefiner):
 
         return track(range(self.steps), description="SGA", transient=True)
 
+
+
+class SGAChannel(Channel):
+    """The walk's channel of SGA's relaxation (Yang, Bamler, Mandt 2020, eq. 7): z and y rounded
+    by Gumbel-annealed sampling at temperature `tau` on the refiner's grid, differentiable; the
+    rates are the priors' bin masses at the samples. Context models: the grid from the context
+    of the continuous y, the rate from the context of the relaxed y (the parallel training
+    context). The decoder's trained transforms run in their decoding form (not training: LPC
+    adds its mean), the inference-time ones (the encoder's later choices) do not."""
+
+    mode = "refine"
+    inference = False
+
+    def __init__(self, sga: "SGA", quantizer, tau: float, generator: Optional[torch.Generator] = None):
+        super().__init__(quantizer)
+        self.sga, self.tau, self.generator = sga, float(tau), generator
+
+    def side(self, bb, z):
+        prior = bb.side_prior(z)
+        z_tilde = self.sga.relax(z, prior.means, self.tau, self.generator)
+        return z_tilde, prior.likelihood(z_tilde)
+
+    def main(self, bb, hyper, y):
+        if bb.autoregressive:
+            grid = bb.params(hyper, like=y, ctx=bb.context(y)).means.detach() if self.sga.grid == "coder" else None
+            y_tilde = self.sga.relax(y, grid, self.tau, self.generator)
+            params = bb.params(hyper, like=y, ctx=bb.context(y_tilde))
+        else:
+            params = bb.params(hyper, like=y)
+            y_tilde = self.sga.relax(y, params.means, self.tau, self.generator)
+        return y_tilde, params, params.likelihood(y_tilde), {}, {}

@@ -16,14 +16,12 @@ DECOMPOSE_KEYS = ("mse_t", "mse_a", "mse_q", "mse_a_ratio", "mse_q_ratio")
 
 @torch.no_grad()
 def unquantized_reconstruction(codec, x: Tensor) -> Tensor:
-    """X_uq = g_s(y), y = g_a(x) without quantization (and without latent transforms), for one
-    image (1,3,H,W); clamped to [0, 1] and cropped like the decoded image."""
-    from codecx.models.codec import pad_to
+    """X_uq = g_s(y), y = g_a(x) without quantization, for one image (1,3,H,W): the codec's walk
+    through the `Identity` channel (the decoder's trained latent transforms included, no
+    refiners), clamped to [0, 1] and cropped like the decoded image."""
+    from codecx.quantizers.channels import Identity
 
-    bb = codec.backbone
-    h, w = x.shape[-2:]
-    y = bb.g_a(pad_to(x, bb.stride))
-    return bb.g_s(y)[..., :h, :w].clamp(0, 1)
+    return codec.walk(Identity(codec.quantizer), x).x_hat.clamp(0, 1)
 
 
 def _mse(a: Tensor, b: Tensor) -> float:

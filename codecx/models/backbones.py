@@ -2,12 +2,13 @@
 
 Each backbone *is* the CompressAI class of the same architecture (same module names, so a
 state dict saved from `compressai.zoo` loads unchanged and `update()` / `aux_loss()` are
-CompressAI's), plus three stage methods that :class:`codecx.models.codec.Codec` calls:
-`side(y)` (hyper analysis, z bottleneck, hyper synthesis), `params(hyper, like, ctx)`
+CompressAI's), plus three stage methods that the walk's channels (:mod:`codecx.quantizers.channels`) call:
+`side_prior(like)` (the factorized prior of z as entropy parameters), `params(hyper, like, ctx)`
 (the prior's means and scales) and, for context models, `context(y_hat)`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -35,6 +36,15 @@ _GROUP_OF = {"g_a": "g_a", "h_a": "h_a", "h_s": "h_s", "g_s": "g_s", "entropy_bo
 #: round scales up by up to 9.3%, which cost ~3% of the y bits over the likelihood estimate
 #: on a small Kodak model; 256 levels (3.1% steps) ~0.8%. 64 gives CompressAI's bitstreams.
 SCALE_LEVELS = 256
+
+
+def bottleneck_density(eb, v: Tensor) -> Tensor:
+    """The unit-bin mass of `v` (B, C, ...) under CompressAI's `EntropyBottleneck` `eb` (before
+    its likelihood bound), whose density works channel-first: (C, 1, -1)."""
+    perm = (1, 0, *range(2, v.dim()))
+    vc = v.permute(*perm).contiguous()
+    lik, _, _ = eb._likelihood(vc.reshape(vc.size(0), 1, -1))
+    return lik.reshape(vc.shape).permute(*perm).contiguous()
 
 
 class Backbone:
@@ -103,6 +113,15 @@ class Backbone:
     def side_from_z_hat(self, z_hat: Tensor) -> Tensor:
         return self.h_s(z_hat)
 
+    def side_prior(self, like: Tensor) -> EntropyParams:
+        """The entropy bottleneck's factorized prior (Ballé et al. 2018, arXiv 1802.01436) as
+        entropy parameters of a tensor shaped `like` (the side latent z; the factorized
+        backbone's y): its per-channel medians, the grid it codes on, broadcast to `like`,
+        and its density (`bottleneck_density`)."""
+        eb = self.entropy_bottleneck
+        medians = eb._get_medians().detach().reshape(1, -1, *([1] * (like.dim() - 2))).to(like)
+        return EntropyParams(medians.expand_as(like), None, eb, functools.partial(bottleneck_density, eb))
+
     @property
     def y_entropy_model(self):
         """The CompressAI entropy model whose CDF tables code `y`."""
@@ -149,9 +168,8 @@ class BmshjFactorized(Backbone, FactorizedPrior):
         return None, None, None
 
     def params(self, hyper, like, ctx=None):
-        eb = self.entropy_bottleneck
-        medians = eb._get_medians().detach().reshape(1, -1, *([1] * (like.dim() - 2)))
-        return EntropyParams(medians.expand_as(like), None, eb)
+        """y is coded under the bottleneck's factorized prior, as a hyperprior's z."""
+        return self.side_prior(like)
 
 
 class BmshjHyperprior(Backbone, ScaleHyperprior):

@@ -139,7 +139,9 @@ def instantiate_list(node: Optional[Mapping[str, Any]]) -> List[Any]:
 def build_codec(config: Mapping[str, Any]):
     """The Codec of a resolved config (train.py's or a checkpoint's `codecx_config`): `model`,
     `quantizer`, `transform` (latent transforms, in order), `refine` (encoder refiners),
-    `shift` (a latent shift, appended after the transforms) and `lmbda`."""
+    `shift` (a latent shift, appended after the transforms), `lmbda` and `distortion` (the
+    configured distortion's node, built when first used: what refiners and inference-time
+    transforms judge reconstructions with)."""
     from hydra.utils import instantiate
 
     from codecx.models.codec import Codec
@@ -147,4 +149,5 @@ def build_codec(config: Mapping[str, Any]):
     quantizer = config.get("quantizer") or DEFAULT_QUANTIZER
     transforms = instantiate_list(config.get("transform")) + instantiate_list(config.get("shift"))
     return Codec(instantiate_backbone(config["model"]), instantiate(dict(quantizer)), transforms=transforms,
-                 refiners=instantiate_list(config.get("refine")), lmbda=config.get("lmbda"))
+                 refiners=instantiate_list(config.get("refine")), lmbda=config.get("lmbda"),
+                 distortion=config.get("distortion") or None)

@@ -1,29 +1,34 @@
 """The explicit codec pipeline: backbone stages, a swappable quantizer and two hook points (DESIGN.md).
 
-One walk of the stages (`Codec._walk`) serves training forward, eval forward, `compress` and
-`decompress`; the four modes differ only in where the symbols go (nowhere, or a stream) and
-come from (the encoder's latents, or a stream)::
+One walk of the stages (`Codec.walk`) serves training forward, eval forward, `compress`,
+`decompress` and the refiners' and diagnostics' walks; a *channel* (codecx.quantizers.channels)
+says how the latents cross (relaxed, hard, into streams, from streams, unquantized, SGA), and
+the walk asks it instead of testing a mode. It returns one `CodecOutput` whatever the channel::
 
-    x ──g_a──> y ──h_a──> z   [encoder refiners: (y, z) -> (y, z); encoder only]
-    z ──bottleneck──> z_hat ──[transforms' side hook]──h_s──> hyper
-    hyper (+ serial context) ──> (means, scales) ──quantizer──> y_hat, likelihoods["y"]
-    y_hat ──[latent transforms]──> y_hat' ──g_s──> x_hat
+    x ──g_a──> y ──h_a──> z   [encoder refiners: (y, z) -> (y, z); where the channel refines]
+    z ──channel.side──> z_hat ──[transforms' side hook]──h_s──> hyper
+    hyper (+ serial context) ──channel.main──> y_hat, prior, likelihoods["y"]
+    y_hat ──[latent transforms]──> y_hat' ──channel.reconstruct (g_s)──> x_hat
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+import dataclasses
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codecx.coding.context import code_context
-from codecx.coding.rans import check_finite
 from codecx.inference.base import EncoderRefiner
 from codecx.models.backbones import Backbone
 from codecx.quantizers.base import Quantizer
+from codecx.quantizers.channels import Channel, Decode, Encode, Hard, Relaxed
 from codecx.transforms.base import LatentTransform, WalkState
-from codecx.types import CodecOutput, EntropyParams
+from codecx.types import CodecOutput
+
+
+#: the distortion of a codec configured without one (a bare CompressAI state dict): `distortion=mse`'s node
+DEFAULT_DISTORTION = {"_target_": "codecx.losses.MSE"}
 
 
 def pad_to(x: Tensor, stride: int) -> Tensor:
@@ -35,27 +40,12 @@ def pad_to(x: Tensor, stride: int) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
-class _Symbols:
-    """Where the y symbols of one walk go or come from: hard quantization (eval), a stream
-    encoder (compress) or a stream decoder (decompress)."""
-
-    def __init__(self, quantizer: Quantizer, mode: str, stream=None):
-        self.q, self.mode, self.stream = quantizer, mode, stream
-
-    def __call__(self, y: Optional[Tensor], params: EntropyParams) -> Tensor:
-        if self.mode == "encode":
-            return self.q.encode(self.stream, y, params)
-        if self.mode == "decode":
-            return self.q.decode(self.stream, params)
-        return self.q.hard(y, params)
-
-
 class Codec(nn.Module):
     """x -> g_a -> y -> (side info) -> (means, scales) -> quantizer -> y_hat -> transforms -> g_s -> x_hat.
 
     One object for training (relaxed quantization), evaluation (hard quantization, the
     decoder's exact `y_hat`) and real coding (`compress` / `decompress`), all walking the same
-    stages (`_walk`), so the three always agree.
+    stages (`walk`, through a channel), so the three always agree.
 
     Args:
         backbone: the transforms and entropy models (codecx.models.backbones).
@@ -64,19 +54,24 @@ class Codec(nn.Module):
             sides of the channel (codecx.transforms; latent shift is one).
         refiners: encoder refiners of `(y, z)` before coding (codecx.inference, e.g. SGA).
         lmbda: the rate-distortion trade-off the codec was trained for (refiners use it).
+        distortion: the configured distortion (a codecx.losses module or its `_target_` node,
+            built when first used; None: 255^2 MSE), what refiners and inference-time
+            transforms judge reconstructions with.
     """
 
     def __init__(self, backbone: Backbone, quantizer: Quantizer,
                  transforms: Sequence[LatentTransform] = (), refiners: Sequence[EncoderRefiner] = (),
-                 lmbda: Optional[float] = None, shift: Optional[LatentTransform] = None):
+                 lmbda: Optional[float] = None, shift: Optional[LatentTransform] = None,
+                 distortion: Any = None):
         super().__init__()
+        self.distortion = distortion
         self.backbone = backbone
         self.quantizer = quantizer
         self.transforms = nn.ModuleList(list(transforms) + ([shift] if shift is not None else []))
         self.refiners = nn.ModuleList(refiners)
         self.lmbda = None if lmbda is None else float(lmbda)
         for t in self.transforms:
-            t.attach(self)
+            t.attach(self.view)
 
     # ------------------------------------------------------------------ latent shift
     @property
@@ -87,8 +82,8 @@ class Codec(nn.Module):
         return next((t for t in self.transforms if isinstance(t, LatentShift)), None)
 
     def __setattr__(self, name, value):
-        if name == "shift":  # nn.Module would register it as a submodule, bypassing the property
-            type(self).shift.fset(self, value)
+        if name in ("shift", "distortion"):  # nn.Module would register it as a submodule, bypassing the property
+            getattr(type(self), name).fset(self, value)
         else:
             super().__setattr__(name, value)
 
@@ -98,7 +93,7 @@ class Codec(nn.Module):
 
         kept = [t for t in self.transforms if not isinstance(t, LatentShift)]
         if value is not None:
-            value.attach(self)
+            value.attach(self.view)
         self.transforms = nn.ModuleList(kept + ([value] if value is not None else []))
 
     # ------------------------------------------------------------------ the walk
@@ -106,110 +101,70 @@ class Codec(nn.Module):
         """Relaxed pipeline in training; in eval mode the decoder's exact pipeline, run image
         by image as `compress` does (batched convolutions may differ in the last bit)."""
         if self.training:
-            return self._walk("train", x)
+            return self.walk(Relaxed(self.quantizer), x)
         if x.size(0) == 1:
-            return self._walk("eval", x)
-        return _cat_outputs([self._walk("eval", x[i : i + 1]) for i in range(x.size(0))])
+            return self.walk(Hard(self.quantizer), x)
+        return _cat_outputs([self.walk(Hard(self.quantizer), x[i : i + 1]) for i in range(x.size(0))])
 
-    def _walk(self, mode: str, x: Optional[Tensor] = None, streams: Optional[List[bytes]] = None,
-              shape=None, y_shape=None, z_shape=None, options: Optional[Dict] = None,
-              latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None, estimate: bool = True):
-        """The stages for one batch ("train") or one image ("eval", "encode", "decode").
-
-        Returns a CodecOutput ("train", "eval"), `(streams, options, likelihoods)` ("encode":
-        the likelihoods of the coded symbols, the rate estimate) or the clamped `x_hat`
-        ("decode"). `latents` ("encode"): code these `(y, z)` instead of g_a / h_a's and the
-        refiners' (what a refiner measures its candidates with). `estimate` ("encode"): also compute
-        the likelihoods; False leaves them None (lattice quantizers integrate over cells for them).
-        """
-        bb, q = self.backbone, self.quantizer
-        st = WalkState(self, mode, x=x, options={} if options is None else dict(options))
-        transforms = [t for t in self.transforms if t.in_training or mode != "train"]
-        if x is not None:
-            h, w = x.shape[-2:]
-            if latents is not None:
-                y, z = latents
-            else:
-                y = bb.g_a(pad_to(x, bb.stride))
-                z = bb.h_a(bb.h_a_input(y)) if bb.has_side else None
-                if mode in ("eval", "encode"):
-                    for r in self.refiners:
-                        y, z = r(x, self, y, z, self.lmbda)
-            if mode == "encode":  # before any coder sees them (NaN never ends a rANS escape code)
-                check_finite("the latent y (g_a's output)", y)
-                check_finite("the side latent z (h_a's output)", z)
-            st.y = y
-        else:
-            h, w = shape
-            y = None
-        # side information
-        out_streams: List[bytes] = []
+    def walk(self, channel: Channel, x: Optional[Tensor] = None,
+             latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> CodecOutput:
+        """The stages for one batch (training) or one image, through `channel`
+        (codecx.quantizers.channels). `x`: the unpadded image (None at the decoder, whose
+        channel knows the size); `latents`: walk these `(y, z)` instead of g_a / h_a's and the
+        refiners' (what a refiner measures its candidates with)."""
+        bb = self.backbone
+        st = WalkState(self.view, channel.mode, x=x, options=dict(channel.options))
+        transforms = channel.transforms(self.transforms)
+        y = z = None
+        if latents is not None:
+            y, z = latents
+        elif x is not None:
+            y = bb.g_a(pad_to(x, bb.stride))
+            z = bb.h_a(bb.h_a_input(y)) if bb.has_side else None
+            if channel.refines:
+                for r in self.refiners:
+                    y, z = r(x, self.view, y, z, self.lmbda)
+        channel.accept(y, z)
+        st.y = y
         z_hat = z_lik = hyper = None
         if bb.has_side:
-            eb = bb.entropy_bottleneck
-            if mode == "encode":
-                z_str = eb.compress(z)
-                z_hat = eb.decompress(z_str, tuple(z.shape[-2:]))
-                z_lik = eb(z)[1] if estimate else None  # the eval-mode likelihoods of the coded z_hat
-            elif mode == "decode":
-                z_hat = eb.decompress([streams[1]], tuple(z_shape))
-            else:
-                z_hat, z_lik = eb(z)
-            z_coded = z_hat
+            z_hat, z_lik = channel.side(bb, z)
+            z_in = z_hat
             for t in transforms:
-                z_hat = t.side(z_hat, st)
-            hyper = bb.h_s(z_hat)
-            z_hat = z_coded
-        # the main latent
-        y_lik = None
-        if mode == "train":
-            ctx = bb.context(q.context_input(y)) if bb.autoregressive else None
-            params = bb.params(hyper, like=y, ctx=ctx)
-            qout = q(y, params)
-            y_hat, y_lik = qout.y_hat, qout.likelihoods
-            st.losses.update(qout.losses)
-            st.metrics.update(qout.metrics)
-        else:
-            stream = None
-            if mode == "encode":
-                stream = q.open_encoder(bb.y_entropy_model)
-            elif mode == "decode":
-                stream = q.open_decoder(bb.y_entropy_model, streams[0])
-            symbols = _Symbols(q, mode, stream)
-            if bb.autoregressive:
-                full = y.shape if y is not None else (1, int(bb.M), *y_shape)
-                y_hat, params = code_context(bb, hyper, y, symbols, full)
-                if mode == "eval" or (mode == "encode" and estimate):
-                    y_lik = q.likelihood(y_hat, params)
-            elif mode == "eval":
-                params = bb.params(hyper, like=y)
-                qout = q(y, params)
-                y_hat, y_lik = qout.y_hat, qout.likelihoods
-                st.metrics.update(qout.metrics)
-            else:
-                like = y if y is not None else bb.y_like(hyper, (1, int(bb.M), *y_shape))
-                params = bb.params(hyper, like=like)
-                y_hat = symbols(y, params)
-                if mode == "encode" and estimate:
-                    y_lik = q.likelihood(y_hat, params)
-            if mode == "encode":
-                out_streams.append(stream.finish())
-                if bb.has_side:
-                    out_streams.append(z_str[0])
-        st.params = params
-        likelihoods = {"y": y_lik, **({"z": z_lik} if z_lik is not None else {})}
-        if mode == "encode":  # the encoder needs only what the signalling transforms choose
-            last = max((i for i, t in enumerate(transforms) if t.signals), default=-1)
-            transforms = transforms[: last + 1]
-        for t in transforms:  # y_lik stays the rate of the coded (untransformed) symbols
+                z_in = t.side(z_in, st)
+            hyper = bb.h_s(z_in)
+        y_hat, st.params, y_lik, metrics, losses = channel.main(bb, hyper, y)
+        st.metrics.update(metrics)
+        st.losses.update(losses)
+        for t in channel.main_transforms(transforms):  # y_lik stays the rate of the coded (untransformed) symbols
             y_hat = t(y_hat, st)
-        if mode == "encode":
-            return out_streams, st.options, likelihoods
-        x_hat = bb.g_s(y_hat)[..., :h, :w]
-        if mode == "decode":
-            return x_hat.clamp(0, 1)
-        return CodecOutput(x_hat=x_hat, y=y, y_hat=y_hat, likelihoods=likelihoods, params=params,
-                           z_hat=z_hat, metrics=st.metrics, losses=st.losses)
+        size = channel.size if x is None else tuple(x.shape[-2:])
+        likelihoods = {"y": y_lik, **({"z": z_lik} if z_lik is not None else {})}
+        return CodecOutput(x_hat=channel.reconstruct(bb.g_s, y_hat, size), y=y, y_hat=y_hat,
+                           likelihoods=likelihoods, params=st.params, z_hat=z_hat, metrics=st.metrics,
+                           losses=st.losses, streams=channel.streams(), options=st.options)
+
+    @property
+    def view(self) -> "CodecView":
+        """What latent transforms and encoder refiners see of this codec (`CodecView`)."""
+        return CodecView(self)
+
+    @property
+    def distortion(self):
+        """The configured distortion (`distortion=`, codecx.losses), what refiners and
+        inference-time transforms judge reconstructions with; 255^2 MSE when none was given."""
+        d = self.__dict__.get("_distortion")
+        if d is None or isinstance(d, Mapping):
+            from hydra.utils import instantiate
+
+            d = instantiate(dict(DEFAULT_DISTORTION if d is None else d))
+            self.__dict__["_distortion"] = d
+        return d
+
+    @distortion.setter
+    def distortion(self, value) -> None:
+        # kept outside the module tree: the state dict stays the backbone's, quantizer's and transforms'
+        self.__dict__["_distortion"] = value
 
     # ------------------------------------------------------------------ coding
     def update(self, force: bool = False) -> bool:
@@ -233,10 +188,10 @@ class Codec(nn.Module):
         strings, options, likelihoods = [], [], []
         for i in range(x.size(0)):
             one = None if latents is None else tuple(None if t is None else t[i : i + 1] for t in latents)
-            streams, opts, lik = self._walk("encode", x[i : i + 1], latents=one, estimate=estimate)
-            strings.append(streams)
-            options.append(opts)
-            likelihoods.append(lik if estimate else None)
+            out = self.walk(Encode(self.quantizer, estimate), x[i : i + 1], latents=one)
+            strings.append(out.streams)
+            options.append(out.options)
+            likelihoods.append(out.likelihoods if estimate else None)
         return {"strings": strings, "shape": (h, w), "y_shape": y_shape,
                 "z_shape": z_shape if bb.has_side else None, "options": options,
                 "likelihoods": likelihoods}
@@ -250,8 +205,8 @@ class Codec(nn.Module):
         x_hats = []
         for i, streams in enumerate(strings):
             opts = options[i] if isinstance(options, (list, tuple)) else options
-            x_hats.append(self._walk("decode", streams=streams, shape=shape, y_shape=tuple(y_shape),
-                                     z_shape=z_shape, options=opts))
+            channel = Decode(self.quantizer, streams, shape, y_shape, z_shape, opts)
+            x_hats.append(self.walk(channel).x_hat)
         return torch.cat(x_hats, 0)
 
     def _check_updated(self) -> None:
@@ -273,8 +228,8 @@ def _cat_outputs(outs: List[CodecOutput]) -> CodecOutput:
     """Concatenate per-image outputs along the batch dimension."""
     cat = lambda ts: None if ts[0] is None else torch.cat(ts, 0)  # noqa: E731
     p = outs[0].params
-    params = EntropyParams(cat([o.params.means for o in outs]),
-                           cat([o.params.scales for o in outs]), p.entropy_model)
+    params = dataclasses.replace(p, means=cat([o.params.means for o in outs]),
+                                 scales=cat([o.params.scales for o in outs]))
     stack = lambda ts: torch.stack(ts).mean(0) if ts[0].dim() == 0 else torch.cat(ts, 0)  # noqa: E731
     return CodecOutput(
         x_hat=cat([o.x_hat for o in outs]), y=cat([o.y for o in outs]),
@@ -283,3 +238,91 @@ def _cat_outputs(outs: List[CodecOutput]) -> CodecOutput:
         params=params, z_hat=cat([o.z_hat for o in outs]),
         metrics={k: stack([o.metrics[k] for o in outs]) for k in outs[0].metrics},
         losses={k: torch.stack([o.losses[k] for o in outs]).mean(0) for k in outs[0].losses})
+
+
+class CodecView:
+    """What latent transforms and encoder refiners see of a codec (issue 30): the synthesis
+    `g_s`, the quantizer, the prior (`side_prior`, `hyper`, `params`, `context`), the strides
+    and latent width, the trade-off `lmbda` and the configured `distortion`, and the walk
+    (`walk`, `code`) -- not the analysis transforms, the parameters or the module tree."""
+
+    __slots__ = ("_codec",)
+
+    def __init__(self, codec: Codec):
+        self._codec = codec
+
+    # the decoder's stages
+    def g_s(self, y_hat: Tensor) -> Tensor:
+        return self._codec.backbone.g_s(y_hat)
+
+    def synthesize(self, y_hat: Tensor, size) -> Tensor:
+        """`g_s(y_hat)` cropped to the image size `size` (h, w), as the walk does."""
+        return self._codec.backbone.g_s(y_hat)[..., : size[0], : size[1]]
+
+    @property
+    def quantizer(self) -> Quantizer:
+        return self._codec.quantizer
+
+    # the prior
+    def side_prior(self, like: Tensor):
+        """The side latent's factorized prior as entropy parameters (Backbone.side_prior)."""
+        return self._codec.backbone.side_prior(like)
+
+    def hyper(self, z_hat: Tensor) -> Tensor:
+        """The hyper synthesis h_s of a side latent."""
+        return self._codec.backbone.side_from_z_hat(z_hat)
+
+    def params(self, hyper: Optional[Tensor], like: Tensor, ctx: Optional[Tensor] = None):
+        """The prior's entropy parameters of y (Backbone.params)."""
+        return self._codec.backbone.params(hyper, like=like, ctx=ctx)
+
+    # shapes
+    @property
+    def M(self) -> int:
+        """Latent channels of y."""
+        return int(self._codec.backbone.M)
+
+    @property
+    def stride(self) -> int:
+        """Input sizes are padded to multiples of this."""
+        return self._codec.backbone.stride
+
+    @property
+    def latent_stride(self) -> int:
+        """g_s's upsampling (y is this many times smaller than the padded image)."""
+        return int(self._codec.backbone.latent_stride)
+
+    @property
+    def has_side(self) -> bool:
+        return bool(self._codec.backbone.has_side)
+
+    @property
+    def autoregressive(self) -> bool:
+        return bool(self._codec.backbone.autoregressive)
+
+    # the objective
+    @property
+    def lmbda(self) -> Optional[float]:
+        return self._codec.lmbda
+
+    @property
+    def distortion(self):
+        return self._codec.distortion
+
+    # walking and coding
+    def walk(self, channel: Channel, x: Optional[Tensor] = None,
+             latents: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> CodecOutput:
+        """`Codec.walk`."""
+        return self._codec.walk(channel, x, latents)
+
+    def code(self, x: Tensor, latents: Tuple[Tensor, Optional[Tensor]]) -> Tuple[List[List[bytes]], Tensor]:
+        """(per-image streams, decoded images) of coding `latents` (batched like `x`) for real:
+        `Codec.compress(x, latents, estimate=False)`, then `decompress`."""
+        enc = self._codec.compress(x, latents=latents, estimate=False)
+        x_hat = self._codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"],
+                                       enc["options"])
+        return enc["strings"], x_hat
+
+    def check_updated(self) -> None:
+        """RuntimeError when the entropy models have no CDF tables yet (`Codec.update`)."""
+        self._codec._check_updated()

@@ -10,15 +10,17 @@ from codecx.types import EntropyParams
 
 __all__ = ["LatentTransform", "WalkState"]
 
-#: the four ways the one pipeline walk runs (codecx.models.codec.Codec)
-MODES = ("train", "eval", "encode", "decode")
+#: the walk's channels' names (codecx.quantizers.channels; "refine": SGA's relaxation)
+MODES = ("train", "eval", "encode", "decode", "identity", "refine")
 
 
 @dataclass
 class WalkState:
     """What the stages of one walk of the pipeline share, for one image (one batch in training).
 
-    `x` (the unpadded input) and `y` are None at the decoder. `options` are the header
+    `codec` is the codec's narrow view (`codecx.models.codec.CodecView`: g_s, quantizer,
+    prior, strides, lmbda, distortion); `mode` the channel's name (`MODES`). `x` (the unpadded
+    input) and `y` are None at the decoder. `options` are the header
     options of the codecx file: transforms write them where `x` is known (`encoder_side`)
     and read them at the decoder. Every stage adds its loss terms to `losses` (summed into
     the codec loss by the training loop) and what to log to `metrics`.
@@ -51,10 +53,11 @@ class LatentTransform(nn.Module):
     `transforms`), add loss terms (`state.losses[name] = ...`, already weighted) and
     metrics, and signal choices to the decoder through `state.options` (written when
     `state.encoder_side`, read otherwise; the options must be JSON-serialisable). `side`
-    may change `z_hat` before the hyper synthesis (hyperprior backbones). `attach(codec)` is
-    called when the codec is built, before any checkpoint is loaded: build layers that
-    depend on the backbone (e.g. its `M`) there, once (it may be called again with an
-    already attached transform: keep what exists).
+    may change `z_hat` before the hyper synthesis (hyperprior backbones). `attach(view)` is
+    called when the codec is built, before any checkpoint is loaded, with the codec's narrow
+    view (`CodecView`: `M`, strides, quantizer, prior, g_s): build layers that depend on it
+    (e.g. `view.M`) there, once (it may be called again with an already attached transform:
+    keep what exists).
     """
 
     #: False: the transform is skipped in training (an inference-time method such as latent shift)
@@ -68,7 +71,7 @@ class LatentTransform(nn.Module):
     learned: bool = True
 
     def attach(self, codec) -> None:
-        """Adapt to the codec's backbone (default: nothing)."""
+        """Adapt to the codec (its `CodecView`; default: nothing)."""
 
     def forward(self, y_hat: Tensor, state: WalkState) -> Tensor:
         return y_hat

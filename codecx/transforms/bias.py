@@ -12,7 +12,7 @@ class ChannelBias(LatentTransform):
 
     def attach(self, codec) -> None:
         if getattr(self, "b", None) is None:  # attach may run again (e.g. the same transform in another codec)
-            self.b = nn.Parameter(torch.zeros(1, int(codec.backbone.M), 1, 1))
+            self.b = nn.Parameter(torch.zeros(1, int(codec.M), 1, 1))
 
     def forward(self, y_hat: Tensor, state: WalkState) -> Tensor:
         state.metrics["bias_abs"] = self.b.detach().abs().mean()

@@ -51,13 +51,13 @@ class LPC(Compensation):
         """Create mu_r, log sigma_r (learned) or the predictor (predicted) for the backbone's `M`."""
         if self.attached:
             return
-        M = int(codec.backbone.M)
+        M = int(codec.M)
         log_s = math.log(self.sigma_init)
         if self.params == "learned":
             self.mu_r = nn.Parameter(torch.zeros(1, M, 1, 1))
             self.log_sigma_r = nn.Parameter(torch.full((1, M, 1, 1), log_s))
         else:
-            if not codec.backbone.has_side:  # the factorized prior: no per-element scales
+            if not codec.has_side:  # the factorized prior: no per-element scales
                 raise ValueError("transform.lpc.params=predicted reads the prior's scales: the "
                                  "factorized prior has none; use params=learned or a hyperprior "
                                  "backbone (mbt_mean, mbt, cheng_*)")

@@ -37,7 +37,7 @@ class LRP(Compensation):
         """Build f for the backbone's `M` latent channels."""
         if self.f is not None:
             return
-        M = int(codec.backbone.M)
+        M = int(codec.M)
         self.f = nn.Sequential(
             nn.Conv2d(2 * M, self.hidden, 5, padding=2), nn.ReLU(inplace=True),
             nn.Conv2d(self.hidden, self.hidden2, 5, padding=2), nn.ReLU(inplace=True),
