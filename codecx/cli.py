@@ -196,7 +196,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     from codecx.eval.code import set_coding_threads
-    from codecx.report import build_report
+    from codecx.eval.report import build_report
 
     set_coding_threads(a.threads)
     lpips = fid = None
@@ -269,7 +269,7 @@ def cmd_anchors(a: argparse.Namespace) -> int:
 
 
 #: verbs that hand the rest of the command line to a Hydra main: verb -> module with `main()`
-HYDRA_VERBS = {"train": "codecx.train", "eval": "codecx.eval_main"}
+HYDRA_VERBS = {"train": "codecx.train", "eval": "codecx.eval.main"}
 
 
 def run_hydra_verb(verb: str, args: List[str]) -> int:

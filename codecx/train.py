@@ -415,7 +415,7 @@ def _fail(message: Any, code: int, sweep_job: Optional[Path] = None) -> float:
     print(f"codecx: {text}", file=sys.stderr)
     if sweep_job is None:
         raise SystemExit(code) from None
-    from codecx.lit.sweep_report import record_failure
+    from codecx.eval.results import record_failure
 
     record_failure(sweep_job, text, code)
     return math.nan
@@ -441,11 +441,11 @@ def _sweep_job_dir() -> Optional[Path]:
 def _hydra_main(cfg: DictConfig) -> float:
     """One run: configuration errors exit 2, run errors (locked directory, damaged checkpoint,
     non-finite training, disk full) exit 1, each with one line. A job of a multirun that fails
-    is recorded (codecx.lit.sweep_report) and the other jobs run. SIGTERM (preemption) saves
+    is recorded (codecx.eval.results) and the other jobs run. SIGTERM (preemption) saves
     last.ckpt and exits 143 (`Preempted`), stopping a multirun too."""
     job = _sweep_job_dir()
     if job is not None:
-        from codecx.lit.sweep_report import clear_failure
+        from codecx.eval.results import clear_failure
 
         clear_failure(job)
     try:
@@ -498,7 +498,7 @@ def _check_run_dir(overrides: List[str]) -> None:
 def main() -> None:
     """Entry point: check every override (and every sweep job) first, then run Hydra; a multirun
     with a failed job exits 1 once every job ran and the report was written."""
-    from codecx.lit.sweep_report import FAILED_JOBS, SWEEP_JOBS
+    from codecx.eval.sweep import FAILED_JOBS, SWEEP_JOBS
 
     FAILED_JOBS.clear()
     main_with_precheck(_hydra_main, CONF_DIR, "train", "codecx", validate=validate_config,

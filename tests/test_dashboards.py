@@ -338,7 +338,7 @@ def test_report_groups_by_used_config_flags_incomplete_and_anchor(tmp_path, caps
 
 def test_report_labels_a_varying_knob(tmp_path):
     """reg=cse at two alphas: the groups are named by the knob the user sets (alpha=...)."""
-    from codecx.report import find_runs, group_runs, load_run_config
+    from codecx.eval.runs import find_runs, group_runs, load_run_config
 
     root = tmp_path / "sweep"
     for alpha in (0.5, 2):

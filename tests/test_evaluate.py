@@ -144,7 +144,7 @@ def test_eval_py_lattice_and_shift(tiny_ckpt, tiny_images, tmp_path):
 def test_eval_scale_levels_option(tiny_ckpt):
     """eval.py scale_levels=64: the checkpoint's codec with CompressAI's 64-level CDF tables (its
     own bitstreams); by default the model's 256."""
-    from codecx.eval_main import codecs
+    from codecx.eval.main import codecs
 
     for extra, levels in (([], 256), (["scale_levels=64"], 64)):
         (_, codec, config), = list(codecs(_compose([f"ckpt={tiny_ckpt}", *extra])))
@@ -153,7 +153,7 @@ def test_eval_scale_levels_option(tiny_ckpt):
 
 
 def test_eval_config_errors():
-    from codecx.eval_main import validate
+    from codecx.eval.main import validate
 
     with pytest.raises(ConfigError, match="nothing to evaluate: set ckpt=PATH"):
         validate(_compose([]))
@@ -175,7 +175,7 @@ def test_eval_config_errors():
 
 def test_compressai_state_dict_path(tmp_path):
     """model=... model.weights=PATH evaluates a CompressAI-layout state dict (no checkpoint)."""
-    from codecx.eval_main import codecs
+    from codecx.eval.main import codecs
 
     src = tiny_codec()
     torch.save(src.backbone.state_dict(), tmp_path / "w.pth")

@@ -155,7 +155,7 @@ def test_lmbda_is_bounded_by_what_a_codec_trains_with():
 
 @pytest.mark.medium
 def test_a_failed_sweep_job_is_recorded_and_the_others_run(tmp_path):
-    from codecx.lit.sweep_report import FAILURE_FILE
+    from codecx.eval.results import FAILURE_FILE
 
     sweep = tmp_path / "sweep"
     r = run_train(["-m", *TINY, "trainer.max_steps=3", "eval.every_n_steps=0", "lmbda=0.0018,0.0067",
@@ -303,7 +303,7 @@ def test_the_encoder_refuses_an_image_over_the_cap_or_the_free_memory(tmp_path, 
 def test_eval_skips_an_image_the_encoder_refuses_and_codes_the_others(tmp_path, monkeypatch):
     import codecx.coding.container as container
     from codecx.data import ImageFolderDataset
-    from codecx.eval_main import image_count
+    from codecx.eval.main import image_count
     from codecx.eval.loop import dataset_images, evaluate
 
     codec = _tiny()

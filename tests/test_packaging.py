@@ -126,4 +126,4 @@ def test_wheel_in_a_fresh_venv_trains_and_evaluates_from_any_directory(wheel, tm
     # the codecx script with a Hydra sweep (-m): one run per seed
     _run([codecx, "train", "-m", *TINY_RUN, "seed=1,2"], cwd=work)
     assert len(list(work.glob("runs/sweep/*/*/checkpoints/last.ckpt"))) == 2
-    assert "ckpt: last.ckpt" in _run([py, "-m", "codecx.eval_main", "--cfg", "job", "ckpt=last.ckpt"], cwd=work).stdout
+    assert "ckpt: last.ckpt" in _run([py, "-m", "codecx.eval.main", "--cfg", "job", "ckpt=last.ckpt"], cwd=work).stdout

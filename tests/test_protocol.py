@@ -39,7 +39,7 @@ def test_arms_start_from_the_same_base_and_see_the_same_data(tmp_path):
 
 def test_report_groups_arms_not_lambdas_or_seeds(tmp_path):
     """Settings that follow lmbda or seed (a base checkpoint per lambda, data.seed) never split groups."""
-    from codecx.report import Run, group_runs
+    from codecx.eval.runs import Run, group_runs
 
     runs = []
     for reg in ("none", "cse"):
@@ -58,7 +58,7 @@ def test_report_names_groups_by_the_overrides_as_written(tmp_path):
     """Arms that differ inside a config group (transform=lpc with and without
     transform.lpc.params=predicted, against transform=[]) are named by what the user wrote, not
     by every transform.lpc.* value; the groups themselves still follow the used configuration."""
-    from codecx.report import Run, group_runs
+    from codecx.eval.runs import Run, group_runs
 
     arms = {"none": ({"transform": "[]"}, {}, {"transform": {}}),
             "lpc": ({"transform": "lpc"}, {"transform": "lpc"}, {"params": "learned"}),

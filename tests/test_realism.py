@@ -174,7 +174,7 @@ def _run(root, name, bpp, psnr, hf=None):
 
 
 def test_report_shows_hf_ratio(tmp_path):
-    from codecx.report import build_report
+    from codecx.eval.report import build_report
 
     sweep = tmp_path / "sweep"
     _run(sweep, "reg=none,lmbda=0.01", 0.2, 28.0, 0.61)

@@ -1,4 +1,4 @@
-"""The report of a sweep written by Hydra's `on_multirun_end` callback (codecx.lit.sweep_report):
+"""The report of a sweep written by Hydra's `on_multirun_end` callback (codecx.eval.sweep):
 report.md in the sweep directory, and a W&B summary run (offline) holding it."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from codecx.config import register_configs
-from codecx.lit.sweep_report import SweepReport
+from codecx.eval.sweep import SweepReport
 from codecx.train import CONF_DIR
 from conftest import TINY, run_train
 

@@ -59,7 +59,7 @@ def test_sweep_report_for_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
 
-    from codecx.lit.sweep_report import SweepReport
+    from codecx.eval.sweep import SweepReport
     from test_sweep_report import _config, _fake_sweep
 
     pts = {("reg=none", "lmbda=0.001"): (0.10, 28.0), ("reg=none", "lmbda=0.01"): (0.40, 33.0),

@@ -90,7 +90,7 @@ class TrainEvalConfig:
 
 @dataclass
 class SweepReportConfig:
-    """`codecx report` of a multirun when it ends (codecx.lit.sweep_report.SweepReport)."""
+    """`codecx report` of a multirun when it ends (codecx.eval.sweep.SweepReport)."""
 
     enabled: bool = True
     baseline: Optional[str] = None    # KEY=VALUE[,KEY=VALUE] of the baseline group (null: the first)

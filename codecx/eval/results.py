@@ -1,5 +1,6 @@
 """Results I/O: CompressAI's results layout (results.json, one value per RD point), the per-image
-CSV, the summary table, and what describes the evaluated images."""
+CSV, the summary table, what describes the evaluated images, and the record a failed sweep job
+leaves in its folder (job_failed.json)."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +8,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from codecx.metrics.rd import WEIGHTED
 
@@ -101,3 +102,36 @@ def summary_table(results: Mapping[str, Any], labels: Sequence[str] = ()):
         table.add_row(labels[i] if i < len(labels) else str(i),
                       *("n/a" if v is None else f"{v:.{d}f}" for v, (_, _, d) in zip(vals, cols)))
     return table
+
+
+FAILURE_FILE = "job_failed.json"  # in a sweep job's folder: why the job failed (train.py writes it)
+
+
+def record_failure(job_dir: Path, reason: str, code: int) -> None:
+    """Mark a sweep job as failed (the sweep goes on; its report names the job and `reason`)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / FAILURE_FILE).write_text(json.dumps({"reason": reason, "exit_code": code}) + "\n")
+
+
+def clear_failure(job_dir: Path) -> None:
+    """A job starting again (the same multirun command) is no longer failed."""
+    (job_dir / FAILURE_FILE).unlink(missing_ok=True)
+
+
+def job_failure(job_dir: Path) -> Optional[str]:
+    """Why the job in `job_dir` failed, None when it did not."""
+    f = job_dir / FAILURE_FILE
+    if not f.is_file():
+        return None
+    try:
+        return str(json.loads(f.read_text()).get("reason") or "failed")
+    except (ValueError, OSError, AttributeError):
+        return "failed (unreadable " + FAILURE_FILE + ")"
+
+
+def sweep_failures(sweep_dir: Path) -> List[Tuple[str, str]]:
+    """(job folder relative to `sweep_dir`, reason) of every failed job below `sweep_dir`."""
+    out = []
+    for f in sorted(sweep_dir.rglob(FAILURE_FILE)):
+        out.append((str(f.parent.relative_to(sweep_dir)), job_failure(f.parent) or "failed"))
+    return out

@@ -24,7 +24,7 @@ def wandb_has_credentials() -> bool:
 
 def hydra_names(save_dir: str | os.PathLike) -> Tuple[str, Optional[str]]:
     """(run name, group) of a run writing to `save_dir`: the run directory's name, and in a
-    Hydra multirun the sweep directory's name (the group `codecx.lit.sweep_report` also uses)."""
+    Hydra multirun the sweep directory's name (the group `codecx.eval.sweep` also uses)."""
     name, group = Path(save_dir).resolve().name, None
     try:
         from hydra.core.hydra_config import HydraConfig

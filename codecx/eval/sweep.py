@@ -14,47 +14,18 @@ from typing import Any, Dict, List, Optional, Tuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from codecx.eval.results import job_failure, sweep_failures
+
 log = logging.getLogger("codecx")
 
-FAILURE_FILE = "job_failed.json"  # in a sweep job's folder: why the job failed (train.py writes it)
 #: (job folder name, reason) of the failed jobs of the last multirun that ended in this process,
 #: and how many jobs it had (train.py's main exits 1 when any failed)
 FAILED_JOBS: List[Tuple[str, str]] = []
 SWEEP_JOBS: List[int] = [0]
 
 
-def record_failure(job_dir: Path, reason: str, code: int) -> None:
-    """Mark a sweep job as failed (the sweep goes on; its report names the job and `reason`)."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / FAILURE_FILE).write_text(json.dumps({"reason": reason, "exit_code": code}) + "\n")
-
-
-def clear_failure(job_dir: Path) -> None:
-    """A job starting again (the same multirun command) is no longer failed."""
-    (job_dir / FAILURE_FILE).unlink(missing_ok=True)
-
-
-def job_failure(job_dir: Path) -> Optional[str]:
-    """Why the job in `job_dir` failed, None when it did not."""
-    f = job_dir / FAILURE_FILE
-    if not f.is_file():
-        return None
-    try:
-        return str(json.loads(f.read_text()).get("reason") or "failed")
-    except (ValueError, OSError, AttributeError):
-        return "failed (unreadable " + FAILURE_FILE + ")"
-
-
-def sweep_failures(sweep_dir: Path) -> List[Tuple[str, str]]:
-    """(job folder relative to `sweep_dir`, reason) of every failed job below `sweep_dir`."""
-    out = []
-    for f in sorted(sweep_dir.rglob(FAILURE_FILE)):
-        out.append((str(f.parent.relative_to(sweep_dir)), job_failure(f.parent) or "failed"))
-    return out
-
-
 class SweepReport(Callback):
-    """`on_multirun_end`: `codecx.report.build_report` on `hydra.sweep.dir` with the options of
+    """`on_multirun_end`: `codecx.eval.report.build_report` on `hydra.sweep.dir` with the options of
     `sweep_report:` (enabled, baseline, data_val_dir, anchor, replicates). Never fails the
     sweep: a report that cannot be built is one warning line. Failed jobs (a job that stops
     with an error records why in its folder and the sweep goes on) are named on the console,
@@ -114,8 +85,9 @@ def _logger_config(config: DictConfig) -> Dict[str, Any]:
 
 
 def write_sweep_report(sweep_dir: Path, opts: Dict[str, Any]) -> Dict[str, Path]:
-    """report.md / report.csv / rd.png of the sweep, in `sweep_dir` (see codecx.report)."""
-    from codecx.report import build_report, find_runs
+    """report.md / report.csv / rd.png of the sweep, in `sweep_dir` (see codecx.eval.report)."""
+    from codecx.eval.report import build_report
+    from codecx.eval.runs import find_runs
 
     if not opts.get("data_val_dir"):  # reuse only: runs still training (another multirun) wait
         pending = [r.dir.name for r in find_runs(sweep_dir) if not _final(r.dir) and not job_failure(r.dir)]
@@ -135,8 +107,6 @@ def write_sweep_report(sweep_dir: Path, opts: Dict[str, Any]) -> Dict[str, Path]
 def _final(run_dir: Path) -> bool:
     """Whether a run ended with its final evaluation: results.json no older than last.ckpt, or
     written at last.ckpt's step."""
-    import json
-
     res, ckpt = run_dir / "results.json", run_dir / "checkpoints" / "last.ckpt"
     if not res.is_file():
         return False
