@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import pytorch_lightning as pl
@@ -14,6 +15,7 @@ from codecx.losses import MSE, Distortion, Rate
 from codecx.models.codec import Codec
 from codecx.regularizers.base import AuxPhase, Regularizer
 from codecx.lit.schedule import Schedule
+from codecx.lit.speed import compile_setting, speed_up_transforms, wants_compile
 from codecx.types import CodecOutput, EntropyParams
 
 _CDF_BUFFERS = ["_quantized_cdf", "_offset", "_cdf_length"]
@@ -72,7 +74,8 @@ class LitCodec(pl.LightningModule):
     def __init__(self, codec: Codec, regularizer: Union[None, Regularizer, Sequence[Regularizer]] = None,
                  lmbda: float = 0.0067, schedule: Optional[Schedule] = None,
                  config: Optional[Dict[str, Any]] = None, distortion: Optional[Distortion] = None,
-                 rate: Optional[Rate] = None, accumulate_grad_batches: int = 1):
+                 rate: Optional[Rate] = None, accumulate_grad_batches: int = 1,
+                 channels_last: bool = False, compile: Any = False):
         super().__init__()
         if not lmbda > 0 or not math.isfinite(lmbda):
             raise ValueError(f"lmbda={lmbda}: the rate-distortion trade-off must be a positive finite number")
@@ -81,6 +84,11 @@ class LitCodec(pl.LightningModule):
             raise ValueError(f"trainer.accumulate_grad_batches={accumulate_grad_batches}: must be an integer >= 1 "
                              "(batches per optimizer step)")
         self.accumulate_grad_batches = int(accumulate_grad_batches)
+        # trainer.channels_last / trainer.compile (codecx.lit.speed, issue 33 item 3)
+        self.channels_last = bool(channels_last)
+        self.compile_setting = compile_setting(compile)
+        self.sped_up: List[str] = []  # the transforms changed at fit start
+        self._warmup_start: Optional[float] = None
         self._accumulated = 0  # batches back-propagated since the last optimizer step
         self.automatic_optimization = False
         self.codec = codec
@@ -241,6 +249,30 @@ class LitCodec(pl.LightningModule):
             self._step_schedulers("step")  # per optimizer step
             self._accumulated = 0
         return loss.detach()
+
+    def on_fit_start(self) -> None:
+        """`trainer.channels_last` / `trainer.compile`: the transforms in training mode run
+        channels-last / compiled (codecx.lit.speed.speed_up_transforms, in place)."""
+        if self.sped_up:
+            return
+        compiled = wants_compile(self.compile_setting, self.trainer.max_steps)
+        self.sped_up = speed_up_transforms(self.codec.backbone, self.channels_last, compiled,
+                                           strict=self.compile_setting is True)
+        if compiled and self.sped_up and self.trainer.is_global_zero:
+            why = "" if self.compile_setting is True else f" (trainer.compile=auto: {self.trainer.max_steps} steps)"
+            print(f"codecx: torch.compile of {', '.join(self.sped_up)}{why}; the first step compiles them",
+                  flush=True)
+            self._warmup_start = -1.0  # timed from the first batch
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._warmup_start == -1.0:
+            self._warmup_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._warmup_start is not None and self._warmup_start >= 0:
+            print(f"codecx: torch.compile warm-up: first step {time.perf_counter() - self._warmup_start:.1f} s",
+                  flush=True)
+            self._warmup_start = None
 
     def _check_grad_finite(self, opt) -> None:
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
