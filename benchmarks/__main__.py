@@ -54,6 +54,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if hasattr(modules[name], "add_arguments"):
             modules[name].add_arguments(parser.add_argument_group(name))
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False); "
+                         "use --device cpu, or auto (cuda when there is one)")
 
     if args.list:
         for name, mod in modules.items():

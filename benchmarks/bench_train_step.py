@@ -89,8 +89,10 @@ def step_spec(args, N: int, M: int, batch: int, crop: int, defaults: dict = DEFA
     steps, the schedule=compressai values), from the shared benchmark options."""
     import torch
 
+    from benchmarks import torch_device
+
     pick = lambda k: getattr(args, k, None) or (quick if args.quick else defaults)[k]  # noqa: E731
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(args)
     spec = {"N": N, "M": M, "batch": batch, "crop": crop, "device": device,
             "threads": args.threads or torch.get_num_threads(), "steps": pick("steps"),
             "warmup": pick("warmup"), "seed": args.seed, "lmbda": LMBDA, "lr": LR, "aux_lr": AUX_LR,
@@ -401,6 +403,7 @@ class Meter:
         return {"variant": self.variant, "threads": self.threads, "memory_kind": self.kind,
                 "step_s": [e - s for s, e in zip(self.starts[w:], self.ends[w:])],
                 "cpu_s": self.cpu[w:], "faults": self.faults[w:], "gap_s": self.gaps, "losses": self.losses,
+                "first_s": self.ends[0] - self.starts[0] if self.ends else math.nan,
                 "peak_bytes": self.peak(), "base_bytes": self.base}
 
 
@@ -499,7 +502,9 @@ def _fit_codecx(spec: dict, callback_factory):
     overrides = ["model=mbt_mean", f"model.N={spec['N']}", f"model.M={spec['M']}", "quantizer=noise",
                  "reg=none", "schedule=compressai", f"schedule.lr={spec['lr']}",
                  f"schedule.aux_lr={spec['aux_lr']}", f"schedule.clip_max_norm={spec['clip']}",
-                 f"lmbda={spec['lmbda']}", f"seed={spec['seed']}"]
+                 f"lmbda={spec['lmbda']}", f"seed={spec['seed']}",
+                 # the eager step (the speed-ups of issue 33 item 3 are measured by bench_train_fast)
+                 "trainer.channels_last=false", "trainer.compile=false"]
     extra = list(spec.get("overrides", []))
     replaced = {o.split("=", 1)[0] for o in extra}
     overrides = [o for o in overrides if o.split("=", 1)[0] not in replaced] + extra

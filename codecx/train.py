@@ -27,6 +27,7 @@ from codecx.eval.checkpoint import (DISK_FULL, AtomicCheckpointIO, BestCheckpoin
                                     CorruptCheckpointError, LastCheckpoint, NonFiniteModelError, RunDirLock,
                                     RunDirLockedError, check_same_objective, remove_temp_files, resume_checkpoint)
 from codecx.lit.module import LitCodec
+from codecx.lit.speed import compile_setting
 from codecx.lit.preempt import Preempted, SubmititRequeue, stop_on_sigterm
 from codecx.lit.progress import StepProgressBar, quiet_libraries
 from codecx.models.build import build_codec as _build_codec, instantiate_list
@@ -53,7 +54,8 @@ def build_module(cfg: DictConfig) -> LitCodec:
     return LitCodec(build_codec(cfg), instantiate_list(OmegaConf.to_container(cfg.reg, resolve=True)),
                     lmbda=cfg.lmbda, schedule=instantiate(cfg.schedule), config=to_container(cfg),
                     distortion=optional("distortion"), rate=optional("rate"),
-                    accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches", 1))
+                    accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches", 1),
+                    channels_last=cfg.trainer.get("channels_last", False), compile=cfg.trainer.get("compile", False))
 
 
 def build_callbacks(cfg: DictConfig) -> List[Any]:
@@ -88,6 +90,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: List[Any] = ()) -> 
 
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     t.pop("accumulate_grad_batches", None)  # LitCodec accumulates (Lightning refuses it under manual optimisation)
+    t.pop("channels_last", None)  # LitCodec's own too (codecx.lit.speed)
+    t.pop("compile", None)
     strategy = t.pop("strategy")
     if isinstance(strategy, dict):
         strategy = instantiate(strategy)
@@ -155,6 +159,10 @@ def _check_numbers(cfg: DictConfig) -> None:
     _at_least(cfg, "trainer.num_nodes", 1)
     _at_least(cfg, "trainer.log_every_n_steps", 1)
     _at_least(cfg, "trainer.accumulate_grad_batches", 1, what=" (batches per optimizer step)")
+    try:
+        compile_setting(cfg.trainer.get("compile", False))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     t = cfg.trainer
     if t.max_steps == 0 or t.max_epochs == 0:
         raise ConfigError(f"trainer.max_steps={t.max_steps}, trainer.max_epochs={t.max_epochs}: "
