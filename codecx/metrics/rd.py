@@ -17,15 +17,25 @@ def to_uint8(x: Tensor) -> Tensor:
 
 def psnr_uint8(x: Tensor, x_hat: Tensor) -> float:
     """PSNR in dB between two images in [0, 1] after rounding both to 8 bits, RGB."""
-    mse = torch.mean((to_uint8(x) - to_uint8(x_hat)) ** 2).item()
+    return psnr_of_uint8(to_uint8(x), to_uint8(x_hat))
+
+
+def psnr_of_uint8(x8: Tensor, x_hat8: Tensor) -> float:
+    """`psnr_uint8` of images already rounded by `to_uint8`."""
+    mse = torch.mean((x8 - x_hat8) ** 2).item()
     return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 def msssim_uint8(x: Tensor, x_hat: Tensor) -> float:
     """MS-SSIM (Wang et al. 2003) on 8-bit rounded images; nan when the image is too small."""
-    if min(x.shape[-2:]) < 161:  # 4 downsamplings of an 11-px window
+    return msssim_of_uint8(to_uint8(x), to_uint8(x_hat))
+
+
+def msssim_of_uint8(x8: Tensor, x_hat8: Tensor) -> float:
+    """`msssim_uint8` of images already rounded by `to_uint8`."""
+    if min(x8.shape[-2:]) < 161:  # 4 downsamplings of an 11-px window
         return float("nan")
-    return ms_ssim(to_uint8(x), to_uint8(x_hat), data_range=255.0).item()
+    return ms_ssim(x8, x_hat8, data_range=255.0).item()
 
 
 # pixel-weighted aggregates of a set of images, beside the per-image means
