@@ -26,12 +26,18 @@ as the 2020 code does (mandt-lab/improving-inference-for-neural-image-compressio
 codec still codes `round(y - means) + means`, so with "integer" the optimised objective is
 not the coded one (the 2020 code measured estimated bits of the integer points instead);
 `keep_best` guards the real bitstream.
+
+A batch of images of one size is refined in one pass (`batch_size`; issue 33): the loss is the
+sum of the per-image losses, so each image's gradient is its own (Adam's moments are
+per element, the tau and lr schedules are shared by step), every image draws its Gumbel noise
+from its own generator seeded with `seed`, and the never-worse check is per image: each image
+gets the latents it would get alone (up to the last bits batched convolutions may change).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +49,8 @@ from codecx.quantizers.channels import Channel
 __all__ = ["SGA", "SGAChannel", "SCHEDULES", "GRIDS", "TauSchedule", "sga_round"]
 
 _EPS = 1e-5
+#: one generator for the whole tensor, or one per image (batch dimension 0)
+Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
 
 
 @dataclass(frozen=True)
@@ -68,14 +76,25 @@ SCHEDULES = {
 GRIDS = ("coder", "integer")
 
 
-def sga_round(v: Tensor, tau: float, generator: Optional[torch.Generator] = None) -> Tensor:
+def _uniform(shape, generator: Generators, like: Tensor) -> Tensor:
+    """U(0, 1) noise of `shape`; with a list of generators, image i (dim 0) draws from the i-th,
+    the same numbers as alone (a draw of (1, ...) equals one of (...))."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"SGA: {len(generator)} noise generators for a batch of {shape[0]} images")
+        return torch.stack([torch.rand(shape[1:], generator=g, device=like.device, dtype=like.dtype)
+                            for g in generator])
+    return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def sga_round(v: Tensor, tau: float, generator: Generators = None) -> Tensor:
     """One stochastic Gumbel-annealed rounding sample of `v` at temperature `tau` (Yang et al.
-    2020, eq. 7), differentiable in `v`."""
+    2020, eq. 7), differentiable in `v`; `generator`: one, or one per image of the batch."""
     lo, hi = torch.floor(v), torch.ceil(v)
     logit_down = -torch.atanh((v - lo).clamp(-1 + _EPS, 1 - _EPS)) / tau
     logit_up = -torch.atanh((hi - v).clamp(-1 + _EPS, 1 - _EPS)) / tau
     logits = torch.stack((logit_down, logit_up), dim=-1)
-    u = torch.rand(logits.shape, generator=generator, device=v.device, dtype=v.dtype)
+    u = _uniform(logits.shape, generator, v)
     gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
     s = F.softmax((logits + gumbel) / tau, dim=-1)
     return lo * s[..., 0] + hi * s[..., 1]
@@ -95,8 +114,9 @@ class SGA(EncoderRefiner):
         lr_drop_at: fraction of the steps after which lr is multiplied by `lr_drop` (None: never).
         lr_drop: the factor (0.1).
         lmbda: the trade-off; None: the codec's (the checkpoint's) lmbda.
-        seed: seed of the Gumbel noise; every call starts from it, so the eval forward and
-            `compress` of one image pick the same latents.
+        seed: seed of the Gumbel noise; every call starts from it, and every image of a batch
+            draws from its own generator seeded with it, so the eval forward and `compress` of
+            one image pick the same latents, alone or in a batch.
         keep_best: per image, code both the original and the refined latents with the
             codec's real coder (`CodecView.code`: `compress(x, latents=...)`, then `decompress`,
             both candidates in one call) and keep the refined ones only when their `bpp + lmbda D`
@@ -106,8 +126,11 @@ class SGA(EncoderRefiner):
             `sga_rd_original`, `sga_rd_refined`.
         progress: show a progress bar.
         curves: a CSV file to append every optimised image's loss curve to (columns image,
-            step, tau, loss, lmbda; image counts the refiner's calls, lmbda tells the
-            checkpoints of one evaluation apart), None: none.
+            step, tau, loss, lmbda; image counts the images the refiner optimised, lmbda tells
+            the checkpoints of one evaluation apart), None: none.
+        batch_size: how many images of one size the evaluator refines in one call (codecx.eval:
+            one pass per group; a GPU runs them at once); 1: one image at a time. Any call
+            refines the batch it is given; the results per image do not depend on it.
     """
 
     #: relaxes scalar rounding: refused with a lattice quantizer (codecx.config.check)
@@ -117,7 +140,8 @@ class SGA(EncoderRefiner):
                  lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,
                  lmbda: Optional[float] = None, seed: int = 0, keep_best: bool = True,
                  progress: bool = False, tau_rate: Optional[float] = None,
-                 tau_offset: Optional[int] = None, curves: Optional[str] = None, grid: str = "coder"):
+                 tau_offset: Optional[int] = None, curves: Optional[str] = None, grid: str = "coder",
+                 batch_size: int = 1):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"refine.sga.schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
@@ -132,6 +156,9 @@ class SGA(EncoderRefiner):
             raise ValueError(f"refine.sga.lr_drop_at={lr_drop_at}: a fraction of the steps in [0, 1] (or null)")
         if lmbda is not None and not float(lmbda) > 0:
             raise ValueError(f"refine.sga.lmbda={lmbda}: must be positive (or null: the checkpoint's)")
+        if int(batch_size) < 1:
+            raise ValueError(f"refine.sga.batch_size={batch_size}: need at least 1 image per call")
+        self.batch_size = int(batch_size)
         self.steps, self.lr, self.schedule_name, self.grid = int(steps), float(lr), schedule, grid
         base = SCHEDULES[schedule]
         self.tau = TauSchedule(base.tau0, base.rate if tau_rate is None else float(tau_rate),
@@ -140,28 +167,29 @@ class SGA(EncoderRefiner):
         self.lr_drop = float(lr_drop)
         self.lmbda = None if lmbda is None else float(lmbda)
         self.seed, self.keep_best, self.progress = int(seed), bool(keep_best), bool(progress)
-        #: what the last call did: the relaxed-loss curve; per image, which latents were kept
-        #: ("refined" / "original") and, with keep_best, the real (loss, bpp, D) of both
+        #: what the last call did: the relaxed-loss curve (summed over the batch) and per image
+        #: ("curves"); per image, which latents were kept ("refined" / "original") and, with
+        #: keep_best, the real (loss, bpp, D) of both
         self.last: Dict[str, Any] = {}
         self.curves = None if curves in (None, "") else str(curves)
         self._calls = 0
 
     # ------------------------------------------------------------------ the loss
     def relaxed_loss(self, codec, x: Tensor, y: Tensor, z: Optional[Tensor], lmbda: float,
-                     tau: float, generator: Optional[torch.Generator] = None
-                     ) -> Tuple[Tensor, Tensor, Tensor]:
+                     tau: float, generator: Generators = None) -> Tuple[Tensor, Tensor, Tensor]:
         """(loss, bpp, D) of the SGA relaxation at temperature `tau`: one walk of the codec
         (`codec`: its view) through `SGAChannel`, so g_s sees what the decoder's latent
         transforms make of the relaxed latents, and D is the codec's configured distortion
-        (`distortion=`; 255^2 MSE by default); loss = bpp + lmbda D."""
+        (`distortion=`; 255^2 MSE by default). `bpp` and `D` per image of `x` (shape (B,)),
+        `loss` the sum over the images of bpp + lmbda D: each image's gradient is its own."""
         out = codec.walk(SGAChannel(self, codec.quantizer, tau, generator), x, latents=(y, z))
-        bits = sum(-torch.log2(lik).sum() for lik in out.likelihoods.values())
-        bpp = bits / (x.size(0) * x.shape[-2] * x.shape[-1])
-        d, _ = codec.distortion(x, out.x_hat)
-        return bpp + lmbda * d, bpp, d
+        n = x.size(0)
+        bits = sum(-torch.log2(lik).reshape(n, -1).sum(1) for lik in out.likelihoods.values())
+        bpp = bits / (x.shape[-2] * x.shape[-1])
+        d = torch.stack([codec.distortion(x[i : i + 1], out.x_hat[i : i + 1])[0] for i in range(n)])
+        return (bpp + lmbda * d).sum(), bpp, d
 
-    def relax(self, v: Tensor, offset: Optional[Tensor], tau: float,
-              generator: Optional[torch.Generator] = None) -> Tensor:
+    def relax(self, v: Tensor, offset: Optional[Tensor], tau: float, generator: Generators = None) -> Tensor:
         """One SGA sample of `v` on the relaxation's grid: `offset + Z` (grid="coder"; the means
         or medians) or Z (grid="integer", the 2020 code: `offset` is ignored)."""
         if self.grid == "integer" or offset is None:
@@ -208,10 +236,11 @@ class SGA(EncoderRefiner):
         with torch.enable_grad():
             y_opt, z_opt, curve = self._optimise(codec, x.detach(), y0, z0, float(lmbda))
         n = y.size(0)
-        self.last = {"curve": [c[2] for c in curve], "kept": ["refined"] * n}
-        self._calls += 1
+        self.last = {"curve": [sum(c[2]) for c in curve], "curves": [[c[2][i] for c in curve] for i in range(n)],
+                     "kept": ["refined"] * n}
         if self.curves:
             self._write_curve(curve, float(lmbda))
+        self._calls += n
         if not self.keep_best:
             return y_opt, z_opt
         both = self.real_loss(codec, torch.cat([x, x]), torch.cat([y0, y_opt]),
@@ -240,29 +269,28 @@ class SGA(EncoderRefiner):
         return row
 
     def _optimise(self, codec, x: Tensor, y0: Tensor, z0: Optional[Tensor], lmbda: float
-                  ) -> Tuple[Tensor, Optional[Tensor], List[Tuple[int, float, float]]]:
+                  ) -> Tuple[Tensor, Optional[Tensor], List[Tuple[int, float, List[float]]]]:
         latents = [y0.clone().requires_grad_(True)]
         if z0 is not None:
             latents.append(z0.clone().requires_grad_(True))
         opt = torch.optim.Adam(latents, lr=self.lr)
-        gen = torch.Generator(device=y0.device)
-        gen.manual_seed(self.seed)
+        gens = [torch.Generator(device=y0.device).manual_seed(self.seed) for _ in range(y0.size(0))]
         drop_step = None if self.lr_drop_at is None else int(self.lr_drop_at * self.steps)
-        curve: List[Tuple[int, float, float]] = []  # (step, tau, relaxed loss)
+        curve: List[Tuple[int, float, List[float]]] = []  # (step, tau, relaxed loss per image)
         every = max(1, self.steps // 100)
         for t in self._steps():
             if t == drop_step:
                 for g in opt.param_groups:
                     g["lr"] = self.lr * self.lr_drop
             tau = self.tau(t)
-            loss, _, _ = self.relaxed_loss(codec, x, latents[0], latents[1] if z0 is not None else None,
-                                           lmbda, tau, gen)
+            loss, bpp, d = self.relaxed_loss(codec, x, latents[0], latents[1] if z0 is not None else None,
+                                             lmbda, tau, gens)
             grads = torch.autograd.grad(loss, latents)  # the networks' .grad stay untouched
             for p, g in zip(latents, grads):
                 p.grad = g
             opt.step()
             if t % every == 0 or t == self.steps - 1:
-                curve.append((t, tau, float(loss.detach())))
+                curve.append((t, tau, (bpp + lmbda * d).detach().tolist()))
         y = latents[0].detach()
         z = latents[1].detach() if z0 is not None else None
         return y, z, curve
@@ -276,7 +304,8 @@ class SGA(EncoderRefiner):
         with path.open("a") as f:
             if new:
                 f.write("image,step,tau,loss,lmbda\n")
-            f.writelines(f"{self._calls - 1},{t},{tau:.6g},{loss:.6g},{lmbda:g}\n" for t, tau, loss in curve)
+            f.writelines(f"{self._calls + i},{t},{tau:.6g},{losses[i]:.6g},{lmbda:g}\n"
+                         for i in range(len(curve[0][2])) for t, tau, losses in curve)
 
     def _steps(self):
         if not self.progress:
@@ -298,7 +327,7 @@ class SGAChannel(Channel):
     mode = "refine"
     inference = False
 
-    def __init__(self, sga: "SGA", quantizer, tau: float, generator: Optional[torch.Generator] = None):
+    def __init__(self, sga: "SGA", quantizer, tau: float, generator: Generators = None):
         super().__init__(quantizer)
         self.sga, self.tau, self.generator = sga, float(tau), generator
 
