@@ -176,6 +176,38 @@ def test_illm_real_and_fake_come_from_different_images(labeler_file):
         assert not torch.equal(reg.d_loss(x, out)[0], base)
 
 
+@pytest.mark.parametrize("mc_sampling", [True, False])
+def test_illm_d_phase_sees_the_real_and_the_fake_images_and_trains_its_image_path(mc_sampling, labeler_file):
+    """The D phase LitCodec runs (aux_phases()[0].loss) feeds D the batch as reals and the
+    detached x_hat as fakes, unchanged (no in-place edit, no swap), and its loss reaches D's first
+    image conv; every D parameter is in the phase (issue 28: the study's blind D was not plumbing)."""
+    torch.manual_seed(0)
+    codec = tiny_codec("mbt_mean")
+    reg = ILLMRegularizer(str(labeler_file), mc_sampling=mc_sampling, **TINY_D)
+    reg.attach(codec)
+    (phase,) = reg.aux_phases()
+    d = reg.discriminator
+    assert {id(p) for p in phase.params} == {id(p) for p in d.parameters()}
+    seen = []
+    hook = d.register_forward_pre_hook(lambda m, a: seen.append(tuple(t.detach().clone() for t in a)))
+    x = _images(4)
+    with torch.no_grad():
+        out = _out(codec, x)
+    out.x_hat.copy_(F.avg_pool2d(x, 5, 1, 2, count_include_pad=False))  # a known fake: x blurred
+    x0, x_hat0 = x.clone(), out.x_hat.clone()
+    loss, _ = phase.loss(x, out)
+    loss.backward()
+    hook.remove()
+    (x_real, y_real), (x_fake, y_fake) = seen
+    fake, real = (slice(0, 2), slice(2, 4)) if mc_sampling else (slice(None), slice(None))
+    assert torch.equal(x_real, x[real]) and torch.equal(x_fake, x_hat0[fake])
+    assert torch.equal(y_real, out.y_hat[real]) and torch.equal(y_fake, out.y_hat[fake])
+    assert (x_real - x_fake).abs().mean() > 0.01
+    assert torch.equal(x, x0) and torch.equal(out.x_hat, x_hat0)  # D edits nothing in place
+    first = d.down[0].body[0].weight.grad
+    assert first is not None and first.abs().sum() > 0
+
+
 def test_missing_labeler_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="reg.labeler=.*nope.pt"):
         ILLMRegularizer(str(tmp_path / "nope.pt"))
