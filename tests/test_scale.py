@@ -43,10 +43,14 @@ def test_multirun_sweep(tmp_path):
     assert lmbdas == [0.0018, 0.0067]
 
 
-def test_ddp_matches_single_process(tmp_path):
-    """2 gloo processes with batch 2 each == 1 process with batch 4, step by step."""
+@pytest.mark.parametrize("speed", [["trainer.channels_last=false", "trainer.compile=false"],
+                                   ["trainer.channels_last=true", "trainer.compile=true"]],
+                         ids=["eager", "compiled"])
+def test_ddp_matches_single_process(tmp_path, speed):
+    """2 gloo processes with batch 2 each == 1 process with batch 4, step by step; also with the
+    transforms channels-last and compiled (issue 33 item 3)."""
     common = [*TINY, "quantizer=ste", "data.augment=false", "data.shuffle=false",
-              "data.repeat=2", "trainer.max_steps=3", "schedule.scheduler=constant"]
+              "data.repeat=2", "trainer.max_steps=3", "schedule.scheduler=constant", *speed]
     single = run_train([*common, "data.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run_train([*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
