@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.codecx-installed
 ARGS   ?=
 
-.PHONY: help install train test test-quick test-slow lint bench docs clean
+.PHONY: help install train test test-quick test-slow lint bench gpu-check docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -48,6 +48,9 @@ lint: $(STAMP)  ## ruff check (rules E, F, W; pyproject.toml) and mypy on the ty
 
 bench: $(STAMP)  ## timed comparisons, printed as ratios against baselines measured in the same run
 	$(PY) -m benchmarks $(ARGS)
+
+gpu-check: $(STAMP)  ## a few minutes on a CUDA GPU: bf16, compile, one-GPU DDP, the coder on GPU tensors, bench --device cuda
+	$(PY) scripts/gpu_check.py $(ARGS)
 
 docs: $(STAMP)  ## the docs site (MkDocs, offline) in site/: open site/index.html; a broken link fails it
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict $(ARGS)
