@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from codecx.metrics.bdrate import (PerImageBD, bd_methods, bd_rate_per_image, get_metric,
-                                   load_results, point_deltas, read_per_image)
+                                   load_results, point_deltas, read_per_image, t_quantile)
 
 PathLike = Union[str, Path]
 #: the BD figures of a row, in table order: key -> title
@@ -322,6 +322,60 @@ def _row(base: Arm, arm: Arm, is_base: bool, per_image: bool, methods: str, msss
     return row
 
 
+# ---------------------------------------------------------------- arms at one rate
+@dataclass(frozen=True)
+class Delta:
+    """arm - baseline on one metric, image by image, for arms coded at the same rate (e.g. stage-2
+    fine-tunes of one checkpoint, where BD figures are undefined): per image the mean over the
+    replicate pairs, then `mean` ± `band` = t_{0.975,n-1} · SE over the `n` images (95%);
+    `each`: (pair label, mean over the images) per pair."""
+
+    key: str
+    mean: float
+    band: float
+    n: int
+    each: Tuple[Tuple[str, float], ...]
+
+
+def _per_image(curve: Curve, key: str) -> Dict[str, float]:
+    """{image: value of `key`} of a curve's per_image rows (a pooled curve: the mean per image)."""
+    vals: Dict[str, List[float]] = {}
+    for r in curve.per_image:
+        if r.get(key) not in (None, ""):
+            vals.setdefault(r["image"], []).append(float(r[key]))
+    return {im: sum(v) / len(v) for im, v in vals.items()}
+
+
+def deltas(baseline: Union[Arm, PathLike], arm: Union[Arm, PathLike], keys: Sequence[str] = ("psnr-rgb",),
+           replicate_key: str = "seed", is_base: bool = False) -> Dict[str, Delta]:
+    """{key: Delta} of `arm` against `baseline` from their per_image.csv rows, replicates paired
+    as `compare` pairs them (`is_base`: the baseline's seed band, each other replicate against its
+    first). Images missing on either side of a pair are left out of that pair."""
+    base, test = as_arm(baseline), as_arm(arm)
+    prs = pairs(base, test, replicate_key, is_base)
+    if not prs:
+        raise ValueError(f"deltas: {test.name} has no replicate paired with {base.name}'s "
+                         f"({replicate_key} values differ, or the baseline has one replicate)")
+    out = {}
+    for key in keys:
+        per: Dict[str, List[float]] = {}
+        each = []
+        for label, b, t in prs:
+            bv, tv = _per_image(b, key), _per_image(t, key)
+            common = [im for im in tv if im in bv]
+            if not common:
+                raise ValueError(f"deltas: no image with {key!r} on both sides of {test.name} {label}".rstrip())
+            for im in common:
+                per.setdefault(im, []).append(tv[im] - bv[im])
+            each.append((label, sum(tv[im] - bv[im] for im in common) / len(common)))
+        d = [sum(v) / len(v) for v in per.values()]
+        n = len(d)
+        m = sum(d) / n
+        se = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1) / n) if n > 1 else math.nan
+        out[key] = Delta(key, m, t_quantile(n) * se, n, tuple(each))
+    return out
+
+
 # ---------------------------------------------------------------- tables
 def fmt(key: str, v: float) -> str:
     """A BD figure as the tables print it: BD-PSNR to 3 decimals, BD-rate to 2, signed."""
@@ -412,6 +466,6 @@ def text(rows: Sequence[Row], per_image: bool = True, replicate_key: str = "seed
     return "\n".join(out + (["notes:", *notes] if notes else []))
 
 
-__all__ = ["Arm", "Curve", "Pair", "Row", "as_arm", "bd_pair", "compare", "fmt", "load_arm", "load_curve",
-           "load_sweep", "markdown", "merge_results", "overrides_of", "pairs", "per_image_band", "table", "text",
-           "to_csv"]
+__all__ = ["Arm", "Curve", "Delta", "Pair", "Row", "as_arm", "bd_pair", "compare", "deltas", "fmt", "load_arm",
+           "load_curve", "load_sweep", "markdown", "merge_results", "overrides_of", "pairs", "per_image_band",
+           "table", "text", "to_csv"]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codecx.compare import (Arm, Curve, compare, fmt, load_arm, load_curve, load_sweep, markdown, overrides_of,
-                            text, to_csv)
+from codecx.compare import (Arm, Curve, compare, deltas, fmt, load_arm, load_curve, load_sweep, markdown,
+                            overrides_of, text, to_csv)
 from codecx.config.schema import run_name
 from codecx.metrics.bdrate import t_quantile
 from codecx.metrics.rdplot import Styles, plot_bd_bars, plot_comparison, plot_delta, plot_rd, short_labels
@@ -342,3 +342,33 @@ def test_report_writes_the_figures_of_small_effects(tmp_path):
     for key, name in (("delta", "delta_psnr.png"), ("bars", "bd_rate.png")):
         assert paths[key].name == name and paths[key].read_bytes()[:4] == b"\x89PNG" and f"]({name})" in md
     assert md.index("](rd.png)") < md.index("](delta_psnr.png)") < md.index("## Runs")
+
+
+def test_deltas_at_one_rate_pair_seeds_per_image(tmp_path):
+    """compare.deltas (arms coded at one rate, where BD is undefined): per image the mean of the
+    seed pairs' differences, mean ± t·SE over the images; the baseline's seed band; one seed pairs
+    with the baseline's same seed only."""
+    def folder(name, psnr):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"name": name, "results": {"bpp": [0.3], "psnr-rgb": [0.0]}}))
+        with (d / "per_image.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["image", "bpp", "psnr-rgb"])
+            w.writeheader()
+            w.writerows({"image": f"im{i}", "bpp": 0.3, "psnr-rgb": v} for i, v in enumerate(psnr))
+        return d
+
+    base = load_arm(name="none", replicates={"1": folder("n1", [30, 31, 32]), "2": folder("n2", [30.2, 31, 32])})
+    arm = load_arm(name="gan", replicates={"1": folder("g1", [29, 30, 31.5]), "2": folder("g2", [29.2, 30.5, 31])})
+    d = deltas(base, arm, keys=("psnr-rgb",))["psnr-rgb"]
+    per = [-1.0, (-1 - 0.5) / 2, (-0.5 - 1) / 2]  # per image: mean of seed 1's and seed 2's difference
+    m = sum(per) / 3
+    se = math.sqrt(sum((v - m) ** 2 for v in per) / 2 / 3)
+    assert (d.n, d.mean) == (3, pytest.approx(m)) and d.band == pytest.approx(t_quantile(3) * se)
+    assert [lbl for lbl, _ in d.each] == ["seed=1", "seed=2"] and d.each[0][1] == pytest.approx(-2.5 / 3)
+    band = deltas(base, base, is_base=True)["psnr-rgb"]
+    assert band.mean == pytest.approx(0.2 / 3) and band.each == (("seed=2 vs 1", pytest.approx(0.2 / 3)),)
+    one = deltas(base, load_arm(name="x", replicates={"1": tmp_path / "g1"}))["psnr-rgb"]
+    assert one.mean == pytest.approx(-2.5 / 3)
+    with pytest.raises(ValueError, match="no replicate paired"):
+        deltas(base, load_arm(name="y", replicates={"3": tmp_path / "g1"}))
