@@ -33,22 +33,34 @@ def write_png(x: torch.Tensor, path: str | os.PathLike) -> None:
     Image.fromarray(arr).save(path, format="PNG")
 
 
-def load_method_codec(checkpoint: str, quantizer: Optional[str], shift: Optional[str],
-                      refine: Optional[str] = None):
-    """(codec, config) of a checkpoint with the named quantizer / shift / refine options of
-    codecx/conf (None: the checkpoint's own quantizer and refiners, no shift)."""
+def load_method_codec(checkpoint: str, quantizer: Optional[str], transform: Optional[str] = None,
+                      refine: Optional[str] = None, shift: Optional[str] = None):
+    """(codec, config) of a checkpoint with the named options of codecx/conf (None: the
+    checkpoint's own quantizer, transforms and refiners): `quantizer`; `transform`, `refine`:
+    comma-separated names, applied in order (decode-time transforms after the checkpoint's);
+    `shift`: a preset of the decode-time transform latent_shift (conf/shift, first)."""
     from codecx.config import group_option
     from codecx.eval.load import load_codec
     from codecx.conf import CONF_DIR
 
+    def nodes(group: str, names: Optional[str]):
+        out: dict = {}
+        for name in (names or "").split(","):
+            name = name.strip()
+            if name and name != "none":
+                twice = set(out) & set(node := group_option(group, name, CONF_DIR))
+                if twice:
+                    raise ValueError(f"{group} {name}: it adds {', '.join(sorted(twice))} a second time")
+                out.update(node)
+        return out
+
     q = group_option("quantizer", quantizer, CONF_DIR) if quantizer else None
-    sh = group_option("shift", shift, CONF_DIR) if shift and shift != "none" else None
-    ref = None
-    if refine:  # comma-separated names, applied in order (the decoder never needs them)
-        ref = {}
-        for name in refine.split(","):
-            ref.update(group_option("refine", name.strip(), CONF_DIR))
-    return load_codec(checkpoint, q, sh, refine=ref)
+    added = nodes("shift", shift)
+    for k, v in nodes("transform", transform).items():
+        if k in added:
+            raise ValueError(f"--shift {shift} is transform {k} already: give one of them")
+        added[k] = v
+    return load_codec(checkpoint, q, added or None, refine=nodes("refine", refine) or None)
 
 
 def image_size(path: str | os.PathLike) -> tuple:
@@ -78,12 +90,12 @@ def cmd_compress(a: argparse.Namespace) -> int:
     from codecx.eval.checkpoint import CheckpointWriteError, atomic_write
 
     set_coding_threads(a.threads)
-    codec, config = load_method_codec(a.checkpoint, a.quantizer, a.shift, a.refine)
+    codec, config = load_method_codec(a.checkpoint, a.quantizer, a.transform, a.refine, a.shift)
     # the size from the header against the cap and the free memory, before any pixel is decoded
     check_encode(codec.backbone, image_size(a.image), a.image, a.max_pixels, "--max-pixels N")
     x = read_image(a.image)
     # the names go into the header, so that `decompress` rebuilds the same method by itself
-    options = {k: v for k, v in (("quantizer", a.quantizer), ("shift", a.shift)) if v}
+    options = {k: v for k, v in (("quantizer", a.quantizer), ("transform", a.transform), ("shift", a.shift)) if v}
     data = encode_image(codec, x, fingerprint_of(codec, config), options, max_pixels=a.max_pixels,
                         name=a.image)
     out = Path(a.output or Path(a.image).with_suffix(".cdcx"))
@@ -118,11 +130,12 @@ def cmd_export_nc(a: argparse.Namespace) -> int:
 
 
 def known_methods() -> dict:
-    """The method names a codecx header may carry: the options of conf/quantizer and conf/shift."""
+    """The method names a codecx header may carry: the options of conf/quantizer, conf/transform
+    (decode-time transforms, comma-separated) and conf/shift (the latent shift's presets)."""
     from codecx.config.check import group_options
     from codecx.conf import CONF_DIR
 
-    return {"quantizer": group_options("quantizer", CONF_DIR), "shift": group_options("shift", CONF_DIR)}
+    return {group: group_options(group, CONF_DIR) for group in ("quantizer", "transform", "shift")}
 
 
 def cmd_decompress(a: argparse.Namespace) -> int:
@@ -138,8 +151,8 @@ def cmd_decompress(a: argparse.Namespace) -> int:
     opts = unpack(data)[0].options  # the method the encoder names (checked by the fingerprint)
     # names from the file choose config files: only known options, before anything is built
     check_method_names(opts, known_methods())
-    names = [a.quantizer or opts.get("quantizer"), a.shift or opts.get("shift")]
-    codec, config = load_method_codec(a.checkpoint, *names)
+    transform, shift = (a.transform, a.shift) if a.transform or a.shift else (opts.get("transform"), opts.get("shift"))
+    codec, config = load_method_codec(a.checkpoint, a.quantizer or opts.get("quantizer"), transform, shift=shift)
     x_hat, header = decode_image(codec, data, fingerprint_of(codec, config), a.max_pixels)
     out = Path(a.output or p.with_suffix(".png"))
     write_png(x_hat, out)
@@ -353,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="codecx file to write (default: IMAGE.cdcx)")
     s.add_argument("--quantizer", help="quantizer option of conf/quantizer instead of the checkpoint's "
                                        "(hex, oct, d4: lattice VQ, no retraining); named in the header")
-    s.add_argument("--shift", help="latent shift option of conf/shift (latent, latent_fast, sign, ...); "
+    s.add_argument("--transform", help="decode-time latent transform(s) of conf/transform added to the "
+                                       "checkpoint's, comma-separated (latent_shift); named in the header")
+    s.add_argument("--shift", help="a preset of the latent_shift transform, of conf/shift (latent: "
+                                   "--transform latent_shift; latent_fast, latent_side, sign, scalar); "
                                    "named in the header")
     s.add_argument("--refine", help="encoder refiner(s) of conf/refine, comma-separated (e.g. sga); "
                                     "the decoder needs nothing: the file format is unchanged")
@@ -366,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--checkpoint", required=True, help="the checkpoint that encoded it")
     s.add_argument("-o", "--output", help="PNG to write (default: FILE.png)")
     s.add_argument("--quantizer", help="override the quantizer named in the file's header")
-    s.add_argument("--shift", help="override the latent shift named in the file's header")
+    s.add_argument("--transform", help="override the decode-time transforms named in the file's header")
+    s.add_argument("--shift", help="override the latent shift preset named in the file's header")
     s.add_argument("--max-pixels", type=int, default=2**28,
                    help="refuse files whose header claims a larger image (default 2**28 pixels)")
 

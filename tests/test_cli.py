@@ -53,22 +53,32 @@ def test_compress_decompress_round_trip(coded, tiny_ckpt, capsys):
 
 
 def test_lattice_and_shift_named_in_the_header(tiny_ckpt, tiny_images, tmp_path, capsys):
-    """--quantizer/--shift at the encoder; the decoder rebuilds them from the header by itself and
-    reproduces the eval-mode reconstruction; a wrong override fails on the fingerprint."""
+    """--quantizer/--transform at the encoder; the decoder rebuilds them from the header by itself
+    and reproduces the eval-mode reconstruction; --shift latent (the preset that is transform
+    latent_shift, as files before issue 30 name it) codes the same streams and decodes the same;
+    a wrong override fails on the fingerprint."""
     from codecx.cli import load_method_codec
     from codecx.coding.container import unpack
 
     img, f, png = tiny_images / "img0.png", tmp_path / "a.cdcx", tmp_path / "a.png"
     assert main(["compress", str(img), "-c", str(tiny_ckpt), "-o", str(f), "--quantizer", "hex",
-                 "--shift", "latent"]) == 0
-    header = unpack(f.read_bytes())[0]
-    assert header.options["quantizer"] == "hex" and header.options["shift"] == "latent"
+                 "--transform", "latent_shift"]) == 0
+    header, streams = unpack(f.read_bytes())
+    assert header.options["quantizer"] == "hex" and header.options["transform"] == "latent_shift"
     assert 0 <= header.options["shift_index"] < 8
     assert main(["decompress", str(f), "-c", str(tiny_ckpt), "-o", str(png)]) == 0
-    codec, _ = load_method_codec(str(tiny_ckpt), "hex", "latent")
+    codec, _ = load_method_codec(str(tiny_ckpt), "hex", "latent_shift")
     with torch.no_grad():
         ref = to_uint8(codec(read_image(img)).x_hat)[0].permute(1, 2, 0).numpy().astype(np.uint8)
     assert np.array_equal(np.asarray(Image.open(png)), ref)
+    old = tmp_path / "old.cdcx"
+    assert main(["compress", str(img), "-c", str(tiny_ckpt), "-o", str(old), "--quantizer", "hex",
+                 "--shift", "latent"]) == 0
+    old_header, old_streams = unpack(old.read_bytes())
+    assert old_header.options["shift"] == "latent" and "transform" not in old_header.options
+    assert old_streams == streams and old_header.fingerprint == header.fingerprint
+    assert main(["decompress", str(old), "-c", str(tiny_ckpt), "-o", str(tmp_path / "old.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "old.png")), ref)
     capsys.readouterr()
     assert main(["decompress", str(f), "-c", str(tiny_ckpt), "-o", str(tmp_path / "b.png"),
                  "--quantizer", "oct"]) == 1

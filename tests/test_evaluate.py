@@ -131,7 +131,7 @@ def test_eval_py_lattice_and_shift(tiny_ckpt, tiny_images, tmp_path):
     from codecx.cli import load_method_codec, read_image
     from codecx.inference.latent_shift import shift_gradient_correlation
 
-    codec, _ = load_method_codec(str(tiny_ckpt), "hex", "latent")
+    codec, _ = load_method_codec(str(tiny_ckpt), "hex", "latent_shift")
     for row in rows:
         assert 0 <= int(row["shift_index"]) < 8
         want = shift_gradient_correlation(codec, read_image(tiny_images / row["image"]))
@@ -169,8 +169,10 @@ def test_eval_config_errors():
         precheck(["ckpt=a.ckpt", "quantizer=nope"], CONF, "eval")
     with pytest.raises(ConfigError, match="Available options in 'shift'"):
         precheck(["ckpt=a.ckpt", "shift=nope"], CONF, "eval")
-    with pytest.raises(ConfigError, match="unknown key.*shift.rho.*candidates"):
-        precheck(["ckpt=a.ckpt", "shift=latent", "+shift.rho=1"], CONF, "eval")
+    with pytest.raises(ConfigError, match="unknown key.*shift.latent_shift.rho.*candidates"):
+        precheck(["ckpt=a.ckpt", "shift=latent", "+shift.latent_shift.rho=1"], CONF, "eval")
+    with pytest.raises(ConfigError, match="unknown key.*transform.latent_shift.rho.*candidates"):
+        precheck(["ckpt=a.ckpt", "transform=[latent_shift]", "+transform.latent_shift.rho=1"], CONF, "eval")
 
 
 def test_compressai_state_dict_path(tmp_path):

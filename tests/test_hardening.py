@@ -146,11 +146,13 @@ def test_header_method_names_are_checked_before_anything_is_built(tiny_ckpt, tmp
     import codecx.cli as cli
 
     known = cli.known_methods()
-    assert "hex" in known["quantizer"] and "latent" in known["shift"]
-    for opts in ({"quantizer": "../model/mbt_mean"}, {"shift": "../../etc"}, {"quantizer": 7}):
+    assert "hex" in known["quantizer"] and "latent" in known["shift"] and "latent_shift" in known["transform"]
+    for opts in ({"quantizer": "../model/mbt_mean"}, {"shift": "../../etc"}, {"quantizer": 7},
+                 {"transform": "latent_shift,../x"}):
         with pytest.raises(BitstreamError, match="not a known option"):
             check_method_names(opts, known)
     check_method_names({"quantizer": "hex", "shift": "latent", "shift_index": 3}, known)
+    check_method_names({"quantizer": "hex", "transform": "latent_shift", "shift": "sign"}, known)
 
     built = []
     monkeypatch.setattr(cli, "load_method_codec", lambda *a: built.append(a))

@@ -45,6 +45,7 @@ class _Signal(LatentTransform):
 
     in_training = False
     signals = True
+    header_options = ("toy_sign",)  # the container refuses an option no stage declares
 
     def forward(self, y_hat, state):
         if state.encoder_side:

@@ -10,7 +10,8 @@ Layout (big-endian integers)::
     17      2+2   y latent height, width        (1..65535)
     21      2+2   z latent height, width        (0, 0 when there is no z)
     25      1..   method options, compact binary (`codecx.coding.options`: a presence mask,
-                  then one value per option; none: 1 byte, a latent-shift index: 2 bytes)
+                  then one value per option the codec's stages declare; none: 1 byte, a
+                  latent-shift index: 2 bytes)
     ...     1     number of streams              (1..64)
     ...     4+k   per stream: length k, then k bytes (stream 0 is y, stream 1 is z)
     end-4   4     CRC32 of every byte before it
@@ -217,12 +218,13 @@ def expected_latent_shapes(backbone, shape: Tuple[int, int]):
 
 def check_method_names(options: Mapping[str, Any], known: Mapping[str, Sequence[str]]) -> None:
     """BitstreamError unless each method name of the header (`known`'s keys, e.g. quantizer,
-    shift) is absent or one of the known options (checked before anything is built from it)."""
+    transform: comma-separated names) is absent or one of the known options (checked before
+    anything is built from it)."""
     for key, choices in known.items():
         if key not in options or options[key] is None:
             continue
         name = options[key]
-        if not isinstance(name, str) or name not in set(choices):
+        if not isinstance(name, str) or not set(name.split(",")) <= set(choices):
             raise BitstreamError(
                 f"malformed codecx header: {key}={str(name)[:60]!r} is not a known option "
                 f"({', '.join(sorted(choices))}); the file is corrupted or was written by another "
@@ -412,7 +414,12 @@ def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] =
         check_encode(codec.backbone, tuple(x.shape[-2:]), name, max_pixels)
     out = codec.compress(x, estimate=False) if compressed is None else compressed
     opts = dict(options or {})
-    opts.update(out.get("options", [{}])[0])  # what the codec itself must signal (e.g. shift_index)
+    signalled = out.get("options", [{}])[0]  # what the codec's stages signal (e.g. shift_index)
+    undeclared = sorted(set(signalled) - {k for t in getattr(codec, "transforms", ()) for k in t.header_options})
+    if undeclared:
+        raise ValueError(f"the codec signals header option(s) {', '.join(undeclared)} that none of its latent "
+                         "transforms declares (`header_options`, codecx.transforms.base.Declares)")
+    opts.update(signalled)
     return pack(Header.from_output(out, fingerprint, opts), out["strings"][0])
 
 

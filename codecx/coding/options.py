@@ -1,7 +1,7 @@
 """Method options of the codecx header in compact binary form (format version 2).
 
-The options a decoder needs (the latent-shift index of arXiv 2501.01231 sec. 4, the quantizer and
-shift names the CLI records) cost what they carry: a presence mask, then one value per
+The options a decoder needs (those the latent transforms declare, e.g. the latent-shift index of
+arXiv 2501.01231 sec. 4; the quantizer and transform names the CLI records) cost what they carry: a presence mask, then one value per
 registered key present, in id order. `OPTION_KEYS` is the one registry of option keys, their
 small ids and kinds; ids and name tables are part of the format, so they are append-only.
 
@@ -43,12 +43,16 @@ class OptionKey:
     names: Tuple[str, ...] = ()
 
 
-# The registry (append only). Names: the options of codecx/conf/quantizer and codecx/conf/shift.
+# The registry (append only): the compact form of keys the stages declare (`header_options` of
+# codecx.transforms.base.Declares; others go to the JSON block) and of the method names the CLI
+# records. Names: the options of codecx/conf/quantizer, conf/shift (presets of the latent_shift
+# transform) and conf/transform (`transform`: decode-time transforms, comma-separated).
 OPTION_KEYS: Tuple[OptionKey, ...] = (
     OptionKey("shift_index", 0, "index"),
     OptionKey("side_shift_index", 1, "index"),
     OptionKey("quantizer", 2, "name", ("noise", "ste", "hex", "oct", "d4", "mixed")),
     OptionKey("shift", 3, "name", ("none", "latent", "latent_fast", "latent_side", "scalar", "sign")),
+    OptionKey("transform", 4, "name", ("latent_shift",)),
 )
 EXTRA_ID = 6  # the block of keys not in the registry (compact JSON values)
 

@@ -21,6 +21,7 @@ from codecx.eval.results import data_label, rd_results, summary_table, write_res
 from codecx.metrics.weights import MissingWeightsError
 from codecx.models.build import DEFAULT_QUANTIZER
 from codecx.models.codec import Codec
+from codecx.transforms.base import declared
 
 register_configs()
 
@@ -49,22 +50,37 @@ def checkpoint_paths(spec: Any) -> List[Path]:
 def codecs(cfg: DictConfig) -> Iterator[Tuple[str, Codec, Dict[str, Any]]]:
     """(label, codec, config) for each checkpoint, or the one model of `model=` (built lazily)."""
     quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True) or None
-    shift = OmegaConf.to_container(cfg.shift, resolve=True) or None
+    transform = decode_time_transforms(cfg)
     refine = OmegaConf.to_container(cfg.refine, resolve=True) or None
     levels = {} if cfg.scale_levels is None else {"scale_levels": int(cfg.scale_levels)}
     if cfg.ckpt is not None:
         for p in checkpoint_paths(cfg.ckpt):
-            codec, config = load_codec(p, quantizer, shift, refine=refine, **levels)
+            codec, config = load_codec(p, quantizer, transform, refine=refine, **levels)
             yield str(p), codec, config
         return
     model = {**OmegaConf.to_container(cfg.model, resolve=True), **levels}
     if not model.get("weights"):
         warn("model.weights is not set: evaluating an untrained (randomly initialised) model")
     quantizer = quantizer or dict(DEFAULT_QUANTIZER)
-    config = {"model": model, "quantizer": quantizer, **({"shift": shift} if shift else {}),
+    config = {"model": model, "quantizer": quantizer, **({"transform": transform} if transform else {}),
               **({"refine": refine} if refine else {})}
-    yield (model.get("weights") or "untrained", prepare(codec_from_config(model, quantizer, shift, refine=refine)),
+    yield (model.get("weights") or "untrained", prepare(codec_from_config(model, quantizer, transform, refine=refine)),
            config)
+
+
+def decode_time_transforms(cfg: DictConfig) -> Optional[Dict[str, Any]]:
+    """The latent transforms `transform=[...]` adds after the checkpoint's, `shift=NAME` (a
+    preset of the transform latent_shift) first; None: none."""
+    nodes: Dict[str, Any] = {}
+    for group in ("shift", "transform"):
+        node = cfg.get(group)
+        node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+        twice = sorted(set(nodes) & set(node))
+        if twice:
+            raise ConfigError(f"transform {', '.join(twice)} is named twice (shift=NAME is a preset of "
+                              "transform=[latent_shift]): give one of them")
+        nodes.update(node)
+    return nodes or None
 
 
 def point_label(point: Dict[str, Any]) -> str:
@@ -97,7 +113,7 @@ def build_metrics(cfg: DictConfig) -> Tuple[Optional[Any], Optional[Any]]:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need the composed config, before anything is loaded."""
-    check_targets(cfg, ["model", "quantizer", "shift", "refine", "data"])
+    check_targets(cfg, ["model", "quantizer", "shift", "transform", "refine", "data"])
     if cfg.ckpt is None and cfg.model is None:
         raise ConfigError("nothing to evaluate: set ckpt=PATH (a train.py checkpoint; a list "
                           "ckpt=[a.ckpt,b.ckpt] gives one RD curve) or model=NAME model.N=.. "
@@ -124,7 +140,14 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     found = len(datamodule.val_set)
     images = dataset_images(datamodule.val_set, max_pixels=cfg.max_pixels)
     lpips, fid = build_metrics(cfg)
-    points, rows = evaluate_codecs(codecs(cfg), images, lpips, fid, cfg.progress,
+    metrics: List[str] = []  # the summary metrics the codecs' stages declare (codecx.transforms.base.Declares)
+
+    def declaring(items):
+        for label, codec, config in items:
+            metrics.extend(m for m in declared(codec, "summary_metrics") if m not in metrics)
+            yield label, codec, config
+
+    points, rows = evaluate_codecs(declaring(codecs(cfg)), images, lpips, fid, cfg.progress,
                                    grad_corr=cfg.metrics.grad_corr,
                                    decompose=bool(cfg.metrics.get("decompose", False)),
                                    max_pixels=cfg.max_pixels)
@@ -134,10 +157,10 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     counted = image_count(points, found)
     desc = cfg.description or (f"codecx eval of {len(labels)} model(s) on {counted} "
                                f"({data_label(data)})")
-    results = rd_results(name, points, desc, data)
+    results = rd_results(name, points, desc, data, metrics)
     js, cs = write_results(out_dir, results, rows)
     console = Console(width=None if sys.stdout.isatty() else 120)
-    console.print(summary_table(results, [point_label(p) for p in points]))
+    console.print(summary_table(results, [point_label(p) for p in points], metrics))
     console.print(f"{counted}, {threads} thread(s); wrote {js} and {cs}")
     return results
 

@@ -41,10 +41,11 @@ def _json_number(v: float) -> Optional[float]:
 
 
 def results_dict(name: str, points: Sequence[Mapping[str, Any]], description: str = "",
-                 **extra: Any) -> Dict[str, Any]:
+                 metrics: Sequence[str] = (), **extra: Any) -> Dict[str, Any]:
     """CompressAI's results layout: `results[metric]` lists one value per point (checkpoint),
-    so a rate sweep is one RD curve; non-finite values (MS-SSIM of small images) become null."""
-    keys = [k for k in (*METRICS, *WEIGHTED, "fid", "kid", "kid_std", *COMPLEXITY)
+    so a rate sweep is one RD curve; non-finite values (MS-SSIM of small images) become null;
+    `metrics`: more keys of the points to keep (the summary metrics the codecs' stages declare)."""
+    keys = [k for k in dict.fromkeys((*METRICS, *WEIGHTED, "fid", "kid", "kid_std", *COMPLEXITY, *metrics))
             if k != "bytes" and k in points[0]]
     results = {k: [_json_number(float(p[k])) for p in points] for k in keys}
     if "kmacs_decoder" in points[0]:
@@ -57,13 +58,13 @@ def results_dict(name: str, points: Sequence[Mapping[str, Any]], description: st
 
 
 def rd_results(name: str, points: Sequence[Mapping[str, Any]], description: str, data: Mapping[str, Any],
-               **extra: Any) -> Dict[str, Any]:
+               metrics: Sequence[str] = (), **extra: Any) -> Dict[str, Any]:
     """`results_dict` of RD points that carry `checkpoint`, `lmbda` and `images` (as
-    `evaluate_codecs` gives them), with the key of the evaluated images' `data` config; `extra`
-    adds fields or replaces these."""
+    `evaluate_codecs` gives them), with the key of the evaluated images' `data` config; `metrics`
+    as `results_dict`; `extra` adds fields or replaces these."""
     fields = {"checkpoints": [p["checkpoint"] for p in points], "lmbda": [p.get("lmbda") for p in points],
               "images": [int(p["images"]) for p in points], "data": data_key(data), **extra}
-    return results_dict(name, points, description, **fields)
+    return results_dict(name, points, description, metrics, **fields)
 
 
 def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any],
@@ -81,8 +82,9 @@ def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any],
     return js, cs
 
 
-def summary_table(results: Mapping[str, Any], labels: Sequence[str] = ()):
-    """A rich Table of a results dict: one row per RD point."""
+def summary_table(results: Mapping[str, Any], labels: Sequence[str] = (), metrics: Sequence[str] = ()):
+    """A rich Table of a results dict: one row per RD point; `metrics`: more columns (the summary
+    metrics the codecs' stages declare, 3 decimals, before FID)."""
     from rich.table import Table
 
     res = results["results"]
@@ -90,7 +92,7 @@ def summary_table(results: Mapping[str, Any], labels: Sequence[str] = ()):
             ("psnr-rgb", "PSNR dB", 2), ("ms-ssim", "MS-SSIM", 4), ("lpips", "LPIPS", 4),
             ("hf_ratio", "HF ratio", 3),
             ("grad_corr", "grad corr", 3), ("mse_a_ratio", "MSE_a/t", 3), ("mse_q_ratio", "MSE_q/t", 3),
-            ("fid", "FID", 2), ("kid", "KID", 4), ("encoding_time", "enc s", 3),
+            *((k, k, 3) for k in metrics if k not in METRICS), ("fid", "FID", 2), ("kid", "KID", 4), ("encoding_time", "enc s", 3),
             ("decoding_time", "dec s", 3), ("kmacs_decoder", "dec KMACs/px", 1)]
     cols = [c for c in cols if c[0] in res]
     table = Table(title=f"{results['name']}: bpp from {BPP_SOURCE}")

@@ -76,9 +76,10 @@ def rate_gradient(quantizer, y_hat: Tensor, params: EntropyParams) -> Tensor:
     if isinstance(quantizer, ScalarQuantizer) and isinstance(m, GaussianConditional):
         bound = float(m.likelihood_lower_bound.bound) if m.use_likelihood_bound else None
         return gaussian_bin_nll_grad(y_hat, params.means, m.lower_bound_scale(params.scales), bound)
-    detached = EntropyParams(params.means.detach(), None if params.scales is None else params.scales.detach(), m)
-    with torch.enable_grad():
-        v = y_hat.detach().requires_grad_(True)
+    with _autograd():
+        detached = EntropyParams(params.means.detach().clone(),
+                                 None if params.scales is None else params.scales.detach().clone(), m)
+        v = y_hat.detach().clone().requires_grad_(True)
         nll = -quantizer.likelihood(v, detached).log().sum()
         return torch.autograd.grad(nll, v)[0]
 
@@ -86,11 +87,21 @@ def rate_gradient(quantizer, y_hat: Tensor, params: EntropyParams) -> Tensor:
 def side_rate_gradient(prior, z_hat: Tensor) -> Tensor:
     """grad_{z_hat} -log p_f(z_hat) under the side prior `prior.side_prior(z_hat)` (the entropy
     bottleneck's; `prior`: the codec's view or a backbone), by autograd."""
-    p = prior.side_prior(z_hat)
-    with torch.enable_grad():
-        v = z_hat.detach().requires_grad_(True)
-        nll = -p.likelihood(v).log().sum()
+    with _autograd():
+        v = z_hat.detach().clone().requires_grad_(True)
+        nll = -prior.side_prior(v).likelihood(v).log().sum()
         return torch.autograd.grad(nll, v)[0]
+
+
+def _autograd():
+    """Gradients on, also where the caller decodes under `torch.inference_mode` (the evaluator):
+    the tensors cloned inside are ordinary ones."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    return stack
 
 
 # ---------------------------------------------------------------------------- the shift
@@ -141,9 +152,16 @@ class LatentShift(LatentTransform):
             raise ValueError(f"shift fraction={fraction}: expected 0 < fraction <= 1")
         self.fraction, self.tile = float(fraction), int(tile)
 
-    #: an inference-time method: never applied in training; the encoder signals its choice
+    #: an eval-time method: never applied in training; the encoder signals its choice
     in_training = False
     signals = True
+    header_options = ("shift_index", "side_shift_index")
+    #: per image: which candidate step the encoder signalled (read from the header)
+    report_columns = ("shift_index", "side_shift_index")
+    #: corr(grad -log p, grad D) of the unshifted y_hat (arXiv 2501.01231 fig. 6), on by default with a shift
+    summary_metrics = ("grad_corr",)
+    #: the fingerprint part of files written before issue 30 (eval.py shift=..., codecx compress --shift)
+    fingerprint_key = "shift"
 
     def forward(self, y_hat: Tensor, state: WalkState) -> Tensor:
         """The main shift: chosen by distortion where `x` is known, read from the options otherwise."""
@@ -308,3 +326,4 @@ def shift_gradient_correlation(codec, x: Tensor) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = (a.norm() * b.norm()).item()
     return float("nan") if den == 0 else float((a @ b).item() / den)
+

@@ -131,17 +131,22 @@ class SGA(EncoderRefiner):
         batch_size: how many images of one size the evaluator refines in one call (codecx.eval:
             one pass per group; a GPU runs them at once); 1: one image at a time. Any call
             refines the batch it is given; the results per image do not depend on it.
+        device: run the optimisation on this device (e.g. "cuda") with a copy of the codec
+            (`CodecView.on`), the latents coming back to the codec's device; the real check and
+            the coding stay with the codec (eval codes on the CPU); None: the codec's device.
     """
 
     #: relaxes scalar rounding: refused with a lattice quantizer (codecx.config.check)
     scalar_only = True
+    #: per image: which latents were coded; with keep_best the real bpp + lmbda D of both (`report`)
+    report_columns = ("sga_kept", "sga_rd_original", "sga_rd_refined")
 
     def __init__(self, steps: int = 3000, lr: float = 5e-3, schedule: str = "shallow_ntc",
                  lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,
                  lmbda: Optional[float] = None, seed: int = 0, keep_best: bool = True,
                  progress: bool = False, tau_rate: Optional[float] = None,
                  tau_offset: Optional[int] = None, curves: Optional[str] = None, grid: str = "coder",
-                 batch_size: int = 1):
+                 batch_size: int = 1, device: Optional[str] = None):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"refine.sga.schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
@@ -159,6 +164,9 @@ class SGA(EncoderRefiner):
         if int(batch_size) < 1:
             raise ValueError(f"refine.sga.batch_size={batch_size}: need at least 1 image per call")
         self.batch_size = int(batch_size)
+        if device not in (None, "") and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"refine.sga.device={device}: torch sees no CUDA device; use null (the codec's device)")
+        self.device = None if device in (None, "") else str(device)
         self.steps, self.lr, self.schedule_name, self.grid = int(steps), float(lr), schedule, grid
         base = SCHEDULES[schedule]
         self.tau = TauSchedule(base.tau0, base.rate if tau_rate is None else float(tau_rate),
@@ -233,8 +241,11 @@ class SGA(EncoderRefiner):
                 raise RuntimeError(f"SGA (keep_best) codes the original and refined latents: {e} "
                                    "(or set refine.sga.keep_best=false)") from None
         y0, z0 = y.detach(), None if z is None else z.detach()
+        work, on = (codec, y.device) if self.device is None else (codec.on(self.device), torch.device(self.device))
         with torch.enable_grad():
-            y_opt, z_opt, curve = self._optimise(codec, x.detach(), y0, z0, float(lmbda))
+            y_opt, z_opt, curve = self._optimise(work, x.detach().to(on), y0.to(on), None if z0 is None else z0.to(on),
+                                                 float(lmbda))
+        y_opt, z_opt = y_opt.to(y.device), None if z_opt is None else z_opt.to(y.device)
         n = y.size(0)
         self.last = {"curve": [sum(c[2]) for c in curve], "curves": [[c[2][i] for c in curve] for i in range(n)],
                      "kept": ["refined"] * n}

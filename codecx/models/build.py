@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 
 from codecx.conf import CONF_DIR
@@ -136,18 +136,32 @@ def instantiate_list(node: Optional[Mapping[str, Any]]) -> List[Any]:
     return [instantiate(dict(v)) for v in node.values() if v]
 
 
+def transform_items(config: Mapping[str, Any]) -> List[Tuple[Optional[str], Dict[str, Any]]]:
+    """(name, node) of each latent transform of a config, in the codec's order: those of the
+    multi-select `transform` (name None for a single `_target_` node), then a pre-issue-30
+    config's `shift` node (name "shift": the latent shift is a transform now)."""
+    items: List[Tuple[Optional[str], Dict[str, Any]]] = []
+    for key in ("transform", "shift"):
+        node = dict(config.get(key) or {})
+        if "_target_" in node:
+            items.append((None if key == "transform" else key, node))
+        else:
+            items += [(str(k), dict(v)) for k, v in node.items() if v]
+    return items
+
+
 def build_codec(config: Mapping[str, Any]):
     """The Codec of a resolved config (train.py's or a checkpoint's `codecx_config`): `model`,
-    `quantizer`, `transform` (latent transforms, in order), `refine` (encoder refiners),
-    `shift` (a latent shift, appended after the transforms), `lmbda` and `distortion` (the
-    configured distortion's node, built when first used: what refiners and inference-time
-    transforms judge reconstructions with)."""
+    `quantizer`, `transform` (latent transforms, in order: trained ones and eval-time ones such
+    as the latent shift; `transform_items`), `refine` (encoder refiners), `lmbda` and
+    `distortion` (the configured distortion's node, built when first used: what refiners and
+    eval-time transforms judge reconstructions with)."""
     from hydra.utils import instantiate
 
     from codecx.models.codec import Codec
 
     quantizer = config.get("quantizer") or DEFAULT_QUANTIZER
-    transforms = instantiate_list(config.get("transform")) + instantiate_list(config.get("shift"))
+    transforms = [instantiate(node) for _, node in transform_items(config)]
     return Codec(instantiate_backbone(config["model"]), instantiate(dict(quantizer)), transforms=transforms,
                  refiners=instantiate_list(config.get("refine")), lmbda=config.get("lmbda"),
                  distortion=config.get("distortion") or None)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from torch import Tensor, nn
 
 from codecx.types import EntropyParams
 
-__all__ = ["LatentTransform", "WalkState"]
+__all__ = ["Declares", "LatentTransform", "WalkState", "declared"]
 
 #: the walk's channels' names (codecx.quantizers.channels; "refine": SGA's relaxation)
 MODES = ("train", "eval", "encode", "decode", "identity", "refine")
@@ -45,7 +45,34 @@ class WalkState:
         return self.x is not None
 
 
-class LatentTransform(nn.Module):
+class Declares:
+    """What a stage of the pipeline (a latent transform, an encoder refiner) declares to the
+    evaluation, so that the evaluator, the container fingerprint and the header options iterate
+    over the declared names instead of naming a method (issue 30, docs/manual/extending.md).
+    Class attributes (tuples of names):
+
+    - `header_options`: the codecx header options it writes at the encoder (`state.options`)
+      and reads at the decoder (`codecx.coding.options`: registered keys are stored compactly,
+      others in its JSON block); the container refuses an option no stage declares.
+    - `report_columns`: the per-image columns (per_image.csv) its `report` gives.
+    - `summary_metrics`: the means the RD point gets with it (results.json, the summary table):
+      its report columns, or an evaluator diagnostic it comes with (the latent shift: `grad_corr`,
+      computed by default when a stage asks for it).
+    """
+
+    header_options: Tuple[str, ...] = ()
+    report_columns: Tuple[str, ...] = ()
+    summary_metrics: Tuple[str, ...] = ()
+
+
+def declared(codec, what: str) -> Tuple[str, ...]:
+    """The names the stages of `codec` (its latent transforms, then its encoder refiners)
+    declare as `what` (`Declares`' attributes), in order, each once."""
+    stages = [*getattr(codec, "transforms", ()), *getattr(codec, "refiners", ())]
+    return tuple(dict.fromkeys(k for s in stages for k in getattr(s, what, ())))
+
+
+class LatentTransform(Declares, nn.Module):
     """A stage between `y_hat` and `g_s`, run on both sides of the channel (DESIGN.md).
 
     `forward(y_hat, state)` returns the `y_hat` that `g_s` sees. A transform may own
@@ -57,10 +84,13 @@ class LatentTransform(nn.Module):
     called when the codec is built, before any checkpoint is loaded, with the codec's narrow
     view (`CodecView`: `M`, strides, quantizer, prior, g_s): build layers that depend on it
     (e.g. `view.M`) there, once (it may be called again with an already attached transform:
-    keep what exists).
+    keep what exists). What it declares to the evaluation (header options, report columns,
+    summary metrics): `Declares`.
     """
 
-    #: False: the transform is skipped in training (an inference-time method such as latent shift)
+    #: False: an eval-time transform (the latent shift): the training walk (the Relaxed channel)
+    #: skips it; it runs in evaluation and coding, and can be added to a trained codec at decode
+    #: time (eval.py transform=[NAME], codecx compress --transform NAME)
     in_training: bool = True
     #: True when the encoder chooses something and writes it to `state.options` (latent shift):
     #: the encoder then runs the transforms up to this one; without any, it runs none
@@ -69,6 +99,10 @@ class LatentTransform(nn.Module):
     #: what a latent-MSE term measured after it can train (Rethinking Latent Variable, WACV 2026); False for a fixed
     #: transform (FPC, the latent-MSE term itself), after which the term trains nothing
     learned: bool = True
+    #: where its config node enters the container fingerprint: None, with the other transforms
+    #: under `transform`; a key, alone under that key (the latent shift: `shift`, where files
+    #: written before issue 30 have it, so that they still decode)
+    fingerprint_key: Optional[str] = None
 
     def attach(self, codec) -> None:
         """Adapt to the codec (its `CodecView`; default: nothing)."""
@@ -79,3 +113,8 @@ class LatentTransform(nn.Module):
     def side(self, z_hat: Tensor, state: WalkState) -> Tensor:
         """Change the side latent before `h_s` (default: unchanged)."""
         return z_hat
+
+    def report(self, codec, x: Tensor, options: Mapping[str, Any]) -> Dict[str, Any]:
+        """Per-image columns (`report_columns`) of one coded image `x` whose header carries
+        `options`; `codec`: the codec (default: the report columns found among the options)."""
+        return {k: options[k] for k in self.report_columns if k in options}
