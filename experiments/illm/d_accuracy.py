@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image, ImageDraw
 
+from codecx.compare import deltas, load_arm
 from codecx.data.datamodule import ImageFolderDataset
 from codecx.eval.checkpoint import load_checkpoint
 from codecx.eval.load import load_codec
@@ -173,30 +173,6 @@ def eval_row(run_dir: Path):
     return {k: v[0] for k, v in res.items() if isinstance(v, list) and v}, per
 
 
-def band(d) -> tuple:
-    """(mean, half-width of the band, n): mean ± 2 SE (t_{0.975,n-1} SE below 10 values)."""
-    d = [v for v in d if math.isfinite(v)]
-    n = len(d)
-    m = sum(d) / n
-    if n < 2:
-        return m, float("nan"), n
-    se = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1) / n)
-    if n < 10:
-        from scipy.stats import t
-
-        return m, float(t.ppf(0.975, n - 1)) * se, n
-    return m, 2 * se, n
-
-
-def diffs(per, a, b, key):
-    """Per-image differences a - b (a and b: one arm or a tuple of arms averaged per image)."""
-    def val(arms, i):
-        arms = (arms,) if isinstance(arms, str) else arms
-        return mean(float(per[x][i][key]) for x in arms)
-    first = a if isinstance(a, str) else a[0]
-    return [val(a, i) - val(b, i) for i in per[first]]
-
-
 def figure(crops, recon, names, out: Path, cols, picks, size=128):
     """Side by side: original and each arm's reconstruction of `size`-px crops of `picks`."""
     cols = ["original", *cols]
@@ -245,16 +221,26 @@ def report(a) -> int:
         for f in ("per_image.csv", "results.json"):
             shutil.copyfile(src / f, dst / f)
 
-    comps = {}  # name -> (a, b)
+    # paired differences through the comparison API (codecx.compare.deltas): seeds pair with the
+    # baseline's same seed, per image the mean over the pairs, mean ± t·SE over the images
+    def arm_of(name, members):
+        return load_arm(name=name, replicates={m.rsplit("_s", 1)[1]: runs / "eval" / m for m in members})
+
+    none = arm_of("none", [m for m in ("none_s1", "none_s2") if m in arms])
+    comps = {"none seed 2 - none seed 1 (noise band)": (none, True)}
     for g, seeds in GROUPS.items():
-        if all(s in arms for s in seeds):
-            for s, n in zip(seeds, ("none_s1", "none_s2")):
-                comps[f"{s} - {n}"] = (s, n)
-            comps[f"{g} - none (both seeds, per-image mean)"] = (seeds, ("none_s1", "none_s2"))
-    for a_, b_ in (("illm_noy_s1", "none_s1"), ("none_s2", "none_s1"), ("stage1", "none_s1")):
-        if a_ in arms and b_ in arms:
-            comps[f"{a_} - {b_}" + (" (noise band: seed 2 vs seed 1)" if a_ == "none_s2" else "")] = (a_, b_)
-    paired = {name: {k: band(diffs(per, x, y, k)) for k in KEYS} for name, (x, y) in comps.items()}
+        have = [s for s in seeds if s in arms]
+        for s in have:
+            comps[f"{s} - none_s{s[-1]}"] = (arm_of(g, [s]), False)
+        if len(have) == 2:
+            comps[f"{g} - none (both seeds)"] = (arm_of(g, have), False)
+    if "illm_noy_s1" in arms:
+        comps["illm_noy_s1 - none_s1"] = (arm_of("illm_noy", ["illm_noy_s1"]), False)
+    comps["stage1 - none (both seeds, per-image mean)"] = (load_arm(runs / "eval" / "stage1", name="stage1"), False)
+    paired = {}
+    for name, (arm_, is_base) in comps.items():
+        d = deltas(none, arm_, KEYS, is_base=is_base)
+        paired[name] = {k: (v.mean, v.band, v.n) for k, v in d.items()}
 
     cols = [c for c in ("stage1", "none_s1", "patchgan_s1", "illm_s1", "illm_noy_s1") if c in arms]
     shown = figure(crops, recon, names, out / "recon.png", cols, picks=[(12, (64, 64)), (22, (64, 0))])
@@ -279,7 +265,8 @@ def report(a) -> int:
                  f"{acc} | n/a: no weights | n/a: no weights |")
     L += ["| *paper, CLIC2020 0.12 bpp, no GAN (released results)* | | *31.99* | | | | *6.56* | |",
           "| *paper, CLIC2020 0.12 bpp, MS-ILLM (released; Table 1: 30.9 / 2.65)* | | *30.87* | | | | *2.65* | |",
-          "", f"Paired differences (per image, mean ± 2 SE over {len(crops)} images; t-based below 10):", "",
+          "", f"Paired differences (codecx.compare.deltas: per image, seeds paired, mean ± t_0.975·SE over "
+          f"{len(crops)} images):", "",
           "| comparison | ΔPSNR dB | ΔMS-SSIM | Δhf_ratio |", "|---|---|---|---|"]
     for name, v in paired.items():
         L.append(f"| {name} | " + " | ".join(fmt(*v[k][:2], k) for k in KEYS) + " |")
