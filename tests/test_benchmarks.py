@@ -146,3 +146,15 @@ def test_context_bench_quick():
         assert float(row(metric).split(metric)[1].split()[0]) > 0, row(metric)
     for metric in ("same work: streams differ", "same work: decoded images differ"):
         assert row(metric).split()[-1] == "ok", row(metric)
+
+
+@pytest.mark.slow
+def test_train_fast_tiny_end_to_end():
+    """train_fast (issue 33 item 3): both configurations run paired with the eager plain loop,
+    do the same work (equal losses) and report the compile warm-up and its pay-back."""
+    out, row = _bench("train_fast", "--tf-N", "8", "--tf-M", "8", "--tf-crop", "64", "--tf-batch-size", "2")
+    assert "torch.compile warm-up: first step" in out
+    for config in ("channels_last", "channels_last+compile"):
+        line = row(f"loss max rel. diff ({config} vs eager)")
+        assert line.split()[-1] == "ok", line
+    assert row("compile pays after") and row("step time ratio codecx channels_last+compile / plain eager")
