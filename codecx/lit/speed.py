@@ -31,8 +31,8 @@ log = logging.getLogger("codecx")
 
 #: the backbone's transforms the switches act on (the convolution stacks; GDN is elementwise around a 1x1 conv)
 TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
-#: `trainer.compile=auto` compiles runs of at least this many steps (the warm-up, ~15-140 s on
-#: 2 CPU cores, pays from ~250 steps of the main job's model: docs/manual/benchmarks.md)
+#: `trainer.compile=auto` compiles runs of at least this many steps (the warm-up, ~10-40 s on 2
+#: CPU cores, paid back after 78-973 steps of the main job's model: docs/manual/benchmarks.md)
 AUTO_COMPILE_STEPS = 500
 
 
