@@ -355,6 +355,18 @@ def test_sga_objective_is_the_configured_distortion():
     assert real[1] == 8 * sum(map(len, strings[0])) / x[0, 0].numel()
 
 
+class _RecordingSGA(SGA):
+    """SGA that records the batch shape of every call (which images the evaluator grouped)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.batches = []
+
+    def forward(self, x, codec, y, z, lmbda):
+        self.batches.append(tuple(x.shape))
+        return super().forward(x, codec, y, z, lmbda)
+
+
 def test_batch_equals_one_at_a_time(codec):
     """Issue 33: three images of one size refined in one call get, image by image, what each gets
     alone: the same Gumbel noise (one generator per image, seeded with `seed`), the relaxed-loss
@@ -378,3 +390,32 @@ def test_batch_equals_one_at_a_time(codec):
         alone_streams = codec.view.code(xs[i : i + 1], (y1, z1))[0]
         assert alone_streams == codec.view.code(xs[i : i + 1], (yb[i : i + 1], zb[i : i + 1]))[0]
 
+
+def test_evaluate_groups_images_by_size(codec):
+    """refine.sga.batch_size=2 in an evaluation: images of one size are refined in groups of at
+    most 2 (in order, sizes kept apart), the per-image rows equal one-at-a-time refinement's
+    (bytes, PSNR, kept latents, real R + lmbda D); mixed sizes in one batch are refused."""
+    from codecx.eval.loop import evaluate
+    from codecx.eval.refine import refine_batch
+    from codecx.models import Codec
+
+    wide = _image(128, 3)[..., :64, :]  # 64 high, 128 wide
+    images = [("a", _image(64, 0)), ("b", wide), ("c", _image(64, 1)), ("d", _image(64, 2))]
+    rows = {}
+    for b in (1, 2):
+        sga = _RecordingSGA(steps=4, lr=3e-2, batch_size=b)
+        refined = Codec(codec.backbone, codec.quantizer, refiners=[sga], lmbda=LMBDA).eval()
+        rows[b] = evaluate(refined, images, bytes(8), progress=False)
+        one, two = (1, 3, 64, 64), (1, 3, 64, 128)
+        assert sga.batches == ([one, two, one, one] if b == 1 else [(2, 3, 64, 64), two, one])
+    keys = ("image", "bytes", "bpp", "psnr-rgb", "sga_kept", "sga_rd_original", "sga_rd_refined")
+    assert [[r[k] for k in keys] for r in rows[2]] == [[r[k] for k in keys] for r in rows[1]]
+    assert all(r["encoding_time"] > 0 for r in rows[2])
+    with pytest.raises(ValueError, match="one size, got 128x64, 64x64"):
+        refine_batch(refined, [images[0][1], wide])
+    with pytest.raises(ValueError, match="refine.sga.batch_size=0"):
+        SGA(batch_size=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="refine.sga.device=cuda: torch sees no CUDA device"):
+            SGA(device="cuda")
+    assert refined.view.on("cpu")._codec is refined  # already there: no copy

@@ -33,15 +33,16 @@ def set_coding_threads(n: Optional[int] = None) -> int:
 
 @torch.no_grad()
 def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT,
-               max_pixels: int = MAX_PIXELS) -> Tuple[Dict[str, float], Tensor]:
+               max_pixels: int = MAX_PIXELS, latents=None) -> Tuple[Dict[str, float], Tensor]:
     """Encode one image (1,3,H,W) into a codecx file, decode that file, measure; returns
     (metrics, decoded image). `bpp` counts every byte of the file, header and CRC included;
     `bpp_streams` only the entropy-coded streams; `bpp_est` the likelihoods' estimate.
     `codec` must be in eval mode and updated (`update(force=True)`); `max_pixels`: the cap of
-    both sides (the caller checks the encode with `check_encode` first)."""
+    both sides (the caller checks the encode with `check_encode` first); `latents`: code these
+    (already refined, codecx.eval.refine) instead of running the encoder."""
     pixels = x.shape[-2] * x.shape[-1]
     t0 = time.perf_counter()
-    out = codec.compress(x)
+    out = codec.compress(x, latents=latents)
     data = encode_image(codec, x, fingerprint, compressed=out)
     t1 = time.perf_counter()
     x_hat, header = decode_image(codec, data, fingerprint, max_pixels)
@@ -63,7 +64,7 @@ def measure_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT) -> Dict
 
 
 def measure(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT, lpips=None, grad_corr: bool = False,
-            decompose: bool = False, max_pixels: int = MAX_PIXELS) -> Tuple[Dict[str, Any], Tensor]:
+            decompose: bool = False, max_pixels: int = MAX_PIXELS, refined=None) -> Tuple[Dict[str, Any], Tensor]:
     """(row, decoded image) of one image: `code_image`'s metrics, what each encoder refiner did to
     it (e.g. SGA's kept latents), LPIPS (Zhang et al. 2018) with `lpips`, the weight-free HF power
     ratio (codecx.metrics.realism), with `grad_corr` the correlation of grad -log p and grad D
@@ -73,9 +74,13 @@ def measure(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT, lpips=None, g
     from codecx.metrics.decompose import decompose as decompose_error
     from codecx.metrics.realism import hf_power_ratio
 
-    row, x_hat = code_image(codec, x, fingerprint, max_pixels)
-    for r in codec.refiners:  # what each refiner did to this image (e.g. SGA's kept latents)
-        row.update(r.report())
+    row, x_hat = code_image(codec, x, fingerprint, max_pixels, None if refined is None else refined.latents)
+    if refined is None:
+        for r in codec.refiners:  # what each refiner did to this image (e.g. SGA's kept latents)
+            row.update(r.report())
+    else:  # refined in a batch (codecx.eval.refine.Refined): its columns and time share
+        row["encoding_time"] += refined.seconds
+        row.update(refined.report)
     if lpips is not None:
         row["lpips"] = lpips(x, to_uint8(x_hat) / 255).mean().item()  # the 8-bit image, as PSNR
     row["hf_ratio"] = hf_power_ratio(x, to_uint8(x_hat) / 255).item()  # needs no weights

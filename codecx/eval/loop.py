@@ -12,6 +12,7 @@ from torch import Tensor
 from codecx.coding.container import MAX_PIXELS, ImageTooLargeError, check_encode
 from codecx.eval.code import NO_FINGERPRINT, measure
 from codecx.eval.load import fingerprint_of
+from codecx.eval.refine import with_refined
 from codecx.eval.results import METRICS
 from codecx.metrics.rd import aggregate
 from codecx.models.codec import Codec
@@ -107,9 +108,10 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
         grad_corr = codec.shift is not None
     console = Console(stderr=True)
     rows = []
-    for name, x in track(images, description=description, transient=True, console=console,
-                         disable=not (progress and console.is_terminal)):
-        row, x_hat = measure(codec, x, fingerprint, lpips, grad_corr, decompose, max_pixels)
+    # refiners with a batch_size > 1 (refine.sga.batch_size) refine each size's images in groups
+    for name, x, refined in track(with_refined(codec, images), total=len(images), description=description,
+                                  transient=True, console=console, disable=not (progress and console.is_terminal)):
+        row, x_hat = measure(codec, x, fingerprint, lpips, grad_corr, decompose, max_pixels, refined=refined)
         if fid is not None:
             fid.update(x, x_hat)
         if on_image is not None:

@@ -13,6 +13,7 @@ the walk asks it instead of testing a mode. It returns one `CodecOutput` whateve
 from __future__ import annotations
 
 import dataclasses
+from copy import deepcopy
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -119,11 +120,9 @@ class Codec(nn.Module):
         if latents is not None:
             y, z = latents
         elif x is not None:
-            y = bb.g_a(pad_to(x, bb.stride))
-            z = bb.h_a(bb.h_a_input(y)) if bb.has_side else None
+            y, z = self.analyse(x)
             if channel.refines:
-                for r in self.refiners:
-                    y, z = r(x, self.view, y, z, self.lmbda)
+                y, z = self.refine(x, y, z)
         channel.accept(y, z)
         st.y = y
         z_hat = z_lik = hyper = None
@@ -143,6 +142,28 @@ class Codec(nn.Module):
         return CodecOutput(x_hat=channel.reconstruct(bb.g_s, y_hat, size), y=y, y_hat=y_hat,
                            likelihoods=likelihoods, params=st.params, z_hat=z_hat, metrics=st.metrics,
                            losses=st.losses, streams=channel.streams(), options=st.options)
+
+    def analyse(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """`(y, z)` of the unpadded image(s) `x`: g_a, then h_a (z None without side information)."""
+        bb = self.backbone
+        y = bb.g_a(pad_to(x, bb.stride))
+        return y, bb.h_a(bb.h_a_input(y)) if bb.has_side else None
+
+    def refine(self, x: Tensor, y: Tensor, z: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """The encoder refiners, in order, on the latents of `x` (a batch of one size in one call)."""
+        for r in self.refiners:
+            y, z = r(x, self.view, y, z, self.lmbda)
+        return y, z
+
+    @torch.no_grad()
+    def encoder_latents(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """The `(y, z)` the encoder codes for a batch `x` of images of one size: g_a and h_a image
+        by image (as `compress`: the same bits as alone), then the refiners over the whole batch
+        in one call (SGA optimises every image at once); `compress(x, latents=...)` codes them."""
+        per_image = [self.analyse(x[i : i + 1]) for i in range(x.size(0))]
+        y = torch.cat([p[0] for p in per_image])
+        z = torch.cat([p[1] for p in per_image]) if per_image[0][1] is not None else None
+        return self.refine(x, y, z)
 
     @property
     def view(self) -> "CodecView":
@@ -326,3 +347,14 @@ class CodecView:
     def check_updated(self) -> None:
         """RuntimeError when the entropy models have no CDF tables yet (`Codec.update`)."""
         self._codec._check_updated()
+
+    def on(self, device) -> "CodecView":
+        """The view of a copy of the codec on `device` (a refiner optimising on a GPU while the
+        codec codes on the CPU), or this view when the codec is there already."""
+        codec, device = self._codec, torch.device(device)
+        here = next(codec.parameters(), torch.empty(0)).device
+        if here.type == device.type and (device.index is None or here.index == device.index):
+            return self
+        copy = deepcopy(codec).to(device)
+        copy.distortion = deepcopy(codec.distortion).to(device)  # kept outside the module tree
+        return CodecView(copy)
