@@ -1,6 +1,7 @@
 """SGA (Yang, Bamler, Mandt 2020): the relaxation's limits, the tau schedules, lower R + lmbda D
 on a tiny model for every prior family, the never-worse rule on the real bitstream (batched,
-serial context model, no z), exact real coding, and one refiner run per evaluated image."""
+serial context model, no z), exact real coding, one refiner run per evaluated image, and a batch
+of images of one size refined at once equal to one at a time (issue 33), in eval grouped by size."""
 from __future__ import annotations
 
 import math
