@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from codecx.lit import LitCodec
 from codecx.lit.speed import (AUTO_COMPILE_STEPS, TRANSFORMS, channels_last, compile_setting, speed_up_transforms,
-                              wants_compile)
+                              strided_pointwise, wants_compile)
 from codecx.regularizers import NoRegularizer
 from conftest import TINY, run_train, tiny_codec
 
@@ -72,6 +72,16 @@ def test_channels_last_same_loss_and_gradients():
     assert seen == [True, False]
     xc = channels_last(x)
     assert xc.is_contiguous(memory_format=torch.channels_last) and torch.equal(xc, x)
+
+
+def test_channels_last_skips_strided_pointwise_convolutions():
+    """cheng2020's g_a (residual blocks with a 1x1 stride-2 skip) stays NCHW: oneDNN's channels-last
+    weight gradient of that convolution corrupts the heap on CPU (torch 2.14; the method matrix's
+    cheng_anchor combination aborted with 'corrupted double-linked list'); its other transforms switch."""
+    codec = tiny_codec("cheng_anchor", "noise")
+    assert strided_pointwise(codec.backbone.g_a) and not strided_pointwise(codec.backbone.g_s)
+    assert speed_up_transforms(codec.backbone, channels_last_on=True) == ["h_a", "h_s", "g_s"]
+    assert codec.backbone.g_a._compiled_call_impl is None
 
 
 def test_fit_applies_the_switches_once():

@@ -13,8 +13,9 @@ entropy parameters the coder sees do not change.
 channels_last: a transform's input is converted to NHWC strides and its output back to
 contiguous; everything between the transforms (quantizers and their noise, entropy models, the
 loss) sees the tensors it saw before, so the same seed draws the same noise and the losses agree
-with the eager step up to the convolution kernels' rounding. compile: the transform (with those
-conversions) is compiled. Not compiled, by construction: the entropy models (CompressAI's
+with the eager step up to the convolution kernels' rounding. compile: the transform is compiled;
+inductor then chooses the convolutions' memory layout itself (channels-last on CPU), so the
+conversions are left out of the compiled graph. Not compiled, by construction: the entropy models (CompressAI's
 EntropyBottleneck quantiles, likelihoods and lower bounds, the Gaussian conditional), the
 quantizers (lattice search), the context model, the regularizers and the loss; compiling the
 whole walk measured no faster and took ~7x longer to warm up (docs/manual/benchmarks.md).
@@ -78,17 +79,36 @@ def speed_up_transforms(backbone: nn.Module, channels_last_on: bool = True, comp
         part = getattr(backbone, name, None)
         if not isinstance(part, nn.Module) or part._compiled_call_impl is not None:
             continue
-        _speed_up(part, name, channels_last_on, compile_on, strict, options)
+        cl = channels_last_on and not strided_pointwise(part)
+        if channels_last_on and not cl:
+            log.info("trainer.channels_last: %s stays NCHW (a strided 1x1 convolution: oneDNN's channels-last "
+                     "weight gradient corrupts the heap there on CPU, torch 2.14)", name)
+        if not (cl or compile_on):
+            continue
+        _speed_up(part, name, cl, compile_on, strict, options)
         done.append(name)
     return done
+
+
+def strided_pointwise(part: nn.Module) -> bool:
+    """Whether `part` holds a 1x1 convolution with stride > 1 (cheng2020's residual-block skips):
+    torch 2.14's oneDNN computes its weight gradient in channels-last memory format with heap
+    corruption on CPU (aborts, "double free or corruption", seen at 3-8 input channels), so such
+    a transform is never switched to channels-last."""
+    return any(isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and tuple(m.stride) != (1, 1)
+               for m in part.modules())
 
 
 def _speed_up(part: nn.Module, name: str, channels_last_on: bool, compile_on: bool, strict: bool,
               options: dict) -> None:
     eager = part._call_impl
+    # compiled: inductor lays the convolutions out itself (channels-last on CPU with oneDNN, by
+    # its heuristic on GPU: torch._inductor.config.layout_optimization); converting inside the
+    # graph as well measured no faster and, under aot_eager, corrupted the heap on cheng2020
+    convert = channels_last_on and not compile_on
 
     def train_call(x, *args, **kwargs):
-        if channels_last_on:
+        if convert:
             return _contiguous(eager(channels_last(x), *args, **kwargs))
         return eager(x, *args, **kwargs)
 
