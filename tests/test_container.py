@@ -227,7 +227,7 @@ def test_fuzz_lattice_and_serial_streams(backbone, quantizer):
 
     codec = _codec(1, backbone, LatticeQuantizer(quantizer) if quantizer else None)
     if quantizer:
-        codec.shift = LatentShift("latent", [0.0, 0.02, 0.05])
+        codec.add_transforms(LatentShift("latent", [0.0, 0.02, 0.05]))
     fp = codec_fingerprint(codec, {"backbone": backbone, "quantizer": quantizer})
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     data = encode_image(codec, x, fp)

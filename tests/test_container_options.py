@@ -50,7 +50,8 @@ def _shift_codec(shift=None):
     codec = tiny_codec("mbt_mean")
     with torch.no_grad():
         codec.backbone.g_a[-1].weight.mul_(5)
-    codec.shift = shift
+    if shift is not None:
+        codec.add_transforms(shift)
     codec.eval().update(force=True)
     return codec
 

@@ -27,7 +27,6 @@ KNOWN_UPWARD = {
     ("codecx.inference.sga", "codecx.metrics.rd"),
     ("codecx.metrics.rdplot", "codecx.compare"),
     ("codecx.regularizers.labeler", "codecx.lit.schedule"),
-    ("codecx.types", "codecx.coding.scale_keys"),            # the entropy-model adapter (item 1)
 }
 #: import cycles still there; none may be added
 KNOWN_CYCLES: list = []

@@ -27,8 +27,15 @@ def _codec(backbone="mbt_mean", quantizer="noise", shift=None, seed=0):
         codec.quantizer = LatticeQuantizer(quantizer)
     with torch.no_grad():
         codec.backbone.g_a[-1].weight.mul_(5)  # latents of a few units
-    codec.shift = shift
+    if shift is not None:
+        codec.add_transforms(shift)  # an eval-time latent transform, after the codec's own (none)
     codec.eval().update(force=True)
+    return codec
+
+
+def _unshifted(codec):
+    """The same codec without its latent shift (its only transform)."""
+    codec.transforms = torch.nn.ModuleList([t for t in codec.transforms if not isinstance(t, LatentShift)])
     return codec
 
 
@@ -100,7 +107,7 @@ def test_round_trip_exact_with_shift(backbone, quantizer):
     assert header.options == {"quantizer": quantizer, "shift_index": k}
     assert torch.equal(x_dec, out.x_hat.clamp(0, 1)) and torch.equal(x_file, x_dec)
     # the decoder really shifts: without the shift its output would differ (unless k is 0)
-    codec.shift = None
+    _unshifted(codec)
     with torch.no_grad():
         plain = codec(x).x_hat.clamp(0, 1)
     assert torch.equal(plain, x_dec) == (k == 0)
@@ -116,7 +123,7 @@ def test_baseline_modes_round_trip(mode, quantizer):
         enc = codec.compress(x)
         x_dec = codec.decompress(enc["strings"], enc["shape"], enc["y_shape"], enc["z_shape"], options=enc["options"])
     assert torch.equal(x_dec, out.x_hat.clamp(0, 1))
-    sh = codec.shift
+    sh = codec.transforms[-1]
     d = sh.direction(codec.quantizer, out.y_hat, out.params)
     if mode == "scalar":
         assert torch.equal(d, torch.ones_like(d))
@@ -159,7 +166,7 @@ def test_only_zero_candidate_is_no_shift():
     with torch.no_grad():
         out = codec(x)
         enc = codec.compress(x)
-        codec.shift = None
+        _unshifted(codec)
         plain = codec(x)
     assert enc["options"] == [{"shift_index": 0}] and int(out.metrics["shift_index"]) == 0
     assert torch.equal(out.x_hat, plain.x_hat)
@@ -173,7 +180,7 @@ def test_chosen_distortion_not_worse_than_no_shift(quantizer, seed):
     x = _image(seed=seed)
     with torch.no_grad():
         shifted = codec(x)
-        codec.shift = None
+        _unshifted(codec)
         plain = codec(x)
     mse = lambda o: (o.x_hat.clamp(0, 1) - x).square().mean().item()  # noqa: E731
     assert mse(shifted) <= mse(plain) * (1 + 1e-6)
@@ -228,19 +235,24 @@ def test_gradient_correlation_diagnostic(quantizer):
     x = _image(seed=5)
     r = shift_gradient_correlation(codec, x)
     assert -1 <= r <= 1 and r == r
-    assert codec.shift is not None and not codec.training  # state restored
+    assert isinstance(codec.transforms[-1], LatentShift) and not codec.training  # state restored
     with pytest.raises(ValueError, match="one image"):
         shift_gradient_correlation(codec, torch.rand(2, 3, 64, 64))
 
 
 @pytest.mark.parametrize("name", ["latent", "latent_fast", "latent_side", "sign", "scalar"])
 def test_every_shift_config_codes_exactly(name):
-    """Each conf/shift option instantiates and round-trips a real file exactly (eval.py shift=NAME)."""
+    """Each preset of the latent_shift transform (conf/shift) instantiates and round-trips a real
+    file exactly (eval.py shift=NAME); shift=latent is transform=[latent_shift]."""
+    from hydra.utils import instantiate
 
     from codecx.config import group_option
 
-    conf = CONF_DIR
-    shift = LatentShift(**{k: v for k, v in group_option("shift", name, conf).items() if k != "_target_"})
+    node = group_option("shift", name, CONF_DIR)
+    assert list(node) == ["latent_shift"]
+    assert (node == group_option("transform", "latent_shift", CONF_DIR)) == (name == "latent")
+    shift = instantiate(node["latent_shift"])
+    assert isinstance(shift, LatentShift) and not shift.in_training
     codec = _codec("mbt_mean", "noise", shift)
     x = _image(size=128, seed=3)
     with torch.no_grad():

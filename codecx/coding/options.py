@@ -1,9 +1,10 @@
 """Method options of the codecx header in compact binary form (format version 2).
 
 The options a decoder needs (those the latent transforms declare, e.g. the latent-shift index of
-arXiv 2501.01231 sec. 4; the quantizer and transform names the CLI records) cost what they carry: a presence mask, then one value per
-registered key present, in id order. `OPTION_KEYS` is the one registry of option keys, their
-small ids and kinds; ids and name tables are part of the format, so they are append-only.
+arXiv 2501.01231 sec. 4; the quantizer and transform names the CLI records) cost what they
+carry: a presence mask, then one value per registered key present, in id order. `OPTION_KEYS` is
+the one registry of option keys, their small ids and kinds; ids and name tables are part of the
+format, so they are append-only.
 
 Layout::
 

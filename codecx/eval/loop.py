@@ -16,6 +16,7 @@ from codecx.eval.refine import with_refined
 from codecx.eval.results import METRICS
 from codecx.metrics.rd import aggregate
 from codecx.models.codec import Codec
+from codecx.transforms.base import declared
 
 Image = Tuple[str, Tensor]
 
@@ -90,28 +91,32 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
              progress: bool = True, description: str = "coding",
              on_image: Optional[Callable[[str, Tensor, Tensor], None]] = None,
              grad_corr: Optional[bool] = None, decompose: bool = False,
-             max_pixels: int = MAX_PIXELS) -> List[Dict[str, Any]]:
+             max_pixels: int = MAX_PIXELS, estimate: bool = True,
+             channels_last: bool = True) -> List[Dict[str, Any]]:
     """Per-image rows: each image goes through a real codecx file (`encode_image` then
     `decode_image`); `bpp` counts the whole file, header included. LPIPS (Zhang et al. 2018)
     per image with `lpips`; `fid` (FIDKID) accumulates patches, read it with `summarize`;
-    `on_image(name, x, x_hat)` sees every decoded image. `grad_corr` (None: when the codec
-    shifts its latents) adds the correlation of grad -log p and grad D w.r.t. y_hat (arXiv 2501.01231
+    `on_image(name, x, x_hat)` sees every decoded image. `grad_corr` (None: when a stage of the
+    codec declares it, the latent shift) adds the correlation of grad -log p and grad D w.r.t. y_hat (arXiv 2501.01231
     fig. 6). `decompose` adds MSE_t / MSE_a / MSE_q and their ratios (Rethinking Latent Variable, WACV 2026, eq. 11).
-    Images smaller than the stride, or that the encoder refuses (over `max_pixels`, or more
-    memory than is free), are skipped with a warning."""
+    `estimate` False leaves out `bpp_est` (the likelihoods' rate estimate: for lattice quantizers
+    a cell quadrature per symbol); `channels_last` decodes with `channels_last_synthesis` (the
+    same images, faster where it applies). Images smaller than the stride, or that the encoder
+    refuses (over `max_pixels`, or more memory than is free), are skipped with a warning."""
     from rich.console import Console
     from rich.progress import track
 
     images = skip_small_images(list(images), int(getattr(codec.backbone, "stride", 1)))
     images = skip_unencodable_images(images, codec.backbone, max_pixels)
-    if grad_corr is None:
-        grad_corr = codec.shift is not None
+    if grad_corr is None:  # on when a stage asks for it (the latent shift)
+        grad_corr = "grad_corr" in declared(codec, "summary_metrics")
     console = Console(stderr=True)
     rows = []
     # refiners with a batch_size > 1 (refine.sga.batch_size) refine each size's images in groups
     for name, x, refined in track(with_refined(codec, images), total=len(images), description=description,
                                   transient=True, console=console, disable=not (progress and console.is_terminal)):
-        row, x_hat = measure(codec, x, fingerprint, lpips, grad_corr, decompose, max_pixels, refined=refined)
+        row, x_hat = measure(codec, x, fingerprint, lpips, grad_corr, decompose, max_pixels, estimate,
+                             channels_last, refined)
         if fid is not None:
             fid.update(x, x_hat)
         if on_image is not None:
@@ -124,15 +129,17 @@ def evaluate_codec(codec: Codec, config: Mapping[str, Any], images: Sequence[Ima
                    progress: bool = True, description: str = "coding",
                    on_image: Optional[Callable[[str, Tensor, Tensor], None]] = None,
                    grad_corr: Optional[bool] = None, decompose: bool = False, max_pixels: int = MAX_PIXELS,
-                   complexity: bool = True, on_fid_error: Optional[Callable[[str], None]] = None
+                   complexity: bool = True, on_fid_error: Optional[Callable[[str], None]] = None,
+                   estimate: bool = True, channels_last: bool = True
                    ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
     """(RD point, per-image rows) of one codec ready to code (`prepare`) on `images` (`evaluate`,
     then `summarize`), coded with the fingerprint of its `config` (none when the config lacks the
     model or the quantizer); `complexity`: the point also gets KMACs/pixel of each stage."""
     fingerprint = fingerprint_of(codec, config) if {"model", "quantizer"} <= set(config) else NO_FINGERPRINT
     rows = evaluate(codec, images, fingerprint, lpips, fid, progress, description=description, on_image=on_image,
-                    grad_corr=grad_corr, decompose=decompose, max_pixels=max_pixels)
-    point = summarize(rows, fid, on_fid_error)
+                    grad_corr=grad_corr, decompose=decompose, max_pixels=max_pixels, estimate=estimate,
+                    channels_last=channels_last)
+    point = summarize(rows, fid, on_fid_error, metrics=declared(codec, "summary_metrics"))
     if complexity:
         point.update(_complexity(codec))
     return point, rows
@@ -140,15 +147,16 @@ def evaluate_codec(codec: Codec, config: Mapping[str, Any], images: Sequence[Ima
 
 def evaluate_codecs(codecs: Iterable[Tuple[str, Codec, Mapping[str, Any]]], images: Sequence[Image],
                     lpips=None, fid=None, progress: bool = True, grad_corr: Optional[bool] = None,
-                    decompose: bool = False, max_pixels: int = MAX_PIXELS
-                    ) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
+                    decompose: bool = False, max_pixels: int = MAX_PIXELS, estimate: bool = True,
+                    channels_last: bool = True) -> Tuple[List[Dict[str, float]], List[Dict[str, Any]]]:
     """(one RD point per codec, per-image rows) for (label, codec, config) triples, e.g. from
     `load_codec`, each coded with its own fingerprint; points and rows carry `checkpoint`
     (the label), points also `model` and `lmbda` (None for a CompressAI state dict)."""
     points, rows = [], []
     for label, codec, config in codecs:
         point, r = evaluate_codec(codec, config, images, lpips, fid, progress, description=Path(label).name,
-                                  grad_corr=grad_corr, decompose=decompose, max_pixels=max_pixels)
+                                  grad_corr=grad_corr, decompose=decompose, max_pixels=max_pixels,
+                                  estimate=estimate, channels_last=channels_last)
         points.append({**point, "checkpoint": label, "model": config["model"]["name"],
                        "lmbda": config.get("lmbda")})
         rows += [{"checkpoint": label, **row} for row in r]
@@ -163,14 +171,15 @@ def _complexity(codec: Codec) -> Dict[str, float]:
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], fid=None,
-              on_fid_error: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
+              on_fid_error: Optional[Callable[[str], None]] = None, metrics: Sequence[str] = ()) -> Dict[str, float]:
     """One RD point: the mean of every metric over the images (MS-SSIM over the images large
-    enough for it), the pixel-weighted aggregates `bpp_weighted` / `psnr-rgb_weighted` (total
-    bits / total pixels; PSNR of the pooled MSE) (+ FID/KID from `fid`; when they cannot be
-    computed, `on_fid_error(message)`, by default a warning)."""
+    enough for it; `metrics`: more columns to average, those the codec's stages declare), the
+    pixel-weighted aggregates `bpp_weighted` / `psnr-rgb_weighted` (total bits / total pixels;
+    PSNR of the pooled MSE) (+ FID/KID from `fid`; when they cannot be computed,
+    `on_fid_error(message)`, by default a warning)."""
     if not rows:
         raise ValueError("no images were evaluated")
-    point = aggregate(rows, [k for k in METRICS if k in rows[0]])
+    point = aggregate(rows, [k for k in dict.fromkeys((*METRICS, *metrics)) if k in rows[0]])
     if fid is not None:
         try:
             point.update(fid.compute())

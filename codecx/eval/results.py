@@ -92,7 +92,8 @@ def summary_table(results: Mapping[str, Any], labels: Sequence[str] = (), metric
             ("psnr-rgb", "PSNR dB", 2), ("ms-ssim", "MS-SSIM", 4), ("lpips", "LPIPS", 4),
             ("hf_ratio", "HF ratio", 3),
             ("grad_corr", "grad corr", 3), ("mse_a_ratio", "MSE_a/t", 3), ("mse_q_ratio", "MSE_q/t", 3),
-            *((k, k, 3) for k in metrics if k not in METRICS), ("fid", "FID", 2), ("kid", "KID", 4), ("encoding_time", "enc s", 3),
+            *((k, k, 3) for k in metrics if k not in METRICS), ("fid", "FID", 2), ("kid", "KID", 4),
+            ("encoding_time", "enc s", 3),
             ("decoding_time", "dec s", 3), ("kmacs_decoder", "dec KMACs/px", 1)]
     cols = [c for c in cols if c[0] in res]
     table = Table(title=f"{results['name']}: bpp from {BPP_SOURCE}")

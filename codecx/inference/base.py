@@ -5,10 +5,12 @@ from typing import Any, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
+from codecx.transforms.base import Declares
+
 __all__ = ["EncoderRefiner"]
 
 
-class EncoderRefiner(nn.Module):
+class EncoderRefiner(Declares, nn.Module):
     """Changes `y` (and `z`) after `g_a` / `h_a`, before they are quantized and coded.
 
     Only the encoder runs refiners (eval forward and `compress`; never training, never the
@@ -31,5 +33,6 @@ class EncoderRefiner(nn.Module):
         return y, z
 
     def report(self, i: int = 0) -> Dict[str, Any]:
-        """Per-image columns (per_image.csv) about image `i` of the last call; none by default."""
+        """Per-image columns (per_image.csv; `report_columns`, codecx.transforms.base.Declares)
+        about image `i` of the last call; none by default."""
         return {}

@@ -138,6 +138,8 @@ class SGA(EncoderRefiner):
 
     #: relaxes scalar rounding: refused with a lattice quantizer (codecx.config.check)
     scalar_only = True
+    #: per image: which latents were coded; with keep_best the real bpp + lmbda D of both (`report`)
+    report_columns = ("sga_kept", "sga_rd_original", "sga_rd_refined")
 
     def __init__(self, steps: int = 3000, lr: float = 5e-3, schedule: str = "shallow_ntc",
                  lr_drop_at: Optional[float] = 0.9, lr_drop: float = 0.1,

@@ -52,7 +52,8 @@ class Codec(nn.Module):
         backbone: the transforms and entropy models (codecx.models.backbones).
         quantizer: how `y` becomes `y_hat` and what it costs (codecx.quantizers).
         transforms: latent transforms between `y_hat` and `g_s`, applied in order on both
-            sides of the channel (codecx.transforms; latent shift is one).
+            sides of the channel (codecx.transforms); eval-time ones (`in_training=False`,
+            e.g. the latent shift) are skipped in training.
         refiners: encoder refiners of `(y, z)` before coding (codecx.inference, e.g. SGA).
         lmbda: the rate-distortion trade-off the codec was trained for (refiners use it).
         distortion: the configured distortion (a codecx.losses module or its `_target_` node,
@@ -62,40 +63,31 @@ class Codec(nn.Module):
 
     def __init__(self, backbone: Backbone, quantizer: Quantizer,
                  transforms: Sequence[LatentTransform] = (), refiners: Sequence[EncoderRefiner] = (),
-                 lmbda: Optional[float] = None, shift: Optional[LatentTransform] = None,
-                 distortion: Any = None):
+                 lmbda: Optional[float] = None, distortion: Any = None):
         super().__init__()
         self.distortion = distortion
         self.backbone = backbone
         self.quantizer = quantizer
-        self.transforms = nn.ModuleList(list(transforms) + ([shift] if shift is not None else []))
+        self.transforms = nn.ModuleList(transforms)
         self.refiners = nn.ModuleList(refiners)
         self.lmbda = None if lmbda is None else float(lmbda)
         for t in self.transforms:
             t.attach(self.view)
 
-    # ------------------------------------------------------------------ latent shift
-    @property
-    def shift(self) -> Optional[LatentTransform]:
-        """The latent shift among the transforms (codecx.inference.latent_shift), or None."""
-        from codecx.inference.latent_shift import LatentShift
-
-        return next((t for t in self.transforms if isinstance(t, LatentShift)), None)
-
     def __setattr__(self, name, value):
-        if name in ("shift", "distortion"):  # nn.Module would register it as a submodule, bypassing the property
+        if name == "distortion":  # nn.Module would register it as a submodule, bypassing the property
             getattr(type(self), name).fset(self, value)
         else:
             super().__setattr__(name, value)
 
-    @shift.setter
-    def shift(self, value: Optional[LatentTransform]) -> None:
-        from codecx.inference.latent_shift import LatentShift
-
-        kept = [t for t in self.transforms if not isinstance(t, LatentShift)]
-        if value is not None:
-            value.attach(self.view)
-        self.transforms = nn.ModuleList(kept + ([value] if value is not None else []))
+    def add_transforms(self, *transforms: LatentTransform) -> "Codec":
+        """Append latent transforms after the codec's own (e.g. an eval-time one such as the
+        latent shift on a trained codec; `codecx.eval.load.load_codec(transform=...)` does it
+        from config), attached to the codec's view; returns the codec."""
+        for t in transforms:
+            t.attach(self.view)
+            self.transforms.append(t)
+        return self
 
     # ------------------------------------------------------------------ the walk
     def forward(self, x: Tensor) -> CodecOutput:

@@ -1,0 +1,35 @@
+"""The faster evaluation path (issue 33 item 4): the channels-last synthesis decodes the same
+images, the rate estimate is an option; speed itself is `make bench --only eval`, never a test."""
+from __future__ import annotations
+
+import torch
+
+from codecx.eval.code import code_image
+from conftest import tiny_codec
+
+
+def test_channels_last_synthesis_same_images_and_streams():
+    """Issue 33 item 4: the channels-last synthesis decodes the same image (where it applies:
+    transposed convolutions and GDN only), leaves no hooks behind; `estimate=False` drops
+    `bpp_est` and nothing else."""
+    from codecx.eval.code import channels_last_synthesis, measure
+
+    torch.manual_seed(0)
+    codec = tiny_codec().eval()
+    codec.update(force=True)
+    x = torch.rand(1, 3, 192, 192)  # MS-SSIM needs 161 px a side
+    row, x_hat = code_image(codec, x)
+    row_nchw, x_hat_nchw = code_image(codec, x, channels_last=False)
+    assert torch.equal(x_hat, x_hat_nchw) and x_hat.is_contiguous()
+    assert row["bytes"] == row_nchw["bytes"] and row["psnr-rgb"] == row_nchw["psnr-rgb"]
+    with torch.no_grad():
+        assert torch.equal(x_hat, codec(x).x_hat.clamp(0, 1))  # the eval forward, NCHW
+    with channels_last_synthesis(codec) as used:
+        assert used and len(codec.backbone.g_s._forward_pre_hooks) == 1
+    assert not codec.backbone.g_s._forward_pre_hooks and not codec.backbone.g_s._forward_hooks
+    with channels_last_synthesis(tiny_codec("cheng_anchor", N=16, M=16)) as used:
+        assert not used  # sub-pixel convolutions: not exact in channels-last
+    lean, _ = measure(codec, x, estimate=False)
+    assert "bpp_est" not in lean and "bpp_est" in row
+    assert {k: v for k, v in row.items() if "time" not in k and k != "bpp_est"} == \
+        {k: v for k, v in lean.items() if "time" not in k and k != "hf_ratio"}
