@@ -78,7 +78,8 @@ def rate_gradient(quantizer, y_hat: Tensor, params: EntropyParams) -> Tensor:
         return gaussian_bin_nll_grad(y_hat, params.means, m.lower_bound_scale(params.scales), bound)
     with _autograd():
         detached = EntropyParams(params.means.detach().clone(),
-                                 None if params.scales is None else params.scales.detach().clone(), m)
+                                 None if params.scales is None else params.scales.detach().clone(), m,
+                                 params.density)  # a factorized prior's mass (bmshj_factorized's y)
         v = y_hat.detach().clone().requires_grad_(True)
         nll = -quantizer.likelihood(v, detached).log().sum()
         return torch.autograd.grad(nll, v)[0]
