@@ -173,3 +173,18 @@ def test_train_py_compiled_resumes_eager_and_back(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert "resuming from" in r.stderr + r.stdout
         assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+
+
+def test_channels_last_is_off_on_cpu_and_on_with_trainer_gpu():
+    """trainer.channels_last: false by default (no gain on CPU: train_fast 0.99, and the path of
+    the oneDNN heap bug), true in the one-GPU preset; trainer.compile stays auto in both."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from codecx.train import CONF_DIR
+
+    for overrides, want in (([], False), (["trainer=gpu"], True)):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        assert cfg.trainer.channels_last is want and cfg.trainer.compile == "auto"

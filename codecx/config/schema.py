@@ -65,7 +65,7 @@ class TrainerConfig:
     enable_model_summary: bool = False  # Lightning's layer table (train.py prints one line instead)
     accumulate_grad_batches: int = 1  # batches per optimizer step (LitCodec's own; max_steps counts steps)
     # issue 33 item 3 (codecx.lit.speed; docs/manual/training.md, "A faster step"), LitCodec's own keys:
-    channels_last: bool = True   # training batches in channels-last (NHWC) memory format
+    channels_last: bool = False  # transforms in channels-last (NHWC) in training: no gain on CPU; trainer=gpu sets it
     compile: Any = "auto"        # torch.compile of g_a, h_a, h_s, g_s: true, false or auto (runs of >= 500 steps)
 
 
