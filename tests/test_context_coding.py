@@ -51,7 +51,8 @@ def _compressai(codec):
     return net
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+# two threads: ~7 s a model on 2 shared cores, so in the medium tier (make test runs it; test-quick does not)
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.medium)])
 @pytest.mark.parametrize("name", list(SIZES))
 def test_streams_and_images_equal_compressai(name, threads):
     n = torch.get_num_threads()

@@ -108,6 +108,7 @@ def _failing_backend(gm, example_inputs):
     raise RuntimeError("no C++ compiler (simulated)")
 
 
+@pytest.mark.medium  # a torch.compile build (~5 s): make test runs it, test-quick does not
 def test_compile_same_loss_state_dict_and_eager_copies():
     """channels-last + torch.compile (aot_eager here: dynamo's graph capture and AOT autograd
     without inductor's C++ build, which test_train_py_compiled_* runs): same loss and gradients
