@@ -40,9 +40,12 @@ from codecx.regularizers.labeler import load_labeler
 # arm -> run folder under --runs (eval.py's output: eval/<arm>)
 SEEDS = (1, 2)
 ARMS = {"stage1": "stage1", **{f"{g}_s{s}": f"stage2/{g}_s{s}" for g in ("none", "patchgan", "illm") for s in SEEDS},
-        "illm_noy_s1": "stage2/illm_noy_s1"}
-GROUPS = {"patchgan": ("patchgan_s1", "patchgan_s2"), "illm": ("illm_s1", "illm_s2")}
-D_ARMS = ("patchgan_s1", "patchgan_s2", "illm_s1", "illm_s2", "illm_noy_s1")
+        "illm_noy_s1": "stage2/illm_noy_s1", **{f"illm_bin_s{s}": f"stage2/illm_bin_s{s}" for s in SEEDS},
+        "illm_binw_s1": "stage2/illm_binw_s1"}
+GROUPS = {"patchgan": ("patchgan_s1", "patchgan_s2"), "illm": ("illm_s1", "illm_s2"),
+          "illm_bin": ("illm_bin_s1", "illm_bin_s2")}
+D_ARMS = ("patchgan_s1", "patchgan_s2", "illm_s1", "illm_s2", "illm_noy_s1", "illm_bin_s1", "illm_bin_s2",
+          "illm_binw_s1")
 KEYS = ("psnr-rgb", "ms-ssim", "hf_ratio")
 
 
@@ -234,15 +237,17 @@ def report(a) -> int:
             comps[f"{s} - none_s{s[-1]}"] = (arm_of(g, [s]), False)
         if len(have) == 2:
             comps[f"{g} - none (both seeds)"] = (arm_of(g, have), False)
-    if "illm_noy_s1" in arms:
-        comps["illm_noy_s1 - none_s1"] = (arm_of("illm_noy", ["illm_noy_s1"]), False)
+    for x in ("illm_noy_s1", "illm_binw_s1"):
+        if x in arms:
+            comps[f"{x} - none_s1"] = (arm_of(x[:-3], [x]), False)
     comps["stage1 - none (both seeds, per-image mean)"] = (load_arm(runs / "eval" / "stage1", name="stage1"), False)
     paired = {}
     for name, (arm_, is_base) in comps.items():
         d = deltas(none, arm_, KEYS, is_base=is_base)
         paired[name] = {k: (v.mean, v.band, v.n) for k, v in d.items()}
 
-    cols = [c for c in ("stage1", "none_s1", "patchgan_s1", "illm_s1", "illm_noy_s1") if c in arms]
+    cols = [c for c in ("stage1", "none_s1", "patchgan_s1", "illm_s1", "illm_noy_s1", "illm_bin_s1",
+                        "illm_binw_s1") if c in arms]
     shown = figure(crops, recon, names, out / "recon.png", cols, picks=[(12, (64, 64)), (22, (64, 0))])
     result = {"images": f"{len(crops)} Kodak images, {a.crop}-px center crops", "same_y_hat_in_every_arm": same_y,
               "labeler": lab, "eval": rows, "discriminator": d_st, "fake_rate_cross": cross,

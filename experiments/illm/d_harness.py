@@ -75,11 +75,11 @@ class _Binary(torch.nn.Module):
         return torch.cat([-v / 2, v / 2], 1)
 
 
-def build(kind: str, widths=U6, init: str = "default") -> torch.nn.Module:
+def build(kind: str, widths=U6, init: str = "default", classes: int = 2) -> torch.nn.Module:
     """codecx's U-Net D (`kind` unet; NC's with `norm` batch / spectral) or the PatchGAN (patchgan,
     patchgan_nosn), two classes."""
     if kind == "unet":
-        d = UNetDiscriminator(M, 2, widths, 16, 8, 32)
+        d = UNetDiscriminator(M, classes, widths, 16, 8, 32)
         if init.startswith("kaiming"):  # He normal for LeakyReLU 0.2, zero biases
             for m in d.modules():
                 if isinstance(m, torch.nn.Conv2d):
@@ -106,9 +106,18 @@ def build(kind: str, widths=U6, init: str = "default") -> torch.nn.Module:
     return _Binary(PatchGANDiscriminator(M, (32, 64, 128, 256)))
 
 
-def run(P, name, kind="unet", widths=U6, init="default", lr=1e-3, paired=False, steps=250, one_call=False):
+def run(P, name, kind="unet", widths=U6, init="default", lr=1e-3, paired=False, steps=250, one_call=False,
+        labeler=None):
+    """`labeler`: the OASIS form, C + 1 classes with the labeler's codes u(x) as the real labels."""
+    u = None
+    if labeler:
+        from codecx.regularizers.labeler import load_labeler
+
+        lab = load_labeler(labeler)
+        with torch.no_grad():
+            u = torch.cat([lab.labels(P["xt"][i:i + 64]) for i in range(0, len(P["xt"]), 64)])
     torch.manual_seed(1)
-    D = build(kind, widths, init)
+    D = build(kind, widths, init, 2 if u is None else lab.codebook_size + 1)
     opt = torch.optim.AdamW(D.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0)
     g = torch.Generator().manual_seed(1)
     labels = torch.zeros(8, 8, 8, dtype=torch.long)
@@ -120,7 +129,7 @@ def run(P, name, kind="unet", widths=U6, init="default", lr=1e-3, paired=False, 
             rl, fl = D(torch.cat([P["xt"][r], P["xht"][f]]), torch.cat([P["yt"][r], P["yt"][f]])).chunk(2)
         else:
             rl, fl = D(P["xt"][r], P["yt"][r]), D(P["xht"][f], P["yt"][f])
-        loss = oasis_d_loss(rl, fl, labels)
+        loss = oasis_d_loss(rl, fl, labels if u is None else u[r])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(D.parameters(), 1.0)
@@ -154,6 +163,7 @@ VARIANTS = {
     "unet4_paired_lr4e-4": dict(widths=U4, lr=4e-4, paired=True),
     "unet4_paired_lr4e-4_500": dict(widths=U4, lr=4e-4, paired=True, steps=500),
     "unet4_lr4e-4_500": dict(widths=U4, lr=4e-4, steps=500),
+    "unet4_paired_lr4e-4_500_labels": dict(widths=U4, lr=4e-4, paired=True, steps=500, labeler="runs/illm2/labeler.pt"),
 }
 
 

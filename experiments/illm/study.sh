@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU-scale GAN study, second round (issue 28 item 4; docs "Generative compression (MS-ILLM, HiFiC)"):
+# CPU-scale GAN study, third round (issue 28 item 4; docs "Generative compression (MS-ILLM, HiFiC)"):
 #   1. labeler: a small VQ-VAE labeler trained until its codes are used and informative (MSE + VQ
 #      terms: no VGG weights here); labeler_old: the first round's 300-step labeler (the diagnosis)
 #   2. ONE shared stage-1 checkpoint: mbt_mean N=64/M=96, quantizer=mixed, MSE, 128-px BSDS500 crops
@@ -9,8 +9,10 @@
 #   4. stage 2 from the stage-1 checkpoint, paired protocol (same steps; the seed sets the data
 #      order): only g_s trains (+ D in its phase), MS-ILLM's stage-2 optimiser (AdamW 1e-4, betas
 #      (0.5, 0.9), wd 0, constant LR, clip 1.0; D clipped at 1.0 too), 64-px crops, batch 16; arms
-#      none | patchgan | illm with seeds 1 and 2, and illm_noy (D without y_hat) with seed 1; both GAN
-#      arms: D warm-up of $WARM steps
+#      none | patchgan | illm with seeds 1 and 2, illm_noy (D without y_hat) with seed 1, illm_bin (the
+#      ILLM U-Net D with one label class: binary real/fake) with seeds 1 and 2; every GAN arm: D warm-up
+#      of $WARM steps. Third round: `ARMS="illm:1 illm_bin:1 illm_bin:2" stage2` with the ILLM D below
+#      (none and patchgan unchanged from the second round)
 #   5. eval.py on the 24 Kodak images, 256-px center crops (real bitstreams), then
 #      experiments/illm/d_accuracy.py report (held-out D accuracy, tables, per-image CSVs, figure)
 # Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|diag_binary|diag_paired|diag_old|stage2|evaluate|report ...]
@@ -43,7 +45,8 @@ LR_PATCH=${LR_PATCH:-2.5e-4}
 # beside its own reconstruction (reg.mc_sampling=false, the PatchGAN arm's pairing); the second round's D:
 # ILLM_D="reg.channels=[32,32,64,64,128,128] reg.head_channels=32 reg.weight=0.0121 reg.lr=1e-3"
 ILLM_CH=${ILLM_CH:-[32,64,128,128]}
-ILLM_D="reg.channels=$ILLM_CH reg.head_channels=32 reg.weight=$W_ILLM reg.lr=$LR_ILLM reg.mc_sampling=${ILLM_MC:-false}"
+ILLM_DW="reg.channels=$ILLM_CH reg.head_channels=32 reg.lr=$LR_ILLM reg.mc_sampling=${ILLM_MC:-false}"
+ILLM_D="$ILLM_DW reg.weight=$W_ILLM"
 PATCH_D="reg.channels=[32,64,128,256] reg.weight=$W_PATCH reg.lr=$LR_PATCH"
 mkdir -p "$R"
 T() { local name=$1; shift; /usr/bin/time -f "$name cpu_s=%U+%S wall_s=%e" -a -o "$R/cpu_time.txt" nice -n 5 "$@"; }
@@ -106,6 +109,10 @@ arm() {  # arm GROUP SEED [overrides...]
     patchgan) run2 stage2/patchgan_s$s $S2_STEPS $s patchgan "[g_s,discriminator]" $PATCH_D reg.warmup_steps=$WARM "$@" ;;
     illm) run2 stage2/illm_s$s $S2_STEPS $s illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt \
       reg.warmup_steps=$WARM "$@" ;;
+    illm_bin) run2 stage2/illm_bin_s$s $S2_STEPS $s illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler_c1.pt \
+      reg.warmup_steps=$WARM "$@" ;;  # the same U-Net D with one label class: binary real/fake (no labeler codes)
+    illm_binw) run2 stage2/illm_binw_s$s $S2_STEPS $s illm "[g_s,discriminator]" $ILLM_DW reg.weight=$W_PATCH \
+      reg.labeler=$R/labeler_c1.pt reg.warmup_steps=$WARM "$@" ;;  # illm_bin at the PatchGAN arm's weight 0.228
     illm_noy) run2 stage2/illm_noy_s$s $S2_STEPS $s illm "[g_s,discriminator]" $ILLM_D reg.labeler=$R/labeler.pt \
       reg.warmup_steps=$WARM reg.condition=false "$@" ;;
   esac
@@ -115,7 +122,7 @@ stage2() {  # ARMS="none:1 none:2" runs a subset (GROUP:SEED)
   for a in ${ARMS:-illm:1 patchgan:1 illm:2 patchgan:2 illm_noy:1 none:1 none:2}; do arm ${a%:*} ${a#*:}; done
 }
 evaluate() {  # EVAL="stage2/illm_s1 ..." evaluates a subset
-  local all=(stage1 stage2/{none,patchgan,illm}_s{1,2} stage2/illm_noy_s1)
+  local all=(stage1 stage2/{none,patchgan,illm}_s{1,2} stage2/illm_noy_s1 stage2/illm_bin_s{1,2} stage2/illm_binw_s1)
   for d in ${EVAL:-${all[@]}}; do
     local name=${d#stage2/}
     T "eval_$name" $PY eval.py ckpt=$R/$d/checkpoints/last.ckpt data=folder data.val_dir=$KODAK \
