@@ -10,9 +10,10 @@
 #      order): only g_s trains (+ D in its phase), MS-ILLM's stage-2 optimiser (AdamW 1e-4, betas
 #      (0.5, 0.9), wd 0, constant LR, clip 1.0; D clipped at 1.0 too), 64-px crops, batch 16; arms
 #      none | patchgan | illm with seeds 1 and 2, illm_noy (D without y_hat) with seed 1, illm_bin (the
-#      ILLM U-Net D with one label class: binary real/fake) with seeds 1 and 2; every GAN arm: D warm-up
-#      of $WARM steps. Third round: `ARMS="illm:1 illm_bin:1 illm_bin:2" stage2` with the ILLM D below
-#      (none and patchgan unchanged from the second round)
+#      ILLM U-Net D with one label class: binary real/fake) with seeds 1 and 2, illm_binw (illm_bin at
+#      the PatchGAN's weight) with seed 1; every GAN arm: D warm-up of $WARM steps. Third round:
+#      `ARMS="illm:1 illm:2 illm_bin:1 illm_bin:2 illm_binw:1" stage2` with the ILLM D below (none and
+#      patchgan unchanged from the second round)
 #   5. eval.py on the 24 Kodak images, 256-px center crops (real bitstreams), then
 #      experiments/illm/d_accuracy.py report (held-out D accuracy, tables, per-image CSVs, figure)
 # Usage (repository root): bash experiments/illm/study.sh [labeler|labeler_old|stage1|diag|diag_binary|diag_paired|diag_old|stage2|evaluate|report ...]
@@ -119,7 +120,9 @@ arm() {  # arm GROUP SEED [overrides...]
 }
 stage2() {  # ARMS="none:1 none:2" runs a subset (GROUP:SEED)
   local a
-  for a in ${ARMS:-illm:1 patchgan:1 illm:2 patchgan:2 illm_noy:1 none:1 none:2}; do arm ${a%:*} ${a#*:}; done
+  for a in ${ARMS:-illm:1 patchgan:1 illm:2 patchgan:2 illm_noy:1 none:1 none:2 illm_bin:1 illm_bin:2 illm_binw:1}; do
+    arm ${a%:*} ${a#*:}
+  done
 }
 evaluate() {  # EVAL="stage2/illm_s1 ..." evaluates a subset
   local all=(stage1 stage2/{none,patchgan,illm}_s{1,2} stage2/illm_noy_s1 stage2/illm_bin_s{1,2} stage2/illm_binw_s1)
