@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from codecx.metrics.bdrate import (PerImageBD, bd_methods, bd_rate_per_image, get_metric,
-                                   load_results, point_deltas, read_per_image, t_quantile)
+                                   load_results, point_deltas, read_per_image)
 
 PathLike = Union[str, Path]
 #: the BD figures of a row, in table order: key -> title
@@ -368,11 +368,8 @@ def deltas(baseline: Union[Arm, PathLike], arm: Union[Arm, PathLike], keys: Sequ
             for im in common:
                 per.setdefault(im, []).append(tv[im] - bv[im])
             each.append((label, sum(tv[im] - bv[im] for im in common) / len(common)))
-        d = [sum(v) / len(v) for v in per.values()]
-        n = len(d)
-        m = sum(d) / n
-        se = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1) / n) if n > 1 else math.nan
-        out[key] = Delta(key, m, t_quantile(n) * se, n, tuple(each))
+        band = PerImageBD(tuple(sum(v) / len(v) for v in per.values()))  # mean ± t·SE over the images
+        out[key] = Delta(key, band.mean, band.half_width, len(band.values), tuple(each))
     return out
 
 
