@@ -30,8 +30,8 @@ train: $(STAMP)  ## the main job: train mbt_mean on the embedded sample data (AR
 test: $(STAMP)  ## the test suite: fast and medium tiers (tiny models, 64-px images; no timing asserts)
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
 
-test-quick: $(STAMP)  ## the fast tier only (skips the medium tier: fuzzing, real train/eval runs)
-	$(PY) -m pytest -m "not slow and not medium" -q $(ARGS)
+test-quick: $(STAMP)  ## the fast tier only (skips the medium tier: fuzzing, real train/eval runs); 2 workers
+	$(PY) -m pytest -m "not slow and not medium" -q -n 2 $(ARGS)
 
 test-slow: $(STAMP)  ## slow checks: multirun, DDP on 2 CPU processes, resume after a kill, wheel install
 	$(PY) -m pytest -m slow -q $(ARGS)

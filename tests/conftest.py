@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 KODAK = SHARED / "kodak"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# two threads on 2 cores; one per worker under pytest-xdist (`make test-quick` runs 2 workers)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 #: session fixtures that run a subprocess (train.py): a test using one is in the medium tier
