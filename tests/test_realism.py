@@ -59,6 +59,23 @@ def test_blur_lowers_it_and_white_noise_raises_it():
     assert hf_power_ratio(x, stronger).item() < hf_power_ratio(x, blur).item()
 
 
+@pytest.mark.parametrize("w", [64, 63])  # even width: the Nyquist column is its own mirror
+def test_real_fft_band_power_equals_the_full_spectrum(w):
+    """The half spectrum (rfft2, mirrored columns weighted 2) sums to the full fft2's band power."""
+    from codecx.metrics.realism import _band_power
+
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(3, 1, 48, w, generator=g, dtype=torch.float64)
+    for cutoff in (0.3, 0.5, 1.2):
+        c = img - img.mean(dim=(-2, -1), keepdim=True)
+        win = torch.hann_window(48, periodic=False, dtype=c.dtype)[:, None] * \
+            torch.hann_window(w, periodic=False, dtype=c.dtype)[None, :]
+        power = torch.fft.fft2(c * win).abs().pow(2)
+        fy, fx = torch.fft.fftfreq(48, dtype=c.dtype)[:, None], torch.fft.fftfreq(w, dtype=c.dtype)[None, :]
+        full = (power * (torch.sqrt(fx * fx + fy * fy) / 0.5 > cutoff)).sum(dim=(-3, -2, -1))
+        assert torch.allclose(_band_power(img, cutoff), full, rtol=1e-12, atol=0)
+
+
 def test_known_values_on_sinusoids():
     """Above the cut-off (0.5 x Nyquist = 16 cycles per 64 px) power scales with the amplitude
     squared; below it nothing counts; the cut-off is radial (a diagonal wave at 13 cycles per axis,

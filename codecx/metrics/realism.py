@@ -32,10 +32,17 @@ def _band_power(img: Tensor, cutoff: float) -> Tensor:
     img = img - img.mean(dim=(-2, -1), keepdim=True)
     win = torch.hann_window(h, periodic=False, dtype=img.dtype, device=img.device)[:, None] * \
         torch.hann_window(w, periodic=False, dtype=img.dtype, device=img.device)[None, :]
-    power = torch.fft.fft2(img * win).abs().pow(2)
+    # the real FFT: half the spectrum, the other half its mirror (weight 2 on the columns that
+    # have one); the same sum as the full fft2's in float64, in half the time
+    power = torch.fft.rfft2(img * win).abs().pow(2)
     fy = torch.fft.fftfreq(h, device=img.device, dtype=img.dtype)[:, None]
-    fx = torch.fft.fftfreq(w, device=img.device, dtype=img.dtype)[None, :]
+    fx = torch.fft.rfftfreq(w, device=img.device, dtype=img.dtype)[None, :]
     radius = torch.sqrt(fx * fx + fy * fy) / 0.5  # 1 = Nyquist along an axis
+    mirror = torch.full_like(fx, 2.0)
+    mirror[:, 0] = 1.0
+    if w % 2 == 0:
+        mirror[:, -1] = 1.0  # the Nyquist column is its own mirror
+    power = power * mirror
     return (power * (radius > cutoff)).sum(dim=(-3, -2, -1))
 
 
@@ -55,6 +62,6 @@ def hf_power_ratio(x: Tensor, x_hat: Tensor, cutoff: float = 0.5) -> Tensor:
             t = sum(c * t[:, i : i + 1] for i, c in enumerate(_LUMA))
         return t
 
-    ref = _band_power(luma(x), cutoff)
-    ratio = _band_power(luma(x_hat), cutoff) / ref.clamp_min(_NO_POWER)
+    ref, power = _band_power(torch.cat((luma(x), luma(x_hat))), cutoff).chunk(2)
+    ratio = power / ref.clamp_min(_NO_POWER)
     return ratio.masked_fill(ref <= _NO_POWER, float("nan")).float()
