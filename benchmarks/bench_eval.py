@@ -165,8 +165,8 @@ STAGES = ("analysis", "hyper", "coding", "synthesis", "metrics")
 def run(args) -> List[Row]:
     import torch
 
-    from codecx.eval.code import channels_last_synthesis
     from codecx.eval.load import fingerprint_of, load_codec
+    from codecx.quantizers.channels import exact_in_channels_last
     from codecx.quantizers.scalar import ScalarQuantizer
 
     quick = bool(args.quick)
@@ -185,8 +185,7 @@ def run(args) -> List[Row]:
     stride = codec.backbone.stride
     if any(d % stride for x in images for d in x.shape[-2:]):
         raise ValueError(f"image sizes must be multiples of {stride} (CompressAI's compress does not pad)")
-    with channels_last_synthesis(codec) as nhwc:
-        pass
+    nhwc = exact_in_channels_last(codec.backbone.g_s)
     print(f"eval: {ckpt} ({config['model']['name']} N={net.N} M={getattr(net, 'M', '-')}, "
           f"{type(net).__name__} for CompressAI), {len(images)} image(s) {tuple(images[0].shape[-2:])}, "
           f"{rounds} round(s), device=cpu, threads={torch.get_num_threads()}, channels-last synthesis: "

@@ -207,3 +207,26 @@ def test_rans_decoder_survives_damaged_streams():
         assert out.shape == idx.shape and out.dtype == torch.int32
     with pytest.raises(ValueError, match="out of range"):
         RansStreamDecoder(gc, data).decode(torch.tensor([64], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("rule", ["up", "nearest"])
+def test_position_decoder_equals_the_quantizers_decode(rule, monkeypatch):
+    """The serial decoder's lean inner step (`ScalarQuantizer.position_decoder`: lower bound,
+    table search, compiled rANS, sum with the means) decodes what `decode` decodes, for both
+    scale-key rules."""
+    from codecx.quantizers.scalar import ScalarQuantizer
+
+    codec = _codec("mbt")
+    codec.quantizer = NoiseQuantizer(scale_keys=rule)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        c = codec.compress(x, estimate=False)
+        args = (c["strings"], c["shape"], c["y_shape"], c["z_shape"])
+        used = []
+        real = ScalarQuantizer.position_decoder
+        monkeypatch.setattr(ScalarQuantizer, "position_decoder", lambda *a: used.append(real(*a)) or used[-1])
+        fast = codec.decompress(*args)
+        monkeypatch.setattr(ScalarQuantizer, "position_decoder", lambda *a: None)
+        plain = codec.decompress(*args)
+    assert used and used[0] is not None  # the lean step ran
+    assert torch.equal(fast, plain) and torch.equal(fast, codec(x).x_hat.clamp(0, 1))

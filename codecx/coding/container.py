@@ -352,10 +352,12 @@ def _pad(stream: bytes, n_symbols: int) -> bytes:
     return bytes(stream) + bytes(16 * len(stream) + 8 * n_symbols + 64)
 
 
-def safe_decompress(codec, header: Header, streams: List[bytes], max_pixels: int = MAX_PIXELS) -> Tensor:
+def safe_decompress(codec, header: Header, streams: List[bytes], max_pixels: int = MAX_PIXELS,
+                    channels_last: bool = True) -> Tensor:
     """`codec.decompress` for one unpacked image; any failure becomes a `BitstreamError`. The
     header is checked (`check_header`) before anything is allocated; what native code prints
-    while decoding garbage (Rust panic backtraces) is kept off stderr."""
+    while decoding garbage (Rust panic backtraces) is kept off stderr. `channels_last`: as
+    `Codec.decompress`'s."""
     bb = codec.backbone
     check_header(bb, header, len(streams), max_pixels)
     y_shape, z_shape = expected_latent_shapes(bb, header.shape)
@@ -367,7 +369,7 @@ def safe_decompress(codec, header: Header, streams: List[bytes], max_pixels: int
         try:
             padded = [_pad(s, n) for s, n in zip(streams, n_symbols)]
             x_hat = codec.decompress([padded], header.shape, y_shape, z_shape,
-                                     options=[header.options])
+                                     options=[header.options], channels_last=channels_last)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # noqa: BLE001 - whatever garbage does to the decoder,
@@ -424,7 +426,8 @@ def encode_image(codec, x: Tensor, fingerprint: bytes, options: Optional[Dict] =
 
 
 def decode_image(codec, data: bytes, fingerprint: Optional[bytes] = None,
-                 max_pixels: int = MAX_PIXELS) -> Tuple[Tensor, Header]:
-    """Unpack, verify and decode a codecx file; returns (x_hat (1, 3, H, W), header)."""
+                 max_pixels: int = MAX_PIXELS, channels_last: bool = True) -> Tuple[Tensor, Header]:
+    """Unpack, verify and decode a codecx file; returns (x_hat (1, 3, H, W), header).
+    `channels_last`: as `Codec.decompress`'s."""
     header, streams = unpack(data, fingerprint)
-    return safe_decompress(codec, header, streams, max_pixels), header
+    return safe_decompress(codec, header, streams, max_pixels, channels_last), header

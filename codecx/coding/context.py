@@ -243,33 +243,69 @@ def _wavefront_hard(kern: _Kernels, backbone, quantizer, hyper: Tensor, y: Tenso
     return y_hat.unsqueeze(0).contiguous(), prior, y_pos
 
 
-def _serial_decode(kern: _Kernels, backbone, decode, hyper: Tensor, shape):
+def _serial_decode(kern: _Kernels, backbone, channel, hyper: Tensor, shape):
     """y_hat and the prior (H*W, 2M: scales, means), position by position in raster order
-    (decoder)."""
+    (decoder). Per position only its own arithmetic, into buffers allocated once: the crop's
+    convolution, the 1x1 layers (`baddbmm` of one row, the last writing the prior's row), and
+    the quantizer's `position_decoder` where it has one (else `channel.step`)."""
     gc = backbone.gaussian_conditional
     _, c, height, width = shape
     pad, k, rows = kern.pad, kern.k, kern.rows
     y_pad = hyper.new_zeros(1, c, height + 2 * pad, width + 2 * pad)
     hyper_pos = _positions(hyper)
-    prior = None
-    context = kern.context
-    if kern.prepacked:  # the same call as `context`, without its per-call checks
+    n_hyper = hyper_pos.size(1)
+    crop = hyper.new_empty(1, c, rows, k)
+    if kern.prepacked:  # the same call as `kern.context`, without its per-call checks
         packed = kern.packed((1, c, rows, k))
 
         def context(crop):
-            return torch.ops.mkldnn_prepacked.conv2d_run(crop.contiguous(), packed)[0, :, 0].t()
+            return torch.ops.mkldnn_prepacked.conv2d_run(crop, packed)
+    else:
+        def context(crop):
+            return F.conv2d(crop, kern.weight, kern.bias, stride=(1, kern.k))
+    n_ctx = kern.weight.size(0)
+    v = hyper.new_empty(1, 1, n_hyper + n_ctx)  # torch.cat((hyper, ctx)) of one position
+    # the 1x1 layers: (weight as a batch of one, bias, output buffer) or the elementwise module
+    steps, width_out = [], n_hyper + n_ctx
+    for kind, a, b in kern.layers:
+        if kind == "linear":
+            width_out = a.size(1)
+            steps.append((a.unsqueeze(0), b, hyper.new_empty(1, 1, width_out)))
+        else:
+            steps.append((a, None, None))
+    last = max(i for i, st in enumerate(steps) if st[1] is not None)
+    prior = hyper.new_empty(height * width, width_out)
+    decode = channel.q.position_decoder(channel.stream, gc)
     i = 0
     for h in range(height):
         for w in range(width):
-            ctx = context(y_pad[:, :, h: h + rows, w: w + k])
-            gp = kern.entropy_parameters(torch.cat((hyper_pos[i: i + 1], ctx), 1))
-            if prior is None:
-                prior = gp.new_empty(height * width, gp.size(1))
-            s, m = gp.chunk(2, 1)
-            y_pad[0, :, h + pad, w + pad] = decode(EntropyParams(m, s, gc))[0]
-            prior[i] = gp[0]
+            crop.copy_(y_pad[:, :, h: h + rows, w: w + k])
+            v[0, 0, :n_hyper] = hyper_pos[i]
+            v[0, 0, n_hyper:] = context(crop).view(-1)
+            t = v
+            for j, (a, b, out) in enumerate(steps):
+                if b is None:
+                    t = _elementwise(a, t)
+                else:
+                    out = prior[i: i + 1].view(1, 1, -1) if j == last else out
+                    t = torch.baddbmm(b, t, a, out=out)
+            s, m = prior[i: i + 1].chunk(2, 1)
+            if decode is not None:
+                decode(s, m, y_pad[:, :, h + pad, w + pad])
+            else:
+                y_pad[0, :, h + pad, w + pad] = channel.step(None, EntropyParams(m, s, gc))[0]
             i += 1
     return y_pad[:, :, pad: pad + height, pad: pad + width].contiguous(), prior
+
+
+def _elementwise(module: nn.Module, t: Tensor) -> Tensor:
+    """An elementwise layer of `entropy_parameters` on a buffer the decoder owns: LeakyReLU and
+    ReLU in place (the same values), any other through the module."""
+    if type(module) is nn.LeakyReLU:
+        return F.leaky_relu_(t, module.negative_slope)
+    if type(module) is nn.ReLU:
+        return F.relu_(t)
+    return module(t)
 
 
 def code_context(backbone, hyper: Tensor, y: Optional[Tensor], channel, shape) -> Tuple[Tensor, EntropyParams]:
@@ -292,7 +328,7 @@ def code_context(backbone, hyper: Tensor, y: Optional[Tensor], channel, shape) -
     height, width = int(shape[2]), int(shape[3])
     with torch.no_grad():
         if y is None:
-            y_hat, prior = _serial_decode(kern, backbone, lambda p: channel.step(None, p), hyper, shape)
+            y_hat, prior = _serial_decode(kern, backbone, channel, hyper, shape)
         else:
             y_hat, prior, y_pos = _wavefront_hard(kern, backbone, q, hyper, y)
             if channel.stream is not None:  # encoding: the symbols in the decoder's (raster) order

@@ -219,6 +219,19 @@ class RansStreamDecoder:
         self._dec = RansDecoder()
         self._dec.set_stream(data)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled decoder (numba) reads this stream: `decode_array` works."""
+        return _rans_decode is not None
+
+    def decode_array(self, idx: np.ndarray) -> Tensor:
+        """The symbols (int32 tensor, flat) of the int32 table indexes `idx` (contiguous), with the
+        compiled decoder: `decode` without its conversions (the context decoder's inner loop)."""
+        out = np.empty(idx.size, dtype=np.int32)
+        t = self.tables
+        _rans_decode(self._words, self._state, idx.reshape(-1), t.cdf_np, t.cdf_length_np, t.offset_np, out)
+        return torch.from_numpy(out)
+
     def decode(self, indexes: Tensor) -> Tensor:
         if _rans_decode is not None:
             idx = np.ascontiguousarray(indexes.detach().reshape(-1).cpu().numpy(), dtype=np.int32)

@@ -33,13 +33,18 @@ def check_rule(rule: str) -> str:
     return rule
 
 
+def scale_keys_table(table: Tensor, rule: str = "up", dtype=torch.float32, device=None) -> Tensor:
+    """The sorted boundaries whose `torch.searchsorted` is `key_indexes` under `rule`: the table
+    without its last scale ("up") or the geometric midpoints of neighbouring scales ("nearest")."""
+    check_rule(rule)
+    if rule == "up":
+        return table[:-1].to(device=device, dtype=dtype).contiguous()
+    t = table.to(device=device, dtype=torch.float64)
+    return torch.sqrt(t[1:] * t[:-1]).to(dtype).contiguous()  # geometric midpoints
+
+
 def key_indexes(table: Tensor, scales: Tensor, rule: str = "up") -> Tensor:
     """Index (int64, the shape of `scales`) of the table scale that codes each (already
     lower-bounded) scale, by `rule` (see the module docstring). `table` increases strictly."""
-    check_rule(rule)
     s = scales.contiguous()
-    if rule == "up":
-        return torch.searchsorted(table[:-1].to(device=s.device, dtype=s.dtype).contiguous(), s)
-    t = table.to(device=s.device, dtype=torch.float64)
-    bounds = torch.sqrt(t[1:] * t[:-1]).to(s.dtype).contiguous()  # geometric midpoints
-    return torch.searchsorted(bounds, s)
+    return torch.searchsorted(scale_keys_table(table, rule, s.dtype, s.device), s)

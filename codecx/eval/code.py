@@ -1,52 +1,19 @@
 """Coding one image: through a real codecx file (`code_image`: bpp from its bytes) and every
-per-image measurement of an evaluation (`measure`); the torch threads coding uses; the
-channels-last synthesis of the decoders where it is exact (`channels_last_synthesis`)."""
+per-image measurement of an evaluation (`measure`); the torch threads coding uses."""
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from codecx.coding.container import MAX_PIXELS, decode_image, encode_image, unpack
 from codecx.losses import bits_per_pixel
 from codecx.metrics.rd import msssim_of_uint8, psnr_of_uint8, to_uint8
 
 NO_FINGERPRINT = bytes(8)
-
-
-def _exact_in_channels_last(g_s: nn.Module) -> bool:
-    """Whether `g_s` is made of transposed convolutions and (inverse) GDN only (Ballé et al.
-    2018, arXiv 1802.01436; Minnen et al. 2018, arXiv 1809.02736): the synthesis whose oneDNN
-    kernels give bit-identical output in channels-last (NHWC) and NCHW memory format (measured
-    on bmshj2018, mbt2018(-mean): decoded images identical, 1.5-1.6x faster on one CPU core;
-    cheng2020's sub-pixel and attention blocks and HiFiC's generator differ in the last bits)."""
-    from compressai.layers import GDN
-    from compressai.ops import LowerBound, NonNegativeParametrizer
-
-    exact = (nn.Sequential, nn.ConvTranspose2d, GDN, NonNegativeParametrizer, LowerBound)
-    return isinstance(g_s, nn.Sequential) and all(type(m) in exact for m in g_s.modules())
-
-
-@contextlib.contextmanager
-def channels_last_synthesis(codec, enabled: bool = True) -> Iterator[bool]:
-    """Within it, `codec.backbone.g_s` runs on channels-last input (output back in NCHW) when that
-    is exact (`_exact_in_channels_last`); yields whether it does. The streams never depend on it."""
-    g_s = getattr(codec.backbone, "g_s", None)
-    if not (enabled and isinstance(g_s, nn.Module) and _exact_in_channels_last(g_s)):
-        yield False
-        return
-    pre = g_s.register_forward_pre_hook(
-        lambda m, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
-    post = g_s.register_forward_hook(lambda m, args, out: out.contiguous())
-    try:
-        yield True
-    finally:
-        pre.remove()
-        post.remove()
 
 
 def set_coding_threads(n: Optional[int] = None) -> int:
@@ -75,8 +42,8 @@ def _code(codec, x: Tensor, fingerprint: bytes, max_pixels: int, estimate: bool,
         data = encode_image(codec, x, fingerprint, compressed=out)
     t1 = time.perf_counter()
     # decoding and measuring need no autograd at all
-    with torch.inference_mode(), channels_last_synthesis(codec, channels_last):
-        x_hat, header = decode_image(codec, data, fingerprint, max_pixels)
+    with torch.inference_mode():
+        x_hat, header = decode_image(codec, data, fingerprint, max_pixels, channels_last)
         t2 = time.perf_counter()
         x8, x_hat8 = to_uint8(x), to_uint8(x_hat)  # once for PSNR, MS-SSIM, LPIPS and the HF ratio
         row = {"bpp": len(data) * 8 / pixels, "bpp_streams": sum(len(s) for s in unpack(data)[1]) * 8 / pixels}
@@ -95,7 +62,7 @@ def code_image(codec, x: Tensor, fingerprint: bytes = NO_FINGERPRINT, max_pixels
     (metrics, decoded image). `bpp` counts every byte of the file, header and CRC included;
     `bpp_streams` only the entropy-coded streams; `bpp_est` the likelihoods' estimate (only
     with `estimate`: lattice quantizers integrate over cells for it). `channels_last`: decode
-    with `channels_last_synthesis` (the same image where it is used). `codec` must be in eval
+    with the synthesis in channels-last memory format where that is exact (`Codec.decompress`). `codec` must be in eval
     mode and updated (`update(force=True)`); `max_pixels`: the cap of both sides (the caller
     checks the encode with `check_encode` first)."""
     return _code(codec, x, fingerprint, max_pixels, estimate, channels_last)[:2]

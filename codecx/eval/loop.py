@@ -100,7 +100,7 @@ def evaluate(codec: Codec, images: Iterable[Image], fingerprint: bytes, lpips=No
     codec declares it, the latent shift) adds the correlation of grad -log p and grad D w.r.t. y_hat (arXiv 2501.01231
     fig. 6). `decompose` adds MSE_t / MSE_a / MSE_q and their ratios (Rethinking Latent Variable, WACV 2026, eq. 11).
     `estimate` False leaves out `bpp_est` (the likelihoods' rate estimate: for lattice quantizers
-    a cell quadrature per symbol); `channels_last` decodes with `channels_last_synthesis` (the
+    a cell quadrature per symbol); `channels_last` decodes with the channels-last synthesis (`Codec.decompress`; the
     same images, faster where it applies). Images smaller than the stride, or that the encoder
     refuses (over `max_pixels`, or more memory than is free), are skipped with a warning."""
     from rich.console import Console

@@ -211,14 +211,16 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def decompress(self, strings: List[List[bytes]], shape, y_shape, z_shape=None,
-                   options=None) -> Tensor:
+                   options=None, channels_last: bool = True) -> Tensor:
         """Decode what `compress` produced; returns `x_hat` clamped to [0, 1]. `options`: the
-        per-image list `compress` returned (or one dict for every image)."""
+        per-image list `compress` returned (or one dict for every image). `channels_last`: the
+        synthesis in channels-last memory format on the CPU where that gives the same image
+        (codecx.quantizers.channels.exact_in_channels_last); False: NCHW."""
         self._check_updated()
         x_hats = []
         for i, streams in enumerate(strings):
             opts = options[i] if isinstance(options, (list, tuple)) else options
-            channel = Decode(self.quantizer, streams, shape, y_shape, z_shape, opts)
+            channel = Decode(self.quantizer, streams, shape, y_shape, z_shape, opts, channels_last)
             x_hats.append(self.walk(channel).x_hat)
         return torch.cat(x_hats, 0)
 

@@ -56,3 +56,10 @@ class Quantizer(nn.Module, ABC):
     @abstractmethod
     def decode(self, stream, params: EntropyParams) -> Tensor:
         """Pull the symbols of one tensor with prior `params`, return `y_hat`."""
+
+    def position_decoder(self, stream, entropy_model):
+        """None, or a function `(scales, means, out)` that does what `decode` does for one
+        position of a context model ((1, M) scales and means, the result written into `out`)
+        with fewer tensor operations: the serial decoder's inner step (codecx.coding.context).
+        The default None: the decoder calls `decode`."""
+        return None

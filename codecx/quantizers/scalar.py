@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from codecx.coding.rans import RansStreamDecoder, RansStreamEncoder
-from codecx.coding.scale_keys import check_rule, key_indexes
+from codecx.coding.scale_keys import check_rule, key_indexes, scale_keys_table
 from codecx.quantizers.base import Quantizer
 from codecx.types import EntropyParams, QuantizerOutput
 
@@ -75,6 +75,23 @@ class ScalarQuantizer(Quantizer):
     def decode(self, stream: RansStreamDecoder, params: EntropyParams) -> Tensor:
         symbols = stream.decode(self._indexes(params))
         return symbols.to(params.means.dtype) + params.means
+
+    def position_decoder(self, stream, entropy_model):
+        """`decode` of one position of a Gaussian prior in five tensor operations (the lower
+        bound, the table search, the rANS decoder on the arrays, the sum with the means), the
+        same values; None where `decode` is overridden or the compiled rANS decoder is missing."""
+        if type(self).decode is not ScalarQuantizer.decode or not getattr(stream, "compiled", False):
+            return None
+        m: Any = entropy_model
+        bound = m.lower_bound_scale.bound
+        keys = scale_keys_table(m.scale_table, self.scale_keys, bound.dtype)
+
+        def step(scales: Tensor, means: Tensor, out: Tensor) -> None:
+            s = torch.max(scales, bound)  # CompressAI's LowerBound forward
+            idx = torch.searchsorted(keys, s, out_int32=True)
+            torch.add(stream.decode_array(idx.numpy()), means, out=out)
+
+        return step
 
 
 class NoiseQuantizer(ScalarQuantizer):
