@@ -42,7 +42,7 @@ $BACKBONES"
   ZOO_KODAK=${ZOO_KODAK:-$OUT/mbt_mean/kodak}; ZOO_SGA=${ZOO_SGA:-$OUT/mbt_mean/sga}
 fi
 ZOO_KODAK=${ZOO_KODAK:-experiments/zoo/kodak/T4000}   # mbt_mean on Kodak (experiments/zoo/build.sh)
-ZOO_SGA=${ZOO_SGA:-experiments/shallow_sga/sga}       # mbt_mean plain / sga on the subset (study.sh)
+ZOO_SGA=${ZOO_SGA:-experiments/shallow_sga/sga/build2}  # mbt_mean plain / sga on the subset (study.sh, the second zoo build: the one these backbones were compared with)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 source "$(dirname "$0")/../protocol.sh"  # run, two_lanes, wait_all, ckpt_list

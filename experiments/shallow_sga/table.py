@@ -26,7 +26,8 @@ from codecx.metrics.bdrate import PerImageBD
 # inference-for-neural-image-compression, results/kodak/sga-psnr.csv against mbt2018-psnr.csv)
 PAPER = {"sga": "-8.8 (Rethinking Latent Variable tab. 7, hyperprior); "
                 "~-15 (mean-scale, Kodak; from the 2020 repo's result files)",
-         "sga_2020": "-8.8 (Rethinking Latent Variable tab. 7, hyperprior)"}
+         "sga_2020": "-8.8 (Rethinking Latent Variable tab. 7, hyperprior)",
+         "sga_2020_coder": "-"}
 # arXiv 2304.06244 (Kodak, against its mbt2018-mean baseline; indicative: other sizes and training): BD-rates
 # computed from mandt-lab/shallow-ntc's released result files (results/kodak/*.json), not printed in 004
 PAPER_BACKBONES = {"shallow": ("+7.4", "-3.3"), "shallow_nores": ("-", "-"), "jpeg_like": ("+23.6", "-")}
