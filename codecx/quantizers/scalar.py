@@ -1,7 +1,7 @@
 """Scalar quantizers: uniform noise, straight-through rounding and the mixed estimator."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -76,7 +76,7 @@ class ScalarQuantizer(Quantizer):
         symbols = stream.decode(self._indexes(params))
         return symbols.to(params.means.dtype) + params.means
 
-    def position_decoder(self, stream, entropy_model):
+    def position_decoder(self, stream: Any, entropy_model: Any) -> Optional[Callable[[Tensor, Tensor, Tensor], None]]:
         """`decode` of one position of a Gaussian prior in five tensor operations (the lower
         bound, the table search, the rANS decoder on the arrays, the sum with the means), the
         same values; None where `decode` is overridden or the compiled rANS decoder is missing."""
