@@ -19,6 +19,7 @@ A new channel subclasses `Channel`. The walk itself has no mode tests: it asks t
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -28,7 +29,8 @@ from codecx.coding.context import code_context
 from codecx.coding.rans import check_finite
 from codecx.types import EntropyParams
 
-__all__ = ["Channel", "MainStep", "Relaxed", "Hard", "Encode", "Decode", "Identity", "exact_in_channels_last"]
+__all__ = ["Channel", "MainStep", "Relaxed", "Hard", "Encode", "Decode", "Identity", "exact_in_channels_last",
+           "channels_last_gives_the_same"]
 
 #: what `Channel.main` returns: y_hat, its prior, the likelihoods of y_hat (None: not
 #: estimated), the metrics and the (weighted) loss terms of the quantizer
@@ -46,6 +48,26 @@ def exact_in_channels_last(g_s) -> bool:
 
     exact = (nn.Sequential, nn.ConvTranspose2d, GDN, NonNegativeParametrizer, LowerBound)
     return isinstance(g_s, nn.Sequential) and all(type(m) in exact for m in g_s.modules())
+
+
+_SAME_IN_CHANNELS_LAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def channels_last_gives_the_same(g_s, y_hat: Tensor) -> bool:
+    """Whether `g_s` decodes `y_hat`'s shape to the same floats in channels-last as in NCHW here:
+    a synthesis `exact_in_channels_last`, on the CPU in float32 with oneDNN, and a probe (one
+    random latent of that shape through both, once per shape and thread count) that agrees bit
+    for bit, so that a CPU whose kernels differ falls back to NCHW instead of changing images."""
+    if not (y_hat.device.type == "cpu" and y_hat.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and exact_in_channels_last(g_s)):
+        return False
+    seen = _SAME_IN_CHANNELS_LAST.setdefault(g_s, {})
+    key = (tuple(y_hat.shape), torch.get_num_threads())
+    if key not in seen:
+        probe = 4 * torch.randn(tuple(y_hat.shape), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            seen[key] = torch.equal(g_s(probe), g_s(probe.contiguous(memory_format=torch.channels_last)).contiguous())
+    return seen[key]
 
 
 class Channel:
@@ -230,10 +252,7 @@ class Decode(Channel):
         return self.q.decode(self.stream, params)
 
     def reconstruct(self, g_s, y_hat, size):
-        # measured exact with oneDNN's float32 kernels on the CPU; elsewhere NCHW
-        if (self.channels_last and y_hat.device.type == "cpu" and y_hat.dtype == torch.float32
-                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-                and exact_in_channels_last(g_s)):
+        if self.channels_last and channels_last_gives_the_same(g_s, y_hat):
             x_hat = g_s(y_hat.contiguous(memory_format=torch.channels_last)).contiguous()
         else:
             x_hat = g_s(y_hat)
