@@ -277,6 +277,16 @@ def test_compensation_table_reproduces_the_committed_report():
     for r in rows:
         for k in ("bd_rate_pchip", "bd_psnr_pchip", "bd_rate_cubic", "bd_rate_msssim"):
             assert fmt(k, r.values[k]) == report[r.name][k], (r.name, k)
+    # the three-seed round (issue 29 item 2): three replicates, the same figures as its report
+    arms = table.arms(table.HERE / "seeds3" / "kodak", ("1", "2", "3"))
+    assert len(arms) == 3 and list(arms["data.invert=False,transform=[]"].replicates) == ["1", "2", "3"]
+    with (ROOT / "experiments" / "compensation" / "seeds3" / "results" / "report.csv").open() as f:
+        report = {r["group"].replace(" (baseline)", ""): r for r in csv.DictReader(f)}
+    base = arms.pop("data.invert=False,transform=[]")
+    for r in compare(base, list(arms.values()), per_image=False):
+        name = r.name.replace("data.invert=False,", "")  # the round ran no inverse training
+        for k in ("bd_rate_pchip", "bd_rate_msssim"):
+            assert fmt(k, r.values[k]) == report[name][k], (r.name, k)
 
 
 def test_lattice_finetune_table_reproduces_and_pairs_seeds(tmp_path, capsys):

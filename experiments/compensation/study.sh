@@ -8,6 +8,9 @@
 #   DRY_RUN=1 experiments/compensation/study.sh  # print the commands only
 #   STAGE=report experiments/compensation/study.sh
 #   ARMS=$'transform=lpc\ntransform=lrp' experiments/compensation/study.sh   # chosen arms
+#   SEEDS=1,2,3 ARM_SEEDS=1,2,3 ARMS=$'transform=lrp transform.lrp.latent_mse=1\ntransform=fpc' \
+#     SWEEP=runs/finetune/compensation_seeds3 OUT=experiments/compensation/seeds3 \
+#     experiments/compensation/study.sh      # the three-seed round (issue 29 item 2, README)
 #
 # What every arm shares (PROTOCOL): quantizer=mixed (the transforms learn the rounding
 # residual: g_s must see the rounded y_hat, docs "Latent compensation"); 256-px crops, batch 4
@@ -76,7 +79,8 @@ if [[ "$STAGE" == all || "$STAGE" == report ]]; then
   run "$CODECX" report "$SWEEP" --baseline 'transform=[],data.invert=False' --replicates seed --decompose \
     --data-val-dir ../shared/data/kodak --eval-dir "$OUT/kodak" -o "$OUT/results" --no-progress
   # The same runs against the inverse-training control (transform=[] data.invert=true): each
-  # method's effect under inverse training, on the same (doubled) data stream.
+  # method's effect under inverse training, on the same (doubled) data stream (when it was run).
+  compgen -G "$SWEEP/*data.invert=true*" > /dev/null || [[ -n "${DRY_RUN:-}" ]] || exit 0
   run "$CODECX" report "$SWEEP" --baseline 'transform=[],data.invert=True' --replicates seed --decompose \
     --data-val-dir ../shared/data/kodak --eval-dir "$OUT/kodak" -o "$OUT/results/invert" --no-progress
 fi

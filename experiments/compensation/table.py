@@ -6,6 +6,7 @@ inverse-training control; with rd.png, delta_psnr.png (PSNR minus the control's 
 bd_rate.png, rdc.png and decomposition.png beside each table.
 
     .venv/bin/python experiments/compensation/table.py            # results/table.md, results/invert/table.md
+    .venv/bin/python experiments/compensation/table.py seeds3     # seeds3/results/table.md (three seeds)
 
 The run folders are named as Hydra named them (codecx.config.schema.run_name: the sorted
 overrides, long names cut and hashed), so each arm's folders are found from its overrides:
@@ -35,9 +36,9 @@ TRANSFORMS = (("transform=[]",), ("transform=latent_mse",), ("transform=lpc",), 
               ("transform=lpc", "transform.lpc.params=predicted", "transform.lpc.latent_mse=1"))
 
 
-def folders(overrides, seed: str):
+def folders(overrides, seed: str, kodak: Path = KODAK):
     """The Kodak result folders of one arm and seed, one per lambda (none when not run)."""
-    out = [KODAK / run_name(",".join(sorted([*PROTOCOL, *overrides, f"lmbda={lm}", f"seed={seed}"])))
+    out = [kodak / run_name(",".join(sorted([*PROTOCOL, *overrides, f"lmbda={lm}", f"seed={seed}"])))
            for lm in LMBDAS]
     return out if all((f / "results.json").is_file() for f in out) else []
 
@@ -47,30 +48,31 @@ def label(overrides, invert: bool) -> str:
     return ",".join([f"data.invert={invert}", *sorted(overrides, key=lambda o: o.split("=")[0])])
 
 
-def arms() -> dict:
-    """{label: Arm} of every cell with results, its seeds as replicates."""
+def arms(kodak: Path = KODAK, seeds=("1", "2")) -> dict:
+    """{label: Arm} of every cell with results in `kodak`, its `seeds` as replicates."""
     out = {}
     for invert in (False, True):
         for t in TRANSFORMS:
             overrides = [*t, *(["data.invert=True"] if invert else [])]
-            reps = {s: load_curve(*f) for s in ("1", "2") if (f := folders(overrides, s))}
+            reps = {s: load_curve(*f) for s in seeds if (f := folders(overrides, s, kodak))}
             if reps:
                 out[label(t, invert)] = Arm(label(t, invert), reps)
     return out
 
 
-def write(baseline: str, out: Path, title: str) -> str:
+def write(baseline: str, out: Path, title: str, kodak: Path = KODAK, seeds=("1", "2")) -> str:
     """table.md and the three figures of every arm against `baseline`, in `out`."""
-    every = arms()
+    every = arms(kodak, seeds)
     base = every.pop(baseline)
+    others = ", ".join(list(base.replicates)[1:]) or "2"
     rows = compare(base, list(every.values()))
     text = markdown(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(
         f"# {title}\n\nBaseline `{baseline}` (seeds {', '.join(base.replicates)}): each arm's BD figures "
-        "against the baseline run of the same seed (the baseline's row: seed 2 against seed 1, its seed "
+        f"against the baseline run of the same seed (the baseline's row: seed {others} against seed 1, its seed "
         "band); per image: each Kodak image's own BD-rate, mean ± t·SE (95%). Written by "
-        "`experiments/compensation/table.py` (codecx.compare) from `kodak/*/results.json`, "
+        f"`experiments/compensation/table.py` (codecx.compare) from `{kodak.name}/*/results.json`, "
         "`per_image.csv`.\n\n" + text + "\n\n![RD curves](rd.png)\n\n"
         "![PSNR minus the baseline's at equal rate](delta_psnr.png)\n\n![BD-rate](bd_rate.png)\n")
     plot_comparison(rows, base, list(every.values()), out, title=title)
@@ -81,6 +83,10 @@ def write(baseline: str, out: Path, title: str) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["seeds3"]:  # the three-seed round (issue 29 item 2): control, lrp + latent MSE, fpc
+        print(write("data.invert=False,transform=[]", HERE / "seeds3" / "results",
+                    "compensation, three seeds: against the control", HERE / "seeds3" / "kodak", ("1", "2", "3")))
+        return
     print(write("data.invert=False,transform=[]", HERE / "results", "compensation: against the control"))
     print()
     print(write("data.invert=True,transform=[]", HERE / "results" / "invert",
