@@ -255,14 +255,12 @@ def _serial_decode(kern: _Kernels, backbone, channel, hyper: Tensor, shape):
     hyper_pos = _positions(hyper)
     n_hyper = hyper_pos.size(1)
     crop = hyper.new_empty(1, c, rows, k)
+    context = kern.context
     if kern.prepacked:  # the same call as `kern.context`, without its per-call checks
         packed = kern.packed((1, c, rows, k))
 
         def context(crop):
             return torch.ops.mkldnn_prepacked.conv2d_run(crop, packed)
-    else:
-        def context(crop):
-            return F.conv2d(crop, kern.weight, kern.bias, stride=(1, kern.k))
     n_ctx = kern.weight.size(0)
     v = hyper.new_empty(1, 1, n_hyper + n_ctx)  # torch.cat((hyper, ctx)) of one position
     # the 1x1 layers: (weight as a batch of one, bias, output buffer) or the elementwise module
@@ -281,7 +279,7 @@ def _serial_decode(kern: _Kernels, backbone, channel, hyper: Tensor, shape):
         for w in range(width):
             crop.copy_(y_pad[:, :, h: h + rows, w: w + k])
             v[0, 0, :n_hyper] = hyper_pos[i]
-            v[0, 0, n_hyper:] = context(crop).view(-1)
+            v[0, 0, n_hyper:] = context(crop).reshape(-1)
             t = v
             for j, (a, b, out) in enumerate(steps):
                 if b is None:

@@ -235,10 +235,7 @@ class RansStreamDecoder:
     def decode(self, indexes: Tensor) -> Tensor:
         if _rans_decode is not None:
             idx = np.ascontiguousarray(indexes.detach().reshape(-1).cpu().numpy(), dtype=np.int32)
-            out = np.empty(idx.shape[0], dtype=np.int32)
-            t = self.tables
-            _rans_decode(self._words, self._state, idx, t.cdf_np, t.cdf_length_np, t.offset_np, out)
-            return torch.from_numpy(out).to(indexes.device).reshape(indexes.shape)
+            return self.decode_array(idx).to(indexes.device).reshape(indexes.shape)
         values = self._dec.decode_stream(
             indexes.reshape(-1).int().tolist(),
             self.tables.cdf,

@@ -215,7 +215,7 @@ class Codec(nn.Module):
         """Decode what `compress` produced; returns `x_hat` clamped to [0, 1]. `options`: the
         per-image list `compress` returned (or one dict for every image). `channels_last`: the
         synthesis in channels-last memory format on the CPU where that gives the same image
-        (codecx.quantizers.channels.exact_in_channels_last); False: NCHW."""
+        (checked per shape on this CPU: codecx.quantizers.channels.channels_last_gives_the_same); False: NCHW."""
         self._check_updated()
         x_hats = []
         for i, streams in enumerate(strings):
