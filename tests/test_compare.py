@@ -382,3 +382,25 @@ def test_deltas_at_one_rate_pair_seeds_per_image(tmp_path):
     assert one.mean == pytest.approx(-2.5 / 3)
     with pytest.raises(ValueError, match="no replicate paired"):
         deltas(base, load_arm(name="y", replicates={"3": tmp_path / "g1"}))
+
+
+def test_cse_table_seeds3_pairs_each_seed_with_the_shared_control(tmp_path):
+    """experiments/cse/table.py seeds3 (issue 29 item 2): each CSE arm's seed against the shared
+    control's same seed (seed 1 control_scalar, seed s control_scalar_seed<s>), the control's
+    seeds 2 and 3 against seed 1 as its band; an arm not evaluated is left out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cse_table", ROOT / "experiments" / "cse" / "table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    control, arms = tmp_path / "control", tmp_path / "arms"
+    for s, c in (("1", 1.0), ("2", 1.01), ("3", 0.98)):
+        write_folder(control / ("control_scalar" if s == "1" else f"control_scalar_seed{s}"), "c", [c] * 5)
+        write_folder(arms / f"nats_per_dim_seed{s}", "n", [c * 1.05] * 5)  # 5% more rate than its control
+    text = table.seeds3(arms_dir=arms, control_dir=control, out=tmp_path / "out")
+    assert (tmp_path / "out" / "table.md").read_text().count(text) == 1
+    base_row = next(r for r in text.splitlines() if r.startswith("| control (third zoo build) (baseline)"))
+    assert "seed=2 vs 1: +1.00" in base_row and "seed=3 vs 1: -2.00" in base_row
+    arm_row = next(r for r in text.splitlines() if r.startswith("| alpha=0.1,reg=cse,reg.units=nats_per_dim"))
+    assert "| +5.00 | seed=1: +5.00; seed=2: +5.00; seed=3: +5.00 |" in arm_row
+    assert "reg.units=bpp" not in text
