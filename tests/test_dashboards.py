@@ -351,6 +351,20 @@ def test_report_labels_a_varying_knob(tmp_path):
     assert sorted(group_runs(runs)) == ["reg=cse,alpha=0.5", "reg=cse,alpha=2", "reg=none"]
 
 
+def test_find_runs_follows_symlinked_run_folders(tmp_path):
+    """A sweep assembled from links to runs elsewhere (a shared control): find_runs finds the
+    linked run, and a symlink loop is visited once."""
+    from codecx.eval.runs import find_runs
+
+    _config_run(tmp_path / "elsewhere", "none0", "none", 0, 0, 0.1, 30)
+    root = tmp_path / "sweep"
+    _config_run(root, "cse0", "cse", 0.5, 0, 0.1, 30)
+    (root / "none0").symlink_to(tmp_path / "elsewhere" / "none0", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    runs = find_runs(root)
+    assert [r.dir.name for r in runs] == ["cse0", "none0"]
+
+
 def test_anchors_verb_feeds_plot_report_and_eval_anchor(tiny_images, tmp_path, capsys):
     """`codecx anchors DIR --codec jpeg,webp`: CompressAI-layout JSON with bpp from the encoded
     file sizes, read back by codecx plot, bdrate, and resolve_anchor (eval.anchor=PATH)."""

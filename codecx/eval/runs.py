@@ -3,6 +3,7 @@ checkpoint's), and grouped by the settings that differ between them (except `lmb
 with the baseline group found by KEY=VALUE."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -119,10 +120,26 @@ def load_run_config(run: Run) -> None:
         run.max_steps = -1
 
 
+def _overrides_files(root: Path) -> List[Path]:
+    """Every .hydra/overrides.yaml under `root`, symlinked folders followed (a sweep assembled
+    from links to runs elsewhere), each real folder visited once (no symlink loops)."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if os.path.basename(dirpath) == ".hydra" and "overrides.yaml" in filenames:
+            found.append(Path(dirpath) / "overrides.yaml")
+    return sorted(found)
+
+
 def find_runs(root: Path) -> List[Run]:
-    """Every run folder under `root` (one with .hydra/overrides.yaml), sorted by path."""
+    """Every run folder under `root` (one with .hydra/overrides.yaml; symlinked run folders
+    included), sorted by path."""
     runs = []
-    for f in sorted(root.rglob(".hydra/overrides.yaml")):
+    for f in _overrides_files(Path(root)):
         run_dir = f.parent.parent
         hydra_yaml = f.parent / "hydra.yaml"
         choices = {}
