@@ -304,6 +304,8 @@ def test_lattice_finetune_table_reproduces_and_pairs_seeds(tmp_path, capsys):
     src = ROOT / "experiments" / "latent_properties" / "finetune"
     ft.main(str(src))
     assert capsys.readouterr().out == (src / "table.md").read_text()
+    ft.main(str(src / "seeds3"))  # the three-seed round (experiments/seeds3.sh)
+    assert capsys.readouterr().out == (src / "seeds3" / "table.md").read_text()
     for name in ("control_scalar", "control_hex", "hex_finetuned"):
         shutil.copytree(src / name, tmp_path / name)
     shutil.copytree(src / "control_scalar_seed2", tmp_path / "control_scalar_seed2")
@@ -404,3 +406,5 @@ def test_cse_table_seeds3_pairs_each_seed_with_the_shared_control(tmp_path):
     arm_row = next(r for r in text.splitlines() if r.startswith("| alpha=0.1,reg=cse,reg.units=nats_per_dim"))
     assert "| +5.00 | seed=1: +5.00; seed=2: +5.00; seed=3: +5.00 |" in arm_row
     assert "reg.units=bpp" not in text
+    table.seeds3(out=tmp_path / "committed")  # the committed round's table, from its committed folders
+    assert (tmp_path / "committed" / "table.md").read_text() == (table.SEEDS3 / "table.md").read_text()

@@ -46,10 +46,12 @@ def main(out_dir: str) -> None:
     replicated = len(seeds_of(out, "hex_finetuned")) > 1
     if replicated:
         base = arm_of(out, "control_scalar", True)
-        band = compare(base, [], msssim=False)[0]
+        seed_band = compare(base, [], msssim=False)[0]
         print(f"Seed band of the control (control_scalar, seeds {', '.join(base.replicates)}; each seed against "
-              "seed 1, BD-rate % pchip): " + ", ".join(f"{lab}: {v:+.2f}" for lab, v in band.each.get(
-                  "bd_rate_pchip", [])) + "\n")
+              "seed 1, BD-rate % pchip): " + ", ".join(f"{lab}: {v:+.2f}" for lab, v in seed_band.each.get(
+                  "bd_rate_pchip", []))
+              + ("" if seed_band.per_image is None else f"; per image {seed_band.per_image.text('image-pairs')}")
+              + "\n")
     print("| arm | anchor | what | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB | "
           + ("BD-rate % by seed | " if replicated else "") + "per image (± t·SE, 95%) | "
           "paper BD-rate % | arm mean bpp | arm mean PSNR dB |")
@@ -67,7 +69,8 @@ def main(out_dir: str) -> None:
             f"{v['bd_psnr_pchip']:+.3f}"]
         if replicated:
             cells.append(", ".join(f"{lab}: {x:+.2f}" for lab, x in row.each.get("bd_rate_pchip", [])))
-        print(f"| {arm} | {anchor} | {what} | " + " | ".join(cells) + f" | {row.per_image} | {paper} | "
+        per = "-" if row.per_image is None else row.per_image.text("image-pairs" if row.pairs > 1 else "images")
+        print(f"| {arm} | {anchor} | {what} | " + " | ".join(cells) + f" | {per} | {paper} | "
               f"{row.curve.mean('bpp'):.4f} | {row.curve.mean('psnr-rgb'):.3f} |")
 
 
