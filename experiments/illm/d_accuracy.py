@@ -37,15 +37,12 @@ from codecx.eval.checkpoint import load_checkpoint
 from codecx.eval.load import load_codec
 from codecx.regularizers.labeler import load_labeler
 
-# arm -> run folder under --runs (eval.py's output: eval/<arm>)
-SEEDS = (1, 2)
-ARMS = {"stage1": "stage1", **{f"{g}_s{s}": f"stage2/{g}_s{s}" for g in ("none", "patchgan", "illm") for s in SEEDS},
-        "illm_noy_s1": "stage2/illm_noy_s1", **{f"illm_bin_s{s}": f"stage2/illm_bin_s{s}" for s in SEEDS},
-        "illm_binw_s1": "stage2/illm_binw_s1"}
-GROUPS = {"patchgan": ("patchgan_s1", "patchgan_s2"), "illm": ("illm_s1", "illm_s2"),
-          "illm_bin": ("illm_bin_s1", "illm_bin_s2")}
-D_ARMS = ("patchgan_s1", "patchgan_s2", "illm_s1", "illm_s2", "illm_noy_s1", "illm_bin_s1", "illm_bin_s2",
-          "illm_binw_s1")
+# arm -> run folder under --runs (eval.py's output: eval/<arm>); the arms of every seed run so far
+SEEDS = (1, 2, 3)
+GROUPS = {g: tuple(f"{g}_s{s}" for s in SEEDS) for g in ("patchgan", "illm", "illm_bin", "illm_binw")}
+ARMS = {"stage1": "stage1", **{f"none_s{s}": f"stage2/none_s{s}" for s in SEEDS},
+        **{m: f"stage2/{m}" for members in GROUPS.values() for m in members}, "illm_noy_s1": "stage2/illm_noy_s1"}
+D_ARMS = tuple(a for a in ARMS if a != "stage1" and not a.startswith("none_"))
 KEYS = ("psnr-rgb", "ms-ssim", "hf_ratio")
 
 
@@ -229,30 +226,32 @@ def report(a) -> int:
     def arm_of(name, members):
         return load_arm(name=name, replicates={m.rsplit("_s", 1)[1]: runs / "eval" / m for m in members})
 
-    none = arm_of("none", [m for m in ("none_s1", "none_s2") if m in arms])
-    comps = {"none seed 2 - none seed 1 (noise band)": (none, True)}
+    none_seeds = [m for m in (f"none_s{s}" for s in SEEDS) if m in arms]
+    none = arm_of("none", none_seeds)
+    others = ", ".join(m.rsplit("_s", 1)[1] for m in none_seeds[1:])
+    comps = {f"none seed{'s' * (len(none_seeds) > 2)} {others} - none seed 1 (noise band)": (none, True)}
     for g, seeds in GROUPS.items():
         have = [s for s in seeds if s in arms]
         for s in have:
-            comps[f"{s} - none_s{s[-1]}"] = (arm_of(g, [s]), False)
-        if len(have) == 2:
-            comps[f"{g} - none (both seeds)"] = (arm_of(g, have), False)
-    for x in ("illm_noy_s1", "illm_binw_s1"):
-        if x in arms:
-            comps[f"{x} - none_s1"] = (arm_of(x[:-3], [x]), False)
-    comps["stage1 - none (both seeds, per-image mean)"] = (load_arm(runs / "eval" / "stage1", name="stage1"), False)
+            comps[f"{s} - none_s{s.rsplit('_s', 1)[1]}"] = (arm_of(g, [s]), False)
+        if len(have) > 1:
+            comps[f"{g} - none (seeds {', '.join(s.rsplit('_s', 1)[1] for s in have)})"] = (arm_of(g, have), False)
+    if "illm_noy_s1" in arms:
+        comps["illm_noy_s1 - none_s1"] = (arm_of("illm_noy", ["illm_noy_s1"]), False)
+    comps[f"stage1 - none (seeds {', '.join(m.rsplit('_s', 1)[1] for m in none_seeds)}, per-image mean)"] = (
+        load_arm(runs / "eval" / "stage1", name="stage1"), False)
     paired = {}
     for name, (arm_, is_base) in comps.items():
         d = deltas(none, arm_, KEYS, is_base=is_base)
-        paired[name] = {k: (v.mean, v.band, v.n) for k, v in d.items()}
+        paired[name] = {k: (v.mean, v.band, v.n, v.each) for k, v in d.items()}
 
     cols = [c for c in ("stage1", "none_s1", "patchgan_s1", "illm_s1", "illm_noy_s1", "illm_bin_s1",
                         "illm_binw_s1") if c in arms]
     shown = figure(crops, recon, names, out / "recon.png", cols, picks=[(12, (64, 64)), (22, (64, 0))])
     result = {"images": f"{len(crops)} Kodak images, {a.crop}-px center crops", "same_y_hat_in_every_arm": same_y,
               "labeler": lab, "eval": rows, "discriminator": d_st, "fake_rate_cross": cross,
-              "paired": {n: {k: {"mean": m, "band": h, "n": c} for k, (m, h, c) in v.items()}
-                         for n, v in paired.items()},
+              "paired": {n: {k: {"mean": m, "band": h, "n": c, "each": [[lab, x] for lab, x in e]}
+                             for k, (m, h, c, e) in v.items()} for n, v in paired.items()},
               "figure": {"file": "recon.png", "columns": ["original", *cols], "crops": shown}}
     (out / "results.json").write_text(json.dumps(result, indent=2))
 
@@ -272,9 +271,11 @@ def report(a) -> int:
           "| *paper, CLIC2020 0.12 bpp, MS-ILLM (released; Table 1: 30.9 / 2.65)* | | *30.87* | | | | *2.65* | |",
           "", f"Paired differences (codecx.compare.deltas: per image, seeds paired, mean ± t_0.975·SE over "
           f"{len(crops)} images):", "",
-          "| comparison | ΔPSNR dB | ΔMS-SSIM | Δhf_ratio |", "|---|---|---|---|"]
+          "| comparison | ΔPSNR dB | ΔMS-SSIM | Δhf_ratio | ΔPSNR dB by seed pair |", "|---|---|---|---|---|"]
     for name, v in paired.items():
-        L.append(f"| {name} | " + " | ".join(fmt(*v[k][:2], k) for k in KEYS) + " |")
+        each = v["psnr-rgb"][3]
+        by_seed = ", ".join(f"{lab}: {x:+.3f}" for lab, x in each) if len(each) > 1 else ""
+        L.append(f"| {name} | " + " | ".join(fmt(*v[k][:2], k) for k in KEYS) + f" | {by_seed} |")
     L += ["", f"Discriminators on {a.tile or a.crop}-px tiles of the held-out Kodak crops (fractions of decisions; "
           "patchgan per patch, illm per 1/8 position, fake if P(fake) > 1/2; the argmax rule beside it):", "",
           "| D | real called real | own fakes called fake | accuracy | mean P(fake) real / fake | "

@@ -118,14 +118,18 @@ arm() {  # arm GROUP SEED [overrides...]
       reg.warmup_steps=$WARM reg.condition=false "$@" ;;
   esac
 }
+# the three-seed round (issue 29 item 2): a third seed of the control and of the arms that claim an
+# effect, a second and third of illm_binw: `ARMS="$SEEDS3" stage2`, then `EVAL=... evaluate` (README)
+SEEDS3="none:3 patchgan:3 illm_bin:3 illm_binw:2 illm_binw:3"
 stage2() {  # ARMS="none:1 none:2" runs a subset (GROUP:SEED)
   local a
-  for a in ${ARMS:-illm:1 patchgan:1 illm:2 patchgan:2 illm_noy:1 none:1 none:2 illm_bin:1 illm_bin:2 illm_binw:1}; do
+  for a in ${ARMS:-illm:1 patchgan:1 illm:2 patchgan:2 illm_noy:1 none:1 none:2 illm_bin:1 illm_bin:2 illm_binw:1 $SEEDS3}; do
     arm ${a%:*} ${a#*:}
   done
 }
 evaluate() {  # EVAL="stage2/illm_s1 ..." evaluates a subset
-  local all=(stage1 stage2/{none,patchgan,illm}_s{1,2} stage2/illm_noy_s1 stage2/illm_bin_s{1,2} stage2/illm_binw_s1)
+  local all=(stage1 stage2/{none,patchgan,illm}_s{1,2} stage2/illm_noy_s1 stage2/illm_bin_s{1,2} stage2/illm_binw_s1
+             stage2/{none,patchgan,illm_bin,illm_binw}_s3 stage2/illm_binw_s2)  # the three-seed round
   for d in ${EVAL:-${all[@]}}; do
     local name=${d#stage2/}
     T "eval_$name" $PY eval.py ckpt=$R/$d/checkpoints/last.ckpt data=folder data.val_dir=$KODAK \
