@@ -250,7 +250,7 @@ def report(a) -> int:
     shown = figure(crops, recon, names, out / "recon.png", cols, picks=[(12, (64, 64)), (22, (64, 0))])
     result = {"images": f"{len(crops)} Kodak images, {a.crop}-px center crops", "same_y_hat_in_every_arm": same_y,
               "labeler": lab, "eval": rows, "discriminator": d_st, "fake_rate_cross": cross,
-              "paired": {n: {k: {"mean": m, "band": h, "n": c, "each": [[lab, x] for lab, x in e]}
+              "paired": {n: {k: {"mean": m, "band": h, "n": c, "each": [[pair, x] for pair, x in e]}
                              for k, (m, h, c, e) in v.items()} for n, v in paired.items()},
               "figure": {"file": "recon.png", "columns": ["original", *cols], "crops": shown}}
     (out / "results.json").write_text(json.dumps(result, indent=2))
