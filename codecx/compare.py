@@ -87,6 +87,11 @@ class Row:
         """BD-rate % (pchip) on PSNR; NaN when undefined, 0 for the baseline without replicates."""
         return self.values.get("bd_rate_pchip", 0.0 if self.baseline and not self.pairs else math.nan)
 
+    def per_image_text(self) -> str:
+        """The per-image band as the tables print it ('-' when not computed); pooled over
+        several replicate pairs, its count is of image-pairs."""
+        return "-" if self.per_image is None else self.per_image.text("image-pairs" if self.pairs > 1 else "images")
+
 
 # ---------------------------------------------------------------- loading
 def merge_results(name: str, results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
@@ -414,7 +419,7 @@ def table(rows: Sequence[Row], per_image: bool = True,
             if reps:
                 cells.append("; ".join(f"{lab}: {fmt(k, v)}" for lab, v in r.each.get(k, [])))
         if per_image:
-            cells.append("-" if r.per_image is None else r.per_image.text("image-pairs" if r.pairs > 1 else "images"))
+            cells.append(r.per_image_text())
         cells.append(" / ".join(r.notes))
         body.append(cells)
     return head, body

@@ -43,6 +43,11 @@ GROUPS = {g: tuple(f"{g}_s{s}" for s in SEEDS) for g in ("patchgan", "illm", "il
 ARMS = {"stage1": "stage1", **{f"none_s{s}": f"stage2/none_s{s}" for s in SEEDS},
         **{m: f"stage2/{m}" for members in GROUPS.values() for m in members}, "illm_noy_s1": "stage2/illm_noy_s1"}
 D_ARMS = tuple(a for a in ARMS if a != "stage1" and not a.startswith("none_"))
+
+
+def seed_of(arm: str) -> str:
+    """The seed of a stage-2 arm's name (`illm_bin_s3` -> '3')."""
+    return arm.rsplit("_s", 1)[1]
 KEYS = ("psnr-rgb", "ms-ssim", "hf_ratio")
 
 
@@ -224,21 +229,21 @@ def report(a) -> int:
     # paired differences through the comparison API (codecx.compare.deltas): seeds pair with the
     # baseline's same seed, per image the mean over the pairs, mean ± t·SE over the images
     def arm_of(name, members):
-        return load_arm(name=name, replicates={m.rsplit("_s", 1)[1]: runs / "eval" / m for m in members})
+        return load_arm(name=name, replicates={seed_of(m): runs / "eval" / m for m in members})
 
     none_seeds = [m for m in (f"none_s{s}" for s in SEEDS) if m in arms]
     none = arm_of("none", none_seeds)
-    others = ", ".join(m.rsplit("_s", 1)[1] for m in none_seeds[1:])
+    others = ", ".join(seed_of(m) for m in none_seeds[1:])
     comps = {f"none seed{'s' * (len(none_seeds) > 2)} {others} - none seed 1 (noise band)": (none, True)}
     for g, seeds in GROUPS.items():
         have = [s for s in seeds if s in arms]
         for s in have:
-            comps[f"{s} - none_s{s.rsplit('_s', 1)[1]}"] = (arm_of(g, [s]), False)
+            comps[f"{s} - none_s{seed_of(s)}"] = (arm_of(g, [s]), False)
         if len(have) > 1:
-            comps[f"{g} - none (seeds {', '.join(s.rsplit('_s', 1)[1] for s in have)})"] = (arm_of(g, have), False)
+            comps[f"{g} - none (seeds {', '.join(seed_of(s) for s in have)})"] = (arm_of(g, have), False)
     if "illm_noy_s1" in arms:
         comps["illm_noy_s1 - none_s1"] = (arm_of("illm_noy", ["illm_noy_s1"]), False)
-    comps[f"stage1 - none (seeds {', '.join(m.rsplit('_s', 1)[1] for m in none_seeds)}, per-image mean)"] = (
+    comps[f"stage1 - none (seeds {', '.join(seed_of(m) for m in none_seeds)}, per-image mean)"] = (
         load_arm(runs / "eval" / "stage1", name="stage1"), False)
     paired = {}
     for name, (arm_, is_base) in comps.items():

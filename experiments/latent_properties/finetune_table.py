@@ -50,7 +50,7 @@ def main(out_dir: str) -> None:
         print(f"Seed band of the control (control_scalar, seeds {', '.join(base.replicates)}; each seed against "
               "seed 1, BD-rate % pchip): " + ", ".join(f"{lab}: {v:+.2f}" for lab, v in seed_band.each.get(
                   "bd_rate_pchip", []))
-              + ("" if seed_band.per_image is None else f"; per image {seed_band.per_image.text('image-pairs')}")
+              + ("" if seed_band.per_image is None else f"; per image {seed_band.per_image_text()}")
               + "\n")
     print("| arm | anchor | what | BD-rate % (pchip) | BD-rate % (cubic) | BD-PSNR dB | "
           + ("BD-rate % by seed | " if replicated else "") + "per image (± t·SE, 95%) | "
@@ -69,8 +69,7 @@ def main(out_dir: str) -> None:
             f"{v['bd_psnr_pchip']:+.3f}"]
         if replicated:
             cells.append(", ".join(f"{lab}: {x:+.2f}" for lab, x in row.each.get("bd_rate_pchip", [])))
-        per = "-" if row.per_image is None else row.per_image.text("image-pairs" if row.pairs > 1 else "images")
-        print(f"| {arm} | {anchor} | {what} | " + " | ".join(cells) + f" | {per} | {paper} | "
+        print(f"| {arm} | {anchor} | {what} | " + " | ".join(cells) + f" | {row.per_image_text()} | {paper} | "
               f"{row.curve.mean('bpp'):.4f} | {row.curve.mean('psnr-rgb'):.3f} |")
 
 
